@@ -1,0 +1,103 @@
+"""Accounts: sign up, log in, log out."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_user, logout_user
+from flask_wtf import FlaskForm
+from werkzeug.wrappers.response import Response
+from wtforms import EmailField, PasswordField, StringField
+from wtforms.validators import DataRequired, Email, Length
+
+from nyxcore import authz
+from nyxcore.errors import DomainError
+from nyxcore.extensions import limiter
+from nyxcore.forms import MinPasswordLength, add_domain_error
+from nyxcore.models import User
+from nyxcore.services import accounts
+from nyxcore.web import is_safe_next
+
+bp = Blueprint("auth", __name__, url_prefix="/auth")
+
+
+class SignupForm(FlaskForm):  # type: ignore[misc]
+    name = StringField("Name", validators=[DataRequired(), Length(max=120)])
+    email = EmailField(
+        "Email", validators=[DataRequired(), Email(check_deliverability=False), Length(max=320)]
+    )
+    password = PasswordField("Password", validators=[DataRequired(), MinPasswordLength(), Length(max=256)])
+
+
+class LoginForm(FlaskForm):  # type: ignore[misc]
+    email = EmailField("Email", validators=[DataRequired(), Length(max=320)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
+
+
+def _next_url() -> str | None:
+    target = request.args.get("next") or request.form.get("next")
+    return target if is_safe_next(target) else None
+
+
+def _start_session(user: User) -> None:
+    # A new session for the new identity: nothing from before the login carries over.
+    session.clear()
+    login_user(user)
+    session.permanent = True
+
+
+def _signup_limit() -> str:
+    limit: str = current_app.config["RATELIMIT_SIGNUP"]
+    return limit
+
+
+def _login_limit() -> str:
+    limit: str = current_app.config["RATELIMIT_LOGIN"]
+    return limit
+
+
+@bp.route("/signup", methods=["GET", "POST"])
+@limiter.limit(_signup_limit, methods=["POST"])
+def signup() -> Response | str:
+    form = SignupForm()
+    fixed_email = request.args.get("email") if _next_url() else None
+    if request.method == "GET" and fixed_email:
+        form.email.data = fixed_email
+    if form.validate_on_submit():
+        try:
+            user, membership = accounts.register_user(
+                name=form.name.data, email=form.email.data, password=form.password.data
+            )
+        except DomainError as exc:
+            add_domain_error(form, exc, "email")
+        else:
+            _start_session(user)
+            authz.activate_team(membership)
+            flash(f"Welcome, {user.name}. This is your team; invite people to it from here.", "success")
+            return redirect(_next_url() or url_for("team.overview"))
+    return render_template("auth/signup.html", form=form, next=_next_url(), fixed_email=fixed_email)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(_login_limit, methods=["POST"])
+def login() -> Response | str:
+    if current_user.is_authenticated and request.method == "GET":
+        return redirect(_next_url() or url_for("team.overview"))
+    form = LoginForm()
+    if request.method == "GET" and request.args.get("email"):
+        form.email.data = request.args["email"]
+    if form.validate_on_submit():
+        user = accounts.authenticate(email=form.email.data, password=form.password.data)
+        if user is None:
+            form.password.errors = ["Invalid email or password."]
+        else:
+            _start_session(user)
+            return redirect(_next_url() or url_for("team.overview"))
+    return render_template("auth/login.html", form=form, next=_next_url())
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    logout_user()
+    session.clear()
+    flash("You are logged out.", "info")
+    return redirect(url_for("auth.login"))

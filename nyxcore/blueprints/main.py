@@ -1,0 +1,16 @@
+"""The front door."""
+
+from __future__ import annotations
+
+from flask import Blueprint, redirect, url_for
+from flask_login import current_user
+from werkzeug.wrappers.response import Response
+
+bp = Blueprint("main", __name__)
+
+
+@bp.get("/")
+def index() -> Response:
+    if current_user.is_authenticated:
+        return redirect(url_for("team.overview"))
+    return redirect(url_for("auth.login"))

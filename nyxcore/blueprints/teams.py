@@ -1,0 +1,65 @@
+"""Creating teams and switching between them (`/teams/...`)."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, abort, flash, redirect, render_template, url_for
+from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+from werkzeug.wrappers.response import Response
+from wtforms import HiddenField, StringField
+from wtforms.validators import DataRequired, Length, Optional
+
+from nyxcore import authz
+from nyxcore.errors import DomainError
+from nyxcore.forms import add_domain_error
+from nyxcore.services import teams
+
+bp = Blueprint("teams", __name__, url_prefix="/teams")
+
+
+class NewTeamForm(FlaskForm):  # type: ignore[misc]
+    name = StringField("Team name", validators=[DataRequired(), Length(max=80)])
+    slug = StringField("Slug (optional)", validators=[Optional(), Length(max=63)])
+
+
+class SwitchTeamForm(FlaskForm):  # type: ignore[misc]
+    tenant_id = HiddenField(validators=[DataRequired()])
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@login_required  # type: ignore[untyped-decorator]
+def new() -> Response | str:
+    form = NewTeamForm()
+    if form.validate_on_submit():
+        try:
+            tenant, membership = teams.create_team(
+                creator=current_user, name=form.name.data, slug=form.slug.data or None
+            )
+        except DomainError as exc:
+            add_domain_error(form, exc, "name")
+        else:
+            authz.activate_team(membership)
+            flash(f"Team {tenant.name} created. You are its owner.", "success")
+            return redirect(url_for("team.overview"))
+    return render_template("teams/new.html", form=form)
+
+
+@bp.post("/switch")
+@login_required  # type: ignore[untyped-decorator]
+def switch() -> Response:
+    """Make another of the user's teams active; a team they are not in answers 404."""
+    form = SwitchTeamForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        wanted = uuid.UUID(form.tenant_id.data)
+    except ValueError:
+        abort(404)
+    membership = teams.active_membership(current_user.id, wanted)
+    if membership is None or membership.tenant_id != wanted:
+        abort(404)
+    authz.activate_team(membership)
+    flash(f"Switched to {membership.tenant.name}.", "info")
+    return redirect(url_for("team.overview"))

@@ -1,0 +1,166 @@
+"""Every setting NyxCore reads from the environment, in one place.
+
+`load_config(environ)` turns an environment mapping into Flask configuration. Development and
+testing have safe defaults; production refuses to start on anything unsafe (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from nyxcore.crypto import KeyRing, KeyRingError
+
+ENVIRONMENTS = ("development", "testing", "production")
+DEV_SECRET_KEY = "dev-only-secret-key-do-not-use-in-production"  # noqa: S105 (refused in production)
+# A fixed, published key so that `make run` works with nothing configured. Never valid in production.
+DEV_ENCRYPTION_KEYS = "dev:ZGV2LW9ubHkta2V5LW5vdC1mb3ItcHJvZHVjdGlvbiE="
+DEFAULT_APP_ROLE = "nyxcore_app"
+
+
+class ConfigError(RuntimeError):
+    """The environment describes a configuration NyxCore refuses to run with."""
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from exc
+
+
+def default_sqlite_url(instance_path: str) -> str:
+    """The embedded development database under the instance folder."""
+    return "sqlite:///" + str(Path(instance_path) / "nyxcore.db")
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None, *, instance_path: str = "instance"
+) -> dict[str, Any]:
+    """Read the operator contract from `environ` (default: os.environ) into a Flask config dict."""
+    env = dict(os.environ if environ is None else environ)
+    mode = env.get("NYXCORE_ENV", "development")
+    if mode not in ENVIRONMENTS:
+        raise ConfigError(f"NYXCORE_ENV must be one of {', '.join(ENVIRONMENTS)}, not {mode!r}")
+    production = mode == "production"
+
+    database_url = env.get("DATABASE_URL") or ("" if production else default_sqlite_url(instance_path))
+    redis_url = env.get("REDIS_URL", "")
+    eager = _bool(env.get("CELERY_TASK_ALWAYS_EAGER"), default=not redis_url and not production)
+
+    return {
+        "NYXCORE_ENV": mode,
+        "DEBUG": False,
+        "TESTING": mode == "testing",
+        "SECRET_KEY": env.get("SECRET_KEY") or ("" if production else DEV_SECRET_KEY),
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "MIGRATION_DATABASE_URL": env.get("MIGRATION_DATABASE_URL") or database_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(database_url, env),
+        "NYXCORE_APP_ROLE": env.get("NYXCORE_APP_ROLE", DEFAULT_APP_ROLE),
+        "REDIS_URL": redis_url,
+        "PUBLIC_URL": env.get("PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/"),
+        "NYXCORE_ENCRYPTION_KEYS": env.get("NYXCORE_ENCRYPTION_KEYS")
+        or ("" if production else DEV_ENCRYPTION_KEYS),
+        "MAIL_BACKEND": env.get("MAIL_BACKEND", "smtp" if env.get("SMTP_HOST") else "console"),
+        "SMTP_HOST": env.get("SMTP_HOST", "localhost"),
+        "SMTP_PORT": _int(env, "SMTP_PORT", 25),
+        "SMTP_USERNAME": env.get("SMTP_USERNAME", ""),
+        "SMTP_PASSWORD": env.get("SMTP_PASSWORD", ""),
+        "SMTP_STARTTLS": _bool(env.get("SMTP_STARTTLS"), default=False),
+        "SMTP_TIMEOUT": _int(env, "SMTP_TIMEOUT", 10),
+        "MAIL_FROM": env.get("MAIL_FROM", "NyxCore <no-reply@localhost>"),
+        "GITHUB_API_URL": env.get("GITHUB_API_URL", "https://api.github.com").rstrip("/"),
+        "GITHUB_TIMEOUT": _int(env, "GITHUB_TIMEOUT", 10),
+        "INVITATION_TTL": timedelta(days=_int(env, "INVITATION_TTL_DAYS", 7)),
+        "INVITATIONS_PER_TEAM_PER_HOUR": _int(env, "INVITATIONS_PER_TEAM_PER_HOUR", 200),
+        "PASSWORD_MIN_LENGTH": _int(env, "PASSWORD_MIN_LENGTH", 12),
+        "PROXY_FIX_X_FOR": _int(env, "PROXY_FIX_X_FOR", 1 if production else 0),
+        "PROXY_FIX_X_PROTO": _int(env, "PROXY_FIX_X_PROTO", 1 if production else 0),
+        "PROXY_FIX_X_HOST": _int(env, "PROXY_FIX_X_HOST", 0),
+        "PROXY_FIX_X_PREFIX": _int(env, "PROXY_FIX_X_PREFIX", 0),
+        "RATELIMIT_ENABLED": _bool(env.get("RATELIMIT_ENABLED"), default=mode != "testing"),
+        "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or redis_url or "memory://",
+        "RATELIMIT_LOGIN": env.get("RATELIMIT_LOGIN", "10 per minute;50 per hour"),
+        "RATELIMIT_SIGNUP": env.get("RATELIMIT_SIGNUP", "10 per hour"),
+        "RATELIMIT_MAGIC_LINK": env.get("RATELIMIT_MAGIC_LINK", "30 per minute"),
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "SESSION_COOKIE_SECURE": _bool(env.get("SESSION_COOKIE_SECURE"), default=production),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SECURE": _bool(env.get("SESSION_COOKIE_SECURE"), default=production),
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "PERMANENT_SESSION_LIFETIME": timedelta(hours=_int(env, "SESSION_LIFETIME_HOURS", 12)),
+        "WTF_CSRF_TIME_LIMIT": None,
+        "SHOW_DEV_OUTBOX": not production,
+        "CELERY": {
+            "broker_url": redis_url or "memory://",
+            "result_backend": None,
+            "task_ignore_result": True,
+            "task_always_eager": eager,
+            "task_eager_propagates": False,
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "worker_prefetch_multiplier": _int(env, "CELERY_PREFETCH_MULTIPLIER", 4),
+            "broker_connection_retry_on_startup": True,
+            "broker_transport_options": {"socket_connect_timeout": 2, "socket_timeout": 5},
+            "beat_schedule": {
+                "sweep-outbox": {
+                    "task": "nyxcore.tasks.sweep_outbox",
+                    "schedule": float(_int(env, "OUTBOX_SWEEP_SECONDS", 60)),
+                },
+            },
+        },
+    }
+
+
+def _engine_options(database_url: str, env: Mapping[str, str]) -> dict[str, Any]:
+    if database_url.startswith("postgresql"):
+        return {
+            "pool_pre_ping": True,
+            "pool_size": _int(env, "DATABASE_POOL_SIZE", 5),
+            "connect_args": {"connect_timeout": _int(env, "DATABASE_CONNECT_TIMEOUT", 5)},
+        }
+    return {}
+
+
+def check_production(config: Mapping[str, Any]) -> None:
+    """Refuse unsafe settings in production. Raises ConfigError naming what to fix."""
+    if config["NYXCORE_ENV"] != "production":
+        return
+    problems = []
+    secret = config.get("SECRET_KEY") or ""
+    if not secret or secret == DEV_SECRET_KEY or len(secret) < 32:
+        problems.append("SECRET_KEY must be set to a random value of at least 32 characters")
+    if not config.get("SQLALCHEMY_DATABASE_URI", "").startswith("postgresql"):
+        problems.append("DATABASE_URL must point at PostgreSQL (the app role)")
+    if not config.get("REDIS_URL"):
+        problems.append("REDIS_URL must be set (Celery broker and rate limits)")
+    keys = config.get("NYXCORE_ENCRYPTION_KEYS") or ""
+    if not keys:
+        problems.append(
+            "NYXCORE_ENCRYPTION_KEYS must be set (generate one with `flask nyxcore keys generate`)"
+        )
+    elif keys == DEV_ENCRYPTION_KEYS:
+        problems.append("NYXCORE_ENCRYPTION_KEYS holds the published development key")
+    else:
+        try:
+            KeyRing.parse(keys)
+        except KeyRingError as exc:
+            problems.append(f"NYXCORE_ENCRYPTION_KEYS is malformed: {exc}")
+    if config.get("CELERY", {}).get("task_always_eager"):
+        problems.append("CELERY_TASK_ALWAYS_EAGER must be off in production")
+    if problems:
+        raise ConfigError("refusing to start in production: " + "; ".join(problems))

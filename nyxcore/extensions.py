@@ -1,0 +1,37 @@
+"""Extension instances, created unbound here and bound to the app in create_app."""
+
+from __future__ import annotations
+
+from celery import Celery
+from flask import Flask, current_app
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_login import LoginManager
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
+
+from nyxcore.crypto import KeyRing
+from nyxcore.models import Base
+
+# Models live on a plain typed DeclarativeBase (no Flask in models.py); the extension shares its metadata.
+db = SQLAlchemy(metadata=Base.metadata)
+migrate = Migrate()
+login_manager = LoginManager()
+csrf = CSRFProtect()
+limiter = Limiter(key_func=get_remote_address)
+celery = Celery("nyxcore", set_as_current=True)
+
+
+class KeyRingHolder:
+    """The operator's key ring, parsed once from NYXCORE_ENCRYPTION_KEYS when the app is created."""
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions["nyxcore_keyring"] = KeyRing.parse(app.config["NYXCORE_ENCRYPTION_KEYS"])
+
+    def get(self) -> KeyRing:
+        ring: KeyRing = current_app.extensions["nyxcore_keyring"]
+        return ring
+
+
+keyring = KeyRingHolder()

@@ -1,0 +1,222 @@
+"""The data model: typed SQLAlchemy 2 models. Constraints live in the database, with names.
+
+Every tenant-owned table carries `tenant_id` (TenantScoped) with an index that starts with it;
+PostgreSQL row-level security on those tables is set up by the migrations.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from nyxcore.roles import TenantRole
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        uuid.UUID: Uuid(),
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSON(),
+    }
+
+
+def _role_column(**kwargs: Any) -> Mapped[TenantRole]:
+    role_type = Enum(
+        TenantRole,
+        name="tenant_role",
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda roles: [r.value for r in roles],
+        validate_strings=True,
+    )
+    return mapped_column(role_type, **kwargs)
+
+
+class UUIDPrimaryKey:
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+
+
+class TenantScoped(UUIDPrimaryKey):
+    """A row owned by one team. Queries are scoped to the active team in the ORM and by RLS."""
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+
+
+class User(UUIDPrimaryKey, Base):
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint("email = lower(email)", name="email_normalised"),)
+
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(120))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    # Flask-Login's user protocol, kept here so the model needs no Flask import.
+    is_active = True
+    is_anonymous = False
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    def get_id(self) -> str:
+        return str(self.id)
+
+
+class Tenant(UUIDPrimaryKey, Base):
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(80))
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class TenantMember(TenantScoped, Base):
+    __tablename__ = "tenant_members"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "user_id"),
+        Index("ix_tenant_members_tenant_id_joined_at", "tenant_id", "joined_at", "id"),
+        Index("ix_tenant_members_user_id", "user_id"),
+    )
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    role: Mapped[TenantRole] = _role_column()
+    invited_at: Mapped[datetime | None]
+    invited_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    joined_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    user: Mapped[User] = relationship(foreign_keys=[user_id], lazy="raise")
+    inviter: Mapped[User | None] = relationship(foreign_keys=[invited_by], lazy="raise")
+    tenant: Mapped[Tenant] = relationship(lazy="raise")
+
+
+class OutboxEmail(UUIDPrimaryKey, Base):
+    """A message waiting to be sent. Its body is sealed with the key ring and wiped once sent."""
+
+    __tablename__ = "outbox_emails"
+    __table_args__ = (
+        Index("ix_outbox_emails_unsent", "created_at", postgresql_where=text("sent_at IS NULL")),
+    )
+
+    to_address: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(String(255))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    nonce: Mapped[bytes | None] = mapped_column(LargeBinary)
+    body_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+
+
+class Invitation(TenantScoped, Base):
+    __tablename__ = "invitations"
+    __table_args__ = (
+        Index("ix_invitations_tenant_id_created_at", "tenant_id", "created_at"),
+        # One open invitation per address and team; consumed or revoked ones do not count.
+        Index(
+            "uq_invitations_open_email",
+            "tenant_id",
+            "email",
+            unique=True,
+            postgresql_where=text("consumed_at IS NULL AND revoked_at IS NULL"),
+            sqlite_where=text("consumed_at IS NULL AND revoked_at IS NULL"),
+        ),
+    )
+
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[TenantRole] = _role_column()
+    invited_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[datetime]
+    consumed_at: Mapped[datetime | None]
+    consumed_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(String(32))
+    outbox_email_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("outbox_emails.id", ondelete="SET NULL")
+    )
+
+    inviter: Mapped[User | None] = relationship(foreign_keys=[invited_by], lazy="raise")
+    tenant: Mapped[Tenant] = relationship(lazy="raise")
+    outbox_email: Mapped[OutboxEmail | None] = relationship(lazy="raise")
+
+
+class GitHubToken(TenantScoped, Base):
+    __tablename__ = "github_tokens"
+    __table_args__ = (UniqueConstraint("tenant_id"),)
+
+    key_id: Mapped[str] = mapped_column(String(32))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    last_four: Mapped[str] = mapped_column(String(4))
+    github_login: Mapped[str] = mapped_column(String(100))
+    set_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    set_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+    setter: Mapped[User | None] = relationship(foreign_keys=[set_by], lazy="raise")
+
+
+class AuditEvent(TenantScoped, Base):
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_tenant_id_at", "tenant_id", "at"),)
+
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(320))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    actor: Mapped[User | None] = relationship(foreign_keys=[actor_id], lazy="raise")
+
+
+class Note(TenantScoped, Base):
+    """A NyxBook note: team content that members write and viewers read."""
+
+    __tablename__ = "notes"
+    __table_args__ = (Index("ix_notes_tenant_id_updated_at", "tenant_id", "updated_at"),)
+
+    author_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    author: Mapped[User | None] = relationship(foreign_keys=[author_id], lazy="raise")
+
+
+TENANT_TABLES = tuple(
+    mapper.class_ for mapper in Base.registry.mappers if issubclass(mapper.class_, TenantScoped)
+)

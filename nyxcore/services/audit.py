@@ -1,0 +1,38 @@
+"""The audit log: who did what, to whom, when, in a team."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import joinedload
+
+from nyxcore.extensions import db
+from nyxcore.models import AuditEvent
+
+
+def record(
+    tenant_id: uuid.UUID,
+    actor_id: uuid.UUID | None,
+    action: str,
+    target: str | None = None,
+    **details: Any,
+) -> AuditEvent:
+    """Add an audit event for `tenant_id`. Never put a secret in `details`."""
+    event = AuditEvent(tenant_id=tenant_id, actor_id=actor_id, action=action, target=target, details=details)
+    db.session.add(event)
+    return event
+
+
+def list_events(*, page: int, per_page: int = 50) -> tuple[list[AuditEvent], int]:
+    """A page of the active team's events, newest first, and the total count."""
+    total = db.session.scalar(select(func.count()).select_from(AuditEvent)) or 0
+    events = db.session.scalars(
+        select(AuditEvent)
+        .options(joinedload(AuditEvent.actor))
+        .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    ).all()
+    return list(events), total

@@ -1,0 +1,211 @@
+"""Email through a transactional outbox.
+
+`queue_email` writes an OutboxEmail (body sealed with the key ring) in the caller's transaction
+and remembers its id on the session. Only after that transaction commits does `dispatch_queued`
+hand the ids (never the content) to Celery. The worker's `deliver` decrypts, sends, marks the row
+sent and wipes the body; the beat sweep re-enqueues what an outage left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import smtplib
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from typing import Any, Protocol
+
+from sqlalchemy import select
+
+from nyxcore.crypto import DecryptionError, KeyRing, Sealed
+from nyxcore.extensions import db
+from nyxcore.models import OutboxEmail
+
+log = logging.getLogger("nyxcore.mail")
+_QUEUED = "nyxcore_queued_outbox_ids"
+MAX_ATTEMPTS = 12
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    sender: str
+    host: str
+    port: int
+    username: str
+    password: str
+    starttls: bool
+    timeout: int
+
+
+class Transport(Protocol):
+    def send(self, message: EmailMessage) -> None: ...
+
+
+def _seal_context(outbox_id: uuid.UUID) -> str:
+    return f"outbox:{outbox_id}"
+
+
+def queue_email(ring: KeyRing, *, to: str, subject: str, text_body: str, html_body: str) -> OutboxEmail:
+    """Add a message to the outbox in the current transaction; it is enqueued after commit."""
+    outbox = OutboxEmail(id=uuid.uuid4(), to_address=to, subject=subject)
+    body = json.dumps({"text": text_body, "html": html_body}).encode()
+    sealed = ring.encrypt(body, _seal_context(outbox.id))
+    outbox.key_id, outbox.nonce, outbox.body_ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
+    db.session.add(outbox)
+    db.session.info.setdefault(_QUEUED, []).append(outbox.id)
+    return outbox
+
+
+def dispatch_queued() -> None:
+    """Enqueue delivery of the outbox rows this session committed. A broker outage only delays them."""
+    from nyxcore.tasks import deliver_outbox_email  # tasks import this module
+
+    for outbox_id in db.session.info.pop(_QUEUED, []):
+        try:
+            deliver_outbox_email.delay(str(outbox_id))
+        except Exception as exc:  # the sweep will pick the row up; the user's action still succeeded
+            log.warning(
+                "could not enqueue outbox email %s (%s); the sweep will retry", outbox_id, type(exc).__name__
+            )
+
+
+def discard_queued() -> None:
+    """Forget queued ids after a rollback: their rows no longer exist."""
+    db.session.info.pop(_QUEUED, None)
+
+
+def build_message(outbox: OutboxEmail, sender: str, text_body: str, html_body: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = outbox.to_address
+    message["Subject"] = outbox.subject
+    message["Message-ID"] = f"<{outbox.id}@nyxcore>"
+    message.set_content(text_body)
+    message.add_alternative(html_body, subtype="html")
+    return message
+
+
+def deliver(ring: KeyRing, transport: Transport, sender: str, outbox_id: uuid.UUID) -> bool:
+    """Send one outbox row unless it was sent already or another worker holds it; commits.
+
+    Returns True when this call sent it. Raises the transport's error after recording it, so
+    the task can retry.
+    """
+    outbox = db.session.scalar(
+        select(OutboxEmail)
+        .where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None))
+        .with_for_update(skip_locked=True)
+    )
+    if outbox is None or outbox.body_ciphertext is None or outbox.nonce is None or outbox.key_id is None:
+        db.session.rollback()
+        return False
+    try:
+        sealed = Sealed(outbox.key_id, outbox.nonce, outbox.body_ciphertext)
+        body = json.loads(ring.decrypt(sealed, _seal_context(outbox.id)))
+        transport.send(build_message(outbox, sender, body["text"], body["html"]))
+    except DecryptionError as exc:
+        outbox.attempts = MAX_ATTEMPTS  # it will never decrypt; stop retrying
+        outbox.last_error = f"cannot decrypt the stored body: {exc}"
+        db.session.commit()
+        log.error("outbox email %s cannot be decrypted", outbox.id)
+        return False
+    except Exception as exc:
+        outbox.attempts += 1
+        outbox.last_error = describe_error(exc)
+        db.session.commit()
+        raise
+    outbox.attempts += 1
+    outbox.sent_at = datetime.now(UTC)
+    outbox.last_error = None
+    outbox.key_id = outbox.nonce = outbox.body_ciphertext = None
+    db.session.commit()
+    return True
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short reason for the admin's delivery column. SMTP replies carry no message content."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        reply = (
+            exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+        )
+        return f"SMTP {exc.smtp_code}: {reply[:200]}"
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return "the mail server refused the recipient"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def unsent_ids(*, older_than: timedelta, limit: int = 500) -> list[uuid.UUID]:
+    """Outbox rows still unsent after `older_than` and not given up on, oldest first."""
+    cutoff = datetime.now(UTC) - older_than
+    return list(
+        db.session.scalars(
+            select(OutboxEmail.id)
+            .where(
+                OutboxEmail.sent_at.is_(None),
+                OutboxEmail.created_at < cutoff,
+                OutboxEmail.attempts < MAX_ATTEMPTS,
+                OutboxEmail.body_ciphertext.is_not(None),
+            )
+            .order_by(OutboxEmail.created_at)
+            .limit(limit)
+        )
+    )
+
+
+class ConsoleTransport:
+    """Development mail: print each message and keep the last few for the dev outbox page."""
+
+    recent: deque[dict[str, Any]] = deque(maxlen=50)
+
+    def send(self, message: EmailMessage) -> None:
+        text_part = message.get_body(("plain",))
+        text = text_part.get_content() if text_part is not None else ""
+        entry = {"to": message["To"], "subject": message["Subject"], "text": text, "at": datetime.now(UTC)}
+        self.recent.appendleft(entry)
+        print(f"--- email to {entry['to']}: {entry['subject']}\n{text}\n---", flush=True)
+
+
+class SMTPTransport:
+    """SMTP with one connection per worker thread, reused across messages and reopened when it drops."""
+
+    def __init__(self, settings: MailSettings) -> None:
+        self.settings = settings
+        self._local = threading.local()
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+        if s.starttls:
+            smtp.starttls()
+        if s.username:
+            smtp.login(s.username, s.password)
+        return smtp
+
+    def send(self, message: EmailMessage) -> None:
+        smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
+        if smtp is not None:
+            try:
+                smtp.send_message(message)
+                return
+            except (smtplib.SMTPServerDisconnected, OSError):
+                self.close()  # a stale pooled connection; try once on a fresh one
+        smtp = self._connect()
+        self._local.smtp = smtp
+        try:
+            smtp.send_message(message)
+        except (smtplib.SMTPServerDisconnected, OSError):
+            self.close()
+            raise
+
+    def close(self) -> None:
+        smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
+        self._local.smtp = None
+        if smtp is not None:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                smtp.close()

@@ -1,0 +1,105 @@
+"""Teams: creating them, finding a user's memberships, and the active team."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+import uuid
+
+from sqlalchemy import case, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
+
+from nyxcore import tenancy
+from nyxcore.errors import Conflict, InvalidInput
+from nyxcore.extensions import db
+from nyxcore.models import Tenant, TenantMember, User
+from nyxcore.roles import TenantRole
+from nyxcore.services import audit
+
+SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def slugify(name: str) -> str:
+    """A URL-safe slug from a team name ('Nyx Ops!' -> 'nyx-ops')."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().replace("'", "")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:50].strip("-")
+    return slug or "team"
+
+
+def validate_slug(slug: str) -> str:
+    slug = slug.strip().lower()
+    if not SLUG_PATTERN.match(slug):
+        raise InvalidInput(
+            "Use 1-63 lower-case letters, digits and dashes, not starting or ending with a dash.",
+            field="slug",
+        )
+    return slug
+
+
+def create_team(*, creator: User, name: str, slug: str | None = None) -> tuple[Tenant, TenantMember]:
+    """Create a team owned by `creator` and make it the active tenant context.
+
+    With no `slug`, one is derived from the name and made unique. An explicit slug that is taken
+    raises Conflict.
+    """
+    name = name.strip()
+    if not name:
+        raise InvalidInput("Give the team a name.", field="name")
+    tenant_id = uuid.uuid4()
+    # Rows of the new team can only be written with the new team as the context (RLS WITH CHECK).
+    tenancy.update_context(user_id=creator.id, tenant_id=tenant_id)
+    candidates = [validate_slug(slug)] if slug else _slug_candidates(slugify(name))
+    tenant = None
+    for candidate in candidates:
+        # Other teams' slugs are invisible under RLS, so uniqueness is asked of the database itself.
+        try:
+            with db.session.begin_nested():
+                tenant = Tenant(id=tenant_id, name=name, slug=candidate, created_by=creator.id)
+                db.session.add(tenant)
+            break
+        except IntegrityError:
+            tenant = None
+    if tenant is None:
+        raise Conflict("That slug is taken. Choose another.", field="slug")
+    membership = TenantMember(tenant_id=tenant_id, user_id=creator.id, role=TenantRole.OWNER)
+    db.session.add(membership)
+    db.session.flush()
+    audit.record(tenant_id, creator.id, "team.created", target=tenant.name, slug=tenant.slug)
+    return tenant, membership
+
+
+def _slug_candidates(base: str) -> list[str]:
+    return [
+        base,
+        *(f"{base}-{n}" for n in range(2, 5)),
+        *(f"{base}-{secrets.token_hex(3)}" for _ in range(5)),
+    ]
+
+
+def active_membership(user_id: uuid.UUID, wanted_tenant_id: uuid.UUID | None) -> TenantMember | None:
+    """The user's membership in `wanted_tenant_id`, else their earliest one, else None. One query."""
+    preferred = case((TenantMember.tenant_id == wanted_tenant_id, 0), else_=1)
+    return db.session.scalar(
+        select(TenantMember)
+        .options(joinedload(TenantMember.tenant))
+        .where(TenantMember.user_id == user_id)
+        .order_by(preferred, TenantMember.joined_at, TenantMember.id)
+        .limit(1)
+        .execution_options(**{tenancy.ALL_TENANTS: True})
+    )
+
+
+def memberships_of(user_id: uuid.UUID) -> list[TenantMember]:
+    """Every team the user belongs to, by team name (for the team switcher)."""
+    return list(
+        db.session.scalars(
+            select(TenantMember)
+            .join(TenantMember.tenant)
+            .options(joinedload(TenantMember.tenant))
+            .where(TenantMember.user_id == user_id)
+            .order_by(Tenant.name, Tenant.id)
+            .execution_options(**{tenancy.ALL_TENANTS: True})
+        )
+    )

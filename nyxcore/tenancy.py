@@ -1,0 +1,172 @@
+"""The tenant context: who is acting, for which team, and how every transaction carries it.
+
+The context lives in a ContextVar, so it works the same in a request thread, a Celery task and a
+CLI command. Two layers read it:
+
+- PostgreSQL row-level security. An engine event puts
+  `SELECT set_config('app.user_id', ..., true), set_config('app.tenant_id', ..., true), ...;`
+  in front of the first statement of each transaction (one round trip, not two). The settings are
+  transaction-local, so a pooled connection never carries one request's team into the next, and
+  with no context the policies see an empty setting and show no tenant rows.
+  When the context changes inside an open transaction (the user loader often runs first), the next
+  statement carries the new settings on the same connection.
+- The ORM. Every SELECT, UPDATE and DELETE of a tenant-owned model gets `tenant_id = <active team>`
+  through `with_loader_criteria`, so SQLite development mode is scoped too. Queries that must
+  reach across teams (a user's own memberships for the team switcher) opt out explicitly with
+  `execution_options(all_tenants=True)`, and RLS still applies to them.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy import event, false
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+
+from nyxcore.models import Tenant, TenantScoped
+
+ALL_TENANTS = "all_tenants"
+_APPLIED = "nyxcore_applied_context"
+_HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class TenantContext:
+    """Who is acting (`user_id`), for which team (`tenant_id`), and an invite token's hash if any."""
+
+    user_id: uuid.UUID | None = None
+    tenant_id: uuid.UUID | None = None
+    invite_token_hash: str | None = None
+
+    def __post_init__(self) -> None:
+        # The values are interpolated as SQL literals (see _context_sql); accept only their exact shapes.
+        if self.user_id is not None and not isinstance(self.user_id, uuid.UUID):
+            raise TypeError("user_id must be a UUID")
+        if self.tenant_id is not None and not isinstance(self.tenant_id, uuid.UUID):
+            raise TypeError("tenant_id must be a UUID")
+        if self.invite_token_hash is not None and not _HEX_DIGEST.match(self.invite_token_hash):
+            raise ValueError("invite_token_hash must be a SHA-256 hex digest")
+
+
+EMPTY = TenantContext()
+_current: ContextVar[TenantContext] = ContextVar("nyxcore_tenant_context", default=EMPTY)
+
+
+def current() -> TenantContext:
+    """The context in force for this thread or task."""
+    return _current.get()
+
+
+def current_tenant_id() -> uuid.UUID | None:
+    return _current.get().tenant_id
+
+
+def set_context(context: TenantContext) -> Token[TenantContext]:
+    """Replace the context; the next statement in any transaction carries it."""
+    return _current.set(context)
+
+
+def update_context(**changes: Any) -> Token[TenantContext]:
+    """Change some fields of the context (for example `tenant_id=` when switching teams)."""
+    return _current.set(replace(_current.get(), **changes))
+
+
+def reset_context(token: Token[TenantContext]) -> None:
+    _current.reset(token)
+
+
+@contextmanager
+def tenant_context(
+    *,
+    user_id: uuid.UUID | None = None,
+    tenant_id: uuid.UUID | None = None,
+    invite_token_hash: str | None = None,
+) -> Iterator[TenantContext]:
+    """Run a block (a Celery task, a CLI step) as `user_id` in `tenant_id`, then restore."""
+    context = TenantContext(user_id=user_id, tenant_id=tenant_id, invite_token_hash=invite_token_hash)
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)
+
+
+def _context_sql(context: TenantContext) -> str:
+    # Literals, not bind parameters: the statement is prepended to arbitrary SQL whose parameter
+    # style we do not control. The values are UUIDs and a hex digest, validated above.
+    user = str(context.user_id) if context.user_id else ""
+    tenant = str(context.tenant_id) if context.tenant_id else ""
+    invite = context.invite_token_hash or ""
+    return (
+        f"SELECT set_config('app.user_id', '{user}', true), "
+        f"set_config('app.tenant_id', '{tenant}', true), "
+        f"set_config('app.invite_token_hash', '{invite}', true);"
+    )
+
+
+def _before_cursor_execute(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> tuple[str, Any]:
+    wanted = _current.get()
+    if conn.info.get(_APPLIED) == wanted or not conn.in_transaction():
+        return statement, parameters
+    conn.info[_APPLIED] = wanted
+    if executemany:
+        cursor.execute(_context_sql(wanted))
+        return statement, parameters
+    return _context_sql(wanted) + " " + statement, parameters
+
+
+def _forget_applied(conn: Connection, *args: Any) -> None:
+    # The settings end with the transaction (or with the savepoint they were made in).
+    conn.info.pop(_APPLIED, None)
+
+
+def install_engine_events(engine: Engine) -> None:
+    """Carry the tenant context on every PostgreSQL transaction of `engine`."""
+    if engine.dialect.name != "postgresql" or event.contains(
+        engine, "before_cursor_execute", _before_cursor_execute
+    ):
+        return
+    event.listen(engine, "before_cursor_execute", _before_cursor_execute, retval=True)
+    for name in ("begin", "commit", "rollback", "rollback_savepoint"):
+        event.listen(engine, name, _forget_applied)
+
+
+def _scope_orm_statement(state: ORMExecuteState) -> None:
+    if state.is_column_load or state.is_relationship_load:
+        return
+    if not (state.is_select or state.is_update or state.is_delete):
+        return
+    if state.execution_options.get(ALL_TENANTS):
+        return
+    tenant_id = _current.get().tenant_id
+    if tenant_id is None:
+        criteria = [
+            with_loader_criteria(TenantScoped, lambda cls: false(), include_aliases=True),
+            with_loader_criteria(Tenant, false(), include_aliases=True),
+        ]
+    else:
+        criteria = [
+            with_loader_criteria(TenantScoped, lambda cls: cls.tenant_id == tenant_id, include_aliases=True),
+            with_loader_criteria(Tenant, Tenant.id == tenant_id, include_aliases=True),
+        ]
+    state.statement = state.statement.options(*criteria)
+
+
+def install_orm_scoping() -> None:
+    """Scope every ORM query of a tenant-owned model to the active team (idempotent)."""
+    if not event.contains(Session, "do_orm_execute", _scope_orm_statement):
+        event.listen(Session, "do_orm_execute", _scope_orm_statement)

@@ -1,0 +1,132 @@
+"""The request boundary: tenant context in, one commit out, errors mapped to pages, safe redirects."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask, g, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.wrappers.response import Response
+
+from nyxcore import authz, tenancy
+from nyxcore.errors import DomainError
+from nyxcore.extensions import db
+from nyxcore.services import mail
+
+log = logging.getLogger("nyxcore.request")
+
+ERROR_TITLES = {
+    400: (
+        "Bad request",
+        "The request could not be understood. If you submitted a form, reload the page and try again.",
+    ),
+    403: ("Not allowed", "Your role in this team does not allow this."),
+    404: ("Not found", "There is nothing here, or it belongs to a team you are not in."),
+    405: ("Method not allowed", "This address does not accept that kind of request."),
+    409: ("Conflict", "This clashes with the current state. Reload the page and try again."),
+    410: ("Gone", "This link is no longer valid."),
+    413: ("Too large", "The request is larger than this server accepts."),
+    429: ("Too many requests", "You are going too fast. Wait a little and try again."),
+    500: ("Something went wrong", "An unexpected error occurred. It has been logged; please try again."),
+}
+_SKIP_CONTEXT_ENDPOINTS = {"static", "api.health"}
+
+
+def is_safe_next(target: str | None) -> bool:
+    """True only for a path on this site: no scheme, no host, no protocol-relative or backslash tricks."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return False
+    parts = urlsplit(target)
+    return not parts.scheme and not parts.netloc and all(ord(c) >= 32 for c in target)
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def register_request_hooks(app: Flask) -> None:
+    """Bind the tenant context per request, commit once at the end, and add security headers."""
+
+    @app.before_request
+    def bind_context() -> None:
+        g.request_id = request.headers.get("X-Request-ID", "")[:64] or secrets.token_hex(8)
+        g.started_at = time.perf_counter()
+        g.context_token = tenancy.set_context(tenancy.EMPTY)
+        if request.endpoint not in _SKIP_CONTEXT_ENDPOINTS:
+            authz.load_active_membership()
+
+    @app.after_request
+    def finish_transaction(response: Response) -> Response:
+        # One commit per request, at its end, and only for success; then hand queued mail to Celery.
+        if response.status_code < 400:
+            db.session.commit()
+            mail.dispatch_queued()
+        else:
+            db.session.rollback()
+            mail.discard_queued()
+        return response
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        headers = response.headers
+        headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+        )
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "same-origin")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        if request.endpoint and request.endpoint.startswith("invite."):
+            headers["Referrer-Policy"] = "no-referrer"  # the token is in the path
+        if app.config["SESSION_COOKIE_SECURE"]:
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        headers.setdefault("X-Request-ID", g.get("request_id", ""))
+        return response
+
+    @app.teardown_request
+    def unbind_context(exc: BaseException | None) -> None:
+        token = g.pop("context_token", None)
+        if token is not None:
+            tenancy.reset_context(token)
+
+
+def render_error(status: int, message: str | None = None) -> tuple[Any, int]:
+    title, default_message = ERROR_TITLES.get(status, ("Error", "The request failed."))
+    if wants_json():
+        return jsonify(error=title, message=message or default_message), status
+    return render_template(
+        "errors/error.html", status=status, title=title, message=message or default_message
+    ), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every error, domain or HTTP, becomes one page (or JSON under /api/) decided here."""
+
+    @app.errorhandler(DomainError)
+    def domain_error(exc: DomainError) -> tuple[Any, int]:
+        return render_error(exc.status_code, exc.message)
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc: CSRFError) -> tuple[Any, int]:
+        return render_error(
+            400, "The form had expired or was not sent from this site. Reload the page and try again."
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Any, int] | HTTPException:
+        if exc.code is None or exc.code < 400:
+            return exc
+        return render_error(exc.code)
+
+    @app.errorhandler(InternalServerError)
+    def internal_error(exc: InternalServerError) -> tuple[Any, int]:
+        db.session.rollback()
+        log.error("unhandled error", exc_info=exc.original_exception or exc)
+        return render_error(500)

@@ -1,0 +1,268 @@
+"""Fixtures over a real PostgreSQL and Redis.
+
+A run creates its own database and two roles (an owner that runs the migrations, and the app role
+the app connects as, held by row-level security), and drops them at the end. Each test starts from
+empty tables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from itsdangerous import URLSafeTimedSerializer
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+
+from nyxcore import create_app, tenancy
+from nyxcore.config import load_config
+from nyxcore.extensions import db as _db
+from nyxcore.models import Tenant, TenantMember, User
+from nyxcore.roles import TenantRole
+from nyxcore.services import accounts
+
+ADMIN_URL = os.environ.get("NYXCORE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("NYXCORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+PASSWORD = "correct horse battery staple"
+TABLES = "audit_events, notes, github_tokens, invitations, outbox_emails, tenant_members, tenants, users"
+
+
+@dataclass(frozen=True)
+class TestDatabase:
+    name: str
+    admin_url: str  # superuser, on the test database: for setup and inspection only
+    owner_url: str
+    app_url: str
+    owner_role: str
+    app_role: str
+
+
+def _url(base: str, *, user: str | None = None, database: str | None = None) -> str:
+    url = make_url(base)
+    if user is not None:
+        url = url.set(username=user, password=None)
+    if database is not None:
+        url = url.set(database=database)
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[TestDatabase]:
+    suffix = uuid.uuid4().hex[:8]
+    info = TestDatabase(
+        name=f"nyxcore_test_{suffix}",
+        admin_url=_url(ADMIN_URL, database=f"nyxcore_test_{suffix}"),
+        owner_url=_url(ADMIN_URL, user=f"nyxcore_owner_{suffix}", database=f"nyxcore_test_{suffix}"),
+        app_url=_url(ADMIN_URL, user=f"nyxcore_app_{suffix}", database=f"nyxcore_test_{suffix}"),
+        owner_role=f"nyxcore_owner_{suffix}",
+        app_role=f"nyxcore_app_{suffix}",
+    )
+    server = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as conn:
+            conn.execute(text(f"CREATE ROLE {info.owner_role} LOGIN NOSUPERUSER NOBYPASSRLS"))
+            conn.execute(text(f"CREATE ROLE {info.app_role} LOGIN NOSUPERUSER NOBYPASSRLS"))
+            conn.execute(text(f"CREATE DATABASE {info.name} OWNER {info.owner_role}"))
+        app = create_app(test_config(info))
+        with app.app_context():
+            from flask_migrate import upgrade
+
+            upgrade()
+            _db.engine.dispose()
+        yield info
+    finally:
+        with server.connect() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
+                ),
+                {"d": info.name},
+            )
+            conn.execute(text(f"DROP DATABASE IF EXISTS {info.name}"))
+            conn.execute(text(f"DROP ROLE IF EXISTS {info.app_role}"))
+            conn.execute(text(f"DROP ROLE IF EXISTS {info.owner_role}"))
+        server.dispose()
+
+
+def test_config(info: TestDatabase, **overrides: Any) -> dict[str, Any]:
+    """The app's configuration for a test: the app role, Redis, testing mode."""
+    environ = {
+        "NYXCORE_ENV": "testing",
+        "DATABASE_URL": info.app_url,
+        "MIGRATION_DATABASE_URL": info.owner_url,
+        "NYXCORE_APP_ROLE": info.app_role,
+        "REDIS_URL": REDIS_URL,
+        "PUBLIC_URL": "http://nyxcore.test",
+        "CELERY_TASK_ALWAYS_EAGER": "true",
+        "MAIL_BACKEND": "console",
+    }
+    config = load_config(environ)
+    config.update(overrides)
+    return config
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def admin_engine(database: TestDatabase) -> Iterator[Engine]:
+    """A superuser connection to the test database, for cleanup and for looking under RLS."""
+    engine = create_engine(database.admin_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _empty_tables(request: pytest.FixtureRequest) -> Iterator[None]:
+    engine = request.getfixturevalue("admin_engine") if "database" in request.fixturenames else None
+    yield
+    if engine is not None:
+        with engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+
+
+@pytest.fixture
+def app_config(database: TestDatabase) -> dict[str, Any]:
+    """Override entries of this dict in a test (before using `app`) to change the app's config."""
+    return test_config(database)
+
+
+@pytest.fixture
+def app(app_config: dict[str, Any]) -> Iterator[Flask]:
+    application = create_app(app_config)
+    yield application
+    with application.app_context():
+        _db.engine.dispose()
+
+
+class Client(FlaskClient):
+    """A test client that sends a valid CSRF token with every form it posts."""
+
+    def csrf_token(self) -> str:
+        with self.session_transaction() as session:
+            raw = session.setdefault("csrf_token", uuid.uuid4().hex)
+        serializer = URLSafeTimedSerializer(self.application.secret_key, salt="wtf-csrf-token")
+        return str(serializer.dumps(raw))
+
+    def post_form(self, url: str, data: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        return self.post(url, data={"csrf_token": self.csrf_token(), **(data or {})}, **kwargs)
+
+    def login(self, email: str, password: str = PASSWORD) -> Any:
+        return self.post_form("/auth/login", {"email": email, "password": password})
+
+
+@pytest.fixture
+def client(app: Flask) -> Client:
+    app.test_client_class = Client
+    return app.test_client()  # type: ignore[return-value]
+
+
+@pytest.fixture
+def make_client(app: Flask) -> Any:
+    def build() -> Client:
+        app.test_client_class = Client
+        return app.test_client()  # type: ignore[return-value]
+
+    return build
+
+
+@dataclass
+class Account:
+    user_id: uuid.UUID
+    email: str
+    name: str
+    team_id: uuid.UUID  # the personal team made at sign-up
+
+
+@pytest.fixture
+def make_user(app: Flask) -> Any:
+    """Create a user (and their personal team) through the service, committed."""
+    counter = iter(range(1, 10_000))
+
+    def build(name: str | None = None, email: str | None = None, password: str = PASSWORD) -> Account:
+        n = next(counter)
+        name = name or f"User {n}"
+        email = email or f"user{n}-{uuid.uuid4().hex[:6]}@example.com"
+        with app.app_context(), tenancy.tenant_context():
+            user, membership = accounts.register_user(name=name, email=email, password=password)
+            _db.session.commit()
+            return Account(user.id, user.email, user.name, membership.tenant_id)
+
+    return build
+
+
+@pytest.fixture
+def add_member(app: Flask) -> Any:
+    """Put an existing user into a team with a role, committed."""
+
+    def add(team_id: uuid.UUID, account: Account, role: TenantRole) -> None:
+        with app.app_context(), tenancy.tenant_context(user_id=account.user_id, tenant_id=team_id):
+            _db.session.add(TenantMember(tenant_id=team_id, user_id=account.user_id, role=role))
+            _db.session.commit()
+
+    return add
+
+
+@pytest.fixture
+def team(make_user: Any, add_member: Any) -> Any:
+    """A team with one user of each role; `team.clients[role]` is logged in as that user."""
+    return _build_team(make_user, add_member)
+
+
+@dataclass
+class TeamFixture:
+    id: uuid.UUID
+    accounts: dict[TenantRole, Account]
+
+
+def _build_team(make_user: Any, add_member: Any) -> TeamFixture:
+    owner = make_user(name="Olive Owner")
+    accounts_by_role = {TenantRole.OWNER: owner}
+    for role in (TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER):
+        account = make_user(name=f"{role.label} Person")
+        add_member(owner.team_id, account, role)
+        accounts_by_role[role] = account
+    return TeamFixture(owner.team_id, accounts_by_role)
+
+
+@pytest.fixture
+def login_as(make_client: Any) -> Any:
+    """A new client logged in as `account`, with `team_id` made active if given."""
+
+    def login(account: Account, team_id: uuid.UUID | None = None) -> Client:
+        c: Client = make_client()
+        response = c.login(account.email)
+        assert response.status_code == 302, response.get_data(as_text=True)
+        if team_id is not None:
+            switched = c.post_form("/teams/switch", {"tenant_id": str(team_id)})
+            assert switched.status_code == 302
+        return c
+
+    return login
+
+
+def team_name(app: Flask, team_id: uuid.UUID) -> str:
+    with app.app_context(), tenancy.tenant_context(tenant_id=team_id):
+        tenant = _db.session.get(Tenant, team_id)
+        assert tenant is not None
+        return tenant.name
+
+
+def user_by_email(app: Flask, email: str) -> User | None:
+    with app.app_context():
+        return accounts.find_user_by_email(email)
+
+
+def csrf_from(html: str) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html) or re.search(
+        r'name="csrf_token" value="([^"]+)"', html
+    )
+    assert match, "no CSRF token in the page"
+    return match.group(1)

@@ -1,0 +1,161 @@
+"""Sign up, log in, log out, against PostgreSQL with the app role."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+
+from tests.conftest import PASSWORD
+
+
+def count(admin_engine: Any, sql: str, **params: Any) -> int:
+    with admin_engine.connect() as conn:
+        return int(conn.execute(text(sql), params).scalar_one())
+
+
+def test_signup_creates_user_and_personal_team_and_logs_in(client, admin_engine):
+    response = client.post_form(
+        "/auth/signup", {"name": "Ada Lovelace", "email": "Ada@Example.COM", "password": PASSWORD}
+    )
+    assert response.status_code == 302
+    assert response.location == "/team/"
+    page = client.get("/team/").get_data(as_text=True)
+    assert "Ada&#39;s team" in page
+    assert "ada@example.com" in page
+    assert "Owner" in page
+    assert count(admin_engine, "SELECT count(*) FROM users WHERE email = 'ada@example.com'") == 1
+    assert count(admin_engine, "SELECT count(*) FROM tenant_members WHERE role = 'owner'") == 1
+
+
+def test_password_is_stored_as_argon2id_at_owasp_minimum(client, admin_engine):
+    client.post_form("/auth/signup", {"name": "Ada", "email": "ada@example.com", "password": PASSWORD})
+    with admin_engine.connect() as conn:
+        stored = conn.execute(text("SELECT password_hash FROM users")).scalar_one()
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert PASSWORD not in stored
+
+
+def test_duplicate_email_in_other_letter_case_is_a_form_error(client, make_user, admin_engine):
+    make_user(email="grace@example.com")
+    response = client.post_form(
+        "/auth/signup", {"name": "Grace Again", "email": "GRACE@example.com", "password": PASSWORD}
+    )
+    assert response.status_code == 200
+    assert "An account with this email already exists" in response.get_data(as_text=True)
+    assert count(admin_engine, "SELECT count(*) FROM users") == 1
+
+
+def test_short_password_and_bad_email_are_form_errors(client, admin_engine):
+    response = client.post_form("/auth/signup", {"name": "X", "email": "not-an-email", "password": "short"})
+    body = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "Use at least 12 characters." in body
+    assert "Invalid email address." in body
+    assert count(admin_engine, "SELECT count(*) FROM users") == 0
+
+
+def test_login_and_logout(client, make_user):
+    account = make_user()
+    response = client.login(account.email)
+    assert response.status_code == 302
+    assert client.get("/team/").status_code == 200
+    assert client.post_form("/auth/logout").status_code == 302
+    after = client.get("/team/")
+    assert after.status_code == 302
+    assert after.location.startswith("/auth/login")
+
+
+def test_login_accepts_email_in_any_case(client, make_user):
+    account = make_user(email="mixed@example.com")
+    assert client.login("MiXeD@Example.com").status_code == 302
+    assert account.email == "mixed@example.com"
+
+
+def test_wrong_password_and_unknown_email_give_the_same_error(client, make_user):
+    account = make_user()
+    wrong = client.login(account.email, "not the password at all")
+    unknown = client.login("nobody@example.com", "not the password at all")
+    for response in (wrong, unknown):
+        assert response.status_code == 200
+        assert "Invalid email or password." in response.get_data(as_text=True)
+    assert client.get("/team/").status_code == 302
+
+
+def test_post_without_csrf_token_is_refused_and_changes_nothing(client, admin_engine):
+    response = client.post(
+        "/auth/signup", data={"name": "Eve", "email": "eve@example.com", "password": PASSWORD}
+    )
+    assert response.status_code == 400
+    assert "Reload the page" in response.get_data(as_text=True)
+    assert count(admin_engine, "SELECT count(*) FROM users") == 0
+
+
+def test_logout_without_csrf_token_is_refused(client, make_user):
+    client.login(make_user().email)
+    assert client.post("/auth/logout").status_code == 400
+    assert client.get("/team/").status_code == 200
+
+
+def test_next_to_another_site_is_ignored(client, make_user):
+    account = make_user()
+    for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example", "javascript:alert(1)"):
+        response = client.post_form(
+            f"/auth/login?next={target}", {"email": account.email, "password": PASSWORD}
+        )
+        assert response.status_code == 302
+        assert response.location == "/team/", target
+        client.post_form("/auth/logout")
+
+
+def test_next_to_a_local_path_is_followed(client, make_user):
+    account = make_user()
+    response = client.post_form("/auth/login?next=/teams/new", {"email": account.email, "password": PASSWORD})
+    assert response.location == "/teams/new"
+
+
+def test_protected_page_sends_anonymous_user_to_login_with_next(client):
+    response = client.get("/team/")
+    assert response.status_code == 302
+    assert response.location == "/auth/login?next=%2Fteam%2F"
+
+
+def test_login_renews_the_session(client, make_user):
+    account = make_user()
+    client.get("/auth/login")
+    with client.session_transaction() as session:
+        session["planted"] = "by an attacker before login"
+    client.login(account.email)
+    with client.session_transaction() as session:
+        assert "planted" not in session
+        assert session["_user_id"] == str(account.user_id)
+
+
+def test_old_password_hash_is_upgraded_at_login(client, make_user, admin_engine):
+    from argon2 import PasswordHasher
+
+    account = make_user()
+    weak = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(PASSWORD)
+    with admin_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE users SET password_hash = :h WHERE id = :i"), {"h": weak, "i": account.user_id}
+        )
+    assert client.login(account.email).status_code == 302
+    with admin_engine.connect() as conn:
+        stored = conn.execute(
+            text("SELECT password_hash FROM users WHERE id = :i"), {"i": account.user_id}
+        ).scalar_one()
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+
+
+def test_every_error_page_renders(app, client):
+    from nyxcore.web import ERROR_TITLES
+
+    with app.test_request_context():
+        from nyxcore.web import render_error
+
+        for status, (title, _) in ERROR_TITLES.items():
+            body, code = render_error(status)
+            assert code == status
+            assert title in body
+    assert "Not found" in client.get("/no/such/page").get_data(as_text=True)

@@ -1,0 +1,71 @@
+"""Configuration: every setting documented, production refuses unsafe defaults."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from nyxcore.config import DEV_ENCRYPTION_KEYS, ConfigError, check_production, load_config
+from nyxcore.crypto import generate_key_setting
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD_PRODUCTION = {
+    "NYXCORE_ENV": "production",
+    "SECRET_KEY": "x" * 48,
+    "DATABASE_URL": "postgresql://app@db/nyxcore",
+    "REDIS_URL": "redis://redis:6379/0",
+    "NYXCORE_ENCRYPTION_KEYS": generate_key_setting("k1"),
+}
+
+
+def test_env_example_lists_every_setting_the_config_reads():
+    source = (ROOT / "nyxcore" / "config.py").read_text()
+    read = set(re.findall(r'env(?:\.get)?\(\s*"([A-Z_]+)"', source)) | set(
+        re.findall(r'_int\(env, "([A-Z_]+)"', source)
+    )
+    documented = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert read, "found no settings in config.py"
+    assert read - documented == set()
+
+
+def test_development_needs_no_settings():
+    config = load_config({}, instance_path="/tmp/x")
+    check_production(config)
+    assert config["SQLALCHEMY_DATABASE_URI"] == "sqlite:////tmp/x/nyxcore.db"
+    assert config["CELERY"]["task_always_eager"] is True
+    assert config["MAIL_BACKEND"] == "console"
+
+
+def test_good_production_config_passes():
+    check_production(load_config(GOOD_PRODUCTION))
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"SECRET_KEY": ""}, "SECRET_KEY"),
+        ({"SECRET_KEY": "dev-only-secret-key-do-not-use-in-production"}, "SECRET_KEY"),
+        ({"NYXCORE_ENCRYPTION_KEYS": ""}, "NYXCORE_ENCRYPTION_KEYS must be set"),
+        ({"NYXCORE_ENCRYPTION_KEYS": DEV_ENCRYPTION_KEYS}, "published development key"),
+        ({"NYXCORE_ENCRYPTION_KEYS": "k1:not-base64!"}, "malformed"),
+        ({"NYXCORE_ENCRYPTION_KEYS": "k1:c2hvcnQ="}, "must be 32 bytes"),
+        ({"DATABASE_URL": ""}, "DATABASE_URL"),
+        ({"REDIS_URL": ""}, "REDIS_URL"),
+        ({"CELERY_TASK_ALWAYS_EAGER": "true"}, "EAGER"),
+    ],
+)
+def test_production_refuses_unsafe_settings(change, complaint):
+    with pytest.raises(ConfigError, match=complaint):
+        check_production(load_config({**GOOD_PRODUCTION, **change}))
+
+
+def test_unknown_environment_is_refused():
+    with pytest.raises(ConfigError, match="NYXCORE_ENV"):
+        load_config({"NYXCORE_ENV": "staging"})
+
+
+def test_non_numeric_setting_is_refused():
+    with pytest.raises(ConfigError, match="SMTP_PORT"):
+        load_config({"SMTP_PORT": "twenty-five"})
