@@ -31,9 +31,9 @@ def test_env_example_lists_every_setting_the_config_reads():
 
 
 def test_development_needs_no_settings():
-    config = load_config({}, instance_path="/tmp/x")
+    config = load_config({}, instance_path="/srv/nyx")
     check_production(config)
-    assert config["SQLALCHEMY_DATABASE_URI"] == "sqlite:////tmp/x/nyxcore.db"
+    assert config["SQLALCHEMY_DATABASE_URI"] == "sqlite:////srv/nyx/nyxcore.db"
     assert config["CELERY"]["task_always_eager"] is True
     assert config["MAIL_BACKEND"] == "console"
 
