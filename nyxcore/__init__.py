@@ -72,9 +72,9 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from nyxcore.blueprints import api, auth, main, team, teams
+    from nyxcore.blueprints import api, auth, github, invite, main, notes, team, teams
 
-    for blueprint in (main.bp, auth.bp, teams.bp, team.bp, api.bp):
+    for blueprint in (main.bp, auth.bp, teams.bp, team.bp, invite.bp, notes.bp, github.bp, api.bp):
         app.register_blueprint(blueprint)
 
 
