@@ -35,6 +35,8 @@ from nyxcore.models import Tenant, TenantScoped
 ALL_TENANTS = "all_tenants"
 _APPLIED = "nyxcore_applied_context"
 _HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+# Transaction control must run alone: after an error only ROLLBACK (TO SAVEPOINT) is accepted.
+_CONTROL_STATEMENT = re.compile(r"^\s*(ROLLBACK|RELEASE|SAVEPOINT|COMMIT|BEGIN)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def _before_cursor_execute(
     executemany: bool,
 ) -> tuple[str, Any]:
     wanted = _current.get()
-    if conn.info.get(_APPLIED) == wanted or not conn.in_transaction():
+    if conn.info.get(_APPLIED) == wanted or not conn.in_transaction() or _CONTROL_STATEMENT.match(statement):
         return statement, parameters
     conn.info[_APPLIED] = wanted
     if executemany:

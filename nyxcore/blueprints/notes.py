@@ -1,7 +1,94 @@
-"""NyxBook: team notes (`/notes/...`). Viewers read; members and up write."""
+"""NyxBook: team notes (`/notes/...`). Viewers read; members and up write.
+
+The pattern any new team feature follows: a TenantScoped model (isolated by RLS and the ORM
+scope), a service, and views guarded by `@role_required`.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import uuid
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from werkzeug.wrappers.response import Response
+from wtforms import StringField, TextAreaField
+from wtforms.validators import DataRequired, Length
+
+from nyxcore.authz import current_membership, role_required
+from nyxcore.errors import DomainError
+from nyxcore.forms import add_domain_error
+from nyxcore.models import TenantMember
+from nyxcore.pagination import page_number
+from nyxcore.roles import TenantRole
+from nyxcore.services import notes
 
 bp = Blueprint("notes", __name__, url_prefix="/notes")
+
+
+class NoteForm(FlaskForm):  # type: ignore[misc]
+    title = StringField("Title", validators=[DataRequired(), Length(max=200)])
+    body = TextAreaField("Text", validators=[Length(max=100_000)])
+
+
+class ConfirmForm(FlaskForm):  # type: ignore[misc]
+    """A bare POST form: the CSRF token is its only field."""
+
+
+def _actor() -> TenantMember:
+    membership = current_membership()
+    assert membership is not None, "role_required guarantees a membership"
+    return membership
+
+
+@bp.get("/")
+@role_required(TenantRole.VIEWER)
+def index() -> str:
+    page = notes.list_notes(page=page_number(request.args.get("page")))
+    return render_template("notes/index.html", page=page)
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@role_required(TenantRole.MEMBER)
+def new() -> Response | tuple[str, int]:
+    form = NoteForm()
+    if form.validate_on_submit():
+        try:
+            note = notes.create_note(_actor(), title=form.title.data, body=form.body.data or "")
+        except DomainError as exc:
+            add_domain_error(form, exc, "title")
+        else:
+            flash("Note saved.", "success")
+            return redirect(url_for("notes.show", note_id=note.id))
+    return render_template("notes/form.html", form=form, note=None), 400 if form.errors else 200
+
+
+@bp.get("/<uuid:note_id>")
+@role_required(TenantRole.VIEWER)
+def show(note_id: uuid.UUID) -> str:
+    return render_template("notes/show.html", note=notes.get_note(note_id), confirm_form=ConfirmForm())
+
+
+@bp.route("/<uuid:note_id>/edit", methods=["GET", "POST"])
+@role_required(TenantRole.MEMBER)
+def edit(note_id: uuid.UUID) -> Response | tuple[str, int]:
+    note = notes.get_note(note_id)
+    form = NoteForm(obj=note)
+    if form.validate_on_submit():
+        try:
+            notes.update_note(_actor(), note_id, title=form.title.data, body=form.body.data or "")
+        except DomainError as exc:
+            add_domain_error(form, exc, "title")
+        else:
+            flash("Note saved.", "success")
+            return redirect(url_for("notes.show", note_id=note_id))
+    return render_template("notes/form.html", form=form, note=note), 400 if form.errors else 200
+
+
+@bp.post("/<uuid:note_id>/delete")
+@role_required(TenantRole.MEMBER)
+def delete(note_id: uuid.UUID) -> Response:
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    title = notes.delete_note(_actor(), note_id)
+    flash(f"Deleted the note “{title}”.", "info")
+    return redirect(url_for("notes.index"))

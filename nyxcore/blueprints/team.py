@@ -1,20 +1,187 @@
-"""The active team: overview and members (`/team/...`)."""
+"""The active team: members, roles, settings, ownership, audit log (`/team/...`)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+import logging
+import uuid
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from werkzeug.wrappers.response import Response
+from wtforms import SelectChoice, SelectField, StringField
+from wtforms.validators import DataRequired, Length
 
 from nyxcore.authz import current_membership, role_required
-from nyxcore.roles import TenantRole
+from nyxcore.errors import DomainError
+from nyxcore.forms import add_domain_error
+from nyxcore.models import TenantMember
+from nyxcore.pagination import page_number
+from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
+from nyxcore.services import audit as audit_events
 from nyxcore.services import members
 
 bp = Blueprint("team", __name__, url_prefix="/team")
+log = logging.getLogger("nyxcore.team")
+ROLE_CHOICES = [SelectChoice(role.value, role.label) for role in TenantRole]
+
+
+class RoleForm(FlaskForm):  # type: ignore[misc]
+    role = SelectField("Role", choices=ROLE_CHOICES, validators=[DataRequired()])
+
+
+class TransferForm(FlaskForm):  # type: ignore[misc]
+    # Any current member is a valid choice; the service checks membership (another team's id is a 404).
+    member_id = SelectField("New owner", choices=[], validators=[DataRequired()], validate_choice=False)
+
+
+class SettingsForm(FlaskForm):  # type: ignore[misc]
+    name = StringField("Team name", validators=[DataRequired(), Length(max=80)])
+    slug = StringField("Slug", validators=[DataRequired(), Length(max=63)])
+
+
+class DeleteForm(FlaskForm):  # type: ignore[misc]
+    confirm_name = StringField("Type the team's name to confirm", validators=[DataRequired(), Length(max=80)])
+
+
+class ConfirmForm(FlaskForm):  # type: ignore[misc]
+    """A bare POST form: the CSRF token is its only field."""
+
+
+def _actor() -> TenantMember:
+    membership = current_membership()
+    assert membership is not None, "role_required guarantees a membership"
+    return membership
+
+
+def _page_arg() -> int:
+    return page_number(request.args.get("page"))
+
+
+def _validated(form: FlaskForm) -> None:
+    if not form.validate_on_submit():
+        abort(400)
 
 
 @bp.get("/")
 @role_required(TenantRole.VIEWER)
 def overview() -> str:
-    membership = current_membership()
-    assert membership is not None
-    page = members.list_members(page=1)
-    return render_template("team/overview.html", tenant=membership.tenant, page=page)
+    actor = _actor()
+    search = request.args.get("q", "")[:100]
+    page = members.list_members(page=_page_arg(), search=search)
+    return render_template(
+        "team/overview.html",
+        tenant=actor.tenant,
+        page=page,
+        search=search,
+        role_form=RoleForm(),
+        grantable=grantable_roles(actor.role),
+        can_manage=lambda m: m.id != actor.id and can_manage_role(actor.role, m.role, m.role),
+        confirm_form=ConfirmForm(),
+    )
+
+
+@bp.post("/members/<uuid:member_id>/role")
+@role_required(TenantRole.ADMIN)
+def change_role(member_id: uuid.UUID) -> Response:
+    form = RoleForm()
+    _validated(form)
+    member = members.change_role(_actor(), member_id, TenantRole(form.role.data))
+    flash(f"{member.user.name} is now {member.role.label.lower()}.", "success")
+    return redirect(url_for("team.overview"))
+
+
+@bp.post("/members/<uuid:member_id>/remove")
+@role_required(TenantRole.ADMIN)
+def remove_member(member_id: uuid.UUID) -> Response:
+    _validated(ConfirmForm())
+    user = members.remove_member(_actor(), member_id)
+    flash(f"{user.name} was removed from the team.", "success")
+    return redirect(url_for("team.overview"))
+
+
+@bp.post("/leave")
+@role_required(TenantRole.VIEWER)
+def leave() -> Response:
+    _validated(ConfirmForm())
+    actor = _actor()
+    name = actor.tenant.name
+    members.leave_team(actor)
+    flash(f"You left {name}.", "info")
+    return redirect(url_for("main.index"))
+
+
+def _render_settings(
+    actor: TenantMember,
+    *,
+    form: SettingsForm | None = None,
+    delete_form: DeleteForm | None = None,
+    status: int = 200,
+) -> tuple[str, int]:
+    transfer = TransferForm(prefix="transfer")
+    transfer.member_id.choices = [
+        SelectChoice(str(m.id), f"{m.user.name} ({m.role.label})")
+        for m in members.list_members(page=1, per_page=500).items
+        if m.id != actor.id
+    ]
+    page = render_template(
+        "team/settings.html",
+        form=form or SettingsForm(obj=actor.tenant),
+        transfer=transfer,
+        delete_form=delete_form or DeleteForm(prefix="delete"),
+    )
+    return page, status
+
+
+@bp.route("/settings", methods=["GET", "POST"])
+@role_required(TenantRole.OWNER)
+def settings() -> Response | tuple[str, int]:
+    actor = _actor()
+    # On POST the form holds only what was sent: a missing field is an error, not "unchanged".
+    form = SettingsForm() if request.method == "POST" else SettingsForm(obj=actor.tenant)
+    if form.validate_on_submit():
+        try:
+            members.update_settings(actor, name=form.name.data, slug=form.slug.data)
+        except DomainError as exc:
+            add_domain_error(form, exc, "name")
+            return _render_settings(actor, form=form, status=exc.status_code)
+        flash("Team settings saved.", "success")
+        return redirect(url_for("team.settings"))
+    return _render_settings(actor, form=form, status=400 if form.errors else 200)
+
+
+@bp.post("/transfer")
+@role_required(TenantRole.OWNER)
+def transfer() -> Response:
+    form = TransferForm(prefix="transfer")
+    _validated(form)
+    try:
+        member_id = uuid.UUID(form.member_id.data)
+    except ValueError:
+        abort(404)
+    member = members.transfer_ownership(_actor(), member_id)
+    flash(f"{member.user.name} is now an owner; you are an admin.", "success")
+    return redirect(url_for("team.overview"))
+
+
+@bp.post("/delete")
+@role_required(TenantRole.OWNER)
+def delete() -> Response | tuple[str, int]:
+    actor = _actor()
+    form = DeleteForm(prefix="delete")
+    if not form.validate_on_submit():
+        return _render_settings(actor, delete_form=form, status=400)
+    try:
+        name = members.delete_team(actor, confirm_name=form.confirm_name.data)
+    except DomainError as exc:
+        add_domain_error(form, exc, "confirm_name")
+        return _render_settings(actor, delete_form=form, status=exc.status_code)
+    log.info("team %s deleted by user %s", actor.tenant_id, actor.user_id)
+    flash(f"The team {name} was deleted.", "info")
+    return redirect(url_for("main.index"))
+
+
+@bp.get("/audit")
+@role_required(TenantRole.ADMIN)
+def audit() -> str:
+    page = audit_events.list_events(page=_page_arg())
+    return render_template("team/audit.html", page=page)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import joinedload
 
 from nyxcore.extensions import db
 from nyxcore.models import AuditEvent
+from nyxcore.pagination import Page
 
 
 def record(
@@ -25,8 +26,8 @@ def record(
     return event
 
 
-def list_events(*, page: int, per_page: int = 50) -> tuple[list[AuditEvent], int]:
-    """A page of the active team's events, newest first, and the total count."""
+def list_events(*, page: int, per_page: int = 50) -> Page[AuditEvent]:
+    """A page of the active team's events, newest first, with the actor loaded (2 queries)."""
     total = db.session.scalar(select(func.count()).select_from(AuditEvent)) or 0
     events = db.session.scalars(
         select(AuditEvent)
@@ -35,4 +36,4 @@ def list_events(*, page: int, per_page: int = 50) -> tuple[list[AuditEvent], int
         .limit(per_page)
         .offset((page - 1) * per_page)
     ).all()
-    return list(events), total
+    return Page(list(events), page, per_page, total)

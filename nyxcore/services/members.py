@@ -1,38 +1,39 @@
-"""Team members: listing, role changes, removal, ownership."""
+"""Team members and settings: listing, role changes, removal, leaving, ownership, deletion.
+
+A team always keeps at least one owner. Every change that could take away an owner first locks
+the team's row (`SELECT ... FOR UPDATE`), so two concurrent requests (two owners demoting each
+other) are serialised and the second one sees the first one's result.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+import uuid
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
+from nyxcore.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from nyxcore.extensions import db
-from nyxcore.models import TenantMember, User
+from nyxcore.models import Tenant, TenantMember, User
+from nyxcore.pagination import Page
+from nyxcore.roles import TenantRole, can_manage_role, has_min_role
+from nyxcore.services import audit
+from nyxcore.services.teams import validate_slug
 
 PER_PAGE = 50
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: list[T]
-    page: int
-    per_page: int
-    total: int
-
-    @property
-    def pages(self) -> int:
-        return max(1, -(-self.total // self.per_page))
+LAST_OWNER = "A team needs at least one owner. Make someone else an owner first."
 
 
 def list_members(*, page: int, search: str = "", per_page: int = PER_PAGE) -> Page[TenantMember]:
-    """A page of the active team's members in join order, with their user and inviter loaded (2 queries)."""
+    """A page of the active team's members in join order, with user and inviter loaded (2 queries)."""
     query = select(TenantMember).join(TenantMember.user)
+    search = search.strip().lower()
     if search:
-        pattern = f"%{search.lower()}%"
-        query = query.where(or_(func.lower(User.name).like(pattern), User.email.like(pattern)))
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(
+            or_(func.lower(User.name).like(pattern, escape="\\"), User.email.like(pattern, escape="\\"))
+        )
     total = db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
     items = db.session.scalars(
         query.options(joinedload(TenantMember.user), joinedload(TenantMember.inviter))
@@ -41,3 +42,141 @@ def list_members(*, page: int, search: str = "", per_page: int = PER_PAGE) -> Pa
         .offset((max(page, 1) - 1) * per_page)
     ).all()
     return Page(list(items), max(page, 1), per_page, total)
+
+
+def get_member(member_id: uuid.UUID) -> TenantMember:
+    """A member of the active team with their user; another team's or unknown id raises NotFound."""
+    member = db.session.scalar(
+        select(TenantMember).options(joinedload(TenantMember.user)).where(TenantMember.id == member_id)
+    )
+    if member is None:
+        raise NotFound("There is no such member in this team.")
+    return member
+
+
+def _lock_team(tenant_id: uuid.UUID) -> Tenant:
+    tenant = db.session.scalar(select(Tenant).where(Tenant.id == tenant_id).with_for_update())
+    if tenant is None:
+        raise NotFound("This team no longer exists.")
+    return tenant
+
+
+def _owner_count() -> int:
+    return (
+        db.session.scalar(
+            select(func.count()).select_from(TenantMember).where(TenantMember.role == TenantRole.OWNER)
+        )
+        or 0
+    )
+
+
+def _ensure_other_owner_remains(tenant_id: uuid.UUID, member: TenantMember) -> None:
+    """Lock the team and refuse if `member` is its last owner. Call before demoting or removing them."""
+    _lock_team(tenant_id)
+    db.session.refresh(member)  # its role may have changed while we waited for the lock
+    if member.role is TenantRole.OWNER and _owner_count() <= 1:
+        raise Conflict(LAST_OWNER)
+
+
+def change_role(actor: TenantMember, member_id: uuid.UUID, new_role: TenantRole) -> TenantMember:
+    """Give a member another role, within what the actor may manage. Raises PermissionDenied, Conflict."""
+    member = get_member(member_id)
+    if not can_manage_role(actor.role, member.role, new_role):
+        raise PermissionDenied(
+            f"Your role cannot change a {member.role.label.lower()} into a {new_role.label.lower()}."
+        )
+    old_role = member.role
+    if old_role is new_role:
+        return member
+    if old_role is TenantRole.OWNER:
+        _ensure_other_owner_remains(actor.tenant_id, member)
+    member.role = new_role
+    db.session.flush()
+    audit.record(
+        actor.tenant_id,
+        actor.user_id,
+        "member.role_changed",
+        target=member.user.email,
+        old=old_role.value,
+        new=new_role.value,
+    )
+    return member
+
+
+def remove_member(actor: TenantMember, member_id: uuid.UUID) -> User:
+    """Remove someone (not yourself: use leave_team) from the team. Raises PermissionDenied, Conflict."""
+    member = get_member(member_id)
+    if member.id == actor.id:
+        raise InvalidInput("To remove yourself, leave the team.")
+    if not can_manage_role(actor.role, member.role, member.role):
+        raise PermissionDenied(f"Your role cannot remove a {member.role.label.lower()}.")
+    if member.role is TenantRole.OWNER:
+        _ensure_other_owner_remains(actor.tenant_id, member)
+    user = member.user
+    db.session.delete(member)
+    db.session.flush()
+    audit.record(actor.tenant_id, actor.user_id, "member.removed", target=user.email, role=member.role.value)
+    return user
+
+
+def leave_team(actor: TenantMember) -> None:
+    """The actor leaves the active team; the last owner may not."""
+    if actor.role is TenantRole.OWNER:
+        _ensure_other_owner_remains(actor.tenant_id, actor)
+    db.session.delete(actor)
+    db.session.flush()
+    audit.record(actor.tenant_id, actor.user_id, "member.left", target=None, role=actor.role.value)
+
+
+def transfer_ownership(actor: TenantMember, member_id: uuid.UUID) -> TenantMember:
+    """Make another member the owner; the actor (an owner) becomes an admin."""
+    if actor.role is not TenantRole.OWNER:
+        raise PermissionDenied("Only an owner can transfer ownership.")
+    member = get_member(member_id)
+    if member.id == actor.id:
+        raise InvalidInput("Choose another member to transfer ownership to.", field="member_id")
+    _lock_team(actor.tenant_id)
+    member.role = TenantRole.OWNER
+    actor.role = TenantRole.ADMIN
+    db.session.flush()
+    audit.record(actor.tenant_id, actor.user_id, "team.ownership_transferred", target=member.user.email)
+    return member
+
+
+def update_settings(actor: TenantMember, *, name: str, slug: str) -> Tenant:
+    """Rename the team or change its slug (owners). A taken slug raises Conflict on the slug field."""
+    if not has_min_role(actor.role, TenantRole.OWNER):
+        raise PermissionDenied("Only an owner can change team settings.")
+    name = name.strip()
+    if not name:
+        raise InvalidInput("Give the team a name.", field="name")
+    slug = validate_slug(slug)
+    tenant = _lock_team(actor.tenant_id)
+    changes = {
+        k: [old, new]
+        for k, old, new in (("name", tenant.name, name), ("slug", tenant.slug, slug))
+        if old != new
+    }
+    if not changes:
+        return tenant
+    try:
+        with db.session.begin_nested():
+            tenant.name, tenant.slug = name, slug
+    except IntegrityError as exc:  # other teams' slugs are invisible under RLS; the unique index answers
+        db.session.refresh(tenant)
+        raise Conflict("That slug is taken. Choose another.", field="slug") from exc
+    audit.record(actor.tenant_id, actor.user_id, "team.settings_changed", target=tenant.name, **changes)
+    return tenant
+
+
+def delete_team(actor: TenantMember, *, confirm_name: str) -> str:
+    """Delete the team and everything in it (owners), confirmed by typing its exact name."""
+    if actor.role is not TenantRole.OWNER:
+        raise PermissionDenied("Only an owner can delete the team.")
+    tenant = _lock_team(actor.tenant_id)
+    if confirm_name.strip() != tenant.name:
+        raise InvalidInput("Type the team's name exactly to confirm.", field="confirm_name")
+    name = tenant.name
+    db.session.delete(tenant)
+    db.session.flush()
+    return name

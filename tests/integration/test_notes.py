@@ -1,0 +1,107 @@
+"""NyxBook notes under RBAC and isolation: viewers read, members and up write, other teams see 404."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import text
+
+from nyxcore.roles import TenantRole
+
+O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
+
+
+def note_ids(admin_engine) -> list[str]:
+    with admin_engine.connect() as conn:
+        return [str(i) for i in conn.execute(text("SELECT id FROM notes ORDER BY created_at")).scalars()]
+
+
+def create_note(client, title="Runbook", body="Restart the thing.") -> str:
+    response = client.post_form("/notes/new", {"title": title, "body": body})
+    assert response.status_code == 302
+    match = re.search(r"/notes/([0-9a-f-]{36})", response.location)
+    assert match
+    return match.group(1)
+
+
+def test_member_writes_and_viewer_reads(team, login_as):
+    member = login_as(team.accounts[M], team.id)
+    note_id = create_note(member, body="<script>alert(1)</script>")
+    viewer = login_as(team.accounts[V], team.id)
+    listing = viewer.get("/notes/").get_data(as_text=True)
+    assert "Runbook" in listing
+    page = viewer.get(f"/notes/{note_id}").get_data(as_text=True)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert" not in page
+    assert "Edit" not in page
+    assert "New note" not in listing
+
+
+def test_viewer_cannot_write(team, login_as, admin_engine):
+    owner_note = create_note(login_as(team.accounts[O], team.id))
+    viewer = login_as(team.accounts[V], team.id)
+    assert viewer.post_form("/notes/new", {"title": "sneaky"}).status_code == 403
+    assert viewer.post_form(f"/notes/{owner_note}/edit", {"title": "changed"}).status_code == 403
+    assert viewer.post_form(f"/notes/{owner_note}/delete").status_code == 403
+    assert note_ids(admin_engine) == [owner_note]
+
+
+def test_edit_and_delete(team, login_as, admin_engine):
+    client = login_as(team.accounts[A], team.id)
+    note_id = create_note(client)
+    assert (
+        client.post_form(f"/notes/{note_id}/edit", {"title": "Runbook v2", "body": "new"}).status_code == 302
+    )
+    assert "Runbook v2" in client.get(f"/notes/{note_id}").get_data(as_text=True)
+    assert client.post_form(f"/notes/{note_id}/delete").status_code == 302
+    assert note_ids(admin_engine) == []
+
+
+@pytest.mark.parametrize(
+    "data", [{"title": ""}, {"title": "   "}, {"title": "x" * 201}, {"title": "ok", "body": "x" * 100_001}]
+)
+def test_bad_note_input_is_a_form_error(team, login_as, admin_engine, data):
+    client = login_as(team.accounts[M], team.id)
+    response = client.post_form("/notes/new", data)
+    assert response.status_code == 400
+    assert 'class="error"' in response.get_data(as_text=True)
+    assert note_ids(admin_engine) == []
+
+
+def test_another_teams_note_is_404_for_every_operation(team, login_as, make_user, admin_engine):
+    outsider = make_user(name="Outsider")
+    foreign = create_note(login_as(outsider), title="Their secret")
+    client = login_as(team.accounts[O], team.id)
+    assert client.get(f"/notes/{foreign}").status_code == 404
+    assert client.get(f"/notes/{foreign}/edit").status_code == 404
+    assert client.post_form(f"/notes/{foreign}/edit", {"title": "mine now"}).status_code == 404
+    assert client.post_form(f"/notes/{foreign}/delete").status_code == 404
+    assert "Their secret" not in client.get("/notes/").get_data(as_text=True)
+    with admin_engine.connect() as conn:
+        assert conn.execute(text("SELECT title FROM notes")).scalar_one() == "Their secret"
+
+
+def test_notes_are_scoped_in_sqlite_development_mode_too(tmp_path, monkeypatch):
+    """Without RLS (SQLite), the ORM's tenant filter alone keeps teams apart."""
+    from flask_migrate import upgrade
+
+    from nyxcore import create_app
+    from nyxcore.config import load_config
+    from tests.conftest import Client
+
+    config = load_config({"NYXCORE_ENV": "testing", "DATABASE_URL": f"sqlite:///{tmp_path}/dev.db"})
+    app = create_app(config)
+    with app.app_context():
+        upgrade()
+    app.test_client_class = Client
+    alice, bob = app.test_client(), app.test_client()
+    for client, name in ((alice, "alice"), (bob, "bob")):
+        client.post_form(
+            "/auth/signup",
+            {"name": name, "email": f"{name}@example.com", "password": "correct horse battery"},
+        )
+    alice_note = create_note(alice, title="Alice only")
+    assert bob.get(f"/notes/{alice_note}").status_code == 404
+    assert "Alice only" not in bob.get("/notes/").get_data(as_text=True)
+    assert "Alice only" in alice.get("/notes/").get_data(as_text=True)

@@ -1,0 +1,392 @@
+"""Running a team: roles, removal, leaving, ownership, settings, deletion, the audit log."""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select, text
+
+from nyxcore import tenancy
+from nyxcore.errors import Conflict
+from nyxcore.extensions import db
+from nyxcore.models import TenantMember
+from nyxcore.roles import TenantRole
+from nyxcore.services import members
+
+O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
+
+
+def member_id(admin_engine, team_id, user_id) -> uuid.UUID:
+    with admin_engine.connect() as conn:
+        return conn.execute(
+            text("SELECT id FROM tenant_members WHERE tenant_id = :t AND user_id = :u"),
+            {"t": team_id, "u": user_id},
+        ).scalar_one()
+
+
+def role_of(admin_engine, team_id, user_id) -> str | None:
+    with admin_engine.connect() as conn:
+        return conn.execute(
+            text("SELECT role FROM tenant_members WHERE tenant_id = :t AND user_id = :u"),
+            {"t": team_id, "u": user_id},
+        ).scalar()
+
+
+def test_team_page_lists_members_with_roles(team, login_as):
+    page = login_as(team.accounts[V], team.id).get("/team/").get_data(as_text=True)
+    for account in team.accounts.values():
+        assert account.email in page
+    assert "Members (4)" in page
+
+
+def test_viewer_sees_no_management_controls(team, login_as):
+    page = login_as(team.accounts[V], team.id).get("/team/").get_data(as_text=True)
+    assert "Change role" not in page
+    assert "Remove" not in page
+    assert "Invite people" not in page
+
+
+def test_admin_sees_controls_only_for_members_and_viewers(team, login_as, admin_engine):
+    page = login_as(team.accounts[A], team.id).get("/team/").get_data(as_text=True)
+    manageable = set(re.findall(r"/team/members/([0-9a-f-]+)/remove", page))
+    expected = {member_id(admin_engine, team.id, team.accounts[r].user_id) for r in (M, V)}
+    assert manageable == {str(i) for i in expected}
+
+
+def test_admin_changes_a_viewer_into_a_member(team, login_as, admin_engine):
+    viewer = team.accounts[V]
+    client = login_as(team.accounts[A], team.id)
+    response = client.post_form(
+        f"/team/members/{member_id(admin_engine, team.id, viewer.user_id)}/role", {"role": "member"}
+    )
+    assert response.status_code == 302
+    assert role_of(admin_engine, team.id, viewer.user_id) == "member"
+    assert "member.role_changed" in client.get("/team/audit").get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("target", "new_role"), [(M, "admin"), (A, "member"), (O, "member"), (V, "owner")])
+def test_admin_cannot_grant_above_member_or_touch_higher_roles(
+    team, login_as, admin_engine, target, new_role
+):
+    account = team.accounts[target]
+    before = role_of(admin_engine, team.id, account.user_id)
+    client = login_as(team.accounts[A], team.id)
+    response = client.post_form(
+        f"/team/members/{member_id(admin_engine, team.id, account.user_id)}/role", {"role": new_role}
+    )
+    assert response.status_code == 403
+    assert role_of(admin_engine, team.id, account.user_id) == before
+
+
+def test_owner_promotes_a_member_to_admin(team, login_as, admin_engine):
+    account = team.accounts[M]
+    client = login_as(team.accounts[O], team.id)
+    client.post_form(
+        f"/team/members/{member_id(admin_engine, team.id, account.user_id)}/role", {"role": "admin"}
+    )
+    assert role_of(admin_engine, team.id, account.user_id) == "admin"
+
+
+def test_admin_removes_a_member_who_loses_access_on_the_next_request(team, login_as, admin_engine):
+    member = team.accounts[M]
+    member_client = login_as(member, team.id)
+    assert "Olive Owner" in member_client.get("/team/").get_data(as_text=True)
+    admin_client = login_as(team.accounts[A], team.id)
+    response = admin_client.post_form(
+        f"/team/members/{member_id(admin_engine, team.id, member.user_id)}/remove"
+    )
+    assert response.status_code == 302
+    assert role_of(admin_engine, team.id, member.user_id) is None
+    page = member_client.get("/team/").get_data(as_text=True)
+    assert "Olive Owner" not in page  # fell back to their own team
+    assert "Member&#39;s team" in page
+
+
+def test_last_owner_cannot_demote_leave_or_be_removed(team, login_as, admin_engine):
+    owner = team.accounts[O]
+    client = login_as(owner, team.id)
+    own_id = member_id(admin_engine, team.id, owner.user_id)
+    demote = client.post_form(f"/team/members/{own_id}/role", {"role": "admin"})
+    assert demote.status_code == 409
+    assert "at least one owner" in demote.get_data(as_text=True)
+    assert client.post_form("/team/leave").status_code == 409
+    assert role_of(admin_engine, team.id, owner.user_id) == "owner"
+
+
+def test_an_owner_may_leave_when_another_owner_remains(team, login_as, admin_engine, add_member, make_user):
+    second = make_user(name="Second Owner")
+    add_member(team.id, second, O)
+    client = login_as(team.accounts[O], team.id)
+    assert client.post_form("/team/leave").status_code == 302
+    assert role_of(admin_engine, team.id, team.accounts[O].user_id) is None
+    assert role_of(admin_engine, team.id, second.user_id) == "owner"
+
+
+def test_two_owners_demoting_each_other_concurrently_leave_one_owner(
+    app, team, add_member, make_user, admin_engine
+):
+    first, second = team.accounts[O], make_user(name="Second Owner")
+    add_member(team.id, second, O)
+    ids = {a.user_id: member_id(admin_engine, team.id, a.user_id) for a in (first, second)}
+    first_locked = threading.Event()
+    outcomes: dict[str, Any] = {}
+
+    def demote(actor_account, target_account, name: str, hold: bool) -> None:
+        with app.app_context(), tenancy.tenant_context(user_id=actor_account.user_id, tenant_id=team.id):
+            try:
+                actor = db.session.get(TenantMember, ids[actor_account.user_id])
+                members.change_role(actor, ids[target_account.user_id], TenantRole.ADMIN)
+                if hold:
+                    first_locked.set()
+                    threading.Event().wait(0.5)  # keep the lock while the other request arrives
+                db.session.commit()
+                outcomes[name] = "demoted"
+            except Conflict as exc:
+                db.session.rollback()
+                outcomes[name] = exc
+            finally:
+                first_locked.set()
+                db.session.remove()
+
+    one = threading.Thread(target=demote, args=(first, second, "first", True))
+    two = threading.Thread(target=lambda: (first_locked.wait(5), demote(second, first, "second", False)))
+    one.start()
+    two.start()
+    one.join(10)
+    two.join(10)
+    assert outcomes["first"] == "demoted"
+    assert isinstance(outcomes["second"], Conflict)
+    with admin_engine.connect() as conn:
+        owners = conn.execute(
+            text("SELECT count(*) FROM tenant_members WHERE tenant_id = :t AND role = 'owner'"),
+            {"t": team.id},
+        ).scalar_one()
+    assert owners == 1
+
+
+def test_transfer_ownership(team, login_as, admin_engine):
+    owner, member = team.accounts[O], team.accounts[M]
+    client = login_as(owner, team.id)
+    response = client.post_form(
+        "/team/transfer", {"transfer-member_id": str(member_id(admin_engine, team.id, member.user_id))}
+    )
+    assert response.status_code == 302
+    assert role_of(admin_engine, team.id, member.user_id) == "owner"
+    assert role_of(admin_engine, team.id, owner.user_id) == "admin"
+
+
+def test_transfer_to_another_teams_member_is_404(team, login_as, make_user, admin_engine):
+    outsider = make_user()
+    outsider_membership = member_id(admin_engine, outsider.team_id, outsider.user_id)
+    client = login_as(team.accounts[O], team.id)
+    response = client.post_form("/team/transfer", {"transfer-member_id": str(outsider_membership)})
+    assert response.status_code == 404
+    assert role_of(admin_engine, team.id, team.accounts[O].user_id) == "owner"
+    assert role_of(admin_engine, outsider.team_id, outsider.user_id) == "owner"
+
+
+def test_settings_rename_and_slug_uniqueness(team, login_as, make_user, admin_engine):
+    other = make_user(name="Zed")
+    with admin_engine.connect() as conn:
+        taken = conn.execute(
+            text("SELECT slug FROM tenants WHERE id = :t"), {"t": other.team_id}
+        ).scalar_one()
+    client = login_as(team.accounts[O], team.id)
+    clash = client.post_form("/team/settings", {"name": "Nyx Ops", "slug": taken})
+    assert clash.status_code == 409
+    assert "That slug is taken" in clash.get_data(as_text=True)
+    ok = client.post_form("/team/settings", {"name": "Nyx Ops", "slug": "nyx-ops"})
+    assert ok.status_code == 302
+    with admin_engine.connect() as conn:
+        row = conn.execute(text("SELECT name, slug FROM tenants WHERE id = :t"), {"t": team.id}).one()
+    assert tuple(row) == ("Nyx Ops", "nyx-ops")
+    assert "team.settings_changed" in client.get("/team/audit").get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"name": "", "slug": "ok"},
+        {"name": "x" * 81, "slug": "ok"},
+        {"name": "Fine", "slug": "Not A Slug!"},
+        {"name": "Fine", "slug": "-dash"},
+        {"name": "Fine", "slug": "a" * 64},
+        {"name": "Fine"},
+    ],
+)
+def test_bad_settings_are_form_errors_that_change_nothing(team, login_as, admin_engine, data):
+    client = login_as(team.accounts[O], team.id)
+    with admin_engine.connect() as conn:
+        before = conn.execute(text("SELECT name, slug FROM tenants WHERE id = :t"), {"t": team.id}).one()
+    response = client.post_form("/team/settings", data)
+    assert response.status_code == 400
+    assert 'class="error"' in response.get_data(as_text=True)
+    with admin_engine.connect() as conn:
+        assert (
+            conn.execute(text("SELECT name, slug FROM tenants WHERE id = :t"), {"t": team.id}).one() == before
+        )
+
+
+def test_delete_team_needs_its_exact_name(team, login_as, admin_engine):
+    client = login_as(team.accounts[O], team.id)
+    wrong = client.post_form("/team/delete", {"delete-confirm_name": "not the name"})
+    assert wrong.status_code == 400
+    assert "Type the team" in wrong.get_data(as_text=True)
+    right = client.post_form("/team/delete", {"delete-confirm_name": "Olive's team"})
+    assert right.status_code == 302
+    with admin_engine.connect() as conn:
+        assert (
+            conn.execute(text("SELECT count(*) FROM tenants WHERE id = :t"), {"t": team.id}).scalar_one() == 0
+        )
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM tenant_members WHERE tenant_id = :t"), {"t": team.id}
+            ).scalar_one()
+            == 0
+        )
+    assert client.get("/team/").status_code == 302  # the owner has no team left
+
+
+@pytest.mark.parametrize(
+    ("path", "data"),
+    [
+        ("/team/members/{mid}/role", {"role": "superuser"}),
+        ("/team/members/{mid}/role", {"role": ""}),
+        ("/team/members/{mid}/role", {}),
+        ("/team/members/{random}/role", {"role": "member"}),
+        ("/team/members/{random}/remove", {}),
+        ("/team/members/not-a-uuid/remove", {}),
+        ("/team/transfer", {"transfer-member_id": "not-a-uuid"}),
+        ("/team/transfer", {"transfer-member_id": ""}),
+        ("/team/transfer", {"transfer-member_id": "{random}"}),
+        ("/team/delete", {}),
+    ],
+)
+def test_bad_input_changes_nothing_and_is_never_a_500(team, login_as, admin_engine, path, data):
+    client = login_as(team.accounts[O], team.id)
+    mid = member_id(admin_engine, team.id, team.accounts[M].user_id)
+    fill = {"mid": mid, "random": uuid.uuid4()}
+    with admin_engine.connect() as conn:
+        before = conn.execute(text("SELECT user_id, role FROM tenant_members ORDER BY user_id")).all()
+    response = client.post_form(path.format(**fill), {k: v.format(**fill) for k, v in data.items()})
+    assert response.status_code in (400, 404)
+    with admin_engine.connect() as conn:
+        assert conn.execute(text("SELECT user_id, role FROM tenant_members ORDER BY user_id")).all() == before
+
+
+def test_acting_on_another_teams_member_is_404(team, login_as, make_user, admin_engine):
+    outsider = make_user()
+    outsider_member = member_id(admin_engine, outsider.team_id, outsider.user_id)
+    client = login_as(team.accounts[O], team.id)
+    assert client.post_form(f"/team/members/{outsider_member}/role", {"role": "viewer"}).status_code == 404
+    assert client.post_form(f"/team/members/{outsider_member}/remove").status_code == 404
+    assert role_of(admin_engine, outsider.team_id, outsider.user_id) == "owner"
+
+
+def test_switching_to_a_team_you_are_not_in_is_refused(team, login_as, make_user):
+    outsider = make_user()
+    client = login_as(outsider)
+    assert client.post_form("/teams/switch", {"tenant_id": str(team.id)}).status_code == 404
+    assert client.post_form("/teams/switch", {"tenant_id": "nonsense"}).status_code == 404
+    assert "Olive" not in client.get("/team/").get_data(as_text=True)
+
+
+def test_switcher_lists_only_your_teams_and_switches(team, login_as, make_user):
+    stranger = make_user(name="Stranger Danger")
+    client = login_as(team.accounts[M])
+    page = client.get("/team/").get_data(as_text=True)
+    assert "Olive&#39;s team (Member)" in page
+    assert "Stranger" not in page
+    assert client.post_form("/teams/switch", {"tenant_id": str(team.id)}).status_code == 302
+    assert "Olive Owner" in client.get("/team/").get_data(as_text=True)
+    assert stranger.team_id != team.id
+
+
+def test_create_another_team(team, login_as, admin_engine):
+    client = login_as(team.accounts[V], team.id)
+    response = client.post_form("/teams/new", {"name": "Side Project"})
+    assert response.status_code == 302
+    page = client.get("/team/").get_data(as_text=True)
+    assert "<h1>Side Project</h1>" in page
+    assert "Owner" in page
+
+
+def test_member_search_and_pagination(team, login_as):
+    client = login_as(team.accounts[V], team.id)
+    page = client.get("/team/?q=olive").get_data(as_text=True)
+    assert "Olive Owner" in page
+    assert "Admin Person" not in page
+    assert "Members (1)" in page
+    assert client.get("/team/?page=abc").status_code == 200
+    assert client.get("/team/?q=%25_%5C").status_code == 200
+
+
+def _seed_members(admin_engine, team_id: uuid.UUID, count: int) -> None:
+    with admin_engine.begin() as conn:
+        users = [
+            {"id": uuid.uuid4(), "email": f"bulk{i}-{uuid.uuid4().hex[:6]}@example.com", "name": f"Bulk {i}"}
+            for i in range(count)
+        ]
+        conn.execute(
+            text("INSERT INTO users (id, email, name, password_hash) VALUES (:id, :email, :name, 'x')"), users
+        )
+        conn.execute(
+            text("INSERT INTO tenant_members (id, tenant_id, user_id, role) VALUES (:id, :t, :u, 'member')"),
+            [{"id": uuid.uuid4(), "t": team_id, "u": u["id"]} for u in users],
+        )
+
+
+def _queries_for(app, client, path: str) -> int:
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert client.get(path).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return len(statements)
+
+
+def test_team_page_query_count_does_not_grow_with_members(app, make_user, login_as, admin_engine, capsys):
+    small, large = make_user(name="Small"), make_user(name="Large")
+    _seed_members(admin_engine, small.team_id, 9)
+    _seed_members(admin_engine, large.team_id, 499)
+    small_client, large_client = login_as(small), login_as(large)
+    small_client.get("/team/")
+    large_client.get("/team/")
+    small_count = _queries_for(app, small_client, "/team/")
+    large_count = _queries_for(app, large_client, "/team/")
+    with capsys.disabled():
+        print(f"\nteam page SQL statements: 10 members -> {small_count}, 500 members -> {large_count}")
+    assert small_count == large_count
+    assert large_count <= 6
+
+
+def test_audit_log_is_admin_only_and_records_changes(team, login_as, admin_engine):
+    client = login_as(team.accounts[O], team.id)
+    client.post_form(
+        f"/team/members/{member_id(admin_engine, team.id, team.accounts[V].user_id)}/role", {"role": "member"}
+    )
+    page = client.get("/team/audit").get_data(as_text=True)
+    assert "member.role_changed" in page
+    assert "viewer: " not in page
+    assert team.accounts[V].email in page
+    assert login_as(team.accounts[M], team.id).get("/team/audit").status_code == 403
+
+
+def test_services_refuse_a_stale_membership_of_another_team(app, team, make_user):
+    outsider = make_user()
+    with app.app_context(), tenancy.tenant_context(user_id=outsider.user_id, tenant_id=outsider.team_id):
+        actor = db.session.scalar(select(TenantMember).where(TenantMember.user_id == outsider.user_id))
+        assert actor is not None
+        page = members.list_members(page=1)
+        assert [m.user_id for m in page.items] == [outsider.user_id]
