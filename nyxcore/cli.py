@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import create_engine, text
 
 from nyxcore import dbroles
+from nyxcore.crypto import DecryptionError, KeyRingError, generate_key_setting
 
 
 @click.group()
@@ -48,3 +52,96 @@ def check_db_role() -> None:
     if problems:
         raise click.ClickException("; ".join(problems))
     click.echo("The app role is subject to row-level security.")
+
+
+@nyxcore.group("keys")
+def keys() -> None:
+    """The encryption key ring (NYXCORE_ENCRYPTION_KEYS)."""
+
+
+@keys.command("generate")
+@click.option("--key-id", default=None, help="Id of the new key: letters, digits, - and _ (default k<date>).")
+def generate_key(key_id: str | None) -> None:
+    """Print a new random key entry `id:base64` for NYXCORE_ENCRYPTION_KEYS."""
+    key_id = key_id or datetime.now(UTC).strftime("k%Y%m%d")
+    try:
+        entry = generate_key_setting(key_id)
+    except KeyRingError as exc:
+        raise click.BadParameter(str(exc), param_hint="--key-id") from exc
+    click.echo(entry)
+    # The hint goes to stderr so that `... keys generate > key.txt` captures only the entry.
+    click.echo(
+        "Put it first in NYXCORE_ENCRYPTION_KEYS, keeping the current entries after it:\n"
+        f"  NYXCORE_ENCRYPTION_KEYS={key_id}:<the key above>,<current entries>\n"
+        "Restart the web and worker processes, then run `flask nyxcore keys rotate`. Remove an old key "
+        "only after rotate reports nothing left to re-encrypt.",
+        err=True,
+    )
+
+
+@keys.command("rotate")
+@click.option(
+    "--batch-size",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Rows re-encrypted per transaction.",
+)
+@with_appcontext
+def rotate_keys(batch_size: int) -> None:
+    """Re-encrypt every stored secret that is not under the primary (first) key.
+
+    Safe to interrupt and run again: each batch commits on its own, and rows already under the
+    primary key are skipped.
+    """
+    from nyxcore.extensions import db, keyring
+    from nyxcore.services import key_rotation
+
+    ring = keyring.get()
+    try:
+        tenants = key_rotation.stale_github_tenants(ring)
+        stale_outbox = key_rotation.count_stale_outbox(ring)
+        already = key_rotation.github_tokens_under_primary(ring) + key_rotation.outbox_under_primary(ring)
+        db.session.commit()
+        click.echo(
+            f"Primary key {ring.primary_id}: {len(tenants)} GitHub token(s) and "
+            f"{stale_outbox} outbox email(s) to re-encrypt."
+        )
+        github_done = outbox_done = 0
+        unreadable: list[str] = []
+        with click.progressbar(length=len(tenants) + stale_outbox, label="Re-encrypting") as bar:
+            for start in range(0, len(tenants), batch_size):
+                batch = tenants[start : start + batch_size]
+                for tenant_id in batch:
+                    try:
+                        github_done += key_rotation.reseal_github_token(ring, tenant_id)
+                    except DecryptionError:
+                        unreadable.append(f"GitHub token of team {tenant_id}")
+                db.session.commit()
+                db.session.expunge_all()
+                bar.update(len(batch))
+            after: uuid.UUID | None = None
+            while rows := key_rotation.stale_outbox_batch(ring, after=after, limit=batch_size):
+                for outbox in rows:
+                    try:
+                        outbox_done += key_rotation.reseal_outbox_email(ring, outbox)
+                    except DecryptionError:
+                        unreadable.append(f"outbox email {outbox.id}")
+                after = rows[-1].id
+                db.session.commit()
+                db.session.expunge_all()
+                bar.update(len(rows))
+    except BaseException:
+        db.session.rollback()  # the batches committed so far stay done; a re-run continues from there
+        raise
+    click.echo(
+        f"Done: re-encrypted {github_done} GitHub tokens and {outbox_done} outbox emails; "
+        f"{already} already under primary key."
+    )
+    for item in unreadable:
+        click.echo(f"warning: cannot decrypt the {item} with the key ring; left as it is", err=True)
+    if unreadable:
+        raise click.ClickException(
+            f"{len(unreadable)} stored secret(s) could not be decrypted: their key is missing from "
+            "NYXCORE_ENCRYPTION_KEYS, or the data was altered. Affected teams must reconnect GitHub."
+        )

@@ -39,3 +39,9 @@ class Gone(DomainError):
 
 class RateLimited(DomainError):
     status_code = 429
+
+
+class ExternalServiceError(DomainError):
+    """A service NyxCore depends on (GitHub) refused, failed or could not be reached."""
+
+    status_code = 502

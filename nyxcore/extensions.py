@@ -11,7 +11,8 @@ from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 
-from nyxcore.crypto import KeyRing
+from nyxcore.config import ConfigError
+from nyxcore.crypto import KeyRing, KeyRingError
 from nyxcore.models import Base
 
 # Models live on a plain typed DeclarativeBase (no Flask in models.py); the extension shares its metadata.
@@ -27,7 +28,12 @@ class KeyRingHolder:
     """The operator's key ring, parsed once from NYXCORE_ENCRYPTION_KEYS when the app is created."""
 
     def init_app(self, app: Flask) -> None:
-        app.extensions["nyxcore_keyring"] = KeyRing.parse(app.config["NYXCORE_ENCRYPTION_KEYS"])
+        try:
+            ring = KeyRing.parse(app.config["NYXCORE_ENCRYPTION_KEYS"])
+        except KeyRingError as exc:
+            # Name the setting: a bare "no keys given" at start-up does not say what to fix.
+            raise ConfigError(f"NYXCORE_ENCRYPTION_KEYS is malformed: {exc}") from exc
+        app.extensions["nyxcore_keyring"] = ring
 
     def get(self) -> KeyRing:
         ring: KeyRing = current_app.extensions["nyxcore_keyring"]

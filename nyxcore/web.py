@@ -33,6 +33,7 @@ ERROR_TITLES = {
     413: ("Too large", "The request is larger than this server accepts."),
     429: ("Too many requests", "You are going too fast. Wait a little and try again."),
     500: ("Something went wrong", "An unexpected error occurred. It has been logged; please try again."),
+    502: ("Service problem", "A service NyxCore relies on did not answer as expected. Try again later."),
 }
 _SKIP_CONTEXT_ENDPOINTS = {"static", "api.health"}
 

@@ -1,7 +1,91 @@
-"""The team's GitHub connection (`/github/...`)."""
+"""The team's GitHub connection (`/github/...`): members look, owners connect and disconnect."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from werkzeug.wrappers.response import Response
+from wtforms import PasswordField
+from wtforms.validators import DataRequired, Length
+
+from nyxcore.authz import current_membership, role_required
+from nyxcore.errors import DomainError
+from nyxcore.forms import add_domain_error
+from nyxcore.models import TenantMember
+from nyxcore.roles import TenantRole
+from nyxcore.services import github_tokens
 
 bp = Blueprint("github", __name__, url_prefix="/github")
+
+
+class ConnectForm(FlaskForm):  # type: ignore[misc]
+    # A PasswordField never renders its value back, so a re-shown form cannot echo the token.
+    token = PasswordField(
+        "Personal access token",
+        validators=[DataRequired(message="Paste the token."), Length(max=255)],
+        render_kw={"spellcheck": "false", "autocapitalize": "off"},
+    )
+
+
+class DisconnectForm(FlaskForm):  # type: ignore[misc]
+    pass
+
+
+def _membership() -> TenantMember:
+    membership = current_membership()
+    assert membership is not None  # role_required let the request in
+    return membership
+
+
+def _status_page(form: ConnectForm, status_code: int = 200) -> tuple[str, int]:
+    connection = github_tokens.status(_membership().tenant_id)
+    return render_template("github/status.html", connection=connection, form=form), status_code
+
+
+@bp.get("/")
+@role_required(TenantRole.MEMBER)
+def status() -> tuple[str, int]:
+    return _status_page(ConnectForm())
+
+
+@bp.post("/connect")
+@role_required(TenantRole.OWNER)
+def connect() -> Response | tuple[str, int]:
+    membership = _membership()
+    form = ConnectForm()
+    if not form.validate_on_submit():
+        return _status_page(form)
+    try:
+        login = github_tokens.connect(
+            form.token.data, tenant_id=membership.tenant_id, actor_id=membership.user_id
+        )
+    except DomainError as exc:
+        add_domain_error(form, exc, "token")
+        # The error's own status (400 rejected, 502 GitHub unavailable) also rolls the request back.
+        return _status_page(form, exc.status_code)
+    flash(f"GitHub is connected as @{login}.", "success")
+    return redirect(url_for("github.status"))
+
+
+@bp.get("/repos")
+@role_required(TenantRole.MEMBER)
+def repos() -> tuple[str, int]:
+    page = request.args.get("page", default=1, type=int)
+    try:
+        listing = github_tokens.repositories(_membership().tenant_id, page=page)
+    except DomainError as exc:
+        return render_template("github/repos.html", listing=None, error=exc.message), exc.status_code
+    return render_template("github/repos.html", listing=listing, error=None), 200
+
+
+@bp.post("/disconnect")
+@role_required(TenantRole.OWNER)
+def disconnect() -> Response:
+    if not DisconnectForm().validate_on_submit():
+        abort(400)
+    membership = _membership()
+    if github_tokens.disconnect(tenant_id=membership.tenant_id, actor_id=membership.user_id):
+        flash("GitHub is disconnected and the stored token deleted.", "success")
+    else:
+        flash("GitHub was not connected.", "info")
+    return redirect(url_for("github.status"))

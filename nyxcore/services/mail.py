@@ -45,7 +45,7 @@ class Transport(Protocol):
     def send(self, message: EmailMessage) -> None: ...
 
 
-def _seal_context(outbox_id: uuid.UUID) -> str:
+def seal_context(outbox_id: uuid.UUID) -> str:
     return f"outbox:{outbox_id}"
 
 
@@ -53,7 +53,7 @@ def queue_email(ring: KeyRing, *, to: str, subject: str, text_body: str, html_bo
     """Add a message to the outbox in the current transaction; it is enqueued after commit."""
     outbox = OutboxEmail(id=uuid.uuid4(), to_address=to, subject=subject)
     body = json.dumps({"text": text_body, "html": html_body}).encode()
-    sealed = ring.encrypt(body, _seal_context(outbox.id))
+    sealed = ring.encrypt(body, seal_context(outbox.id))
     outbox.key_id, outbox.nonce, outbox.body_ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
     db.session.add(outbox)
     db.session.info.setdefault(_QUEUED, []).append(outbox.id)
@@ -76,6 +76,23 @@ def dispatch_queued() -> None:
 def discard_queued() -> None:
     """Forget queued ids after a rollback: their rows no longer exist."""
     db.session.info.pop(_QUEUED, None)
+
+
+def cancel_unsent(outbox_id: uuid.UUID, reason: str) -> bool:
+    """Wipe an outbox row's body so it is never sent, unless it was sent already or is being sent now.
+
+    Returns True when the message was cancelled. Flushes nothing; the caller's transaction decides.
+    """
+    outbox = db.session.scalar(
+        select(OutboxEmail)
+        .where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None))
+        .with_for_update(skip_locked=True)  # a worker holding it is sending it: let it finish
+    )
+    if outbox is None or outbox.body_ciphertext is None:
+        return False
+    outbox.key_id = outbox.nonce = outbox.body_ciphertext = None
+    outbox.last_error = reason[:500]
+    return True
 
 
 def build_message(outbox: OutboxEmail, sender: str, text_body: str, html_body: str) -> EmailMessage:
@@ -105,7 +122,7 @@ def deliver(ring: KeyRing, transport: Transport, sender: str, outbox_id: uuid.UU
         return False
     try:
         sealed = Sealed(outbox.key_id, outbox.nonce, outbox.body_ciphertext)
-        body = json.loads(ring.decrypt(sealed, _seal_context(outbox.id)))
+        body = json.loads(ring.decrypt(sealed, seal_context(outbox.id)))
         transport.send(build_message(outbox, sender, body["text"], body["html"]))
     except DecryptionError as exc:
         outbox.attempts = MAX_ATTEMPTS  # it will never decrypt; stop retrying

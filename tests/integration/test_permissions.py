@@ -31,6 +31,10 @@ MATRIX: dict[str, TenantRole | None] = {
     "notes.show": V,
     "notes.edit": M,
     "notes.delete": M,
+    "github.status": M,
+    "github.repos": M,
+    "github.connect": O,
+    "github.disconnect": O,
 }
 
 VISITORS = ("anonymous", "no team", "viewer", "member", "admin", "owner")
