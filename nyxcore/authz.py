@@ -38,6 +38,12 @@ def current_role() -> TenantRole | None:
     return membership.role if membership else None
 
 
+def my_teams() -> list[TenantMember]:
+    """All of the signed-in user's memberships (for the team switcher), read once per request."""
+    memberships: list[TenantMember] = g.get("my_teams", [])
+    return memberships
+
+
 def can(minimum: TenantRole | str) -> bool:
     """For templates: does the current user hold at least `minimum` in the active team?"""
     return has_min_role(current_role(), TenantRole(minimum))
@@ -49,12 +55,14 @@ def load_active_membership() -> None:
     A removed member loses the team on their next request and falls back to another team of theirs.
     """
     g.membership = None
+    g.my_teams = []
     if not current_user.is_authenticated:
         return
     user_id: uuid.UUID = current_user.id
     tenancy.update_context(user_id=user_id)
     wanted = _session_tenant_id()
-    membership = teams.active_membership(user_id, wanted)
+    g.my_teams = teams.memberships_of(user_id)
+    membership = teams.choose_active(g.my_teams, wanted)
     if membership is None:
         session.pop(ACTIVE_TENANT_KEY, None)
         return

@@ -5,23 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Flask, g
-from flask_login import current_user
+from flask import Flask
 
 from nyxcore import authz
-from nyxcore.models import TenantMember
 from nyxcore.roles import TenantRole
-from nyxcore.services import teams
-
-
-def my_teams() -> list[TenantMember]:
-    """The signed-in user's memberships for the switcher, fetched at most once per request."""
-    if not current_user.is_authenticated:
-        return []
-    if "my_teams" not in g:
-        g.my_teams = teams.memberships_of(current_user.id)
-    result: list[TenantMember] = g.my_teams
-    return result
 
 
 def format_time(value: datetime | None) -> str:
@@ -34,7 +21,7 @@ def init_app(app: Flask) -> None:
         return {
             "membership": authz.current_membership(),
             "can": authz.can,
-            "my_teams": my_teams,
+            "my_teams": authz.my_teams,
             "TenantRole": TenantRole,
             "nav_endpoints": app.view_functions.keys,
         }

@@ -11,7 +11,7 @@ import uuid
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import contains_eager, joinedload
 
 from nyxcore.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from nyxcore.extensions import db
@@ -26,17 +26,21 @@ LAST_OWNER = "A team needs at least one owner. Make someone else an owner first.
 
 
 def list_members(*, page: int, search: str = "", per_page: int = PER_PAGE) -> Page[TenantMember]:
-    """A page of the active team's members in join order, with user and inviter loaded (2 queries)."""
+    """A page of the active team's members in join order, with user and inviter loaded (2 queries).
+
+    The order matches the (tenant_id, joined_at, id) index, so a page of a large team reads one page.
+    """
     query = select(TenantMember).join(TenantMember.user)
+    count = select(func.count()).select_from(TenantMember)
     search = search.strip().lower()
     if search:
         pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        query = query.where(
-            or_(func.lower(User.name).like(pattern, escape="\\"), User.email.like(pattern, escape="\\"))
-        )
-    total = db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        matches = or_(func.lower(User.name).like(pattern, escape="\\"), User.email.like(pattern, escape="\\"))
+        query = query.where(matches)
+        count = count.join(TenantMember.user).where(matches)
+    total = db.session.scalar(count) or 0
     items = db.session.scalars(
-        query.options(joinedload(TenantMember.user), joinedload(TenantMember.inviter))
+        query.options(contains_eager(TenantMember.user), joinedload(TenantMember.inviter))
         .order_by(TenantMember.joined_at, TenantMember.id)
         .limit(per_page)
         .offset((max(page, 1) - 1) * per_page)
@@ -73,7 +77,7 @@ def _owner_count() -> int:
 def _ensure_other_owner_remains(tenant_id: uuid.UUID, member: TenantMember) -> None:
     """Lock the team and refuse if `member` is its last owner. Call before demoting or removing them."""
     _lock_team(tenant_id)
-    db.session.refresh(member)  # its role may have changed while we waited for the lock
+    db.session.refresh(member, ["role"])  # it may have changed while we waited for the lock
     if member.role is TenantRole.OWNER and _owner_count() <= 1:
         raise Conflict(LAST_OWNER)
 
