@@ -92,10 +92,15 @@ def load_config(
         "PROXY_FIX_X_PREFIX": _int(env, "PROXY_FIX_X_PREFIX", 0),
         "RATELIMIT_ENABLED": _bool(env.get("RATELIMIT_ENABLED"), default=mode != "testing"),
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or redis_url or "memory://",
+        # Lets two deployments (or a test run) share one Redis without sharing rate-limit counters.
+        "RATELIMIT_KEY_PREFIX": env.get("RATELIMIT_KEY_PREFIX", "nyxcore"),
         "RATELIMIT_LOGIN": env.get("RATELIMIT_LOGIN", "10 per minute;50 per hour"),
         "RATELIMIT_SIGNUP": env.get("RATELIMIT_SIGNUP", "10 per hour"),
         "RATELIMIT_MAGIC_LINK": env.get("RATELIMIT_MAGIC_LINK", "30 per minute"),
         "RATELIMIT_HEADERS_ENABLED": True,
+        # A Redis outage must not turn log in or a magic link into a 500: count in memory meanwhile.
+        "RATELIMIT_SWALLOW_ERRORS": True,
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
         "SESSION_COOKIE_SECURE": _bool(env.get("SESSION_COOKIE_SECURE"), default=production),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
@@ -151,7 +156,7 @@ def check_production(config: Mapping[str, Any]) -> None:
     keys = config.get("NYXCORE_ENCRYPTION_KEYS") or ""
     if not keys:
         problems.append(
-            "NYXCORE_ENCRYPTION_KEYS must be set (generate one with `flask nyxcore keys generate`)"
+            "NYXCORE_ENCRYPTION_KEYS must be set (generate one with `NYXCORE_ENV=development flask --app wsgi nyxcore keys generate`)"
         )
     elif keys == DEV_ENCRYPTION_KEYS:
         problems.append("NYXCORE_ENCRYPTION_KEYS holds the published development key")

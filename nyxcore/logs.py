@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 
 from flask import Flask, g, has_request_context
 
-# Magic-link paths carry the raw token; GitHub tokens have well-known prefixes.
+# Magic-link paths carry the raw token, also percent-encoded inside a `next=` query parameter;
+# GitHub tokens have well-known prefixes.
 _REDACTIONS = (
     (re.compile(r"(/invite/)[A-Za-z0-9_\-]{16,}"), r"\1[redacted]"),
+    (re.compile(r"(%2Finvite%2F)[A-Za-z0-9_\-]{16,}", re.IGNORECASE), r"\1[redacted]"),
     (re.compile(r"\b(gh[pousr]_|github_pat_)[A-Za-z0-9_]{10,}"), r"\1[redacted]"),
 )
 

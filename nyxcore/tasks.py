@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_process_shutdown, worker_shutdown
 from flask import Flask, current_app
 
 from nyxcore.extensions import celery, db, keyring
@@ -84,3 +85,15 @@ def sweep_outbox(older_than_seconds: float = 60.0) -> int:
     for outbox_id in ids:
         deliver_outbox_email.delay(str(outbox_id))
     return len(ids)
+
+
+def close_mail_connections(**_: Any) -> None:
+    """Say QUIT to the SMTP server on every pooled connection when a worker stops."""
+    app = getattr(celery, "flask_app", None)
+    cached = app.extensions.get("nyxcore_mail_transport") if app is not None else None
+    if isinstance(cached, mail.SMTPTransport):
+        cached.close_all()
+
+
+worker_shutdown.connect(close_mail_connections, weak=False)
+worker_process_shutdown.connect(close_mail_connections, weak=False)

@@ -128,6 +128,6 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(InternalServerError)
     def internal_error(exc: InternalServerError) -> tuple[Any, int]:
-        db.session.rollback()
+        # No rollback here: it would expire what the layout shows; after_request rolls back (>= 400).
         log.error("unhandled error", exc_info=exc.original_exception or exc)
         return render_error(500)

@@ -1,7 +1,173 @@
-"""Invitations: the admin side under /team/invitations and the magic link at /invite/<token>."""
+"""Invitations: the admin side under /team/invitations and the magic link at /invite/<token>.
+
+`GET /invite/<token>` only shows the invitation: mail scanners and link previews fetch links, so
+nothing is consumed until the invitee presses the button (`POST`, with CSRF). Both are rate
+limited per client address (RATELIMIT_MAGIC_LINK, one shared budget). web.py sends
+`Referrer-Policy: no-referrer` for every endpoint of this blueprint, since the token is in the path.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import uuid
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from werkzeug.wrappers.response import Response
+from wtforms import SelectChoice, SelectField, TextAreaField
+from wtforms.validators import AnyOf, DataRequired, Length
+
+from nyxcore import authz
+from nyxcore.authz import current_membership, role_required
+from nyxcore.errors import DomainError
+from nyxcore.extensions import limiter, login_manager
+from nyxcore.forms import add_domain_error
+from nyxcore.models import TenantMember
+from nyxcore.pagination import page_number
+from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
+from nyxcore.services import invitations, mail
+from nyxcore.services.invitations import InviteOutcome, Standing
 
 bp = Blueprint("invite", __name__)
+
+
+class InviteForm(FlaskForm):  # type: ignore[misc]
+    emails = TextAreaField(
+        "Email addresses",
+        validators=[DataRequired(message="Enter at least one email address."), Length(max=20_000)],
+        render_kw={"spellcheck": "false", "autocapitalize": "off"},
+    )
+    # Choices are the actor's grantable roles (set per request); any role passes here, and the
+    # service refuses one the actor may not grant with a 403.
+    role = SelectField(
+        "Role",
+        default=TenantRole.MEMBER.value,
+        validate_choice=False,
+        validators=[DataRequired(), AnyOf([role.value for role in TenantRole], message="Choose a role.")],
+    )
+
+
+class ConfirmForm(FlaskForm):  # type: ignore[misc]
+    """A bare POST form: the CSRF token is its only field."""
+
+
+def _actor() -> TenantMember:
+    membership = current_membership()
+    assert membership is not None, "role_required guarantees a membership"
+    return membership
+
+
+def _magic_link_limit() -> str:
+    limit: str = current_app.config["RATELIMIT_MAGIC_LINK"]
+    return limit
+
+
+# The team page links here by this endpoint name.
+@bp.route("/team/invitations", methods=["GET", "POST"], endpoint="invitations")
+@role_required(TenantRole.ADMIN)
+def manage_invitations() -> tuple[str, int]:
+    """Invite people (one address or many) and list the open invitations with their delivery state."""
+    actor = _actor()
+    form = InviteForm()
+    form.role.choices = [SelectChoice(role.value, role.label) for role in grantable_roles(actor.role)]
+    results: list[invitations.InviteResult] | None = None
+    status = 200
+    if form.validate_on_submit():
+        try:
+            results = invitations.invite_many(actor, form.emails.data, TenantRole(form.role.data))
+        except DomainError as exc:
+            add_domain_error(form, exc, "emails")
+            status = exc.status_code  # 4xx: the request rolls back, nobody is invited
+        else:
+            form.emails.data = "\n".join(r.address for r in results if r.outcome is InviteOutcome.INVALID)
+    elif request.method == "POST":
+        status = 400
+    pending = invitations.list_pending(page=page_number(request.args.get("page")))
+    page = render_template(
+        "invite/invitations.html",
+        form=form,
+        results=results,
+        pending=pending,
+        confirm_form=ConfirmForm(),
+        delivery=invitations.delivery,
+        is_expired=invitations.is_expired,
+        can_manage=lambda invitation: can_manage_role(actor.role, invitation.role, invitation.role),
+        max_attempts=mail.MAX_ATTEMPTS,
+    )
+    return page, status
+
+
+@bp.post("/team/invitations/<uuid:invitation_id>/resend")
+@role_required(TenantRole.ADMIN)
+def resend(invitation_id: uuid.UUID) -> Response:
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    invitation = invitations.resend(_actor(), invitation_id)
+    flash(
+        f"A new invitation is on its way to {invitation.email}; the previous link no longer works.", "success"
+    )
+    return redirect(url_for("invite.invitations"))
+
+
+@bp.post("/team/invitations/<uuid:invitation_id>/revoke")
+@role_required(TenantRole.ADMIN)
+def revoke(invitation_id: uuid.UUID) -> Response:
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    invitation = invitations.revoke(_actor(), invitation_id)
+    flash(f"The invitation for {invitation.email} was revoked; its link no longer works.", "success")
+    return redirect(url_for("invite.invitations"))
+
+
+@bp.get("/invite/<token>")
+@limiter.shared_limit(_magic_link_limit, scope="magic-link")
+def show(token: str) -> tuple[str, int]:
+    """The invitation: team, inviter and role, and what the visitor can do. Never consumes it."""
+    user = current_user if current_user.is_authenticated else None
+    acceptance = invitations.acceptance(token, user)
+    invitation = acceptance.invitation
+    wrong = acceptance.standing is Standing.WRONG_ACCOUNT
+    here = url_for("invite.show", token=token)
+    page = render_template(
+        "invite/accept.html",
+        invitation=invitation,
+        standing=acceptance.standing.value,
+        accept_url=url_for("invite.accept", token=token),
+        signup_url=url_for("auth.signup", next=here, email=invitation.email),
+        login_url=url_for("auth.login", next=here, email=invitation.email),
+        refusal=invitations.wrong_account_message(invitation, user) if wrong and user else None,
+        form=ConfirmForm(),
+    )
+    return page, 403 if wrong else 200
+
+
+@bp.post("/invite/<token>")
+@limiter.shared_limit(_magic_link_limit, scope="magic-link")
+def accept(token: str) -> Response:
+    """Accept the invitation as the signed-in user, then make its team the active one."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    if not current_user.is_authenticated:
+        invitations.acceptance(token, None)  # unknown or dead links answer 404/410 before any login
+        response: Response = login_manager.unauthorized()
+        return response
+    accepted = invitations.accept(token, current_user)
+    authz.activate_team(accepted.membership)
+    team = accepted.membership.tenant.name
+    if accepted.joined:
+        flash(f"Welcome to {team}. You joined as {accepted.membership.role.label.lower()}.", "success")
+    else:
+        flash(f"You are already a member of {team}.", "info")
+    return redirect(url_for("team.overview"))
+
+
+@bp.get("/dev/outbox")
+def dev_outbox() -> str:
+    """Development only (SHOW_DEV_OUTBOX): the last messages the console mail transport printed."""
+    if not current_app.config["SHOW_DEV_OUTBOX"]:
+        abort(404)
+    return render_template(
+        "invite/dev_outbox.html",
+        messages=list(mail.ConsoleTransport.recent),
+        backend=current_app.config["MAIL_BACKEND"],
+    )

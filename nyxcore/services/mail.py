@@ -192,14 +192,23 @@ class SMTPTransport:
     def __init__(self, settings: MailSettings) -> None:
         self.settings = settings
         self._local = threading.local()
+        # Every thread's connection, so that close_all can end them when the worker stops.
+        self._open: set[smtplib.SMTP] = set()
+        self._open_lock = threading.Lock()
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
         smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
-        if s.starttls:
-            smtp.starttls()
-        if s.username:
-            smtp.login(s.username, s.password)
+        try:
+            if s.starttls:
+                smtp.starttls()
+            if s.username:
+                smtp.login(s.username, s.password)
+        except BaseException:
+            smtp.close()
+            raise
+        with self._open_lock:
+            self._open.add(smtp)
         return smtp
 
     def send(self, message: EmailMessage) -> None:
@@ -219,10 +228,23 @@ class SMTPTransport:
             raise
 
     def close(self) -> None:
+        """Close this thread's connection."""
         smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
         self._local.smtp = None
         if smtp is not None:
-            try:
-                smtp.quit()
-            except (smtplib.SMTPException, OSError):
-                smtp.close()
+            self._quit(smtp)
+
+    def close_all(self) -> None:
+        """Close every thread's connection (when the worker stops); a later send reconnects."""
+        with self._open_lock:
+            connections, self._open = self._open, set()
+        for smtp in connections:
+            self._quit(smtp)
+
+    def _quit(self, smtp: smtplib.SMTP) -> None:
+        with self._open_lock:
+            self._open.discard(smtp)
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()

@@ -35,6 +35,13 @@ MATRIX: dict[str, TenantRole | None] = {
     "github.repos": M,
     "github.connect": O,
     "github.disconnect": O,
+    "invite.invitations": A,
+    "invite.resend": A,
+    "invite.revoke": A,
+    # The magic link works for anyone holding it (signed out included); /dev/outbox is development-only.
+    "invite.show": PUBLIC,
+    "invite.accept": PUBLIC,
+    "invite.dev_outbox": PUBLIC,
 }
 
 VISITORS = ("anonymous", "no team", "viewer", "member", "admin", "owner")

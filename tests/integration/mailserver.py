@@ -1,0 +1,125 @@
+"""A real SMTP server on loopback (aiosmtpd) that keeps what it receives, for tests.
+
+    with running_mail_server() as server:
+        ...  # point SMTP_HOST / SMTP_PORT at server.host / server.port
+        message = server.wait_for(1)[0]
+        link = server.links(message, "http://nyxcore.test/invite/")[0]
+
+`server.refuse_next(n)` makes the next n deliveries fail with a temporary error (451), the way a
+greylisting or overloaded server does, so that retries can be tested.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+HOST = "127.0.0.1"
+_URL = re.compile(r"https?://[^\s\"'<>]+")
+
+
+class CollectingHandler:
+    """aiosmtpd handler: refuse the next `refusals` messages, accept and keep the rest."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.attempts = 0
+        self.refusals = 0
+        self.refusal_reply = "451 4.3.0 Try again later"
+        self._arrived = threading.Condition()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self._arrived:
+            self.attempts += 1
+            if self.refusals > 0:
+                self.refusals -= 1
+                return self.refusal_reply
+            message = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
+            assert isinstance(message, EmailMessage)
+            self.messages.append(message)
+            self._arrived.notify_all()
+        return "250 2.0.0 Message accepted for delivery"
+
+
+class MailServer:
+    def __init__(self, host: str, port: int, handler: CollectingHandler) -> None:
+        self.host, self.port, self.handler = host, port, handler
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        with self.handler._arrived:
+            return list(self.handler.messages)
+
+    @property
+    def attempts(self) -> int:
+        """Every DATA command received, refused ones included."""
+        return self.handler.attempts
+
+    def refuse_next(self, count: int, reply: str = "451 4.3.0 Try again later") -> None:
+        with self.handler._arrived:
+            self.handler.refusals, self.handler.refusal_reply = count, reply
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
+        """The first `count` messages, waiting up to `timeout` seconds for them to arrive."""
+        deadline = time.monotonic() + timeout
+        with self.handler._arrived:
+            while len(self.handler.messages) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"expected {count} message(s) within {timeout}s, got {len(self.handler.messages)}"
+                    )
+                self.handler._arrived.wait(left)
+            return list(self.handler.messages[:count])
+
+    def assert_quiet(self, seconds: float, expected: int = 0) -> None:
+        """Wait `seconds` and check that exactly `expected` messages arrived in total."""
+        time.sleep(seconds)
+        assert len(self.messages) == expected, [m["Subject"] for m in self.messages]
+
+    @staticmethod
+    def text(message: EmailMessage) -> str:
+        part = message.get_body(("plain",))
+        assert part is not None, "no text/plain part"
+        return str(part.get_content())
+
+    @staticmethod
+    def html(message: EmailMessage) -> str:
+        part = message.get_body(("html",))
+        assert part is not None, "no text/html part"
+        return str(part.get_content())
+
+    @classmethod
+    def links(cls, message: EmailMessage, prefix: str) -> list[str]:
+        """The distinct URLs in the text part that start with `prefix`, in order."""
+        found = [url.rstrip(".,;)") for url in _URL.findall(cls.text(message))]
+        return list(dict.fromkeys(url for url in found if url.startswith(prefix)))
+
+
+def free_port(host: str = HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_mail_server(host: str = HOST) -> Iterator[MailServer]:
+    """An SMTP server on a free loopback port for the duration of the block."""
+    handler = CollectingHandler()
+    port = free_port(host)
+    controller = Controller(handler, hostname=host, port=port)
+    controller.start()
+    try:
+        yield MailServer(host, port, handler)
+    finally:
+        controller.stop()
