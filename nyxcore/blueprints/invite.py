@@ -9,6 +9,7 @@ limited per client address (RATELIMIT_MAGIC_LINK, one shared budget). web.py sen
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -62,6 +63,20 @@ def _magic_link_limit() -> str:
     return limit
 
 
+def pending_invitations(
+    actor: TenantMember, *, page: int, per_page: int = invitations.PER_PAGE
+) -> dict[str, Any]:
+    """What templates/invite/_pending.html needs: a page of open invitations and how to show them."""
+    return {
+        "pending": invitations.list_pending(page=page, per_page=per_page),
+        "confirm_form": ConfirmForm(),
+        "delivery": invitations.delivery,
+        "is_expired": invitations.is_expired,
+        "can_manage": lambda invitation: can_manage_role(actor.role, invitation.role, invitation.role),
+        "max_attempts": mail.MAX_ATTEMPTS,
+    }
+
+
 # The team page links here by this endpoint name.
 @bp.route("/team/invitations", methods=["GET", "POST"], endpoint="invitations")
 @role_required(TenantRole.ADMIN)
@@ -82,17 +97,12 @@ def manage_invitations() -> tuple[str, int]:
             form.emails.data = "\n".join(r.address for r in results if r.outcome is InviteOutcome.INVALID)
     elif request.method == "POST":
         status = 400
-    pending = invitations.list_pending(page=page_number(request.args.get("page")))
     page = render_template(
         "invite/invitations.html",
         form=form,
         results=results,
-        pending=pending,
-        confirm_form=ConfirmForm(),
-        delivery=invitations.delivery,
-        is_expired=invitations.is_expired,
-        can_manage=lambda invitation: can_manage_role(actor.role, invitation.role, invitation.role),
-        max_attempts=mail.MAX_ATTEMPTS,
+        **pending_invitations(actor, page=page_number(request.args.get("page"))),
+        pending_full_list=True,
     )
     return page, status
 

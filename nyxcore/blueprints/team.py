@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
@@ -12,11 +13,12 @@ from wtforms import SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, Length
 
 from nyxcore.authz import current_membership, role_required
+from nyxcore.blueprints.invite import pending_invitations
 from nyxcore.errors import DomainError
 from nyxcore.forms import add_domain_error
 from nyxcore.models import TenantMember
 from nyxcore.pagination import page_number
-from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
+from nyxcore.roles import TenantRole, can_manage_role, grantable_roles, has_min_role
 from nyxcore.services import audit as audit_events
 from nyxcore.services import members
 
@@ -68,6 +70,11 @@ def overview() -> str:
     actor = _actor()
     search = request.args.get("q", "")[:100]
     page = members.list_members(page=_page_arg(), search=search)
+    # Admins see the first few pending invitations here; the invitations page has them all.
+    pending: dict[str, Any] = {}
+    if has_min_role(actor.role, TenantRole.ADMIN):
+        pending = pending_invitations(actor, page=1, per_page=10)
+        del pending["confirm_form"]  # the page has its own bare CSRF form
     return render_template(
         "team/overview.html",
         tenant=actor.tenant,
@@ -75,8 +82,9 @@ def overview() -> str:
         search=search,
         role_form=RoleForm(),
         grantable=grantable_roles(actor.role),
-        can_manage=lambda m: m.id != actor.id and can_manage_role(actor.role, m.role, m.role),
+        can_manage_member=lambda m: m.id != actor.id and can_manage_role(actor.role, m.role, m.role),
         confirm_form=ConfirmForm(),
+        **pending,
     )
 
 

@@ -390,3 +390,15 @@ def test_services_refuse_a_stale_membership_of_another_team(app, team, make_user
         assert actor is not None
         page = members.list_members(page=1)
         assert [m.user_id for m in page.items] == [outsider.user_id]
+
+
+def test_team_page_shows_pending_invitations_to_admins_only(team, login_as):
+    admin = login_as(team.accounts[A], team.id)
+    response = admin.post_form("/team/invitations", {"emails": "newcomer@example.com", "role": "member"})
+    assert response.status_code == 200
+    page = admin.get("/team/").get_data(as_text=True)
+    assert "Pending invitations (1)" in page
+    assert "newcomer@example.com" in page
+    viewer_page = login_as(team.accounts[V], team.id).get("/team/").get_data(as_text=True)
+    assert "newcomer@example.com" not in viewer_page
+    assert "Pending invitations" not in viewer_page
