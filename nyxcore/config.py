@@ -115,6 +115,8 @@ def load_config(
             "result_backend": None,
             "task_ignore_result": True,
             "task_always_eager": eager,
+            # Web and worker must agree on it; lets two deployments (or test runs) share one Redis.
+            "task_default_queue": env.get("CELERY_TASK_DEFAULT_QUEUE") or "celery",
             "task_eager_propagates": False,
             "task_acks_late": True,
             "task_reject_on_worker_lost": True,

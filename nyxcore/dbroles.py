@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from nyxcore.config import ConfigError
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -61,4 +68,70 @@ def role_problems(conn: Connection, role: str) -> list[str]:
     ).scalar_one()
     if owned:
         problems.append(f"role {role} owns {owned} table(s), and owners bypass row-level security")
+    if row.rolsuper:
+        return problems  # a superuser is a member of every role: listing them adds nothing
+    # Attributes are not inherited, but a member may `SET ROLE` to any role it belongs to, and from
+    # there bypass row-level security (or, as a table owner, switch it off).
+    escalations = conn.execute(
+        text(
+            "SELECT r.rolname, r.rolsuper, r.rolbypassrls, "
+            "EXISTS (SELECT 1 FROM pg_tables t WHERE t.schemaname = 'public' AND t.tableowner = r.rolname)"
+            " AS owns_tables "
+            "FROM pg_roles r WHERE r.rolname <> :r AND pg_has_role(:r, r.oid, 'MEMBER') ORDER BY r.rolname"
+        ),
+        {"r": role},
+    ).all()
+    for other in escalations:
+        reasons = [
+            reason
+            for reason, applies in (
+                ("a superuser", other.rolsuper),
+                ("BYPASSRLS", other.rolbypassrls),
+                ("the owner of app tables", other.owns_tables),
+            )
+            if applies
+        ]
+        if reasons:
+            problems.append(
+                f"role {role} is a member of {other.rolname} ({', '.join(reasons)}) and can SET ROLE to it"
+            )
     return problems
+
+
+class UnsafeAppRoleError(ConfigError):
+    """The database role the app connects as is not held by row-level security."""
+
+
+def assert_app_role_safe(app: Flask) -> None:
+    """In production, refuse an app whose database role could bypass row-level security.
+
+    Connects once with the app's own DATABASE_URL and disposes of the pool afterwards, so it is meant
+    for process start (gunicorn's `on_starting`), never for `create_app`. Does nothing outside
+    production or on a database other than PostgreSQL. Raises UnsafeAppRoleError naming the problems,
+    or when the database cannot be asked (refusing is safer than starting unchecked).
+    """
+    from nyxcore.extensions import db
+
+    if app.config["NYXCORE_ENV"] != "production":
+        return
+    with app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            return
+        try:
+            with db.engine.connect() as conn:
+                role = conn.execute(text("SELECT current_user")).scalar_one()
+                problems = role_problems(conn, role)
+        except SQLAlchemyError as exc:
+            # The driver's first line names host and user, never the password.
+            detail = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()[0]
+            raise UnsafeAppRoleError(
+                f"refusing to start in production: cannot check the app database role ({detail})"
+            ) from exc
+        finally:
+            db.engine.dispose()
+    if problems:
+        raise UnsafeAppRoleError(
+            "refusing to start in production: the app database role can bypass row-level security: "
+            + "; ".join(problems)
+            + ". Point DATABASE_URL at a role with NOSUPERUSER NOBYPASSRLS that owns nothing."
+        )

@@ -85,7 +85,8 @@ def register_request_hooks(app: Flask) -> None:
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
         if request.endpoint and request.endpoint.startswith("invite."):
-            headers["Referrer-Policy"] = "no-referrer"  # the token is in the path
+            # The token is in the path: send only the origin (which CSRF checks over HTTPS need), never the path.
+            headers["Referrer-Policy"] = "strict-origin"
         if app.config["SESSION_COOKIE_SECURE"]:
             headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         headers.setdefault("X-Request-ID", g.get("request_id", ""))

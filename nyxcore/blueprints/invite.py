@@ -3,7 +3,8 @@
 `GET /invite/<token>` only shows the invitation: mail scanners and link previews fetch links, so
 nothing is consumed until the invitee presses the button (`POST`, with CSRF). Both are rate
 limited per client address (RATELIMIT_MAGIC_LINK, one shared budget). web.py sends
-`Referrer-Policy: no-referrer` for every endpoint of this blueprint, since the token is in the path.
+`Referrer-Policy: strict-origin` for every endpoint of this blueprint: the token is in the path, and
+over HTTPS the CSRF check needs the origin in the Referer of the accept form.
 """
 
 from __future__ import annotations

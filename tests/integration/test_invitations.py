@@ -141,7 +141,7 @@ def test_invitation_mail_arrives_through_the_worker_and_its_link_joins_the_team(
     for _ in range(2):  # showing the invitation (a mail scanner, a reload) never consumes it
         shown = client.get(path)
         assert shown.status_code == 200
-        assert shown.headers["Referrer-Policy"] == "no-referrer"
+        assert shown.headers["Referrer-Policy"] == "strict-origin"  # the origin only: never the token
         assert f"{admin.name} invited grace@example.com to {TEAM} as member" in re.sub(
             r"<[^>]+>", "", page(shown)
         )
