@@ -33,6 +33,14 @@ def current_membership() -> TenantMember | None:
     return membership
 
 
+def acting_member() -> TenantMember:
+    """The active membership inside a view guarded by `role_required`, which guarantees one."""
+    membership = current_membership()
+    if membership is None:
+        raise RuntimeError("acting_member() is for views under @role_required")
+    return membership
+
+
 def current_role() -> TenantRole | None:
     membership = current_membership()
     return membership.role if membership else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
+from flask_wtf import FlaskForm
 from wtforms import Field
 from wtforms.validators import ValidationError
 
@@ -24,3 +25,7 @@ class MinPasswordLength:
         minimum = current_app.config["PASSWORD_MIN_LENGTH"]
         if len(field.data or "") < minimum:
             raise ValidationError(f"Use at least {minimum} characters.")
+
+
+class ConfirmForm(FlaskForm):  # type: ignore[misc]
+    """A bare POST form (a button): the CSRF token is its only field."""

@@ -8,10 +8,9 @@ from werkzeug.wrappers.response import Response
 from wtforms import PasswordField
 from wtforms.validators import DataRequired, Length
 
-from nyxcore.authz import current_membership, role_required
+from nyxcore.authz import acting_member, role_required
 from nyxcore.errors import DomainError
-from nyxcore.forms import add_domain_error
-from nyxcore.models import TenantMember
+from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.roles import TenantRole
 from nyxcore.services import github_tokens
 
@@ -27,18 +26,8 @@ class ConnectForm(FlaskForm):  # type: ignore[misc]
     )
 
 
-class DisconnectForm(FlaskForm):  # type: ignore[misc]
-    pass
-
-
-def _membership() -> TenantMember:
-    membership = current_membership()
-    assert membership is not None  # role_required let the request in
-    return membership
-
-
 def _status_page(form: ConnectForm, status_code: int = 200) -> tuple[str, int]:
-    connection = github_tokens.status(_membership().tenant_id)
+    connection = github_tokens.status(acting_member().tenant_id)
     return render_template("github/status.html", connection=connection, form=form), status_code
 
 
@@ -51,7 +40,7 @@ def status() -> tuple[str, int]:
 @bp.post("/connect")
 @role_required(TenantRole.OWNER)
 def connect() -> Response | tuple[str, int]:
-    membership = _membership()
+    membership = acting_member()
     form = ConnectForm()
     if not form.validate_on_submit():
         return _status_page(form)
@@ -72,7 +61,7 @@ def connect() -> Response | tuple[str, int]:
 def repos() -> tuple[str, int]:
     page = request.args.get("page", default=1, type=int)
     try:
-        listing = github_tokens.repositories(_membership().tenant_id, page=page)
+        listing = github_tokens.repositories(acting_member().tenant_id, page=page)
     except DomainError as exc:
         return render_template("github/repos.html", listing=None, error=exc.message), exc.status_code
     return render_template("github/repos.html", listing=listing, error=None), 200
@@ -81,9 +70,9 @@ def repos() -> tuple[str, int]:
 @bp.post("/disconnect")
 @role_required(TenantRole.OWNER)
 def disconnect() -> Response:
-    if not DisconnectForm().validate_on_submit():
+    if not ConfirmForm().validate_on_submit():
         abort(400)
-    membership = _membership()
+    membership = acting_member()
     if github_tokens.disconnect(tenant_id=membership.tenant_id, actor_id=membership.user_id):
         flash("GitHub is disconnected and the stored token deleted.", "success")
     else:

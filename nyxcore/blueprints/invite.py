@@ -20,10 +20,10 @@ from wtforms import SelectChoice, SelectField, TextAreaField
 from wtforms.validators import AnyOf, DataRequired, Length
 
 from nyxcore import authz
-from nyxcore.authz import current_membership, role_required
+from nyxcore.authz import acting_member, role_required
 from nyxcore.errors import DomainError
 from nyxcore.extensions import limiter, login_manager
-from nyxcore.forms import add_domain_error
+from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.models import TenantMember
 from nyxcore.pagination import page_number
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
@@ -47,16 +47,6 @@ class InviteForm(FlaskForm):  # type: ignore[misc]
         validate_choice=False,
         validators=[DataRequired(), AnyOf([role.value for role in TenantRole], message="Choose a role.")],
     )
-
-
-class ConfirmForm(FlaskForm):  # type: ignore[misc]
-    """A bare POST form: the CSRF token is its only field."""
-
-
-def _actor() -> TenantMember:
-    membership = current_membership()
-    assert membership is not None, "role_required guarantees a membership"
-    return membership
 
 
 def _magic_link_limit() -> str:
@@ -83,7 +73,7 @@ def pending_invitations(
 @role_required(TenantRole.ADMIN)
 def manage_invitations() -> tuple[str, int]:
     """Invite people (one address or many) and list the open invitations with their delivery state."""
-    actor = _actor()
+    actor = acting_member()
     form = InviteForm()
     form.role.choices = [SelectChoice(role.value, role.label) for role in grantable_roles(actor.role)]
     results: list[invitations.InviteResult] | None = None
@@ -113,7 +103,7 @@ def manage_invitations() -> tuple[str, int]:
 def resend(invitation_id: uuid.UUID) -> Response:
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    invitation = invitations.resend(_actor(), invitation_id)
+    invitation = invitations.resend(acting_member(), invitation_id)
     flash(
         f"A new invitation is on its way to {invitation.email}; the previous link no longer works.", "success"
     )
@@ -125,7 +115,7 @@ def resend(invitation_id: uuid.UUID) -> Response:
 def revoke(invitation_id: uuid.UUID) -> Response:
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    invitation = invitations.revoke(_actor(), invitation_id)
+    invitation = invitations.revoke(acting_member(), invitation_id)
     flash(f"The invitation for {invitation.email} was revoked; its link no longer works.", "success")
     return redirect(url_for("invite.invitations"))
 

@@ -14,10 +14,9 @@ from werkzeug.wrappers.response import Response
 from wtforms import StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
-from nyxcore.authz import current_membership, role_required
+from nyxcore.authz import acting_member, role_required
 from nyxcore.errors import DomainError
-from nyxcore.forms import add_domain_error
-from nyxcore.models import TenantMember
+from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.pagination import page_number
 from nyxcore.roles import TenantRole
 from nyxcore.services import notes
@@ -28,16 +27,6 @@ bp = Blueprint("notes", __name__, url_prefix="/notes")
 class NoteForm(FlaskForm):  # type: ignore[misc]
     title = StringField("Title", validators=[DataRequired(), Length(max=200)])
     body = TextAreaField("Text", validators=[Length(max=100_000)])
-
-
-class ConfirmForm(FlaskForm):  # type: ignore[misc]
-    """A bare POST form: the CSRF token is its only field."""
-
-
-def _actor() -> TenantMember:
-    membership = current_membership()
-    assert membership is not None, "role_required guarantees a membership"
-    return membership
 
 
 @bp.get("/")
@@ -53,7 +42,7 @@ def new() -> Response | tuple[str, int]:
     form = NoteForm()
     if form.validate_on_submit():
         try:
-            note = notes.create_note(_actor(), title=form.title.data, body=form.body.data or "")
+            note = notes.create_note(acting_member(), title=form.title.data, body=form.body.data or "")
         except DomainError as exc:
             add_domain_error(form, exc, "title")
         else:
@@ -75,7 +64,7 @@ def edit(note_id: uuid.UUID) -> Response | tuple[str, int]:
     form = NoteForm(obj=note)
     if form.validate_on_submit():
         try:
-            notes.update_note(_actor(), note_id, title=form.title.data, body=form.body.data or "")
+            notes.update_note(acting_member(), note_id, title=form.title.data, body=form.body.data or "")
         except DomainError as exc:
             add_domain_error(form, exc, "title")
         else:
@@ -89,6 +78,6 @@ def edit(note_id: uuid.UUID) -> Response | tuple[str, int]:
 def delete(note_id: uuid.UUID) -> Response:
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    title = notes.delete_note(_actor(), note_id)
+    title = notes.delete_note(acting_member(), note_id)
     flash(f"Deleted the note “{title}”.", "info")
     return redirect(url_for("notes.index"))

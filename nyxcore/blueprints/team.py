@@ -12,10 +12,10 @@ from werkzeug.wrappers.response import Response
 from wtforms import SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, Length
 
-from nyxcore.authz import current_membership, role_required
+from nyxcore.authz import acting_member, role_required
 from nyxcore.blueprints.invite import pending_invitations
 from nyxcore.errors import DomainError
-from nyxcore.forms import add_domain_error
+from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.models import TenantMember
 from nyxcore.pagination import page_number
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles, has_min_role
@@ -45,16 +45,6 @@ class DeleteForm(FlaskForm):  # type: ignore[misc]
     confirm_name = StringField("Type the team's name to confirm", validators=[DataRequired(), Length(max=80)])
 
 
-class ConfirmForm(FlaskForm):  # type: ignore[misc]
-    """A bare POST form: the CSRF token is its only field."""
-
-
-def _actor() -> TenantMember:
-    membership = current_membership()
-    assert membership is not None, "role_required guarantees a membership"
-    return membership
-
-
 def _page_arg() -> int:
     return page_number(request.args.get("page"))
 
@@ -67,7 +57,7 @@ def _validated(form: FlaskForm) -> None:
 @bp.get("/")
 @role_required(TenantRole.VIEWER)
 def overview() -> str:
-    actor = _actor()
+    actor = acting_member()
     search = request.args.get("q", "")[:100]
     page = members.list_members(page=_page_arg(), search=search)
     # Admins see the first few pending invitations here; the invitations page has them all.
@@ -93,7 +83,7 @@ def overview() -> str:
 def change_role(member_id: uuid.UUID) -> Response:
     form = RoleForm()
     _validated(form)
-    member = members.change_role(_actor(), member_id, TenantRole(form.role.data))
+    member = members.change_role(acting_member(), member_id, TenantRole(form.role.data))
     flash(f"{member.user.name} is now {member.role.label.lower()}.", "success")
     return redirect(url_for("team.overview"))
 
@@ -102,7 +92,7 @@ def change_role(member_id: uuid.UUID) -> Response:
 @role_required(TenantRole.ADMIN)
 def remove_member(member_id: uuid.UUID) -> Response:
     _validated(ConfirmForm())
-    user = members.remove_member(_actor(), member_id)
+    user = members.remove_member(acting_member(), member_id)
     flash(f"{user.name} was removed from the team.", "success")
     return redirect(url_for("team.overview"))
 
@@ -111,7 +101,7 @@ def remove_member(member_id: uuid.UUID) -> Response:
 @role_required(TenantRole.VIEWER)
 def leave() -> Response:
     _validated(ConfirmForm())
-    actor = _actor()
+    actor = acting_member()
     name = actor.tenant.name
     members.leave_team(actor)
     flash(f"You left {name}.", "info")
@@ -143,7 +133,7 @@ def _render_settings(
 @bp.route("/settings", methods=["GET", "POST"])
 @role_required(TenantRole.OWNER)
 def settings() -> Response | tuple[str, int]:
-    actor = _actor()
+    actor = acting_member()
     # On POST the form holds only what was sent: a missing field is an error, not "unchanged".
     form = SettingsForm() if request.method == "POST" else SettingsForm(obj=actor.tenant)
     if form.validate_on_submit():
@@ -166,7 +156,7 @@ def transfer() -> Response:
         member_id = uuid.UUID(form.member_id.data)
     except ValueError:
         abort(404)
-    member = members.transfer_ownership(_actor(), member_id)
+    member = members.transfer_ownership(acting_member(), member_id)
     flash(f"{member.user.name} is now an owner; you are an admin.", "success")
     return redirect(url_for("team.overview"))
 
@@ -174,7 +164,7 @@ def transfer() -> Response:
 @bp.post("/delete")
 @role_required(TenantRole.OWNER)
 def delete() -> Response | tuple[str, int]:
-    actor = _actor()
+    actor = acting_member()
     form = DeleteForm(prefix="delete")
     if not form.validate_on_submit():
         return _render_settings(actor, delete_form=form, status=400)
