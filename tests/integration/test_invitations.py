@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -402,6 +403,13 @@ def test_broker_outage_keeps_the_invitation_and_the_sweep_delivers_exactly_once(
         assert sweep_outbox(older_than_seconds=0) == 1
         message = mail_server.wait_for(1)[0]
         assert message["To"] == "patient@example.com"
+        # The SMTP server has the message a moment before the worker commits sent_at.
+        deadline = time.monotonic() + 10
+        while (
+            q(admin_engine, "SELECT count(*) FROM outbox_emails WHERE sent_at IS NULL")
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
         assert sweep_outbox(older_than_seconds=0) == 0  # nothing left unsent
         mail_server.assert_quiet(1.0, expected=1)
     assert q(admin_engine, "SELECT count(*) FROM outbox_emails WHERE sent_at IS NOT NULL") == 1
