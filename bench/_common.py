@@ -508,3 +508,29 @@ class WireCounter:
                 upstream.sendall(chunk)
         with suppress(OSError):
             upstream.shutdown(socket.SHUT_WR)
+
+
+# Users, teams and memberships for :teams teams of :members members each. Deterministic ids (md5 of
+# a name) let rows refer to each other without lookups; user t-0 owns team t.
+SEED_TEAM_STATEMENTS = (
+    """
+    INSERT INTO users (id, email, name, password_hash)
+    SELECT md5('user-' || t || '-' || m)::uuid, 'user' || t || '-' || m || '@bench.example',
+           'Bench User ' || t || '-' || m, :password_hash
+    FROM generate_series(0, :teams - 1) AS t, generate_series(0, :members - 1) AS m
+    """,
+    """
+    INSERT INTO tenants (id, name, slug, created_by)
+    SELECT md5('team-' || t)::uuid, 'Bench team ' || t, 'bench-team-' || t, md5('user-' || t || '-0')::uuid
+    FROM generate_series(0, :teams - 1) AS t
+    """,
+    """
+    INSERT INTO tenant_members (id, tenant_id, user_id, role, invited_by, invited_at, joined_at)
+    SELECT md5('member-' || t || '-' || m)::uuid, md5('team-' || t)::uuid, md5('user-' || t || '-' || m)::uuid,
+           CASE WHEN m = 0 THEN 'owner' WHEN m <= 2 THEN 'admin' WHEN m <= 40 THEN 'member' ELSE 'viewer' END,
+           CASE WHEN m = 0 THEN NULL ELSE md5('user-' || t || '-0')::uuid END,
+           CASE WHEN m = 0 THEN NULL ELSE now() - make_interval(days => 400 - m) END,
+           now() - make_interval(days => 400 - m, secs => t)
+    FROM generate_series(0, :teams - 1) AS t, generate_series(0, :members - 1) AS m
+    """,
+)

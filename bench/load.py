@@ -54,6 +54,7 @@ from typing import Any
 import redis
 from _common import (
     ROOT,
+    SEED_TEAM_STATEMENTS,
     USER_AGENT,
     BenchDatabase,
     Browser,
@@ -92,28 +93,8 @@ def md5_uuid(name: str) -> uuid.UUID:
 OWNER_EMAIL = "user0-0@bench.example"
 REFERENCE_USER = md5_uuid("user-0-0")
 
-# Deterministic ids (md5 of a name) so rows can refer to each other without lookups.
 SEED_STATEMENTS = (
-    """
-    INSERT INTO users (id, email, name, password_hash)
-    SELECT md5('user-' || t || '-' || m)::uuid, 'user' || t || '-' || m || '@bench.example',
-           'Bench User ' || t || '-' || m, :password_hash
-    FROM generate_series(0, :teams - 1) AS t, generate_series(0, :members - 1) AS m
-    """,
-    """
-    INSERT INTO tenants (id, name, slug, created_by)
-    SELECT md5('team-' || t)::uuid, 'Bench team ' || t, 'bench-team-' || t, md5('user-' || t || '-0')::uuid
-    FROM generate_series(0, :teams - 1) AS t
-    """,
-    """
-    INSERT INTO tenant_members (id, tenant_id, user_id, role, invited_by, invited_at, joined_at)
-    SELECT md5('member-' || t || '-' || m)::uuid, md5('team-' || t)::uuid, md5('user-' || t || '-' || m)::uuid,
-           CASE WHEN m = 0 THEN 'owner' WHEN m <= 2 THEN 'admin' WHEN m <= 40 THEN 'member' ELSE 'viewer' END,
-           CASE WHEN m = 0 THEN NULL ELSE md5('user-' || t || '-0')::uuid END,
-           CASE WHEN m = 0 THEN NULL ELSE now() - make_interval(days => 400 - m) END,
-           now() - make_interval(days => 400 - m, secs => t)
-    FROM generate_series(0, :teams - 1) AS t, generate_series(0, :members - 1) AS m
-    """,
+    *SEED_TEAM_STATEMENTS,
     """
     INSERT INTO notes (id, tenant_id, author_id, title, body, created_at, updated_at)
     SELECT md5('note-' || t || '-' || n)::uuid, md5('team-' || t)::uuid,

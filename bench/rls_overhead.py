@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    SEED_TEAM_STATEMENTS,
     BenchDatabase,
     CpuMeter,
     GunicornServer,
@@ -56,29 +57,7 @@ MEMBER_INDEX = 5  # the seeded member whose session the clients use; role 'membe
 WARMUP_SECONDS = 2.0
 VARIANTS = ("rls", "bypass")
 
-# Deterministic ids (md5 of a name) so the memberships can refer to users and teams without lookups.
-SEED_STATEMENTS = (
-    """
-    INSERT INTO users (id, email, name, password_hash)
-    SELECT md5('user-' || t || '-' || m)::uuid, 'user' || t || '-' || m || '@bench.example',
-           'Bench User ' || t || '-' || m, :password_hash
-    FROM generate_series(0, :teams - 1) AS t, generate_series(0, :members - 1) AS m
-    """,
-    """
-    INSERT INTO tenants (id, name, slug, created_by)
-    SELECT md5('team-' || t)::uuid, 'Bench team ' || t, 'bench-team-' || t, md5('user-' || t || '-0')::uuid
-    FROM generate_series(0, :teams - 1) AS t
-    """,
-    """
-    INSERT INTO tenant_members (id, tenant_id, user_id, role, invited_by, invited_at, joined_at)
-    SELECT md5('member-' || t || '-' || m)::uuid, md5('team-' || t)::uuid, md5('user-' || t || '-' || m)::uuid,
-           CASE WHEN m = 0 THEN 'owner' WHEN m <= 2 THEN 'admin' WHEN m <= 40 THEN 'member' ELSE 'viewer' END,
-           CASE WHEN m = 0 THEN NULL ELSE md5('user-' || t || '-0')::uuid END,
-           CASE WHEN m = 0 THEN NULL ELSE now() - make_interval(days => 400 - m) END,
-           now() - make_interval(days => 400 - m, secs => t)
-    FROM generate_series(0, :teams - 1) AS t, generate_series(0, :members - 1) AS m
-    """,
-)
+SEED_STATEMENTS = SEED_TEAM_STATEMENTS
 
 
 @dataclass
