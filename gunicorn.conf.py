@@ -1,6 +1,6 @@
 """Gunicorn settings for `gunicorn wsgi:app -c gunicorn.conf.py`, read from the environment.
 
-GUNICORN_BIND (default 0.0.0.0:8000), GUNICORN_WORKERS (2), GUNICORN_THREADS (4), GUNICORN_TIMEOUT
+GUNICORN_BIND (default 127.0.0.1:8000), GUNICORN_WORKERS (2), GUNICORN_THREADS (4), GUNICORN_TIMEOUT
 (30 s), GUNICORN_GRACEFUL_TIMEOUT (30 s), GUNICORN_KEEPALIVE (5 s, behind nginx), GUNICORN_MAX_REQUESTS
 (0: never recycle workers). The app's own settings are in nyxcore/config.py.
 """
@@ -15,8 +15,9 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
-# In a container the port is published only to the compose network; nginx is the public face.
-bind = [os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")]
+# The loopback by default: nginx on the same host is the public face. Compose binds 0.0.0.0 on its
+# own network (docker-compose.yml), where only nginx is trusted to set X-Forwarded-*.
+bind = [os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")]
 workers = _int("GUNICORN_WORKERS", 2)
 threads = _int("GUNICORN_THREADS", 4)
 worker_class = "gthread"
@@ -28,8 +29,8 @@ max_requests_jitter = max_requests // 10
 # Heartbeat files on tmpfs: a container's overlay /tmp can stall a worker's heartbeat.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
 
-# ProxyFix in the app is the one place that trusts X-Forwarded-*; gunicorn trusts no peer, so the
-# two can never disagree about the scheme or the client address.
+# The app's TrustedProxyFix (TRUSTED_PROXIES) is the one place that trusts X-Forwarded-*; gunicorn
+# trusts no peer, so the two can never disagree about the scheme or the client address.
 forwarded_allow_ips = ""
 # No runtime control socket (gunicornc): it would be created under $HOME, shared between instances.
 control_socket_disable = True

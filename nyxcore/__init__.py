@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
-from nyxcore.config import check_production, load_config
+from nyxcore.config import ConfigError, check_production, load_config, trusted_networks
 
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
 
@@ -25,6 +24,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     configure_logging(app)
     register_proxy(app)
     register_extensions(app)
+    check_database_role(app)
     register_blueprints(app)
     register_request_hooks(app)
     register_error_handlers(app)
@@ -40,15 +40,23 @@ def configure_logging(app: Flask) -> None:
 
 
 def register_proxy(app: Flask) -> None:
+    """Believe X-Forwarded-* only from TRUSTED_PROXIES (nginx); refuse oversized chunked bodies."""
+    from nyxcore.middleware import BoundedChunkedBody, TrustedProxyFix
+
     c = app.config
-    if any(c[k] for k in ("PROXY_FIX_X_FOR", "PROXY_FIX_X_PROTO", "PROXY_FIX_X_HOST", "PROXY_FIX_X_PREFIX")):
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app,
-            x_for=c["PROXY_FIX_X_FOR"],
-            x_proto=c["PROXY_FIX_X_PROTO"],
-            x_host=c["PROXY_FIX_X_HOST"],
-            x_prefix=c["PROXY_FIX_X_PREFIX"],
-        )
+    try:
+        trusted = trusted_networks(c["TRUSTED_PROXIES"])
+    except ValueError as exc:
+        raise ConfigError(f"TRUSTED_PROXIES is malformed: {exc}") from exc
+    app.wsgi_app = TrustedProxyFix(  # type: ignore[method-assign]
+        app.wsgi_app,
+        trusted,
+        x_for=c["PROXY_FIX_X_FOR"],
+        x_proto=c["PROXY_FIX_X_PROTO"],
+        x_host=c["PROXY_FIX_X_HOST"],
+        x_prefix=c["PROXY_FIX_X_PREFIX"],
+    )
+    app.wsgi_app = BoundedChunkedBody(app.wsgi_app, c["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
 
 
 def register_extensions(app: Flask) -> None:
@@ -69,6 +77,17 @@ def register_extensions(app: Flask) -> None:
     with app.app_context():
         database.configure_engine(db.engine)
     tenancy.install_orm_scoping()
+
+
+def check_database_role(app: Flask) -> None:
+    """Production refuses to run if its database role could bypass row-level security.
+
+    The one network call in the factory, on purpose: `gunicorn wsgi:app` without `-c`, a Celery
+    worker and every `flask` command build the app here, so this is the place none of them skips.
+    """
+    from nyxcore.dbroles import assert_app_role_safe
+
+    assert_app_role_safe(app)
 
 
 def register_blueprints(app: Flask) -> None:

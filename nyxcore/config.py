@@ -1,7 +1,9 @@
 """Every setting NyxCore reads from the environment, in one place.
 
-`load_config(environ)` turns an environment mapping into Flask configuration. Development and
-testing have safe defaults; production refuses to start on anything unsafe (`ConfigError`).
+`load_config(environ)` turns an environment mapping into Flask configuration. An unset
+`NYXCORE_ENV` means production: only `make run` and the tests choose development or testing, so a
+server started by hand never runs on the published development keys. Development and testing have
+safe defaults; production refuses to start on anything unsafe (`ConfigError`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +54,7 @@ def load_config(
 ) -> dict[str, Any]:
     """Read the operator contract from `environ` (default: os.environ) into a Flask config dict."""
     env = dict(os.environ if environ is None else environ)
-    mode = env.get("NYXCORE_ENV", "development")
+    mode = env.get("NYXCORE_ENV") or "production"
     if mode not in ENVIRONMENTS:
         raise ConfigError(f"NYXCORE_ENV must be one of {', '.join(ENVIRONMENTS)}, not {mode!r}")
     production = mode == "production"
@@ -86,6 +89,10 @@ def load_config(
         "INVITATION_TTL": timedelta(days=_int(env, "INVITATION_TTL_DAYS", 7)),
         "INVITATIONS_PER_TEAM_PER_HOUR": _int(env, "INVITATIONS_PER_TEAM_PER_HOUR", 200),
         "PASSWORD_MIN_LENGTH": _int(env, "PASSWORD_MIN_LENGTH", 12),
+        # Only these peers (nginx) may set X-Forwarded-*; anyone else is taken at their socket address.
+        "TRUSTED_PROXIES": env.get("TRUSTED_PROXIES", "127.0.0.1"),
+        # Bodies over this answer 413 before they are read (nginx has the same cap).
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),
         "PROXY_FIX_X_FOR": _int(env, "PROXY_FIX_X_FOR", 1 if production else 0),
         "PROXY_FIX_X_PROTO": _int(env, "PROXY_FIX_X_PROTO", 1 if production else 0),
         "PROXY_FIX_X_HOST": _int(env, "PROXY_FIX_X_HOST", 0),
@@ -107,7 +114,12 @@ def load_config(
         "REMEMBER_COOKIE_SECURE": _bool(env.get("SESSION_COOKIE_SECURE"), default=production),
         "REMEMBER_COOKIE_HTTPONLY": True,
         "REMEMBER_COOKIE_SAMESITE": "Lax",
-        "PERMANENT_SESSION_LIFETIME": timedelta(hours=_int(env, "SESSION_LIFETIME_HOURS", 12)),
+        # A session lives on the server (user_sessions): it ends at logout, after SESSION_IDLE_MINUTES
+        # without a request, or SESSION_LIFETIME_HOURS after log in, whichever comes first. The cookie
+        # only names it, so it is not re-signed on every response.
+        "PERMANENT_SESSION_LIFETIME": timedelta(hours=_int(env, "SESSION_LIFETIME_HOURS", 24 * 14)),
+        "SESSION_IDLE_TIMEOUT": timedelta(minutes=_int(env, "SESSION_IDLE_MINUTES", 12 * 60)),
+        "SESSION_REFRESH_EACH_REQUEST": False,
         "WTF_CSRF_TIME_LIMIT": None,
         "SHOW_DEV_OUTBOX": not production,
         "CELERY": {
@@ -131,6 +143,11 @@ def load_config(
             },
         },
     }
+
+
+def trusted_networks(setting: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """The networks of TRUSTED_PROXIES (comma-separated addresses or CIDR blocks; empty: none)."""
+    return tuple(ip_network(part.strip()) for part in setting.split(",") if part.strip())
 
 
 def _engine_options(database_url: str, env: Mapping[str, str]) -> dict[str, Any]:
@@ -160,13 +177,19 @@ def check_production(config: Mapping[str, Any]) -> None:
         problems.append(
             "NYXCORE_ENCRYPTION_KEYS must be set (generate one with `NYXCORE_ENV=development flask --app wsgi nyxcore keys generate`)"
         )
-    elif keys == DEV_ENCRYPTION_KEYS:
-        problems.append("NYXCORE_ENCRYPTION_KEYS holds the published development key")
     else:
         try:
-            KeyRing.parse(keys)
+            ring = KeyRing.parse(keys)
         except KeyRingError as exc:
             problems.append(f"NYXCORE_ENCRYPTION_KEYS is malformed: {exc}")
+        else:
+            published = KeyRing.parse(DEV_ENCRYPTION_KEYS).keys["dev"]
+            if any(key == published for key in ring.keys.values()):  # whatever id it is given
+                problems.append("NYXCORE_ENCRYPTION_KEYS holds the published development key")
+    try:
+        trusted_networks(config.get("TRUSTED_PROXIES", ""))
+    except ValueError as exc:
+        problems.append(f"TRUSTED_PROXIES is malformed: {exc}")
     if config.get("CELERY", {}).get("task_always_eager"):
         problems.append("CELERY_TASK_ALWAYS_EAGER must be off in production")
     if problems:

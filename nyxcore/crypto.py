@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 FORMAT_VERSION = b"nyxcore/v1"
 NONCE_BYTES = 12
 KEY_BYTES = 32
-_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 class KeyRingError(ValueError):
@@ -47,27 +47,34 @@ class KeyRing:
 
     @classmethod
     def parse(cls, setting: str) -> KeyRing:
-        """Parse `"k2:<base64 32 bytes>,k1:<...>"` (first is primary). Raises KeyRingError."""
+        """Parse `"k2:<base64 32 bytes>,k1:<...>"` (first is primary), strictly. Raises KeyRingError.
+
+        Nothing is trimmed or skipped: a stray space, an empty entry or a trailing comma is an error,
+        so what the operator wrote is exactly what is used.
+        """
+        if not setting:
+            raise KeyRingError("no keys given")
         keys: dict[str, bytes] = {}
         order: list[str] = []
-        for part in (p.strip() for p in setting.split(",")):
-            if not part:
-                continue
+        for number, part in enumerate(setting.split(","), start=1):
             key_id, sep, encoded = part.partition(":")
-            if not sep or not _KEY_ID.match(key_id):
-                raise KeyRingError("each entry must be <id>:<base64 key>, ids of letters, digits, - and _")
+            if not sep or not _KEY_ID.fullmatch(key_id):
+                raise KeyRingError(
+                    f"entry {number} must be <id>:<base64 key>, ids of letters, digits, - and _ "
+                    "(no spaces, no empty entries)"
+                )
             try:
                 raw = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise KeyRingError(f"key {key_id!r} is not valid base64") from exc
             if len(raw) != KEY_BYTES:
                 raise KeyRingError(f"key {key_id!r} must be {KEY_BYTES} bytes, not {len(raw)}")
+            if base64.b64encode(raw).decode() != encoded:
+                raise KeyRingError(f"key {key_id!r} is not written as standard padded base64")
             if key_id in keys:
                 raise KeyRingError(f"key id {key_id!r} appears twice")
             keys[key_id] = raw
             order.append(key_id)
-        if not order:
-            raise KeyRingError("no keys given")
         return cls(keys=keys, primary_id=order[0])
 
     def encrypt(self, plaintext: bytes, context: str) -> Sealed:
@@ -108,6 +115,6 @@ def _associated_data(key_id: str, context: str) -> bytes:
 
 def generate_key_setting(key_id: str) -> str:
     """A new random key as one `<id>:<base64>` entry for NYXCORE_ENCRYPTION_KEYS."""
-    if not _KEY_ID.match(key_id):
+    if not _KEY_ID.fullmatch(key_id):
         raise KeyRingError("key ids are 1-32 letters, digits, - and _")
     return f"{key_id}:{base64.b64encode(os.urandom(KEY_BYTES)).decode()}"

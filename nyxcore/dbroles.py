@@ -105,8 +105,8 @@ class UnsafeAppRoleError(ConfigError):
 def assert_app_role_safe(app: Flask) -> None:
     """In production, refuse an app whose database role could bypass row-level security.
 
-    Connects once with the app's own DATABASE_URL and disposes of the pool afterwards, so it is meant
-    for process start (gunicorn's `on_starting`), never for `create_app`. Does nothing outside
+    Connects once with the app's own DATABASE_URL and disposes of the pool afterwards; `create_app`
+    calls it, so every production process (web, worker, beat, CLI) checks once. Does nothing outside
     production or on a database other than PostgreSQL. Raises UnsafeAppRoleError naming the problems,
     or when the database cannot be asked (refusing is safer than starting unchecked).
     """

@@ -24,14 +24,13 @@ class RedactingLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type i
 def refuse_unsafe_database_role(server: Any) -> None:
     """Gunicorn `on_starting` hook: in production, stop before serving if the app role can bypass RLS.
 
-    Runs once, in the master, before any worker exists. It builds the app only to read its
-    configuration (create_app makes no network call) and then makes the one check connection.
-    A ConfigError (a RuntimeError) makes gunicorn print it and exit with status 1.
+    Runs once, in the master, before any worker exists: building the app runs the check
+    (`create_app` refuses an unsafe role in production), so a bad role stops gunicorn before it
+    forks instead of failing every worker's boot. A ConfigError (a RuntimeError) makes gunicorn
+    print it and exit with status 1.
     """
     from nyxcore import create_app
-    from nyxcore.dbroles import assert_app_role_safe
 
     app = create_app()
-    assert_app_role_safe(app)
     if app.config["NYXCORE_ENV"] == "production":
         server.log.info("The app database role is subject to row-level security.")

@@ -288,6 +288,7 @@ class Stack:
     https: str
     http_port: int
     https_port: int
+    upstream_port: int  # gunicorn itself, on 127.0.0.1
     nginx: NginxFiles
     gunicorn_log: Path
     ratelimit_prefix: str
@@ -343,6 +344,7 @@ def stack(database: TestDatabase, tmp_path_factory: pytest.TempPathFactory) -> I
             https=f"https://127.0.0.1:{https_port}",
             http_port=http_port,
             https_port=https_port,
+            upstream_port=upstream_port,
             nginx=files,
             gunicorn_log=gunicorn_log,
             ratelimit_prefix=ratelimit_prefix,
@@ -496,6 +498,71 @@ def test_repeated_failed_logins_get_429_from_the_app_whatever_x_forwarded_for_cl
         client.close()
 
 
+def _direct_login_attempts(port: int, *, source: str, attempts: int) -> list[int]:
+    """Failed logins sent straight to gunicorn from `source`, each claiming another X-Forwarded-For."""
+
+    def exchange(method: str, path: str, body: str = "", headers: dict[str, str] | None = None) -> Any:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response, response.read().decode()
+        finally:
+            conn.close()
+
+    page, html = exchange("GET", "/auth/login")
+    # The session cookie is Secure; a client that talks plain HTTP to gunicorn can still send it.
+    cookie = page.getheader("Set-Cookie").split(";", 1)[0]
+    form = urllib.parse.urlencode(
+        {"csrf_token": csrf_from(html), "email": "nobody@example.com", "password": "not the password"}
+    )
+    statuses = []
+    for attempt in range(attempts):
+        response, _ = exchange(
+            "POST",
+            "/auth/login",
+            form,
+            {
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Cookie": cookie,
+                "X-Forwarded-For": f"198.51.100.{attempt}",
+                "X-Forwarded-Proto": "https",
+            },
+        )
+        statuses.append(response.status)
+    return statuses
+
+
+def test_forwarded_headers_from_a_peer_that_is_not_a_trusted_proxy_are_ignored(stack: Stack) -> None:
+    # Straight to gunicorn from 127.0.0.2 (TRUSTED_PROXIES is 127.0.0.1, nginx's address): a rotating
+    # X-Forwarded-For must not make one client look like many to the per-client login limit.
+    assert _direct_login_attempts(stack.upstream_port, source="127.0.0.2", attempts=7) == [200] * 5 + [429] * 2
+
+
+def test_a_chunked_body_over_the_limit_is_refused_with_413_before_it_is_read(stack: Stack) -> None:
+    # No Content-Length to refuse up front: the app stops reading at MAX_CONTENT_LENGTH (1 MiB).
+    conn = http.client.HTTPConnection("127.0.0.1", stack.upstream_port, timeout=10)
+    chunk = b"email=" + b"a" * (64 * 1024 - 6)
+    try:
+        conn.putrequest("POST", "/auth/login")
+        conn.putheader("Content-Type", "application/x-www-form-urlencoded")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        try:
+            for _ in range(48):  # 3 MiB, if the server lets us send that much
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            conn.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed while we were still sending
+        response = conn.getresponse()
+        body = response.read().decode()
+    finally:
+        conn.close()
+    assert response.status == 413
+    assert "larger than this server accepts" in body
+    assert plain_status(stack.upstream_port, "/api/v1/health") == 200  # the worker lives on
+
+
 def test_magic_link_tokens_never_reach_the_access_logs(stack: Stack) -> None:
     token = secrets.token_urlsafe(32)
     browser = Browser(stack.https)
@@ -575,9 +642,12 @@ def test_production_accepts_the_app_role(database: TestDatabase) -> None:
         engine.dispose()
 
 
-def test_production_refuses_a_role_with_bypassrls(database: TestDatabase, rls_bypass_role: str) -> None:
+def test_creating_a_production_app_refuses_a_role_with_bypassrls(
+    database: TestDatabase, rls_bypass_role: str
+) -> None:
+    # create_app itself checks: `gunicorn wsgi:app` without -c and Celery never read gunicorn.conf.py.
     with pytest.raises(UnsafeAppRoleError, match=f"role {rls_bypass_role} has BYPASSRLS"):
-        assert_app_role_safe(production_app(as_user(database.app_url, rls_bypass_role)))
+        production_app(as_user(database.app_url, rls_bypass_role))
 
 
 def test_production_refuses_to_start_when_it_cannot_check_the_role(database: TestDatabase) -> None:
@@ -585,7 +655,29 @@ def test_production_refuses_to_start_when_it_cannot_check_the_role(database: Tes
         make_url(database.app_url).set(host="127.0.0.1", port=1).render_as_string(hide_password=False)
     )
     with pytest.raises(UnsafeAppRoleError, match="cannot check the app database role"):
-        assert_app_role_safe(production_app(unreachable))
+        production_app(unreachable)
+
+
+@pytest.mark.parametrize("entry_point", ["gunicorn", "celery"])
+def test_a_server_started_by_hand_with_no_environment_refuses_to_run(entry_point: str) -> None:
+    # NYXCORE_ENV unset means production, which refuses the published development secrets.
+    command = {
+        # -c /dev/null: not even gunicorn.conf.py's start-up hook (gunicorn reads ./gunicorn.conf.py
+        # by default); the app refuses when a worker builds it.
+        "gunicorn": [str(BIN / "gunicorn"), "wsgi:app", "-c", "/dev/null", "--bind", f"127.0.0.1:{free_port()}"],
+        "celery": [str(BIN / "celery"), "-A", "worker", "inspect", "ping"],
+    }[entry_point]
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "refusing to start in production: SECRET_KEY must be set" in output
 
 
 def test_a_role_that_can_set_role_to_a_bypassing_role_is_a_problem(

@@ -30,8 +30,16 @@ def test_env_example_lists_every_setting_the_config_reads():
     assert read - documented == set()
 
 
+def test_an_unset_environment_means_production():
+    # `gunicorn wsgi:app` started by hand must not run on the published development keys.
+    assert load_config({})["NYXCORE_ENV"] == "production"
+    assert load_config({"NYXCORE_ENV": ""})["NYXCORE_ENV"] == "production"
+    with pytest.raises(ConfigError, match="SECRET_KEY must be set"):
+        check_production(load_config({}))
+
+
 def test_development_needs_no_settings():
-    config = load_config({}, instance_path="/srv/nyx")
+    config = load_config({"NYXCORE_ENV": "development"}, instance_path="/srv/nyx")
     check_production(config)
     assert config["SQLALCHEMY_DATABASE_URI"] == "sqlite:////srv/nyx/nyxcore.db"
     assert config["CELERY"]["task_always_eager"] is True
@@ -49,6 +57,12 @@ def test_good_production_config_passes():
         ({"SECRET_KEY": "dev-only-secret-key-do-not-use-in-production"}, "SECRET_KEY"),
         ({"NYXCORE_ENCRYPTION_KEYS": ""}, "NYXCORE_ENCRYPTION_KEYS must be set"),
         ({"NYXCORE_ENCRYPTION_KEYS": DEV_ENCRYPTION_KEYS}, "published development key"),
+        # The published key under another id, or with stray separators, is refused all the same.
+        ({"NYXCORE_ENCRYPTION_KEYS": "prod:" + DEV_ENCRYPTION_KEYS.partition(":")[2]}, "published development key"),
+        ({"NYXCORE_ENCRYPTION_KEYS": generate_key_setting("k2") + ",old:" + DEV_ENCRYPTION_KEYS.partition(":")[2]}, "published development key"),
+        ({"NYXCORE_ENCRYPTION_KEYS": " " + DEV_ENCRYPTION_KEYS}, "malformed"),
+        ({"NYXCORE_ENCRYPTION_KEYS": DEV_ENCRYPTION_KEYS + ","}, "malformed"),
+        ({"TRUSTED_PROXIES": "nginx.internal"}, "TRUSTED_PROXIES"),
         ({"NYXCORE_ENCRYPTION_KEYS": "k1:not-base64!"}, "malformed"),
         ({"NYXCORE_ENCRYPTION_KEYS": "k1:c2hvcnQ="}, "must be 32 bytes"),
         ({"DATABASE_URL": ""}, "DATABASE_URL"),

@@ -120,7 +120,12 @@ def test_errors_never_carry_the_plaintext():
     ("setting", "complaint"),
     [
         ("", "no keys given"),
-        (" , ,", "no keys given"),
+        (" , ,", "entry 1 must be <id>:<base64 key>"),
+        (" k1:" + base64.b64encode(b"x" * 32).decode(), "entry 1 must be <id>:<base64 key>"),
+        ("k1:" + base64.b64encode(b"x" * 32).decode() + ",", "entry 2 must be <id>:<base64 key>"),
+        ("k1:" + base64.b64encode(b"x" * 32).decode() + " ", "not valid base64"),
+        ("k1\n:" + base64.b64encode(b"x" * 32).decode(), "entry 1 must be <id>:<base64 key>"),
+        ("k1:" + base64.b64encode(b"x" * 32).decode()[:-2] + "x=", "standard padded base64"),
         ("k1", "<id>:<base64 key>"),
         (":" + base64.b64encode(b"x" * 32).decode(), "<id>:<base64 key>"),
         ("bad id:" + base64.b64encode(b"x" * 32).decode(), "<id>:<base64 key>"),
@@ -139,9 +144,9 @@ def test_malformed_settings_are_refused(setting, complaint):
         KeyRing.parse(setting)
 
 
-def test_parse_keeps_order_first_is_primary_and_ignores_blanks():
+def test_parse_keeps_order_first_is_primary():
     first, second = generate_key_setting("k2"), generate_key_setting("k1")
-    keys = KeyRing.parse(f" {first} , , {second} ")
+    keys = KeyRing.parse(f"{first},{second}")
     assert keys.primary_id == "k2"
     assert set(keys.keys) == {"k1", "k2"}
     assert all(len(key) == KEY_BYTES for key in keys.keys.values())

@@ -70,7 +70,7 @@ def read_gunicorn_conf(monkeypatch: pytest.MonkeyPatch, **environ: str) -> dict[
 
 def test_gunicorn_conf_defaults(monkeypatch):
     settings = read_gunicorn_conf(monkeypatch)
-    assert settings["bind"] == ["0.0.0.0:8000"]
+    assert settings["bind"] == ["127.0.0.1:8000"]
     assert (settings["workers"], settings["threads"], settings["timeout"]) == (2, 4, 30)
     assert settings["accesslog"] == "-"
     assert settings["logger_class"] is RedactingLogger
@@ -93,7 +93,9 @@ def test_gunicorn_conf_reads_the_environment_and_names_only_real_settings(monkey
 def test_role_check_makes_no_connection_outside_production(tmp_path):
     # Development pointed at a port where nothing listens: the check must not even try.
     config = load_config(
-        {"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, instance_path=str(tmp_path)
+        {"NYXCORE_ENV": "development", "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
+        instance_path=str(tmp_path),
     )
     assert_app_role_safe(create_app(config))
-    assert_app_role_safe(create_app(load_config({}, instance_path=str(tmp_path))))  # SQLite
+    sqlite = load_config({"NYXCORE_ENV": "development"}, instance_path=str(tmp_path))
+    assert_app_role_safe(create_app(sqlite))
