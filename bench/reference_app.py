@@ -20,7 +20,7 @@ import uuid
 from flask import abort, render_template_string
 from sqlalchemy import text
 
-from nyxcore import create_app
+from nyxcore import create_app, tenancy
 from nyxcore.extensions import db
 
 REFERENCE_TEMPLATE = "<!doctype html><title>Reference</title><p>{{ name }} &lt;{{ email }}&gt;</p>"
@@ -30,10 +30,11 @@ app = create_app()
 
 @app.get("/bench/reference/<uuid:user_id>")
 def reference(user_id: uuid.UUID) -> str:
-    """One primary-key lookup and a tiny template."""
-    row = db.session.execute(
-        text("SELECT name, email FROM users WHERE id = :id"), {"id": user_id}
-    ).one_or_none()
+    """One primary-key lookup and a tiny template (as that user: `users` is private under RLS)."""
+    with tenancy.tenant_context(user_id=user_id):
+        row = db.session.execute(
+            text("SELECT name, email FROM users WHERE id = :id"), {"id": user_id}
+        ).one_or_none()
     if row is None:
         abort(404)
     return render_template_string(REFERENCE_TEMPLATE, name=row.name, email=row.email)

@@ -11,20 +11,21 @@ from collections.abc import Callable
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
-from flask import flash, g, redirect, session, url_for
+from flask import current_app, flash, g, redirect, session, url_for
 from flask_login import current_user
 from werkzeug.wrappers.response import Response
 
 from nyxcore import tenancy
 from nyxcore.errors import PermissionDenied
-from nyxcore.extensions import db, login_manager
+from nyxcore.extensions import login_manager
 from nyxcore.models import TenantMember, User
 from nyxcore.roles import TenantRole, has_min_role
-from nyxcore.services import teams
+from nyxcore.services import sessions, teams
 
 P = ParamSpec("P")
 R = TypeVar("R")
 ACTIVE_TENANT_KEY = "tenant_id"
+SESSION_TOKEN_KEY = "sid"  # noqa: S105 (a key name; names the server-side session, services/sessions.py)
 
 
 def current_membership() -> TenantMember | None:
@@ -118,7 +119,17 @@ def role_required(minimum: TenantRole) -> Callable[[Callable[P, R]], Callable[P,
 
 @login_manager.user_loader  # type: ignore[untyped-decorator]
 def load_user(user_id: str) -> User | None:
+    """The user of a live server-side session; a cookie alone (after log out, say) signs in no one."""
+    token = session.get(SESSION_TOKEN_KEY)
     try:
-        return db.session.get(User, uuid.UUID(user_id))
+        uid = uuid.UUID(user_id)
     except ValueError:
         return None
+    if not isinstance(token, str):
+        return None
+    tenancy.update_context(user_id=uid)  # row-level security shows a user their own sessions
+    user = sessions.load(uid, token, idle=current_app.config["SESSION_IDLE_TIMEOUT"])
+    if user is None:
+        tenancy.update_context(user_id=None)
+        session.clear()  # the session ended: drop what the cookie still carries
+    return user

@@ -100,8 +100,8 @@ def rotate_keys(batch_size: int) -> None:
     ring = keyring.get()
     try:
         tenants = key_rotation.stale_github_tenants(ring)
-        stale_outbox = key_rotation.count_stale_outbox(ring)
-        already = key_rotation.github_tokens_under_primary(ring) + key_rotation.outbox_under_primary(ring)
+        outbox_current, stale_outbox = key_rotation.outbox_counts(ring)
+        already = key_rotation.github_tokens_under_primary(ring) + outbox_current
         db.session.commit()
         click.echo(
             f"Primary key {ring.primary_id}: {len(tenants)} GitHub token(s) and "
@@ -121,16 +121,16 @@ def rotate_keys(batch_size: int) -> None:
                 db.session.expunge_all()
                 bar.update(len(batch))
             after: uuid.UUID | None = None
-            while rows := key_rotation.stale_outbox_batch(ring, after=after, limit=batch_size):
-                for outbox in rows:
+            while ids := key_rotation.stale_outbox_ids(ring, after=after, limit=batch_size):
+                for outbox_id in ids:
                     try:
-                        outbox_done += key_rotation.reseal_outbox_email(ring, outbox)
+                        outbox_done += key_rotation.reseal_outbox_email(ring, outbox_id)
                     except DecryptionError:
-                        unreadable.append(f"outbox email {outbox.id}")
-                after = rows[-1].id
+                        unreadable.append(f"outbox email {outbox_id}")
+                after = ids[-1]
                 db.session.commit()
                 db.session.expunge_all()
-                bar.update(len(rows))
+                bar.update(len(ids))
     except BaseException:
         db.session.rollback()  # the batches committed so far stay done; a re-run continues from there
         raise

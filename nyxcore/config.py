@@ -121,7 +121,8 @@ def load_config(
         "SESSION_IDLE_TIMEOUT": timedelta(minutes=_int(env, "SESSION_IDLE_MINUTES", 12 * 60)),
         "SESSION_REFRESH_EACH_REQUEST": False,
         "WTF_CSRF_TIME_LIMIT": None,
-        "SHOW_DEV_OUTBOX": not production,
+        # /dev/outbox: only ever in development (never in production, whatever this says).
+        "SHOW_DEV_OUTBOX": mode == "development",
         "CELERY": {
             "broker_url": redis_url or "memory://",
             "result_backend": None,

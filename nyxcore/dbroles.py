@@ -48,6 +48,34 @@ def grant_app_privileges(conn: Connection, role: str) -> None:
             f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {quoted}"
         )
     )
+    restrict_private_columns(conn, role)
+
+
+# Columns the app role may write but never read back.
+PRIVATE_COLUMNS = {"users": ("password_hash",)}
+
+
+def restrict_private_columns(conn: Connection, role: str) -> None:
+    """Take SELECT on PRIVATE_COLUMNS away from `role`, keeping it on every other column.
+
+    A table-wide grant would override column privileges, so the table's SELECT is revoked and given
+    back column by column. Run it after every grant on these tables (grant_app_privileges does).
+    """
+    quoted = quote_role(role)
+    for table, private in PRIVATE_COLUMNS.items():
+        if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"public.{table}"}).scalar() is None:
+            continue  # not created yet: the migration that creates it runs this again
+        columns = conn.execute(
+            text(
+                "SELECT attname FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) "
+                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+            ),
+            {"t": f"public.{table}"},
+        ).scalars()
+        readable = ", ".join(f'"{column}"' for column in columns if column not in private)
+        # Names from PRIVATE_COLUMNS and the catalog, role checked by quote_role: no user input.
+        conn.execute(text(f"REVOKE SELECT ON TABLE public.{table} FROM {quoted}"))  # noqa: S608
+        conn.execute(text(f"GRANT SELECT ({readable}) ON TABLE public.{table} TO {quoted}"))
 
 
 def role_problems(conn: Connection, role: str) -> list[str]:

@@ -78,7 +78,9 @@ class User(UUIDPrimaryKey, Base):
 
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(120))
-    password_hash: Mapped[str] = mapped_column(String(255))
+    # Written, never read back: the app role has no SELECT on this column (migration 0004). Log in
+    # checks a password through nyxcore_login(); see services/credentials.py.
+    password_hash: Mapped[str] = mapped_column(String(255), deferred=True, deferred_raiseload=True)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     # Flask-Login's user protocol, kept here so the model needs no Flask import.
@@ -121,14 +123,43 @@ class TenantMember(TenantScoped, Base):
     tenant: Mapped[Tenant] = relationship(lazy="raise")
 
 
+class UserSession(UUIDPrimaryKey, Base):
+    """A signed-in browser. The cookie names it by a random token; only the token's SHA-256 is kept.
+
+    A request is signed in only while its row is live: not revoked (log out, "sign out everywhere",
+    a password change), not idle past SESSION_IDLE_TIMEOUT, not past `expires_at`.
+    """
+
+    __tablename__ = "user_sessions"
+    __table_args__ = (Index("ix_user_sessions_user_id", "user_id"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    user_agent: Mapped[str] = mapped_column(String(255), default="")
+    ip_address: Mapped[str] = mapped_column(String(45), default="")
+
+    user: Mapped[User] = relationship(lazy="raise")
+
+
 class OutboxEmail(UUIDPrimaryKey, Base):
-    """A message waiting to be sent. Its body is sealed with the key ring and wiped once sent."""
+    """A message waiting to be sent. Its body is sealed with the key ring and wiped once sent.
+
+    `tenant_id` is the team the message was sent for. Under row-level security a team sees its own
+    messages (delivery state), and the worker sees the one message it is delivering (`outbox_id`
+    in the tenant context); nobody lists every team's mail.
+    """
 
     __tablename__ = "outbox_emails"
     __table_args__ = (
         Index("ix_outbox_emails_unsent", "created_at", postgresql_where=text("sent_at IS NULL")),
+        Index("ix_outbox_emails_tenant_id_created_at", "tenant_id", "created_at"),
     )
 
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     to_address: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(String(255))
     key_id: Mapped[str | None] = mapped_column(String(32))

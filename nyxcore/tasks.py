@@ -14,6 +14,7 @@ from celery import Task
 from celery.signals import worker_process_shutdown, worker_shutdown
 from flask import Flask, current_app
 
+from nyxcore import tenancy
 from nyxcore.extensions import celery, db, keyring
 from nyxcore.services import mail
 
@@ -74,7 +75,9 @@ def mail_settings(config: Any) -> mail.MailSettings:
 )
 def deliver_outbox_email(outbox_id: str) -> bool:
     """Send one outbox row (idempotent: a sent row is never sent again)."""
-    return mail.deliver(keyring.get(), transport(), current_app.config["MAIL_FROM"], uuid.UUID(outbox_id))
+    message_id = uuid.UUID(outbox_id)
+    with tenancy.tenant_context(outbox_id=message_id):  # RLS shows the worker this one message
+        return mail.deliver(keyring.get(), transport(), current_app.config["MAIL_FROM"], message_id)
 
 
 @celery.task(base=AppContextTask, name="nyxcore.tasks.sweep_outbox")  # type: ignore[untyped-decorator]

@@ -41,11 +41,13 @@ _CONTROL_STATEMENT = re.compile(r"^\s*(ROLLBACK|RELEASE|SAVEPOINT|COMMIT|BEGIN)\
 
 @dataclass(frozen=True)
 class TenantContext:
-    """Who is acting (`user_id`), for which team (`tenant_id`), and an invite token's hash if any."""
+    """Who is acting (`user_id`), for which team (`tenant_id`), an invite token's hash if any, and the
+    outbox message a worker is delivering (`outbox_id`: row-level security shows it that row alone)."""
 
     user_id: uuid.UUID | None = None
     tenant_id: uuid.UUID | None = None
     invite_token_hash: str | None = None
+    outbox_id: uuid.UUID | None = None
 
     def __post_init__(self) -> None:
         # The values are interpolated as SQL literals (see _context_sql); accept only their exact shapes.
@@ -55,6 +57,8 @@ class TenantContext:
             raise TypeError("tenant_id must be a UUID")
         if self.invite_token_hash is not None and not _HEX_DIGEST.match(self.invite_token_hash):
             raise ValueError("invite_token_hash must be a SHA-256 hex digest")
+        if self.outbox_id is not None and not isinstance(self.outbox_id, uuid.UUID):
+            raise TypeError("outbox_id must be a UUID")
 
 
 EMPTY = TenantContext()
@@ -90,9 +94,12 @@ def tenant_context(
     user_id: uuid.UUID | None = None,
     tenant_id: uuid.UUID | None = None,
     invite_token_hash: str | None = None,
+    outbox_id: uuid.UUID | None = None,
 ) -> Iterator[TenantContext]:
     """Run a block (a Celery task, a CLI step) as `user_id` in `tenant_id`, then restore."""
-    context = TenantContext(user_id=user_id, tenant_id=tenant_id, invite_token_hash=invite_token_hash)
+    context = TenantContext(
+        user_id=user_id, tenant_id=tenant_id, invite_token_hash=invite_token_hash, outbox_id=outbox_id
+    )
     token = _current.set(context)
     try:
         yield context
@@ -106,10 +113,12 @@ def _context_sql(context: TenantContext) -> str:
     user = str(context.user_id) if context.user_id else ""
     tenant = str(context.tenant_id) if context.tenant_id else ""
     invite = context.invite_token_hash or ""
+    outbox = str(context.outbox_id) if context.outbox_id else ""
     return (
         f"SELECT set_config('app.user_id', '{user}', true), "
         f"set_config('app.tenant_id', '{tenant}', true), "
-        f"set_config('app.invite_token_hash', '{invite}', true);"
+        f"set_config('app.invite_token_hash', '{invite}', true), "
+        f"set_config('app.outbox_id', '{outbox}', true);"
     )
 
 

@@ -24,14 +24,13 @@ from sqlalchemy.engine import Engine, make_url
 from nyxcore import create_app, tenancy
 from nyxcore.config import load_config
 from nyxcore.extensions import db as _db
-from nyxcore.models import Tenant, TenantMember, User
+from nyxcore.models import Tenant, TenantMember
 from nyxcore.roles import TenantRole
 from nyxcore.services import accounts
 
 ADMIN_URL = os.environ.get("NYXCORE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("NYXCORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PASSWORD = "correct horse battery staple"
-TABLES = "audit_events, notes, github_tokens, invitations, outbox_emails, tenant_members, tenants, users"
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,10 @@ def _empty_tables(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if engine is not None:
         with engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+            tables = conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+            ).scalars()
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
 
 
 @pytest.fixture
@@ -253,11 +255,6 @@ def team_name(app: Flask, team_id: uuid.UUID) -> str:
         tenant = _db.session.get(Tenant, team_id)
         assert tenant is not None
         return tenant.name
-
-
-def user_by_email(app: Flask, email: str) -> User | None:
-    with app.app_context():
-        return accounts.find_user_by_email(email)
 
 
 def csrf_from(html: str) -> str:

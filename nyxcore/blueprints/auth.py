@@ -14,7 +14,7 @@ from nyxcore.errors import DomainError
 from nyxcore.extensions import limiter
 from nyxcore.forms import MinPasswordLength, add_domain_error
 from nyxcore.models import User
-from nyxcore.services import accounts
+from nyxcore.services import accounts, sessions
 from nyxcore.web import is_safe_next
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -43,6 +43,12 @@ def _start_session(user: User) -> None:
     session.clear()
     login_user(user)
     session.permanent = True
+    session[authz.SESSION_TOKEN_KEY] = sessions.start(
+        user.id,
+        user_agent=request.user_agent.string,
+        ip_address=request.remote_addr or "",
+        lifetime=current_app.config["PERMANENT_SESSION_LIFETIME"],
+    )
 
 
 def _signup_limit() -> str:
@@ -97,6 +103,9 @@ def login() -> Response | str:
 
 @bp.post("/logout")
 def logout() -> Response:
+    token = session.get(authz.SESSION_TOKEN_KEY)
+    if current_user.is_authenticated and isinstance(token, str):
+        sessions.end(current_user.id, token)  # the cookie, if replayed, signs in no one
     logout_user()
     session.clear()
     flash("You are logged out.", "info")

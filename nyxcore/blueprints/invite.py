@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
-from flask_login import current_user
+from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
 from wtforms import SelectChoice, SelectField, TextAreaField
@@ -163,12 +163,16 @@ def accept(token: str) -> Response:
 
 
 @bp.get("/dev/outbox")
+@login_required  # type: ignore[untyped-decorator]
 def dev_outbox() -> str:
-    """Development only (SHOW_DEV_OUTBOX): the last messages the console mail transport printed."""
-    if not current_app.config["SHOW_DEV_OUTBOX"]:
+    """Development only: the console mail sent to you, or for a team whose invitations you manage."""
+    config = current_app.config
+    if config["NYXCORE_ENV"] == "production" or not config["SHOW_DEV_OUTBOX"]:
         abort(404)
+    membership = authz.current_membership()
+    managed_team = membership.tenant_id if membership is not None and authz.can(TenantRole.ADMIN) else None
     return render_template(
         "invite/dev_outbox.html",
-        messages=list(mail.ConsoleTransport.recent),
-        backend=current_app.config["MAIL_BACKEND"],
+        messages=mail.console_mail_for(current_user.email, managed_team),
+        backend=config["MAIL_BACKEND"],
     )

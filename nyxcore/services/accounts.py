@@ -1,12 +1,20 @@
-"""Accounts: signing up and logging in."""
+"""Accounts: signing up and logging in.
+
+The app role never reads a password hash (migration 0004). Logging in asks the database for the
+hash's parameters and salt (`nyxcore_password_setting`), computes the candidate hash here, and asks
+the database whether it matches (`nyxcore_login`). SQLite (development) has no roles: there the
+same two steps read the row directly.
+"""
 
 from __future__ import annotations
 
+import uuid
+
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from nyxcore import passwords
+from nyxcore import passwords, tenancy
 from nyxcore.errors import Conflict, InvalidInput
 from nyxcore.extensions import db
 from nyxcore.models import TenantMember, User
@@ -29,20 +37,19 @@ def validated_email(address: str) -> str:
     return normalise_email(result.normalized)
 
 
-def find_user_by_email(address: str) -> User | None:
-    return db.session.scalar(select(User).where(User.email == normalise_email(address)))
-
-
 def register_user(*, name: str, email: str, password: str) -> tuple[User, TenantMember]:
-    """Create a user and their personal team (they are its owner). Raises Conflict on a taken email."""
+    """Create a user and their personal team (they are its owner). Raises Conflict on a taken email.
+
+    Other accounts are invisible to the app role, so a taken address is found by the unique index.
+    The new user becomes the acting user: row-level security lets one create only one's own row.
+    """
     email = validated_email(email)
-    if find_user_by_email(email) is not None:
-        raise Conflict("An account with this email already exists. Log in instead.", field="email")
-    user = User(name=name.strip(), email=email, password_hash=passwords.hash_password(password))
+    user = User(id=uuid.uuid4(), name=name.strip(), email=email, password_hash=passwords.hash_password(password))
+    tenancy.update_context(user_id=user.id)
     try:
         with db.session.begin_nested():
             db.session.add(user)
-    except IntegrityError as exc:  # a concurrent sign-up with the same address won the race
+    except IntegrityError as exc:  # uq_users_email, also when a concurrent sign-up won the race
         raise Conflict("An account with this email already exists. Log in instead.", field="email") from exc
     _, membership = teams.create_team(creator=user, name=personal_team_name(user.name))
     return user, membership
@@ -54,15 +61,47 @@ def personal_team_name(name: str) -> str:
 
 
 def authenticate(*, email: str, password: str) -> User | None:
-    """The user with these credentials, or None (same answer and time for unknown email or wrong password).
+    """The user with these credentials, made the acting user; None otherwise.
 
-    Upgrades the stored hash when the hashing parameters have changed since it was made.
+    The same answer and the same work (one Argon2id computation) for an unknown email and a wrong
+    password. Upgrades the stored hash when the hashing parameters have changed since it was made.
     """
-    user = find_user_by_email(email)
-    if not passwords.verify_password(user.password_hash if user else None, password):
+    email = normalise_email(email)
+    setting = _password_setting(email)
+    candidate = passwords.candidate_hash(setting or passwords.unknown_setting(), password)
+    user_id = _login(email, candidate) if setting is not None and candidate is not None else None
+    if user_id is None:
         return None
-    assert user is not None
-    if passwords.needs_rehash(user.password_hash):
-        user.password_hash = passwords.hash_password(password)
-        db.session.flush()
+    tenancy.update_context(user_id=user_id)
+    user = db.session.get(User, user_id)
+    if user is not None and setting is not None and passwords.setting_needs_rehash(setting):
+        db.session.execute(
+            update(User).where(User.id == user_id).values(password_hash=passwords.hash_password(password))
+        )
     return user
+
+
+def _on_postgresql() -> bool:
+    return db.session.get_bind().dialect.name == "postgresql"
+
+
+def _password_setting(email: str) -> str | None:
+    if _on_postgresql():
+        setting: str | None = db.session.scalar(
+            text("SELECT nyxcore_password_setting(:email)"), {"email": email}
+        )
+        return setting
+    stored = db.session.scalar(select(User.password_hash).where(User.email == email))
+    return stored[: stored.rindex("$")] if stored and "$" in stored else None
+
+
+def _login(email: str, candidate: str) -> uuid.UUID | None:
+    if _on_postgresql():
+        found = db.session.scalar(
+            text("SELECT nyxcore_login(:email, :candidate)"), {"email": email, "candidate": candidate}
+        )
+    else:
+        found = db.session.scalar(
+            select(User.id).where(User.email == email, User.password_hash == candidate)
+        )
+    return uuid.UUID(str(found)) if found is not None else None

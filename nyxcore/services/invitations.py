@@ -202,6 +202,7 @@ def _issue(inviter: User, tenant: Tenant, email: str, role: TenantRole) -> Invit
     subject = " ".join(f"{inviter.name} invited you to {tenant.name} on NyxCore".split())
     outbox = mail.queue_email(
         keyring.get(),
+        tenant_id=tenant.id,
         to=email,
         subject=subject[:255],
         text_body=render_template("email/invitation.txt", **context),

@@ -3,15 +3,15 @@
 Each row is re-sealed on its own, under a row lock and after checking again that it still needs it,
 so a run can stop anywhere and simply be started again. Callers commit (in batches).
 
-Two kinds of secret are stored: GitHub tokens (one per team, under row-level security) and the
-bodies of unsent outbox emails (no team, no RLS).
+Two kinds of secret are stored, both under row-level security: GitHub tokens (one per team) and
+the bodies of unsent outbox emails (each reachable alone through its `outbox_id` context).
 """
 
 from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import ColumnElement, func, select, text
+from sqlalchemy import func, select, text
 
 from nyxcore import tenancy
 from nyxcore.crypto import KeyRing, Sealed
@@ -85,54 +85,60 @@ def reseal_github_token(ring: KeyRing, tenant_id: uuid.UUID) -> bool:
     return True
 
 
-def _stale_outbox_filter(ring: KeyRing) -> list[ColumnElement[bool]]:
-    return [
+def outbox_counts(ring: KeyRing) -> tuple[int, int]:
+    """Unsent outbox emails of every team: (sealed under the primary key, sealed under an older one).
+
+    Under RLS nobody sees every team's mail; PostgreSQL counts through the SECURITY DEFINER function
+    `nyxcore_count_unsent_outbox` (migration 0004), which returns two numbers and nothing else.
+    """
+    if _on_postgresql():
+        row = db.session.execute(
+            text("SELECT * FROM nyxcore_count_unsent_outbox(:primary)"), {"primary": ring.primary_id}
+        ).one()
+        return int(row.under_primary), int(row.stale)
+    unsent = (OutboxEmail.sent_at.is_(None), OutboxEmail.body_ciphertext.is_not(None))
+    under = select(func.count()).select_from(OutboxEmail).where(*unsent, OutboxEmail.key_id == ring.primary_id)
+    stale = select(func.count()).select_from(OutboxEmail).where(*unsent, OutboxEmail.key_id != ring.primary_id)
+    return db.session.scalar(under) or 0, db.session.scalar(stale) or 0
+
+
+def stale_outbox_ids(ring: KeyRing, *, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
+    """The ids of the next `limit` unsent outbox emails under an older key, by id after `after`."""
+    if _on_postgresql():
+        rows = db.session.execute(
+            text("SELECT * FROM nyxcore_stale_outbox(:primary, :after, :limit)"),
+            {"primary": ring.primary_id, "after": after, "limit": limit},
+        )
+        return [uuid.UUID(str(outbox_id)) for (outbox_id,) in rows]
+    query = select(OutboxEmail.id).where(
         OutboxEmail.sent_at.is_(None),
         OutboxEmail.body_ciphertext.is_not(None),
         OutboxEmail.key_id != ring.primary_id,
-    ]
-
-
-def count_stale_outbox(ring: KeyRing) -> int:
-    """Unsent outbox emails whose body is sealed under an older key."""
-    return (
-        db.session.scalar(select(func.count()).select_from(OutboxEmail).where(*_stale_outbox_filter(ring)))
-        or 0
     )
-
-
-def outbox_under_primary(ring: KeyRing) -> int:
-    """Unsent outbox emails whose body is sealed under the primary key already."""
-    count = db.session.scalar(
-        select(func.count())
-        .select_from(OutboxEmail)
-        .where(
-            OutboxEmail.sent_at.is_(None),
-            OutboxEmail.body_ciphertext.is_not(None),
-            OutboxEmail.key_id == ring.primary_id,
-        )
-    )
-    return count or 0
-
-
-def stale_outbox_batch(ring: KeyRing, *, after: uuid.UUID | None, limit: int) -> list[OutboxEmail]:
-    """The next `limit` stale unsent outbox emails by id after `after`, locked for this transaction.
-
-    A worker sending one of them holds its lock; we wait, and the row no longer matches once sent.
-    """
-    query = select(OutboxEmail).where(*_stale_outbox_filter(ring))
     if after is not None:
         query = query.where(OutboxEmail.id > after)
-    return list(db.session.scalars(query.order_by(OutboxEmail.id).limit(limit).with_for_update()))
+    return list(db.session.scalars(query.order_by(OutboxEmail.id).limit(limit)))
 
 
-def reseal_outbox_email(ring: KeyRing, outbox: OutboxEmail) -> bool:
-    """Re-seal one outbox body under the primary key. Raises DecryptionError, changing nothing."""
-    if outbox.key_id is None or outbox.nonce is None or outbox.body_ciphertext is None:
-        return False
-    current = Sealed(outbox.key_id, outbox.nonce, outbox.body_ciphertext)
-    if not ring.needs_rotation(current):
-        return False
-    sealed = ring.rotate(current, outbox_seal_context(outbox.id))
-    outbox.key_id, outbox.nonce, outbox.body_ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
+def reseal_outbox_email(ring: KeyRing, outbox_id: uuid.UUID) -> bool:
+    """Re-seal one unsent outbox body under the primary key; False if sent, wiped or current already.
+
+    Sets the message's own context (`outbox_id`), under which RLS shows that row alone. A worker
+    sending it holds its lock; we wait, and it no longer needs re-sealing once sent. Raises
+    DecryptionError, changing nothing, when the body cannot be decrypted with the ring.
+    """
+    with tenancy.tenant_context(outbox_id=outbox_id):
+        outbox = db.session.scalar(
+            select(OutboxEmail)
+            .where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None))
+            .with_for_update()
+        )
+        if outbox is None or outbox.key_id is None or outbox.nonce is None or outbox.body_ciphertext is None:
+            return False
+        current = Sealed(outbox.key_id, outbox.nonce, outbox.body_ciphertext)
+        if not ring.needs_rotation(current):
+            return False
+        sealed = ring.rotate(current, outbox_seal_context(outbox.id))
+        outbox.key_id, outbox.nonce, outbox.body_ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
+        db.session.flush()  # inside the context: the UPDATE must carry the outbox id for RLS
     return True

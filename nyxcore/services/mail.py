@@ -21,7 +21,7 @@ from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, DateTime, Row, Uuid, bindparam, select, update
+from sqlalchemy import ColumnElement, DateTime, Row, Uuid, bindparam, select, text, update
 
 from nyxcore.crypto import DecryptionError, KeyRing, Sealed
 from nyxcore.extensions import db
@@ -51,9 +51,11 @@ def seal_context(outbox_id: uuid.UUID) -> str:
     return f"outbox:{outbox_id}"
 
 
-def queue_email(ring: KeyRing, *, to: str, subject: str, text_body: str, html_body: str) -> OutboxEmail:
-    """Add a message to the outbox in the current transaction; it is enqueued after commit."""
-    outbox = OutboxEmail(id=uuid.uuid4(), to_address=to, subject=subject)
+def queue_email(
+    ring: KeyRing, *, tenant_id: uuid.UUID, to: str, subject: str, text_body: str, html_body: str
+) -> OutboxEmail:
+    """Add a message sent for team `tenant_id` to the outbox in this transaction; enqueued after commit."""
+    outbox = OutboxEmail(id=uuid.uuid4(), tenant_id=tenant_id, to_address=to, subject=subject)
     body = json.dumps({"text": text_body, "html": html_body}).encode()
     sealed = ring.encrypt(body, seal_context(outbox.id))
     outbox.key_id, outbox.nonce, outbox.body_ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
@@ -203,6 +205,9 @@ def _record_failure(outbox_id: uuid.UUID, attempts: ColumnElement[int] | int, er
 def deliver(ring: KeyRing, transport: Transport, sender: str, outbox_id: uuid.UUID) -> bool:
     """Send one outbox row unless it was sent already or another worker holds it; commits.
 
+    Run it in the message's own context (`tenant_context(outbox_id=...)`): row-level security shows
+    a worker that one row and no other.
+
     Returns True when this call sent it. Raises the transport's error after recording it, so
     the task can retry.
     """
@@ -246,8 +251,18 @@ def describe_error(exc: BaseException) -> str:
 
 
 def unsent_ids(*, older_than: timedelta, limit: int = 500) -> list[uuid.UUID]:
-    """Outbox rows still unsent after `older_than` and not given up on, oldest first."""
+    """Outbox rows still unsent after `older_than` and not given up on, oldest first.
+
+    Across every team, so on PostgreSQL through `nyxcore_unsent_outbox` (migration 0004), a
+    SECURITY DEFINER function that returns ids and nothing else.
+    """
     cutoff = datetime.now(UTC) - older_than
+    if db.session.get_bind().dialect.name == "postgresql":
+        rows = db.session.execute(
+            text("SELECT * FROM nyxcore_unsent_outbox(:cutoff, :attempts, :limit)"),
+            {"cutoff": cutoff, "attempts": MAX_ATTEMPTS, "limit": limit},
+        )
+        return [uuid.UUID(str(outbox_id)) for (outbox_id,) in rows]
     return list(
         db.session.scalars(
             select(OutboxEmail.id)
@@ -271,9 +286,42 @@ class ConsoleTransport:
     def send(self, message: EmailMessage) -> None:
         text_part = message.get_body(("plain",))
         text = text_part.get_content() if text_part is not None else ""
-        entry = {"to": message["To"], "subject": message["Subject"], "text": text, "at": datetime.now(UTC)}
+        entry = {
+            "to": message["To"],
+            "subject": message["Subject"],
+            "text": text,
+            "at": datetime.now(UTC),
+            "outbox_id": _outbox_id_of(message),
+        }
         self.recent.appendleft(entry)
         print(f"--- email to {entry['to']}: {entry['subject']}\n{text}\n---", flush=True)
+
+
+def _outbox_id_of(message: EmailMessage) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(message["Message-ID"]).strip("<>").partition("@")[0])
+    except ValueError:
+        return None
+
+
+def console_mail_for(address: str, tenant_id: uuid.UUID | None) -> list[dict[str, Any]]:
+    """The console transport's recent mail that this person may read: sent to `address`, or sent
+    for team `tenant_id` (pass it only for someone who manages that team's invitations)."""
+    entries = list(ConsoleTransport.recent)
+    team_mail: set[uuid.UUID] = set()
+    ids = [entry["outbox_id"] for entry in entries if entry["outbox_id"] is not None]
+    if tenant_id is not None and ids:
+        team_mail = set(
+            db.session.scalars(
+                select(OutboxEmail.id).where(OutboxEmail.id.in_(ids), OutboxEmail.tenant_id == tenant_id)
+            )
+        )
+    wanted = address.strip().lower()
+    return [
+        entry
+        for entry in entries
+        if str(entry["to"]).strip().lower() == wanted or entry["outbox_id"] in team_mail
+    ]
 
 
 class SMTPTransport:

@@ -159,3 +159,47 @@ def test_every_error_page_renders(app, client):
             assert code == status
             assert title in body
     assert "Not found" in client.get("/no/such/page").get_data(as_text=True)
+
+
+def _session_cookie(client: Any) -> str:
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    return str(cookie.value)
+
+
+def test_a_cookie_saved_before_logout_signs_no_one_in_afterwards(client, make_client, make_user, admin_engine):
+    account = make_user()
+    assert client.login(account.email).status_code == 302
+    saved = _session_cookie(client)
+    assert client.post_form("/auth/logout").status_code == 302
+    assert count(admin_engine, "SELECT count(*) FROM user_sessions WHERE revoked_at IS NOT NULL") == 1
+    # Replayed from another browser and address: the server-side session has ended.
+    thief = make_client()
+    thief.set_cookie("session", saved)
+    replay = thief.get("/team/", environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    assert replay.status_code == 302
+    assert replay.location.startswith("/auth/login")
+
+
+def test_a_session_ends_when_idle_too_long_and_is_not_re_signed_on_every_request(app, client, make_user, admin_engine):
+    account = make_user()
+    assert client.login(account.email).status_code == 302
+    assert client.get("/team/").status_code == 200  # remembers the active team in the cookie
+    page = client.get("/team/")
+    assert page.status_code == 200
+    assert "Set-Cookie" not in page.headers  # the cookie only names the session; nothing to refresh
+    with admin_engine.begin() as conn:
+        conn.execute(text("UPDATE user_sessions SET last_seen_at = now() - interval '13 hours'"))
+    assert client.get("/team/").location.startswith("/auth/login")
+
+
+def test_each_login_is_its_own_session(client, make_client, make_user, admin_engine):
+    account = make_user()
+    assert client.login(account.email).status_code == 302
+    other = make_client()
+    assert other.login(account.email).status_code == 302
+    assert client.post_form("/auth/logout").status_code == 302
+    assert other.get("/team/").status_code == 200  # logging out one browser leaves the other signed in
+    assert count(admin_engine, "SELECT count(*) FROM user_sessions WHERE revoked_at IS NULL") == 1
+    stored = count(admin_engine, "SELECT count(*) FROM user_sessions WHERE token_hash ~ '^[0-9a-f]{64}$'")
+    assert stored == 2  # only the token's SHA-256 is kept

@@ -767,11 +767,17 @@ def test_the_listing_function_reveals_team_ids_and_nothing_else(database, admin_
     functions = rows(
         admin_engine,
         "SELECT proname, prosecdef, proconfig, proacl::text[] AS acl, pg_get_userbyid(proowner) AS owner "
-        "FROM pg_proc WHERE proname LIKE 'nyxcore\\_%'",
+        "FROM pg_proc WHERE proname LIKE 'nyxcore\\_%' AND prosecdef",
     )
+    # Every way round row-level security is listed here: a new one needs a review (and a line here).
     assert {f.proname for f in functions} == {
         "nyxcore_tenants_with_stale_github_tokens",
         "nyxcore_count_github_tokens_under_key",
+        "nyxcore_password_setting",
+        "nyxcore_login",
+        "nyxcore_unsent_outbox",
+        "nyxcore_stale_outbox",
+        "nyxcore_count_unsent_outbox",
     }
     for function in functions:
         assert function.prosecdef

@@ -30,12 +30,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from werkzeug.serving import make_server
 
-from nyxcore import create_app
-from nyxcore.extensions import db
 from nyxcore.roles import TenantRole
 from nyxcore.services import invitations
 from nyxcore.tasks import sweep_outbox
-from tests.conftest import PASSWORD, REDIS_URL, csrf_from, test_config
+from tests.conftest import PASSWORD, REDIS_URL, csrf_from
 from tests.integration import worker as celery_worker
 from tests.integration.mailserver import MailServer, running_mail_server
 
@@ -802,28 +800,3 @@ def test_invitations_per_team_per_hour_count_addresses(app_config, request, admi
     assert q(admin_engine, "SELECT count(*) FROM invitations") == 2  # nobody of the refused batch
     assert "1 of 1 address invited." in page(invite(admin, "c@example.com"))
     assert invite(admin, "d@example.com").status_code == 429
-
-
-# --- development ---------------------------------------------------------------------------------
-
-
-def test_dev_outbox_lists_console_mail_only_when_enabled(database, make_user):
-    owner = make_user(name="Ada Lovelace")
-    dev = create_app(test_config(database, SHOW_DEV_OUTBOX=True))  # console mail, tasks in-process
-    hidden = create_app(test_config(database, SHOW_DEV_OUTBOX=False))
-    try:
-        assert hidden.test_client().get("/dev/outbox").status_code == 404
-        from tests.conftest import Client
-
-        dev.test_client_class = Client
-        client: Any = dev.test_client()
-        assert client.login(owner.email).status_code == 302
-        assert invite(client, "curious@example.com").status_code == 200
-        listing = page(client.get("/dev/outbox"))
-        assert f"Ada Lovelace invited you to {owner.name.split()[0]}'s team on NyxCore" in listing
-        assert "To curious@example.com" in listing
-        assert LINK_PREFIX in listing
-    finally:
-        for each in (dev, hidden):
-            with each.app_context():
-                db.engine.dispose()

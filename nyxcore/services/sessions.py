@@ -1,0 +1,99 @@
+"""Server-side sessions: a signed-in browser is a row, so that a session ends when it should.
+
+The cookie holds a random token; the row keeps its SHA-256. A request is signed in only while the
+row is live (not revoked, not idle too long, not expired), checked in the same query that loads the
+user, so it costs no extra round trip. Callers set the acting user first (RLS: own sessions only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+
+from nyxcore.extensions import db
+from nyxcore.models import User, UserSession
+
+TOKEN_BYTES = 32
+# last_seen_at is written at most this often, so an ordinary page costs no write.
+SEEN_EVERY = timedelta(minutes=5)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite (development) gives timestamps back without their zone; they are stored in UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def start(user_id: uuid.UUID, *, user_agent: str, ip_address: str, lifetime: timedelta) -> str:
+    """Record a new session for `user_id` and return its raw token (for the cookie only)."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    now = _now()
+    db.session.add(
+        UserSession(
+            user_id=user_id,
+            token_hash=_hash(token),
+            last_seen_at=now,
+            expires_at=now + lifetime,
+            user_agent=user_agent[:255],
+            ip_address=ip_address[:45],
+        )
+    )
+    db.session.flush()
+    return token
+
+
+def load(user_id: uuid.UUID, token: str, *, idle: timedelta) -> User | None:
+    """The user of a live session named by `token`, in one query; None when it has ended."""
+    now = _now()
+    row = db.session.execute(
+        select(User, UserSession)
+        .join(UserSession, UserSession.user_id == User.id)
+        .where(
+            UserSession.token_hash == _hash(token),
+            UserSession.user_id == user_id,
+            UserSession.revoked_at.is_(None),
+            UserSession.expires_at > now,
+            UserSession.last_seen_at > now - idle,
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    user: User = row[0]
+    record: UserSession = row[1]
+    if _aware(record.last_seen_at) < now - SEEN_EVERY:
+        record.last_seen_at = now  # written with the request's commit
+    return user
+
+
+def end(user_id: uuid.UUID, token: str) -> None:
+    """End the session named by `token` (log out): its cookie no longer signs anyone in."""
+    db.session.execute(
+        update(UserSession)
+        .where(
+            UserSession.user_id == user_id,
+            UserSession.token_hash == _hash(token),
+            UserSession.revoked_at.is_(None),
+        )
+        .values(revoked_at=_now())
+    )
+
+
+def end_all(user_id: uuid.UUID) -> int:
+    """End every live session of `user_id` (sign out everywhere); returns how many."""
+    result = db.session.execute(
+        update(UserSession)
+        .where(UserSession.user_id == user_id, UserSession.revoked_at.is_(None))
+        .values(revoked_at=_now())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
