@@ -38,6 +38,7 @@ SECTION = "## Installing on PostgreSQL"
 STEPS = ("roles and database", "settings", "schema", "check", "run")
 # What the app needs from the checkout, linked into the test's stand-in for it.
 ENTRY_POINTS = ("wsgi.py", "worker.py", "gunicorn.conf.py")
+LOAD_SETTINGS = "set -a; . ./.env; set +a"
 _FENCE = re.compile(r"^(?P<indent>[ ]*)```sh\n(?P<body>.*?)^(?P=indent)```[ ]*$", re.MULTILINE | re.DOTALL)
 
 
@@ -165,6 +166,10 @@ class ReadmeInstall:
             text=True,
             timeout=120,
         )
+
+    def flask(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        """`flask --app wsgi ...` in a new shell, with the settings of step 2 loaded as steps 3-5 do."""
+        return self.run_command(f"{LOAD_SETTINGS}\nflask --app wsgi {shlex.join(arguments)}")
 
     def start_processes(self) -> None:
         """Step 5, which leaves gunicorn, the worker and beat running in the background of its shell."""
@@ -316,7 +321,7 @@ def test_the_readme_roles_cannot_create_roles_and_so_cannot_grant_themselves_ser
 def test_db_roles_grants_on_an_empty_database(install: ReadmeInstall) -> None:
     install.run(1)
     install.run(2)
-    result = install.run_command("set -a; . ./.env; set +a\nflask --app wsgi nyxcore db-roles")
+    result = install.flask("nyxcore", "db-roles")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Updated role {install.app}; privileges granted." in result.stdout
     assert "warning" not in result.stderr
@@ -335,15 +340,30 @@ def test_a_missing_app_role_is_explained_by_db_roles_and_the_migration(install: 
             conn.execute(text(f'DROP ROLE "{install.app}"'))
     finally:
         server.dispose()
-    load = "set -a; . ./.env; set +a\n"
 
-    db_roles = install.run_command(load + "flask --app wsgi nyxcore db-roles")
+    db_roles = install.flask("nyxcore", "db-roles")
     assert db_roles.returncode == 1
     assert f"role {install.owner} may not create the app role {install.app}" in db_roles.stderr
     assert f'CREATE ROLE "{install.app}" LOGIN NOSUPERUSER' in db_roles.stderr
     assert "Traceback" not in db_roles.stderr
 
-    upgrade = install.run_command(load + "flask --app wsgi db upgrade")
+    upgrade = install.flask("db", "upgrade")
     assert upgrade.returncode == 1
     assert f"The app database role '{install.app}' does not exist" in upgrade.stderr
     assert '"Installing on PostgreSQL", step 1' in upgrade.stderr
+
+
+def test_db_roles_warns_about_an_owner_that_can_still_create_roles(install: ReadmeInstall) -> None:
+    """An owner made by an earlier README, with CREATEROLE, is flagged with the statement that fixes it."""
+    install.run(1)
+    server = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as conn:
+            conn.execute(text(f'ALTER ROLE "{install.owner}" CREATEROLE'))
+    finally:
+        server.dispose()
+    install.run(2)
+    result = install.flask("nyxcore", "db-roles")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"warning: role {install.owner} has CREATEROLE" in result.stderr
+    assert f'ALTER ROLE "{install.owner}" NOCREATEROLE' in result.stderr
