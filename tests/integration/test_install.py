@@ -367,3 +367,15 @@ def test_db_roles_warns_about_an_owner_that_can_still_create_roles(install: Read
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"warning: role {install.owner} has CREATEROLE" in result.stderr
     assert f'ALTER ROLE "{install.owner}" NOCREATEROLE' in result.stderr
+
+
+def test_db_roles_leaves_the_app_role_password_to_a_superuser(install: ReadmeInstall) -> None:
+    install.run(1)
+    install.run(2)
+    result = install.run_command(
+        f"{LOAD_SETTINGS}\nNYXCORE_APP_PASSWORD=another-password flask --app wsgi nyxcore db-roles"
+    )
+    assert result.returncode == 1
+    assert f"role {install.owner} may not set the password of role {install.app}" in result.stderr
+    assert f"ALTER ROLE \"{install.app}\" PASSWORD '...';" in result.stderr
+    assert "Traceback" not in result.stderr
