@@ -79,7 +79,8 @@ def generate_key(key_id: str | None) -> None:
     # The hint goes to stderr so that `... keys generate > key.txt` captures only the entry.
     click.echo(
         "A new installation: set NYXCORE_ENCRYPTION_KEYS to it, and keep a copy somewhere safe.\n"
-        "A new key for a running one: put it first, keeping the current entries after it:\n"
+        "A new key for a running one: put it first in NYXCORE_ENCRYPTION_KEYS, keeping the current "
+        "entries after it:\n"
         f"  NYXCORE_ENCRYPTION_KEYS={key_id}:<the key above>,<current entries>\n"
         "Restart the web and worker processes, then run `flask nyxcore keys rotate`. Remove an old key "
         "only after rotate reports nothing left to re-encrypt.",
