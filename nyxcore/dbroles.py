@@ -100,9 +100,14 @@ def owner_problems(conn: Connection) -> list[str]:
         return [
             f"role {row.rolname} has CREATEROLE, so it can grant itself pg_execute_server_program and run "
             f"programs as the database server's OS user; as a superuser, run ALTER ROLE "
-            f"{quote_role(row.rolname)} NOCREATEROLE"
+            f"{_quote_identifier(row.rolname)} NOCREATEROLE"
         ]
     return []
+
+
+def _quote_identifier(name: str) -> str:
+    # Only for a message: the owner's name is whatever the operator chose, not checked by quote_role.
+    return '"' + name.replace('"', '""') + '"'
 
 
 def role_problems(conn: Connection, role: str) -> list[str]:
