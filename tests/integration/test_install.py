@@ -185,6 +185,21 @@ class ReadmeInstall:
         self.process_group = shell.pid
         assert shell.wait(timeout=30) == 0, self.log.read_text()
 
+    def process_environments(self) -> dict[int, str]:
+        """The environment of each process step 5 left running, by pid (read from /proc)."""
+        assert self.process_group is not None
+        found = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                # Fields after the command (which may hold spaces) in parentheses: state, ppid, pgrp.
+                group = int(stat.read_text().rsplit(")", 1)[1].split()[2])
+                if group == self.process_group:
+                    found[int(stat.parent.name)] = (stat.parent / "environ").read_bytes().decode()
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile, or not ours to read
+        assert len(found) >= 3, f"expected gunicorn, the worker and beat in group {self.process_group}"
+        return found
+
     def wait_for(self, condition: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -262,6 +277,8 @@ def test_the_readme_install_runs_as_written_and_serves_sign_up_over_http(install
     install.wait_for(lambda: plain_status(install.web_port, "/api/v1/health") == 200, "gunicorn")
     install.wait_for(lambda: f".> {install.queue} exchange=" in install.log.read_text(), "celery worker")
     install.wait_for(lambda: "is starting." in install.log.read_text(), "celery beat")
+    for pid, environ in install.process_environments().items():
+        assert install.owner_password not in environ, f"process {pid} holds the owner's password"
 
     # gunicorn speaks plain HTTP to nginx, which says the browser used HTTPS; the cookies are Secure.
     browser = Browser(f"http://127.0.0.1:{install.web_port}")
