@@ -25,17 +25,24 @@ def nyxcore() -> None:
 )
 @with_appcontext
 def db_roles(app_password: str | None) -> None:
-    """Create the app database role (if missing) and grant it what the app needs.
+    """Grant the app database role what the app needs (and create it, if the owner role may).
 
-    Connects with MIGRATION_DATABASE_URL, as the owner role, which needs CREATEROLE to create it.
+    The migrations grant the same: run this after changing NYXCORE_APP_ROLE, or to repair the grants;
+    it works before the first migration too. Connects with MIGRATION_DATABASE_URL, as the owner role,
+    which should not have CREATEROLE: a superuser creates the app role (README, "Installing on
+    PostgreSQL", step 1).
     """
     role = current_app.config["NYXCORE_APP_ROLE"]
     engine = create_engine(current_app.config["MIGRATION_DATABASE_URL"])
-    with engine.begin() as conn:
-        created = dbroles.ensure_app_role(conn, role, password=app_password)
-        dbroles.grant_app_privileges(conn, role)
-        problems = dbroles.role_problems(conn, role)
-    engine.dispose()
+    try:
+        with engine.begin() as conn:
+            created = dbroles.ensure_app_role(conn, role, password=app_password)
+            dbroles.grant_app_privileges(conn, role)
+            problems = dbroles.owner_problems(conn) + dbroles.role_problems(conn, role)
+    except dbroles.AppRoleSetupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        engine.dispose()
     click.echo(f"{'Created' if created else 'Updated'} role {role}; privileges granted.")
     for problem in problems:
         click.echo(f"warning: {problem}", err=True)
@@ -71,7 +78,9 @@ def generate_key(key_id: str | None) -> None:
     click.echo(entry)
     # The hint goes to stderr so that `... keys generate > key.txt` captures only the entry.
     click.echo(
-        "Put it first in NYXCORE_ENCRYPTION_KEYS, keeping the current entries after it:\n"
+        "A new installation: set NYXCORE_ENCRYPTION_KEYS to it, and keep a copy somewhere safe.\n"
+        "A new key for a running one: put it first in NYXCORE_ENCRYPTION_KEYS, keeping the current "
+        "entries after it:\n"
         f"  NYXCORE_ENCRYPTION_KEYS={key_id}:<the key above>,<current entries>\n"
         "Restart the web and worker processes, then run `flask nyxcore keys rotate`. Remove an old key "
         "only after rotate reports nothing left to re-encrypt.",

@@ -24,10 +24,27 @@ def quote_role(role: str) -> str:
     return f'"{role}"'
 
 
+class AppRoleSetupError(RuntimeError):
+    """The connecting role may not create the app role or set its password; a superuser must."""
+
+
 def ensure_app_role(conn: Connection, role: str, *, password: str | None) -> bool:
-    """Create `role` as a login role without superuser or BYPASSRLS; returns True if it was created."""
+    """Create `role` as a login role without superuser or BYPASSRLS; returns True if it was created.
+
+    Creating a role, or setting another role's password, needs CREATEROLE, which the owner role
+    should not have (README, "Installing on PostgreSQL": a superuser creates both roles). Raises
+    AppRoleSetupError, before changing anything, when the connecting role lacks it.
+    """
     quoted = quote_role(role)
     exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first() is not None
+    if (not exists or password) and not _can_create_roles(conn):
+        user = conn.execute(text("SELECT current_user")).scalar_one()
+        action = f"set the password of role {role}" if exists else f"create the app role {role}"
+        raise AppRoleSetupError(
+            f"role {user} may not {action} (it has no CREATEROLE, as it should not). As a PostgreSQL "
+            f'superuser, run: {_superuser_statement(role, exists=exists)} (README, "Installing on '
+            'PostgreSQL", step 1).'
+        )
     if not exists:
         conn.execute(text(f"CREATE ROLE {quoted} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"))
     if password:
@@ -35,13 +52,36 @@ def ensure_app_role(conn: Connection, role: str, *, password: str | None) -> boo
     return not exists
 
 
+def _can_create_roles(conn: Connection) -> bool:
+    return bool(
+        conn.execute(
+            text("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user")
+        ).scalar_one()
+    )
+
+
+def _superuser_statement(role: str, *, exists: bool) -> str:
+    if exists:
+        return f"ALTER ROLE {quote_role(role)} PASSWORD '...';"
+    return (
+        f"CREATE ROLE {quote_role(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS "
+        "PASSWORD '...';"
+    )
+
+
 def grant_app_privileges(conn: Connection, role: str) -> None:
-    """DML on the app tables, execute on the app functions, and the same for tables made later."""
+    """DML on the app tables, execute on the app functions, and the same for tables made later.
+
+    Works on an empty database too (before the first migration): then only the default privileges
+    for tables made later take effect.
+    """
     quoted = quote_role(role)
     conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {quoted}"))
     conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {quoted}"))
-    conn.execute(text(f"REVOKE ALL ON TABLE alembic_version FROM {quoted}"))
-    conn.execute(text(f"GRANT SELECT ON TABLE alembic_version TO {quoted}"))
+    if conn.execute(text("SELECT to_regclass('public.alembic_version')")).scalar_one() is not None:
+        # The app may read which revision it runs on, never change it.
+        conn.execute(text(f"REVOKE ALL ON TABLE alembic_version FROM {quoted}"))
+        conn.execute(text(f"GRANT SELECT ON TABLE alembic_version TO {quoted}"))
     conn.execute(text(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {quoted}"))
     conn.execute(
         text(
@@ -76,6 +116,26 @@ def restrict_private_columns(conn: Connection, role: str) -> None:
         # Names from PRIVATE_COLUMNS and the catalog, role checked by quote_role: no user input.
         conn.execute(text(f"REVOKE SELECT ON TABLE public.{table} FROM {quoted}"))  # noqa: S608
         conn.execute(text(f"GRANT SELECT ({readable}) ON TABLE public.{table} TO {quoted}"))
+
+
+def owner_problems(conn: Connection) -> list[str]:
+    """Reasons the connecting (owner) role holds more than running migrations needs (empty when not)."""
+    row = conn.execute(
+        text("SELECT rolname, rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user")
+    ).one()
+    if row.rolcreaterole and not row.rolsuper:
+        # On PostgreSQL 15 CREATEROLE may grant any non-superuser role, pg_execute_server_program too.
+        return [
+            f"role {row.rolname} has CREATEROLE, so it can grant itself pg_execute_server_program and run "
+            f"programs as the database server's OS user; as a superuser, run ALTER ROLE "
+            f"{_quote_identifier(row.rolname)} NOCREATEROLE"
+        ]
+    return []
+
+
+def _quote_identifier(name: str) -> str:
+    # Only for a message: the owner's name is whatever the operator chose, not checked by quote_role.
+    return '"' + name.replace('"', '""') + '"'
 
 
 def role_problems(conn: Connection, role: str) -> list[str]:

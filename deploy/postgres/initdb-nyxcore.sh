@@ -1,7 +1,9 @@
 #!/bin/sh
 # First start of the postgres container only (empty data directory), run by its entrypoint as the
 # superuser: the owner role and the database it owns (migrations run as this role), and the app role,
-# which logs in, is no superuser, cannot bypass row-level security and owns nothing. The migrations
+# which logs in, is no superuser, cannot bypass row-level security and owns nothing. Neither may
+# create roles: on PostgreSQL 15 a CREATEROLE role can grant itself pg_execute_server_program and run
+# programs as the server's OS user (the README's manual install makes the same roles). The migrations
 # grant the app role its table privileges. Names can be changed with NYXCORE_DB_NAME,
 # NYXCORE_DB_OWNER and NYXCORE_APP_ROLE; the passwords must match DATABASE_URL and
 # MIGRATION_DATABASE_URL in .env.

@@ -37,8 +37,9 @@ def upgrade() -> None:
     quote_role(app_role)
     if bind.exec_driver_sql("SELECT 1 FROM pg_roles WHERE rolname = %(r)s", {"r": app_role}).first() is None:
         raise RuntimeError(
-            f"The app database role {app_role!r} does not exist. Create it first "
-            "(flask --app wsgi nyxcore db-roles --app-password ...), or set NYXCORE_APP_ROLE."
+            f"The app database role {app_role!r} does not exist. Create it as a PostgreSQL superuser "
+            "first (README.md, \"Installing on PostgreSQL\", step 1), or set NYXCORE_APP_ROLE to the "
+            "app role you created."
         )
     if bind.exec_driver_sql("SELECT current_user").scalar_one() == app_role:
         raise RuntimeError("Run migrations as the owner role (MIGRATION_DATABASE_URL), not as the app role.")
