@@ -31,7 +31,7 @@ from nyxcore.extensions import db, keyring
 from nyxcore.models import Invitation, OutboxEmail, Tenant, TenantMember, User
 from nyxcore.pagination import Page
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
-from nyxcore.services import accounts, audit, mail
+from nyxcore.services import accounts, audit, mail, quotas
 
 TOKEN_BYTES = 32
 # secrets.token_urlsafe(32): 43 characters of the URL-safe base64 alphabet, no padding.
@@ -171,6 +171,21 @@ def _check_rate(tenant_id: uuid.UUID, wanted: int) -> None:
         )
 
 
+def _spend_daily_allowances(actor: TenantMember, wanted: int) -> None:
+    """Count `wanted` invitations against the inviter's and the instance's daily allowances (quotas.py).
+
+    Called after the team's hourly check, so a refusal there spends nothing. Raises RateLimited.
+    """
+    quotas.spend(
+        [
+            (quotas.INVITATIONS_PER_USER, str(actor.user_id)),
+            (quotas.INVITATIONS_PER_INSTANCE, quotas.INSTANCE),
+        ],
+        wanted,
+        field_name="emails",
+    )
+
+
 def _article(role: TenantRole) -> str:
     return "an" if role.value[0] in "aeiou" else "a"
 
@@ -256,7 +271,7 @@ def invite_many(actor: TenantMember, raw_addresses: str, role: TenantRole) -> li
     Returns one result per distinct address (compared case-insensitively), in the order given.
     An address whose open invitation has expired gets a fresh one. Raises PermissionDenied for a
     role the actor may not grant, InvalidInput for an empty or too long list, RateLimited over the
-    team's hourly allowance (then nobody is invited).
+    team's hourly allowance or the inviter's or instance's daily one (then nobody is invited).
     """
     _check_role(actor, role)
     entries = parse_addresses(raw_addresses)
@@ -299,6 +314,7 @@ def invite_many(actor: TenantMember, raw_addresses: str, role: TenantRole) -> li
     if not to_invite:
         return list(results.values())
     _check_rate(actor.tenant_id, len(to_invite))
+    _spend_daily_allowances(actor, len(to_invite))
     inviter, tenant = _actor_user(actor), _actor_tenant(actor)
     for email in to_invite:
         expired = open_invitations.get(email)
@@ -386,6 +402,7 @@ def resend(actor: TenantMember, invitation_id: uuid.UUID) -> Invitation:
     """
     _check_rate(actor.tenant_id, 1)  # first: the team lock is always taken before invitation rows
     old = _managed_open_invitation(actor, invitation_id)
+    _spend_daily_allowances(actor, 1)  # once the invitation is known to be resendable
     _void(old, RESENT, "the invitation was replaced")
     new = _issue(_actor_user(actor), _actor_tenant(actor), old.email, old.role)
     audit.record(actor.tenant_id, actor.user_id, "invitation.resent", target=new.email, role=new.role.value)

@@ -11,14 +11,20 @@ import re
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from nyxcore import create_app
+from nyxcore.errors import RateLimited
+from nyxcore.extensions import db
 from nyxcore.roles import TenantRole
+from nyxcore.services import quotas
 from nyxcore.services.mail import ConsoleTransport
+from tests.conftest import Client
 from tests.integration import worker as celery_worker
 
 LINK = re.compile(r"http://nyxcore\.test(/invite/[A-Za-z0-9_-]{43})")
@@ -276,3 +282,116 @@ def test_a_removal_in_flight_holds_the_accept_back_and_wins(
     assert result["response"].status_code == 410
     assert LOST_OWNER in page(result["response"])
     assert membership_role(admin_engine, acme.id, heir.user_id) is None
+
+
+# --- finding 10: daily allowances that creating teams cannot multiply ----------------------------
+
+
+@pytest.fixture
+def quotas_on(app_config: dict[str, Any]) -> dict[str, Any]:
+    """Rate limits on, with counters of this test's own in the shared Redis. List it before `app`."""
+    app_config.update(
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_KEY_PREFIX=f"test-{uuid.uuid4().hex}",
+        RATELIMIT_LOGIN="1000 per minute",
+        INVITATIONS_PER_TEAM_PER_HOUR=1000,
+    )
+    assert app_config["RATELIMIT_STORAGE_URI"].startswith("redis://")
+    return app_config
+
+
+RESETS = r"the count starts again at (\d{4}-\d\d-\d\d \d\d:\d\d) UTC"
+
+
+def assert_resets_in_a_day(message: str) -> None:
+    match = re.search(RESETS, message)
+    assert match, message
+    reset = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+    assert timedelta(hours=23) < reset - datetime.now(UTC) <= timedelta(days=1)
+
+
+def test_team_creation_stops_at_the_daily_allowance_and_the_personal_team_is_free(
+    quotas_on, app, make_user, login_as, admin_engine
+):
+    app.config["TEAMS_PER_USER_PER_DAY"] = 3
+    spammer = make_user(name="Sam Spammer")  # signing up made their personal team
+    client = login_as(spammer)
+    for n in range(3):
+        assert client.post_form("/teams/new", {"name": f"Relay {n}"}).status_code == 302
+    refused = client.post_form("/teams/new", {"name": "Relay 3"})
+    assert refused.status_code == 429
+    assert "You may create 3 teams a day and have 0 left;" in page(refused)
+    assert_resets_in_a_day(page(refused))
+    assert scalar(admin_engine, "SELECT count(*) FROM tenants WHERE created_by = :u", u=spammer.user_id) == 4
+    # The allowance is the user's: someone else still creates teams.
+    assert login_as(make_user()).post_form("/teams/new", {"name": "Honest"}).status_code == 302
+
+
+def test_invitations_per_user_count_across_all_their_teams_and_every_web_process(
+    quotas_on, app, make_user, login_as, admin_engine
+):
+    quotas_on["INVITATIONS_PER_USER_PER_DAY"] = app.config["INVITATIONS_PER_USER_PER_DAY"] = 5
+    inviter = make_user()
+    first_team = login_as(inviter)  # their personal team
+    assert first_team.post_form("/teams/new", {"name": "Second"}).status_code == 302
+    second_team = first_team  # now active: the new team
+    other_process = create_app(quotas_on)  # another web process, sharing only Redis and PostgreSQL
+    try:
+        other_process.test_client_class = Client
+        elsewhere: Any = other_process.test_client()
+        assert elsewhere.login(inviter.email).status_code == 302
+        addresses = [unique_address(f"target{n}") for n in range(8)]
+        assert invite(elsewhere, ", ".join(addresses[:3])).status_code == 200  # personal team
+        refused = invite(second_team, ", ".join(addresses[3:6]))  # one request of 3 costs 3
+        assert refused.status_code == 429
+        message = page(refused)
+        assert "You may send 5 invitations a day across all your teams and have 2 left;" in message
+        assert_resets_in_a_day(message)
+        assert scalar(admin_engine, "SELECT count(*) FROM invitations") == 3  # none of the refused batch
+        assert invite(second_team, ", ".join(addresses[3:5])).status_code == 200
+        assert invite(elsewhere, addresses[5]).status_code == 429
+        assert scalar(admin_engine, "SELECT count(*) FROM invitations") == 5
+    finally:
+        with other_process.app_context():
+            db.engine.dispose()
+
+
+def test_invitations_per_instance_per_day_bound_every_inviter_together(
+    quotas_on, app, acme, make_user, login_as, admin_engine
+):
+    app.config["INVITATIONS_PER_INSTANCE_PER_DAY"] = 4
+    admin = login_as(acme.accounts[TenantRole.ADMIN], acme.id)
+    stranger = login_as(make_user())  # in a team of their own
+    assert invite(admin, ", ".join(unique_address("a") for _ in range(3))).status_code == 200
+    refused = invite(stranger, ", ".join(unique_address("b") for _ in range(2)))
+    assert refused.status_code == 429
+    assert "This NyxCore installation sends at most 4 invitations a day and has 1 left;" in page(refused)
+    invitation_id = scalar(admin_engine, "SELECT id FROM invitations ORDER BY created_at LIMIT 1")
+    assert admin.post_form(f"/team/invitations/{invitation_id}/resend").status_code == 302  # the last one
+    assert invite(stranger, unique_address("c")).status_code == 429
+    open_id = scalar(
+        admin_engine, "SELECT id FROM invitations WHERE revoked_at IS NULL ORDER BY created_at LIMIT 1"
+    )
+    refused_resend = admin.post_form(f"/team/invitations/{open_id}/resend")
+    assert refused_resend.status_code == 429
+    assert "sends at most 4 invitations a day and has 0 left;" in page(refused_resend)
+
+
+def test_quota_storage_outage_counts_in_memory_instead_of_failing(database, app_config):
+    app_config.update(
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0",  # nothing listens there
+        RATELIMIT_KEY_PREFIX=f"test-{uuid.uuid4().hex}",
+        INVITATIONS_PER_USER_PER_DAY=3,
+    )
+    app = create_app(app_config)
+    try:
+        with app.app_context():
+            charge = [(quotas.INVITATIONS_PER_USER, "someone")]
+            quotas.spend(charge, 2, field_name="emails")
+            with pytest.raises(RateLimited, match="have 1 left"):
+                quotas.spend(charge, 2, field_name="emails")
+            quotas.spend(charge, 1, field_name="emails")
+    finally:
+        with app.app_context():
+            db.engine.dispose()
