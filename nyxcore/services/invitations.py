@@ -31,7 +31,7 @@ from nyxcore.extensions import db, keyring
 from nyxcore.models import Invitation, OutboxEmail, Tenant, TenantMember, User
 from nyxcore.pagination import Page
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
-from nyxcore.services import accounts, audit, mail, quotas
+from nyxcore.services import accounts, audit, mail, mail_names, quotas
 
 TOKEN_BYTES = 32
 # secrets.token_urlsafe(32): 43 characters of the URL-safe base64 alphabet, no padding.
@@ -207,16 +207,18 @@ def _issue(inviter: User, tenant: Tenant, email: str, role: TenantRole) -> Invit
             db.session.add(invitation)
     except IntegrityError as exc:  # uq_invitations_open_email: a concurrent request invited them first
         raise Conflict(f"{email} already has an open invitation.", field="emails") from exc
+    # Both names are anyone's choice and the mail goes out from the operator's address: shown, never linked.
+    inviter_name, team_name = mail_names.for_mail(inviter.name), mail_names.for_mail(tenant.name)
     context = {
-        "inviter_name": inviter.name,
-        "team_name": tenant.name,
+        "inviter_name": inviter_name,
+        "team_name": team_name,
         "role": role,
         "article": _article(role),
         "link": f"{current_app.config['PUBLIC_URL']}/invite/{token}",
         "expires_at": expires_at,
         "email": email,
     }
-    subject = " ".join(f"{inviter.name} invited you to {tenant.name} on NyxCore".split())
+    subject = f"{inviter_name} invited you to {team_name} on NyxCore"
     outbox = mail.queue_email(
         keyring.get(),
         to=email,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from markupsafe import escape
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
@@ -22,7 +23,7 @@ from nyxcore import create_app
 from nyxcore.errors import RateLimited
 from nyxcore.extensions import db
 from nyxcore.roles import TenantRole
-from nyxcore.services import quotas
+from nyxcore.services import mail, quotas
 from nyxcore.services.mail import ConsoleTransport
 from tests.conftest import Client
 from tests.integration import worker as celery_worker
@@ -395,3 +396,54 @@ def test_quota_storage_outage_counts_in_memory_instead_of_failing(database, app_
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+# --- finding 10: hostile team and inviter names in the invitation mail ---------------------------
+
+HOSTILE_INVITER = "Support https://evil.example/login\u200b\r\nBcc: victim@example.org " + "please " * 6
+HOSTILE_TEAM = 'evil.example <a href="https://evil.example">a@b.example</a>\u202e'
+
+
+@pytest.fixture
+def queued_mail(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every message the services hand to the outbox (subject, text and HTML as rendered)."""
+    captured: list[dict[str, Any]] = []
+    real_queue_email = mail.queue_email
+
+    def capture(ring: Any, **message: Any) -> Any:
+        captured.append(message)
+        return real_queue_email(ring, **message)
+
+    monkeypatch.setattr(mail, "queue_email", capture)
+    return captured
+
+
+def test_hostile_names_are_shown_in_the_mail_never_linked(acme, queued_mail, login_as, admin_engine):
+    admin = acme.accounts[TenantRole.ADMIN]
+    with admin_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE users SET name = :n WHERE id = :u"), {"n": HOSTILE_INVITER, "u": admin.user_id}
+        )
+        conn.execute(text("UPDATE tenants SET name = :n WHERE id = :t"), {"n": HOSTILE_TEAM, "t": acme.id})
+    invitee = unique_address("target")
+    assert invite(login_as(admin, acme.id), invitee).status_code == 200
+    (message,) = queued_mail
+    link = "http://nyxcore.test" + link_to(invitee)
+    inviter = "Support https[:][/][/]evil[.]example[/]login Bcc: victim[@]example[.]org\u2026"
+    team = 'evil[.]example <a href="https[:][/][/]evil[.]example">a[@]b[.]example<[/]a>'
+    assert len(inviter.replace("[", "").replace("]", "")) <= 60  # truncated before defanging
+
+    assert message["subject"] == f"{inviter} invited you to {team} on NyxCore"
+    assert sent_to(invitee)["subject"] == message["subject"]  # the header as sent: one line
+    assert f"{inviter} invited you to join {team} on NyxCore as a member." in message["text_body"]
+    assert f"<strong>{escape(inviter)}</strong>" in message["html_body"]
+    assert f"<strong>{escape(team)}</strong>" in message["html_body"]
+    # The HTML's only links are the magic link (the button and the copyable one).
+    assert re.findall(r"<a\b[^>]*>", message["html_body"]) == [
+        f'<a href="{link}" style="display: inline-block; padding: .5rem 1rem; background: #2f4fb5; '
+        'color: #fff; border-radius: 6px; text-decoration: none;">',
+        f'<a href="{link}">',
+    ]
+    for part in (message["subject"], message["text_body"], message["html_body"]):
+        for linkable in ("evil.example", "https://", "a@b.example", "victim@", "\r", "\u200b", "\u202e"):
+            assert linkable not in part, (linkable, part)
