@@ -8,9 +8,9 @@ INVITATIONS_PER_INSTANCE_PER_DAY. (The per-team hourly limit in invitations.py s
 The counters live in the rate-limit storage (RATELIMIT_STORAGE_URI: Redis in production, so every
 web process shares them), under RATELIMIT_KEY_PREFIX, counted with the `limits` library in fixed
 one-day windows that start with the first use (the key names the allowance, so changing a setting
-starts its counters afresh). Flask-Limiter's own storage is one object shared by every app the
-process builds, keeping the first app's key prefix; these counters therefore keep a storage per
-app, built from the same settings. When the storage cannot be reached, they count in this
+starts its counters afresh). Flask-Limiter's limiter is one object that every app the process
+builds re-initialises (it keeps the last app's storage and the first app's key prefix); these
+counters therefore keep a storage per app, built from the same settings. When the storage cannot be reached, they count in this
 process's memory for a while (as RATELIMIT_IN_MEMORY_FALLBACK_ENABLED does for Flask-Limiter): a
 Redis outage neither answers 500 nor lifts the limits altogether. RATELIMIT_ENABLED switches them
 off (the test default).
