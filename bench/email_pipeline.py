@@ -274,6 +274,9 @@ def bench_environment(
         "RATELIMIT_ENABLED": "true",
         "RATELIMIT_STORAGE_URI": "memory://",
         "INVITATIONS_PER_TEAM_PER_HOUR": "1000000",
+        # Likewise the daily allowances (one inviter sends every invitation of the run).
+        "INVITATIONS_PER_USER_PER_DAY": "1000000",
+        "INVITATIONS_PER_INSTANCE_PER_DAY": "1000000",
     }
     if prefetch is not None:
         environment["CELERY_PREFETCH_MULTIPLIER"] = str(prefetch)

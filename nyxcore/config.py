@@ -143,6 +143,13 @@ def load_config(
                 },
             },
         },
+        # Daily allowances shared by every web process (services/quotas.py), so that creating teams
+        # cannot multiply the per-team invitation limit. Generous for real use (a busy admin
+        # onboarding a department; a consultancy setting up a few client teams), small enough that
+        # the operator's sender address cannot be rented out as a spam relay.
+        "TEAMS_PER_USER_PER_DAY": _int(env, "TEAMS_PER_USER_PER_DAY", 10),
+        "INVITATIONS_PER_USER_PER_DAY": _int(env, "INVITATIONS_PER_USER_PER_DAY", 200),
+        "INVITATIONS_PER_INSTANCE_PER_DAY": _int(env, "INVITATIONS_PER_INSTANCE_PER_DAY", 2000),
     }
 
 

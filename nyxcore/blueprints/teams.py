@@ -30,20 +30,22 @@ class SwitchTeamForm(FlaskForm):  # type: ignore[misc]
 
 @bp.route("/new", methods=["GET", "POST"])
 @login_required  # type: ignore[untyped-decorator]
-def new() -> Response | str:
+def new() -> Response | tuple[str, int]:
     form = NewTeamForm()
+    status = 200
     if form.validate_on_submit():
         try:
-            tenant, membership = teams.create_team(
+            tenant, membership = teams.create_additional_team(
                 creator=current_user, name=form.name.data, slug=form.slug.data or None
             )
         except DomainError as exc:
             add_domain_error(form, exc, "name")
+            status = exc.status_code  # the request rolls back: no team
         else:
             authz.activate_team(membership)
             flash(f"Team {tenant.name} created. You are its owner.", "success")
             return redirect(url_for("team.overview"))
-    return render_template("teams/new.html", form=form)
+    return render_template("teams/new.html", form=form), status
 
 
 @bp.post("/switch")

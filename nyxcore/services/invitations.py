@@ -31,7 +31,7 @@ from nyxcore.extensions import db, keyring
 from nyxcore.models import Invitation, OutboxEmail, Tenant, TenantMember, User
 from nyxcore.pagination import Page
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
-from nyxcore.services import accounts, audit, mail
+from nyxcore.services import accounts, audit, mail, mail_names, quotas
 
 TOKEN_BYTES = 32
 # secrets.token_urlsafe(32): 43 characters of the URL-safe base64 alphabet, no padding.
@@ -42,6 +42,7 @@ MAX_ADDRESSES = 50
 PER_PAGE = 50
 RESENT = "resent"  # revoked_reason of an invitation replaced by a newer one
 REVOKED = "revoked"
+INVITER_LOST_ROLE = "inviter_lost_role"  # revoked_reason: its inviter may no longer grant its role
 
 
 class InviteOutcome(StrEnum):
@@ -67,6 +68,7 @@ class InvitationState(StrEnum):
     REVOKED = "revoked"
     REPLACED = "replaced"
     EXPIRED = "expired"
+    INVITER_LOST_ROLE = "inviter_lost_role"  # revoked for that reason, or its inviter can no longer grant it
 
 
 class Standing(StrEnum):
@@ -169,6 +171,21 @@ def _check_rate(tenant_id: uuid.UUID, wanted: int) -> None:
         )
 
 
+def _spend_daily_allowances(actor: TenantMember, wanted: int) -> None:
+    """Count `wanted` invitations against the inviter's and the instance's daily allowances (quotas.py).
+
+    Called after the team's hourly check, so a refusal there spends nothing. Raises RateLimited.
+    """
+    quotas.spend(
+        [
+            (quotas.INVITATIONS_PER_USER, str(actor.user_id)),
+            (quotas.INVITATIONS_PER_INSTANCE, quotas.INSTANCE),
+        ],
+        wanted,
+        field_name="emails",
+    )
+
+
 def _article(role: TenantRole) -> str:
     return "an" if role.value[0] in "aeiou" else "a"
 
@@ -190,16 +207,18 @@ def _issue(inviter: User, tenant: Tenant, email: str, role: TenantRole) -> Invit
             db.session.add(invitation)
     except IntegrityError as exc:  # uq_invitations_open_email: a concurrent request invited them first
         raise Conflict(f"{email} already has an open invitation.", field="emails") from exc
+    # Both names are anyone's choice and the mail goes out from the operator's address: shown, never linked.
+    inviter_name, team_name = mail_names.for_mail(inviter.name), mail_names.for_mail(tenant.name)
     context = {
-        "inviter_name": inviter.name,
-        "team_name": tenant.name,
+        "inviter_name": inviter_name,
+        "team_name": team_name,
         "role": role,
         "article": _article(role),
         "link": f"{current_app.config['PUBLIC_URL']}/invite/{token}",
         "expires_at": expires_at,
         "email": email,
     }
-    subject = " ".join(f"{inviter.name} invited you to {tenant.name} on NyxCore".split())
+    subject = f"{inviter_name} invited you to {team_name} on NyxCore"
     outbox = mail.queue_email(
         keyring.get(),
         tenant_id=tenant.id,
@@ -255,7 +274,7 @@ def invite_many(actor: TenantMember, raw_addresses: str, role: TenantRole) -> li
     Returns one result per distinct address (compared case-insensitively), in the order given.
     An address whose open invitation has expired gets a fresh one. Raises PermissionDenied for a
     role the actor may not grant, InvalidInput for an empty or too long list, RateLimited over the
-    team's hourly allowance (then nobody is invited).
+    team's hourly allowance or the inviter's or instance's daily one (then nobody is invited).
     """
     _check_role(actor, role)
     entries = parse_addresses(raw_addresses)
@@ -298,6 +317,7 @@ def invite_many(actor: TenantMember, raw_addresses: str, role: TenantRole) -> li
     if not to_invite:
         return list(results.values())
     _check_rate(actor.tenant_id, len(to_invite))
+    _spend_daily_allowances(actor, len(to_invite))
     inviter, tenant = _actor_user(actor), _actor_tenant(actor)
     for email in to_invite:
         expired = open_invitations.get(email)
@@ -385,6 +405,7 @@ def resend(actor: TenantMember, invitation_id: uuid.UUID) -> Invitation:
     """
     _check_rate(actor.tenant_id, 1)  # first: the team lock is always taken before invitation rows
     old = _managed_open_invitation(actor, invitation_id)
+    _spend_daily_allowances(actor, 1)  # once the invitation is known to be resendable
     _void(old, RESENT, "the invitation was replaced")
     new = _issue(_actor_user(actor), _actor_tenant(actor), old.email, old.role)
     audit.record(actor.tenant_id, actor.user_id, "invitation.resent", target=new.email, role=new.role.value)
@@ -426,14 +447,16 @@ def find_by_token(token: str) -> Invitation:
     return invitation
 
 
+_REVOKED_STATES = {RESENT: InvitationState.REPLACED, INVITER_LOST_ROLE: InvitationState.INVITER_LOST_ROLE}
 _UNKNOWN_LINK = "This invitation link is not valid. Check that you opened the whole link from the email."
 
 
 def state_of(invitation: Invitation) -> InvitationState:
+    """The invitation's state from its own columns (whether its inviter may still grant it is not read)."""
     if invitation.consumed_at is not None:
         return InvitationState.USED
     if invitation.revoked_at is not None:
-        return InvitationState.REPLACED if invitation.revoked_reason == RESENT else InvitationState.REVOKED
+        return _REVOKED_STATES.get(invitation.revoked_reason or "", InvitationState.REVOKED)
     if is_expired(invitation):
         return InvitationState.EXPIRED
     return InvitationState.OPEN
@@ -455,10 +478,79 @@ def gone_message(invitation: Invitation, state: InvitationState) -> str:
         )
     if state is InvitationState.REVOKED:
         return f"This invitation to {team} was revoked. Ask {inviter} if you think this is a mistake."
+    if state is InvitationState.INVITER_LOST_ROLE:
+        return _inviter_lost_role_message(invitation)
     return (
         f"This invitation to {team} expired on {_utc(invitation.expires_at)}. "
         f"Ask {inviter} to send you a new one."
     )
+
+
+def _inviter_lost_role_message(invitation: Invitation) -> str:
+    """Who sent it may no longer grant its role: say so without naming them, and whom to ask instead."""
+    team, role = invitation.tenant.name, invitation.role
+    granter = min((r for r in TenantRole if role in grantable_roles(r)), key=lambda r: r.rank)
+    return (
+        f"This invitation was sent by someone who can no longer invite people as {role.label.lower()} "
+        f"to {team}. Ask {_article(granter)} {granter.label.lower()} of {team} for a new invitation."
+    )
+
+
+def _inviter_may_grant(invitation: Invitation, *, lock: bool) -> bool:
+    """Is the invitation's inviter still a member of its team whose role may grant the invited role?
+
+    Read in the invitation's team context (RLS shows a team's memberships only there). With `lock`
+    the inviter's membership row is held FOR SHARE until the transaction ends, so a concurrent
+    removal or demotion either waits for this accept or is seen by it. An invitation whose inviter
+    deleted their account (`invited_by` NULL) grants nothing any more: nobody vouches for it.
+    """
+    if invitation.invited_by is None:
+        return False
+    query = select(TenantMember.role).where(
+        TenantMember.tenant_id == invitation.tenant_id, TenantMember.user_id == invitation.invited_by
+    )
+    if lock:
+        query = query.with_for_update(read=True)
+    context_token = tenancy.update_context(tenant_id=invitation.tenant_id)
+    try:
+        inviter_role = db.session.scalar(query)
+    finally:
+        tenancy.reset_context(context_token)
+    return invitation.role in grantable_roles(inviter_role)
+
+
+def revoke_ungrantable(
+    actor: TenantMember, inviter_id: uuid.UUID, inviter_role: TenantRole | None
+) -> list[Invitation]:
+    """Revoke the open invitations `inviter_id` sent in the actor's team that `inviter_role` cannot grant.
+
+    Call after a member was removed (`inviter_role` None) or given a lower role, once that change is
+    flushed. Unsent mail is cancelled; each revocation is audit logged as the actor's doing.
+    """
+    still_grantable = grantable_roles(inviter_role)
+    lost = db.session.scalars(
+        select(Invitation)
+        .where(
+            Invitation.tenant_id == actor.tenant_id,
+            Invitation.invited_by == inviter_id,
+            Invitation.consumed_at.is_(None),
+            Invitation.revoked_at.is_(None),
+            Invitation.role.not_in(still_grantable),
+        )
+        .order_by(Invitation.created_at, Invitation.id)
+        .with_for_update()
+    ).all()
+    for invitation in lost:
+        _void(invitation, INVITER_LOST_ROLE, "the inviter can no longer grant its role")
+        audit.record(
+            actor.tenant_id,
+            actor.user_id,
+            "invitation.revoked",
+            target=invitation.email,
+            role=invitation.role.value,
+            reason=INVITER_LOST_ROLE,
+        )
+    return list(lost)
 
 
 def _membership(tenant_id: uuid.UUID, user_id: uuid.UUID) -> TenantMember | None:
@@ -479,11 +571,13 @@ def _addressed_to(invitation: Invitation, user: User) -> bool:
 def acceptance(token: str, user: User | None) -> Acceptance:
     """What the visitor of a magic link may do; changes nothing (mail scanners follow links).
 
-    Raises NotFound (unknown token) or Gone (used, revoked, replaced or expired; the message says
-    which), except that someone who already accepted it is told they are a member.
+    Raises NotFound (unknown token) or Gone (used, revoked, replaced, expired, or its inviter may no
+    longer grant its role; the message says which), except that someone who already accepted it is told they are a member.
     """
     invitation = find_by_token(token)
     state = state_of(invitation)
+    if state is InvitationState.OPEN and not _inviter_may_grant(invitation, lock=False):
+        state = InvitationState.INVITER_LOST_ROLE
     if state is not InvitationState.OPEN:
         # The one who accepted it (back button, second click) is told they are in, not that it is gone.
         if (
@@ -516,8 +610,8 @@ class _NotConsumed(Exception):
 def accept(token: str, user: User) -> Accepted:
     """Consume the invitation and make `user` a member of its team, atomically.
 
-    Raises NotFound (unknown token), Gone (used, revoked, replaced, expired; also for every
-    loser of concurrent accepts), WrongAccount (the user's address is not the invited one).
+    Raises NotFound (unknown token), Gone (used, revoked, replaced, expired, its inviter may no
+    longer grant its role; also for every loser of concurrent accepts), WrongAccount (the user's address is not the invited one).
     A user who is already a member gets their membership back with `joined=False`, and the
     invitation stays open.
     """
@@ -529,6 +623,11 @@ def accept(token: str, user: User) -> Accepted:
         return _already_member(invitation, user)
     # RLS WITH CHECK on tenant_members and audit_events requires the invitation's team as the context.
     context_token = tenancy.update_context(tenant_id=invitation.tenant_id)
+    # Checked again in this transaction, under a lock, just before the consuming UPDATE: a removal
+    # or demotion of the inviter cannot slip in between.
+    if not _inviter_may_grant(invitation, lock=True):
+        tenancy.reset_context(context_token)
+        raise Gone(_inviter_lost_role_message(invitation))
     try:
         membership = _consume(invitation, user)
     except _NotConsumed:

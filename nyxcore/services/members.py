@@ -1,8 +1,12 @@
 """Team members and settings: listing, role changes, removal, leaving, ownership, deletion.
 
 A team always keeps at least one owner. Every change that could take away an owner first locks
-the team's row (`SELECT ... FOR UPDATE`), so two concurrent requests (two owners demoting each
-other) are serialised and the second one sees the first one's result.
+the team's row (`SELECT ... FOR NO KEY UPDATE`), so two concurrent requests (two owners demoting
+each other) are serialised and the second one sees the first one's result.
+
+Whoever is removed, leaves or gets a lower role loses the open invitations they sent and can no
+longer grant (invitations.revoke_ungrantable): a departing owner cannot leave an owner invitation
+behind.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from nyxcore.extensions import db
 from nyxcore.models import Tenant, TenantMember, User
 from nyxcore.pagination import Page
 from nyxcore.roles import TenantRole, can_manage_role, has_min_role
-from nyxcore.services import audit
+from nyxcore.services import audit, invitations
 from nyxcore.services.teams import validate_slug
 
 PER_PAGE = 50
@@ -59,7 +63,10 @@ def get_member(member_id: uuid.UUID) -> TenantMember:
 
 
 def _lock_team(tenant_id: uuid.UUID) -> Tenant:
-    tenant = db.session.scalar(select(Tenant).where(Tenant.id == tenant_id).with_for_update())
+    # NO KEY UPDATE still serialises these changes, but does not block the FOR KEY SHARE that a new
+    # membership's foreign key takes: an accept holding the inviter's row (FOR SHARE) while it inserts
+    # would otherwise deadlock with a removal of that inviter that holds the team.
+    tenant = db.session.scalar(select(Tenant).where(Tenant.id == tenant_id).with_for_update(key_share=True))
     if tenant is None:
         raise NotFound("This team no longer exists.")
     return tenant
@@ -83,7 +90,10 @@ def _ensure_other_owner_remains(tenant_id: uuid.UUID, member: TenantMember) -> N
 
 
 def change_role(actor: TenantMember, member_id: uuid.UUID, new_role: TenantRole) -> TenantMember:
-    """Give a member another role, within what the actor may manage. Raises PermissionDenied, Conflict."""
+    """Give a member another role, within what the actor may manage. Raises PermissionDenied, Conflict.
+
+    A lower role revokes the member's open invitations for roles it cannot grant.
+    """
     member = get_member(member_id)
     if not can_manage_role(actor.role, member.role, new_role):
         raise PermissionDenied(
@@ -104,11 +114,15 @@ def change_role(actor: TenantMember, member_id: uuid.UUID, new_role: TenantRole)
         old=old_role.value,
         new=new_role.value,
     )
+    invitations.revoke_ungrantable(actor, member.user_id, new_role)
     return member
 
 
 def remove_member(actor: TenantMember, member_id: uuid.UUID) -> User:
-    """Remove someone (not yourself: use leave_team) from the team. Raises PermissionDenied, Conflict."""
+    """Remove someone (not yourself: use leave_team) from the team, revoking their open invitations.
+
+    Raises PermissionDenied, Conflict.
+    """
     member = get_member(member_id)
     if member.id == actor.id:
         raise InvalidInput("To remove yourself, leave the team.")
@@ -120,20 +134,22 @@ def remove_member(actor: TenantMember, member_id: uuid.UUID) -> User:
     db.session.delete(member)
     db.session.flush()
     audit.record(actor.tenant_id, actor.user_id, "member.removed", target=user.email, role=member.role.value)
+    invitations.revoke_ungrantable(actor, member.user_id, None)
     return user
 
 
 def leave_team(actor: TenantMember) -> None:
-    """The actor leaves the active team; the last owner may not."""
+    """The actor leaves the active team, revoking their open invitations; the last owner may not."""
     if actor.role is TenantRole.OWNER:
         _ensure_other_owner_remains(actor.tenant_id, actor)
     db.session.delete(actor)
     db.session.flush()
     audit.record(actor.tenant_id, actor.user_id, "member.left", target=None, role=actor.role.value)
+    invitations.revoke_ungrantable(actor, actor.user_id, None)
 
 
 def transfer_ownership(actor: TenantMember, member_id: uuid.UUID) -> TenantMember:
-    """Make another member the owner; the actor (an owner) becomes an admin."""
+    """Make another member the owner; the actor (an owner) becomes an admin and loses open invitations as admin or owner."""
     if actor.role is not TenantRole.OWNER:
         raise PermissionDenied("Only an owner can transfer ownership.")
     member = get_member(member_id)
@@ -144,6 +160,7 @@ def transfer_ownership(actor: TenantMember, member_id: uuid.UUID) -> TenantMembe
     actor.role = TenantRole.ADMIN
     db.session.flush()
     audit.record(actor.tenant_id, actor.user_id, "team.ownership_transferred", target=member.user.email)
+    invitations.revoke_ungrantable(actor, actor.user_id, actor.role)
     return member
 
 

@@ -16,7 +16,7 @@ from nyxcore.errors import Conflict, InvalidInput
 from nyxcore.extensions import db
 from nyxcore.models import Tenant, TenantMember, User
 from nyxcore.roles import TenantRole
-from nyxcore.services import audit
+from nyxcore.services import audit, quotas
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -36,6 +36,23 @@ def validate_slug(slug: str) -> str:
             field="slug",
         )
     return slug
+
+
+def create_additional_team(
+    *, creator: User, name: str, slug: str | None = None
+) -> tuple[Tenant, TenantMember]:
+    """A team a signed-in user creates (/teams/new): create_team within TEAMS_PER_USER_PER_DAY.
+
+    Raises RateLimited, before anything is written, when the creator has no team left today. The
+    personal team made at sign-up does not count (accounts.register_user calls create_team): there
+    is one per account, and sign-up has its own rate limit.
+    """
+    if not name.strip():
+        raise InvalidInput("Give the team a name.", field="name")
+    if slug:
+        validate_slug(slug)  # a malformed slug is the user's mistake: it costs nothing
+    quotas.spend([(quotas.TEAMS_PER_USER, str(creator.id))], 1, field_name="name")
+    return create_team(creator=creator, name=name, slug=slug)
 
 
 def create_team(*, creator: User, name: str, slug: str | None = None) -> tuple[Tenant, TenantMember]:
