@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,23 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_template_helpers(app)
     register_commands(app)
     return app
+
+
+# gunicorn's "worker failed to boot": gunicorn stops instead of restarting the worker forever.
+EXIT_CONFIG_ERROR = 3
+
+
+def create_app_or_exit() -> Flask:
+    """The app for wsgi.py and worker.py; a configuration an operator must fix exits with its reason.
+
+    One line on stderr instead of a traceback, and exit status 3, which stops gunicorn, Celery and
+    `flask` alike.
+    """
+    try:
+        return create_app()
+    except ConfigError as exc:
+        print(f"nyxcore: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
 
 
 def configure_logging(app: Flask) -> None:

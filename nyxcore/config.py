@@ -183,7 +183,7 @@ def check_production(config: Mapping[str, Any]) -> None:
     keys = config.get("NYXCORE_ENCRYPTION_KEYS") or ""
     if not keys:
         problems.append(
-            "NYXCORE_ENCRYPTION_KEYS must be set (generate one with `NYXCORE_ENV=development flask --app wsgi nyxcore keys generate`)"
+            "NYXCORE_ENCRYPTION_KEYS must be set (generate one with `python -m nyxcore keys generate`)"
         )
     else:
         try:

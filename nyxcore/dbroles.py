@@ -212,6 +212,14 @@ def assert_app_role_safe(app: Flask) -> None:
         except SQLAlchemyError as exc:
             # The driver's first line names host and user, never the password.
             detail = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()[0]
+            missing = db.engine.url.username
+            if missing and f'role "{missing}" does not exist' in detail:
+                raise UnsafeAppRoleError(
+                    f"refusing to start in production: the app database role '{missing}' (DATABASE_URL) "
+                    "does not exist. Create it as a PostgreSQL superuser as README.md, \"Installing on "
+                    f'PostgreSQL", step 1 shows: CREATE ROLE "{missing}" LOGIN NOSUPERUSER NOCREATEDB '
+                    "NOCREATEROLE NOBYPASSRLS PASSWORD '...'"
+                ) from exc
             raise UnsafeAppRoleError(
                 f"refusing to start in production: cannot check the app database role ({detail})"
             ) from exc

@@ -358,16 +358,14 @@ def test_a_missing_app_role_is_explained_by_db_roles_and_the_migration(install: 
     finally:
         server.dispose()
 
-    db_roles = install.flask("nyxcore", "db-roles")
-    assert db_roles.returncode == 1
-    assert f"role {install.owner} may not create the app role {install.app}" in db_roles.stderr
-    assert f'CREATE ROLE "{install.app}" LOGIN NOSUPERUSER' in db_roles.stderr
-    assert "Traceback" not in db_roles.stderr
-
-    upgrade = install.flask("db", "upgrade")
-    assert upgrade.returncode == 1
-    assert f"The app database role '{install.app}' does not exist" in upgrade.stderr
-    assert '"Installing on PostgreSQL", step 1' in upgrade.stderr
+    # A production app checks its own database role when it is built, before any command runs.
+    for command in (("nyxcore", "db-roles"), ("db", "upgrade")):
+        result = install.flask(*command)
+        assert result.returncode == 3  # EXIT_CONFIG_ERROR
+        assert f"the app database role '{install.app}' (DATABASE_URL) does not exist" in result.stderr
+        assert '"Installing on PostgreSQL", step 1' in result.stderr
+        assert f'CREATE ROLE "{install.app}" LOGIN NOSUPERUSER' in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_db_roles_warns_about_an_owner_that_can_still_create_roles(install: ReadmeInstall) -> None:
