@@ -48,7 +48,7 @@ class Refusal(NamedTuple):
     what: str
 
 
-class Unclean(InvalidInput):
+class UncleanInput(InvalidInput):
     """A query argument or form field holds something other than clean text (always a 400)."""
 
     def __init__(self, refusal: Refusal) -> None:
@@ -99,7 +99,7 @@ def first_undecodable(raw: bytes) -> Refusal | None:
 
 
 def check_request() -> None:
-    """Refuse the request (`Unclean`, a 400) if a query argument or form field is not clean text."""
+    """Refuse the request (`UncleanInput`, a 400) if a query argument or form field is not clean text."""
     has_body = request.method not in _SAFE_METHODS
     if not request.query_string and not has_body:
         return
@@ -113,7 +113,7 @@ def check_request() -> None:
             pairs = chain(pairs, request.form.items(multi=True))
         refusal = first_forbidden(pairs)
     if refusal is not None:
-        raise Unclean(refusal)
+        raise UncleanInput(refusal)
 
 
 def init_app(app: Flask) -> None:

@@ -144,7 +144,8 @@ def _split(url: str) -> tuple[str, list[tuple[str, str]]]:
 def _send(client: Any, method: str, path: str, pairs: list[tuple[str, str]]) -> Any:
     """Send `pairs`, then put the session cookie back: a form that wrongly got through (a login,
     a sign-up, a team switch) must not turn the rest of the visit into another visitor's."""
-    before = client.get_cookie("session")
+    cookie_name = client.application.config["SESSION_COOKIE_NAME"]
+    before = client.get_cookie(cookie_name)
     try:
         if method == "GET":
             return client.get(f"{path}?{_encode(pairs)}" if pairs else path)
@@ -153,7 +154,7 @@ def _send(client: Any, method: str, path: str, pairs: list[tuple[str, str]]) -> 
         )
     finally:
         if before is None:
-            client.delete_cookie("session")
+            client.delete_cookie(cookie_name)
         else:
             client.set_cookie(before.key, before.value, domain=before.domain, path=before.path)
 
@@ -407,6 +408,8 @@ def test_no_query_argument_form_field_or_url_parameter_gives_a_500_or_changes_an
     for form in _post_forms(app, pages):
         fuzz.form(form)
     assert fuzz.failures == [], f"as {visitor}:\n" + "\n".join(fuzz.failures)
+    # The whole visit was made as this visitor (the session put back after each request held).
+    assert client.get("/team/").status_code == (302 if visitor == "anonymous" else 200)
 
 
 def test_a_refused_field_is_named_before_csrf_and_nothing_changes(
