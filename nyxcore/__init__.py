@@ -116,8 +116,9 @@ def register_blueprints(app: Flask) -> None:
 
 
 def register_request_hooks(app: Flask) -> None:
-    from nyxcore import web
+    from nyxcore import input_guard, web
 
+    input_guard.init_app(app)
     web.register_request_hooks(app)
 
 

@@ -131,4 +131,8 @@ def register_error_handlers(app: Flask) -> None:
     def internal_error(exc: InternalServerError) -> tuple[Any, int]:
         # No rollback here: it would expire what the layout shows; after_request rolls back (>= 400).
         log.error("unhandled error", exc_info=exc.original_exception or exc)
+        if not db.session.is_active:
+            # A failed flush already rolled back and expired it all: any lazy load would raise again.
+            db.session.rollback()
+            g.membership, g.my_teams = None, []
         return render_error(500)
