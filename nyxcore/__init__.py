@@ -17,7 +17,9 @@ MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app from the environment, with `config` overriding (tests pass theirs here)."""
-    app = Flask(__name__, instance_relative_config=True)
+    from nyxcore.web import NyxCoreFlask
+
+    app = NyxCoreFlask(__name__, instance_relative_config=True)
     app.config.from_mapping(load_config(instance_path=app.instance_path))
     if config:
         app.config.from_mapping(config)

@@ -105,7 +105,7 @@ def role_required(minimum: TenantRole) -> Callable[[Callable[P, R]], Callable[P,
                 response: Response = login_manager.unauthorized()
                 return response
             if current_membership() is None:
-                flash("You are not in a team yet. Create one to continue.", "info")
+                flash("You are not in a team yet. Create one to continue.", "info")  # nothing to commit
                 return redirect(url_for("teams.new"))
             if not has_min_role(current_role(), minimum):
                 raise PermissionDenied(f"This needs the {minimum.label} role or higher in this team.")

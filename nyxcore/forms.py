@@ -16,6 +16,7 @@ def add_domain_error(form: Any, error: DomainError, default_field: str) -> None:
     """Show a service's refusal on the field it concerns (or `default_field`)."""
     field: Field = getattr(form, error.field or default_field, None) or getattr(form, default_field)
     field.errors = [*field.errors, error.message]
+    form.error_status = error.status_code  # web.form_page answers with it
 
 
 class MinPasswordLength:

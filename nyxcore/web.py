@@ -1,4 +1,11 @@
-"""The request boundary: tenant context in, one commit out, errors mapped to pages, safe redirects."""
+"""The request boundary: tenant context in, one commit out, errors mapped to pages, safe redirects.
+
+Commit by exception, as indico's request handler does: a request's changes are committed when its
+view returns and rolled back when it raises, whatever the status. A view that re-renders a form
+with errors says so through `form_page` (or `abandon_changes`), and nothing it flushed is kept.
+Side effects wait for the commit: messages for the next page (`notify`) and queued mail reach the
+session and Celery only once the transaction is committed.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, g, jsonify, render_template, request
+from flask import Flask, flash, g, jsonify, render_template, request
+from flask.typing import ResponseReturnValue
+from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.wrappers.response import Response
@@ -38,6 +47,48 @@ ERROR_TITLES = {
 _SKIP_CONTEXT_ENDPOINTS = {"static", "api.health"}
 
 
+_KEEP = "nyxcore_keep_changes"  # on g: the view returned and did not abandon its changes
+_NOTICES = "nyxcore_notices"  # on g: flash messages waiting for the commit
+
+
+class NyxCoreFlask(Flask):
+    """Flask, with the view's outcome (returned or raised) deciding the request's commit."""
+
+    def dispatch_request(self) -> ResponseReturnValue:
+        """Run the view; its changes are kept only if it returns (an exception rolls them back)."""
+        g.pop(_KEEP, None)
+        result = super().dispatch_request()
+        g.setdefault(_KEEP, True)  # abandon_changes() may have said False already
+        return result
+
+
+def abandon_changes() -> None:
+    """Roll this request back at its end although the view returns (a form shown again with errors)."""
+    g.setdefault(_KEEP, False)
+    g.pop(_NOTICES, None)
+
+
+def notify(message: str, category: str = "info") -> None:
+    """A message for the next page, shown only if this request's changes are committed."""
+    g.setdefault(_NOTICES, []).append((message, category))
+
+
+def form_status(*forms: FlaskForm) -> int:
+    """200, or, when a form shows errors, 400 (or its refusal's status) with the request rolled back."""
+    failed = next((form for form in forms if form.errors), None)
+    if failed is None:
+        return 200
+    abandon_changes()
+    status: int = getattr(failed, "error_status", 400)
+    return status
+
+
+def form_page(template: str, form: FlaskForm, **context: Any) -> tuple[str, int]:
+    """Render a form's page; with errors the request rolls back and answers 400 (or the refusal's status)."""
+    status = form_status(form)
+    return render_template(template, form=form, **context), status
+
+
 def is_safe_next(target: str | None) -> bool:
     """True only for a path on this site: no scheme, no host, no protocol-relative or backslash tricks."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -63,9 +114,11 @@ def register_request_hooks(app: Flask) -> None:
 
     @app.after_request
     def finish_transaction(response: Response) -> Response:
-        # One commit per request, at its end, and only for success; then hand queued mail to Celery.
-        if response.status_code < 400:
+        # One commit per request, when its view returned; then the messages and queued mail.
+        if g.pop(_KEEP, False):
             db.session.commit()
+            for message, category in g.pop(_NOTICES, []):
+                flash(message, category)
             mail.dispatch_queued()
         else:
             db.session.rollback()
@@ -129,7 +182,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(InternalServerError)
     def internal_error(exc: InternalServerError) -> tuple[Any, int]:
-        # No rollback here: it would expire what the layout shows; after_request rolls back (>= 400).
+        # No rollback here: it would expire what the layout shows; after_request rolls back (it raised).
         log.error("unhandled error", exc_info=exc.original_exception or exc)
         if not db.session.is_active:
             # A failed flush already rolled back and expired it all: any lazy load would raise again.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, redirect, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
@@ -15,7 +15,7 @@ from nyxcore.extensions import limiter
 from nyxcore.forms import MinPasswordLength, add_domain_error
 from nyxcore.models import User
 from nyxcore.services import accounts, sessions
-from nyxcore.web import is_safe_next
+from nyxcore.web import form_page, is_safe_next, notify
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 
@@ -63,7 +63,7 @@ def _login_limit() -> str:
 
 @bp.route("/signup", methods=["GET", "POST"])
 @limiter.limit(_signup_limit, methods=["POST"])
-def signup() -> Response | str:
+def signup() -> Response | tuple[str, int]:
     form = SignupForm()
     fixed_email = request.args.get("email") if _next_url() else None
     if request.method == "GET" and fixed_email:
@@ -78,14 +78,14 @@ def signup() -> Response | str:
         else:
             _start_session(user)
             authz.activate_team(membership)
-            flash(f"Welcome, {user.name}. This is your team; invite people to it from here.", "success")
+            notify(f"Welcome, {user.name}. This is your team; invite people to it from here.", "success")
             return redirect(_next_url() or url_for("team.overview"))
-    return render_template("auth/signup.html", form=form, next=_next_url(), fixed_email=fixed_email)
+    return form_page("auth/signup.html", form, next=_next_url(), fixed_email=fixed_email)
 
 
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(_login_limit, methods=["POST"])
-def login() -> Response | str:
+def login() -> Response | tuple[str, int]:
     if current_user.is_authenticated and request.method == "GET":
         return redirect(_next_url() or url_for("team.overview"))
     form = LoginForm()
@@ -98,7 +98,7 @@ def login() -> Response | str:
         else:
             _start_session(user)
             return redirect(_next_url() or url_for("team.overview"))
-    return render_template("auth/login.html", form=form, next=_next_url())
+    return form_page("auth/login.html", form, next=_next_url())
 
 
 @bp.post("/logout")
@@ -108,5 +108,5 @@ def logout() -> Response:
         sessions.end(current_user.id, token)  # the cookie, if replayed, signs in no one
     logout_user()
     session.clear()
-    flash("You are logged out.", "info")
+    notify("You are logged out.", "info")
     return redirect(url_for("auth.login"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
 from wtforms import PasswordField
@@ -13,6 +13,7 @@ from nyxcore.errors import DomainError
 from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.roles import TenantRole
 from nyxcore.services import github_tokens
+from nyxcore.web import abandon_changes, form_page, notify
 
 bp = Blueprint("github", __name__, url_prefix="/github")
 
@@ -26,9 +27,9 @@ class ConnectForm(FlaskForm):  # type: ignore[misc]
     )
 
 
-def _status_page(form: ConnectForm, status_code: int = 200) -> tuple[str, int]:
+def _status_page(form: ConnectForm) -> tuple[str, int]:
     connection = github_tokens.status(acting_member().tenant_id)
-    return render_template("github/status.html", connection=connection, form=form), status_code
+    return form_page("github/status.html", form, connection=connection)
 
 
 @bp.get("/")
@@ -49,10 +50,9 @@ def connect() -> Response | tuple[str, int]:
             form.token.data, tenant_id=membership.tenant_id, actor_id=membership.user_id
         )
     except DomainError as exc:
-        add_domain_error(form, exc, "token")
-        # The error's own status (400 rejected, 502 GitHub unavailable) also rolls the request back.
-        return _status_page(form, exc.status_code)
-    flash(f"GitHub is connected as @{login}.", "success")
+        add_domain_error(form, exc, "token")  # its status: 400 rejected, 502 GitHub unavailable
+        return _status_page(form)
+    notify(f"GitHub is connected as @{login}.", "success")
     return redirect(url_for("github.status"))
 
 
@@ -63,6 +63,7 @@ def repos() -> tuple[str, int]:
     try:
         listing = github_tokens.repositories(acting_member().tenant_id, page=page)
     except DomainError as exc:
+        abandon_changes()
         return render_template("github/repos.html", listing=None, error=exc.message), exc.status_code
     return render_template("github/repos.html", listing=listing, error=None), 200
 
@@ -74,7 +75,7 @@ def disconnect() -> Response:
         abort(400)
     membership = acting_member()
     if github_tokens.disconnect(tenant_id=membership.tenant_id, actor_id=membership.user_id):
-        flash("GitHub is disconnected and the stored token deleted.", "success")
+        notify("GitHub is disconnected and the stored token deleted.", "success")
     else:
-        flash("GitHub was not connected.", "info")
+        notify("GitHub was not connected.", "info")
     return redirect(url_for("github.status"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
@@ -29,6 +29,7 @@ from nyxcore.pagination import page_number
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import invitations, mail
 from nyxcore.services.invitations import InviteOutcome, Standing
+from nyxcore.web import form_status, notify
 
 bp = Blueprint("invite", __name__)
 
@@ -77,17 +78,14 @@ def manage_invitations() -> tuple[str, int]:
     form = InviteForm()
     form.role.choices = [SelectChoice(role.value, role.label) for role in grantable_roles(actor.role)]
     results: list[invitations.InviteResult] | None = None
-    status = 200
     if form.validate_on_submit():
         try:
             results = invitations.invite_many(actor, form.emails.data, TenantRole(form.role.data))
         except DomainError as exc:
-            add_domain_error(form, exc, "emails")
-            status = exc.status_code  # 4xx: the request rolls back, nobody is invited
+            add_domain_error(form, exc, "emails")  # the request rolls back: nobody is invited
         else:
             form.emails.data = "\n".join(r.address for r in results if r.outcome is InviteOutcome.INVALID)
-    elif request.method == "POST":
-        status = 400
+    status = form_status(form)
     page = render_template(
         "invite/invitations.html",
         form=form,
@@ -104,7 +102,7 @@ def resend(invitation_id: uuid.UUID) -> Response:
     if not ConfirmForm().validate_on_submit():
         abort(400)
     invitation = invitations.resend(acting_member(), invitation_id)
-    flash(
+    notify(
         f"A new invitation is on its way to {invitation.email}; the previous link no longer works.", "success"
     )
     return redirect(url_for("invite.invitations"))
@@ -116,7 +114,7 @@ def revoke(invitation_id: uuid.UUID) -> Response:
     if not ConfirmForm().validate_on_submit():
         abort(400)
     invitation = invitations.revoke(acting_member(), invitation_id)
-    flash(f"The invitation for {invitation.email} was revoked; its link no longer works.", "success")
+    notify(f"The invitation for {invitation.email} was revoked; its link no longer works.", "success")
     return redirect(url_for("invite.invitations"))
 
 
@@ -156,9 +154,9 @@ def accept(token: str) -> Response:
     authz.activate_team(accepted.membership)
     team = accepted.membership.tenant.name
     if accepted.joined:
-        flash(f"Welcome to {team}. You joined as {accepted.membership.role.label.lower()}.", "success")
+        notify(f"Welcome to {team}. You joined as {accepted.membership.role.label.lower()}.", "success")
     else:
-        flash(f"You are already a member of {team}.", "info")
+        notify(f"You are already a member of {team}.", "info")
     return redirect(url_for("team.overview"))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
 from wtforms import StringField, TextAreaField
@@ -20,6 +20,7 @@ from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.pagination import page_number
 from nyxcore.roles import TenantRole
 from nyxcore.services import notes
+from nyxcore.web import form_page, notify
 
 bp = Blueprint("notes", __name__, url_prefix="/notes")
 
@@ -46,9 +47,9 @@ def new() -> Response | tuple[str, int]:
         except DomainError as exc:
             add_domain_error(form, exc, "title")
         else:
-            flash("Note saved.", "success")
+            notify("Note saved.", "success")
             return redirect(url_for("notes.show", note_id=note.id))
-    return render_template("notes/form.html", form=form, note=None), 400 if form.errors else 200
+    return form_page("notes/form.html", form, note=None)
 
 
 @bp.get("/<uuid:note_id>")
@@ -68,9 +69,9 @@ def edit(note_id: uuid.UUID) -> Response | tuple[str, int]:
         except DomainError as exc:
             add_domain_error(form, exc, "title")
         else:
-            flash("Note saved.", "success")
+            notify("Note saved.", "success")
             return redirect(url_for("notes.show", note_id=note_id))
-    return render_template("notes/form.html", form=form, note=note), 400 if form.errors else 200
+    return form_page("notes/form.html", form, note=note)
 
 
 @bp.post("/<uuid:note_id>/delete")
@@ -79,5 +80,5 @@ def delete(note_id: uuid.UUID) -> Response:
     if not ConfirmForm().validate_on_submit():
         abort(400)
     title = notes.delete_note(acting_member(), note_id)
-    flash(f"Deleted the note “{title}”.", "info")
+    notify(f"Deleted the note “{title}”.", "info")
     return redirect(url_for("notes.index"))

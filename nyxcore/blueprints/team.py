@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
 from wtforms import SelectChoice, SelectField, StringField
@@ -21,6 +21,7 @@ from nyxcore.pagination import page_number
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles, has_min_role
 from nyxcore.services import audit as audit_events
 from nyxcore.services import members
+from nyxcore.web import form_status, notify
 
 bp = Blueprint("team", __name__, url_prefix="/team")
 log = logging.getLogger("nyxcore.team")
@@ -84,7 +85,7 @@ def change_role(member_id: uuid.UUID) -> Response:
     form = RoleForm()
     _validated(form)
     member = members.change_role(acting_member(), member_id, TenantRole(form.role.data))
-    flash(f"{member.user.name} is now {member.role.label.lower()}.", "success")
+    notify(f"{member.user.name} is now {member.role.label.lower()}.", "success")
     return redirect(url_for("team.overview"))
 
 
@@ -93,7 +94,7 @@ def change_role(member_id: uuid.UUID) -> Response:
 def remove_member(member_id: uuid.UUID) -> Response:
     _validated(ConfirmForm())
     user = members.remove_member(acting_member(), member_id)
-    flash(f"{user.name} was removed from the team.", "success")
+    notify(f"{user.name} was removed from the team.", "success")
     return redirect(url_for("team.overview"))
 
 
@@ -104,16 +105,12 @@ def leave() -> Response:
     actor = acting_member()
     name = actor.tenant.name
     members.leave_team(actor)
-    flash(f"You left {name}.", "info")
+    notify(f"You left {name}.", "info")
     return redirect(url_for("main.index"))
 
 
 def _render_settings(
-    actor: TenantMember,
-    *,
-    form: SettingsForm | None = None,
-    delete_form: DeleteForm | None = None,
-    status: int = 200,
+    actor: TenantMember, *, form: SettingsForm | None = None, delete_form: DeleteForm | None = None
 ) -> tuple[str, int]:
     transfer = TransferForm(prefix="transfer")
     transfer.member_id.choices = [
@@ -121,12 +118,10 @@ def _render_settings(
         for m in members.list_members(page=1, per_page=500).items
         if m.id != actor.id
     ]
-    page = render_template(
-        "team/settings.html",
-        form=form or SettingsForm(obj=actor.tenant),
-        transfer=transfer,
-        delete_form=delete_form or DeleteForm(prefix="delete"),
-    )
+    form = form or SettingsForm(obj=actor.tenant)
+    delete_form = delete_form or DeleteForm(prefix="delete")
+    status = form_status(form, delete_form)
+    page = render_template("team/settings.html", form=form, transfer=transfer, delete_form=delete_form)
     return page, status
 
 
@@ -141,10 +136,10 @@ def settings() -> Response | tuple[str, int]:
             members.update_settings(actor, name=form.name.data, slug=form.slug.data)
         except DomainError as exc:
             add_domain_error(form, exc, "name")
-            return _render_settings(actor, form=form, status=exc.status_code)
-        flash("Team settings saved.", "success")
+            return _render_settings(actor, form=form)
+        notify("Team settings saved.", "success")
         return redirect(url_for("team.settings"))
-    return _render_settings(actor, form=form, status=400 if form.errors else 200)
+    return _render_settings(actor, form=form)
 
 
 @bp.post("/transfer")
@@ -157,7 +152,7 @@ def transfer() -> Response:
     except ValueError:
         abort(404)
     member = members.transfer_ownership(acting_member(), member_id)
-    flash(f"{member.user.name} is now an owner; you are an admin.", "success")
+    notify(f"{member.user.name} is now an owner; you are an admin.", "success")
     return redirect(url_for("team.overview"))
 
 
@@ -167,14 +162,14 @@ def delete() -> Response | tuple[str, int]:
     actor = acting_member()
     form = DeleteForm(prefix="delete")
     if not form.validate_on_submit():
-        return _render_settings(actor, delete_form=form, status=400)
+        return _render_settings(actor, delete_form=form)
     try:
         name = members.delete_team(actor, confirm_name=form.confirm_name.data)
     except DomainError as exc:
         add_domain_error(form, exc, "confirm_name")
-        return _render_settings(actor, delete_form=form, status=exc.status_code)
+        return _render_settings(actor, delete_form=form)
     log.info("team %s deleted by user %s", actor.tenant_id, actor.user_id)
-    flash(f"The team {name} was deleted.", "info")
+    notify(f"The team {name} was deleted.", "info")
     return redirect(url_for("main.index"))
 
 

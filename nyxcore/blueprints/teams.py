@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, abort, flash, redirect, render_template, url_for
+from flask import Blueprint, abort, redirect, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
@@ -15,6 +15,7 @@ from nyxcore import authz
 from nyxcore.errors import DomainError
 from nyxcore.forms import add_domain_error
 from nyxcore.services import teams
+from nyxcore.web import form_page, notify
 
 bp = Blueprint("teams", __name__, url_prefix="/teams")
 
@@ -32,7 +33,6 @@ class SwitchTeamForm(FlaskForm):  # type: ignore[misc]
 @login_required  # type: ignore[untyped-decorator]
 def new() -> Response | tuple[str, int]:
     form = NewTeamForm()
-    status = 200
     if form.validate_on_submit():
         try:
             tenant, membership = teams.create_additional_team(
@@ -40,12 +40,11 @@ def new() -> Response | tuple[str, int]:
             )
         except DomainError as exc:
             add_domain_error(form, exc, "name")
-            status = exc.status_code  # the request rolls back: no team
         else:
             authz.activate_team(membership)
-            flash(f"Team {tenant.name} created. You are its owner.", "success")
+            notify(f"Team {tenant.name} created. You are its owner.", "success")
             return redirect(url_for("team.overview"))
-    return render_template("teams/new.html", form=form), status
+    return form_page("teams/new.html", form)
 
 
 @bp.post("/switch")
@@ -63,5 +62,5 @@ def switch() -> Response:
     if membership is None:
         abort(404)
     authz.activate_team(membership)
-    flash(f"Switched to {membership.tenant.name}.", "info")
+    notify(f"Switched to {membership.tenant.name}.", "info")
     return redirect(url_for("team.overview"))

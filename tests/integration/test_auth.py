@@ -41,7 +41,7 @@ def test_duplicate_email_in_other_letter_case_is_a_form_error(client, make_user,
     response = client.post_form(
         "/auth/signup", {"name": "Grace Again", "email": "GRACE@example.com", "password": PASSWORD}
     )
-    assert response.status_code == 200
+    assert response.status_code == 409
     assert "An account with this email already exists" in response.get_data(as_text=True)
     assert count(admin_engine, "SELECT count(*) FROM users") == 1
 
@@ -49,7 +49,7 @@ def test_duplicate_email_in_other_letter_case_is_a_form_error(client, make_user,
 def test_short_password_and_bad_email_are_form_errors(client, admin_engine):
     response = client.post_form("/auth/signup", {"name": "X", "email": "not-an-email", "password": "short"})
     body = response.get_data(as_text=True)
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert "Use at least 12 characters." in body
     assert "Invalid email address." in body
     assert count(admin_engine, "SELECT count(*) FROM users") == 0
@@ -77,7 +77,7 @@ def test_wrong_password_and_unknown_email_give_the_same_error(client, make_user)
     wrong = client.login(account.email, "not the password at all")
     unknown = client.login("nobody@example.com", "not the password at all")
     for response in (wrong, unknown):
-        assert response.status_code == 200
+        assert response.status_code == 400
         assert "Invalid email or password." in response.get_data(as_text=True)
     assert client.get("/team/").status_code == 302
 
@@ -203,3 +203,33 @@ def test_each_login_is_its_own_session(client, make_client, make_user, admin_eng
     assert count(admin_engine, "SELECT count(*) FROM user_sessions WHERE revoked_at IS NULL") == 1
     stored = count(admin_engine, "SELECT count(*) FROM user_sessions WHERE token_hash ~ '^[0-9a-f]{64}$'")
     assert stored == 2  # only the token's SHA-256 is kept
+
+
+def test_a_sign_up_whose_team_cannot_be_made_leaves_nothing_behind(client, admin_engine, monkeypatch):
+    # register_user flushes the user before it makes the personal team; the refusal rolls both back.
+    from nyxcore.errors import Conflict
+    from nyxcore.services import teams
+
+    def refuse(**_: Any) -> None:
+        raise Conflict("No team for you.", field="name")
+
+    monkeypatch.setattr(teams, "create_team", refuse)
+    response = client.post_form("/auth/signup", {"name": "Ada", "email": "ada@example.com", "password": PASSWORD})
+    assert response.status_code == 409
+    assert "No team for you." in response.get_data(as_text=True)
+    assert count(admin_engine, "SELECT count(*) FROM users") == 0
+
+
+def test_a_view_that_raises_after_a_flush_keeps_nothing_and_says_nothing(app, client, admin_engine, monkeypatch):
+    from nyxcore.services import teams
+
+    def broken(**_: Any) -> None:
+        raise RuntimeError("a bug after the user was flushed")
+
+    monkeypatch.setattr(teams, "create_team", broken)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    response = client.post_form("/auth/signup", {"name": "Ada", "email": "ada@example.com", "password": PASSWORD})
+    assert response.status_code == 500
+    assert count(admin_engine, "SELECT count(*) FROM users") == 0
+    with client.session_transaction() as session:
+        assert "_flashes" not in session  # no "Welcome" for an account that does not exist

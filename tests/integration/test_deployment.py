@@ -485,7 +485,7 @@ def test_repeated_failed_logins_get_429_from_the_app_whatever_x_forwarded_for_cl
         )
         for attempt in range(7)
     ]
-    assert [r.status for r in replies] == [200] * 5 + [429] * 2
+    assert [r.status for r in replies] == [400] * 5 + [429] * 2
     assert "Invalid email or password." in replies[0].body
     limited = replies[-1]
     # Flask-Limiter's answer (it adds the X-RateLimit-* headers), not nginx's coarser limit.
@@ -536,7 +536,7 @@ def _direct_login_attempts(port: int, *, source: str, attempts: int) -> list[int
 def test_forwarded_headers_from_a_peer_that_is_not_a_trusted_proxy_are_ignored(stack: Stack) -> None:
     # Straight to gunicorn from 127.0.0.2 (TRUSTED_PROXIES is 127.0.0.1, nginx's address): a rotating
     # X-Forwarded-For must not make one client look like many to the per-client login limit.
-    assert _direct_login_attempts(stack.upstream_port, source="127.0.0.2", attempts=7) == [200] * 5 + [429] * 2
+    assert _direct_login_attempts(stack.upstream_port, source="127.0.0.2", attempts=7) == [400] * 5 + [429] * 2
 
 
 def test_a_chunked_body_over_the_limit_is_refused_with_413_before_it_is_read(stack: Stack) -> None:
