@@ -292,18 +292,17 @@ class Admin:
 def create_admin(app: Flask) -> Admin:
     """An owner with a team, and an admin of that team (the inviter), through the services."""
     with app.app_context():
-        with tenancy.tenant_context():
-            owner, membership = accounts.register_user(
-                name="Olive Owner", email="owner@bench.example", password=PASSWORD
+        owner_id, team_id, admin_id, admin_team = (uuid.uuid4() for _ in range(4))
+        with tenancy.tenant_context(user_id=owner_id, tenant_id=team_id):
+            accounts.register_user(
+                user_id=owner_id, team_id=team_id, name="Olive Owner", email="owner@bench.example", password=PASSWORD
             )
             db.session.commit()
-            owner_id, team_id = owner.id, membership.tenant_id
-        with tenancy.tenant_context():
-            admin, _ = accounts.register_user(
-                name="Ada Admin", email="admin@bench.example", password=PASSWORD
+        with tenancy.tenant_context(user_id=admin_id, tenant_id=admin_team):
+            accounts.register_user(
+                user_id=admin_id, team_id=admin_team, name="Ada Admin", email="admin@bench.example", password=PASSWORD
             )
             db.session.commit()
-            admin_id = admin.id
         with tenancy.tenant_context(user_id=owner_id, tenant_id=team_id):
             db.session.add(TenantMember(tenant_id=team_id, user_id=admin_id, role=TenantRole.ADMIN))
             db.session.commit()

@@ -111,10 +111,17 @@ def check_database_role(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from nyxcore.blueprints import api, auth, github, invite, main, notes, team, teams
+    """Every module of nyxcore.blueprints with a `bp`, and the top-bar entries it declares (`NAV`)."""
+    import importlib
+    import pkgutil
 
-    for blueprint in (main.bp, auth.bp, teams.bp, team.bp, invite.bp, notes.bp, github.bp, api.bp):
-        app.register_blueprint(blueprint)
+    from nyxcore import blueprints, navigation
+
+    for info in sorted(pkgutil.iter_modules(blueprints.__path__), key=lambda info: info.name):
+        module = importlib.import_module(f"{blueprints.__name__}.{info.name}")
+        if hasattr(module, "bp"):
+            app.register_blueprint(module.bp)
+            navigation.register(app, getattr(module, "NAV", ()))
 
 
 def register_request_hooks(app: Flask) -> None:

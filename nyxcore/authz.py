@@ -1,13 +1,20 @@
-"""Who may do what: the active membership of a request and the `role_required` decorator.
+"""Who acts, and may they: the request's Actor, its tenant context, and the `role_required` decorator.
 
-Every authorization decision of a view goes through `role_required`; templates ask `can(...)`,
-which uses the same rule, before showing a control.
+The request hook (`bind_request_actor`) is the request's one entry point into the tenant context:
+it loads the signed-in user, picks their active team, makes the Actor and enters
+`tenancy.tenant_context` for the rest of the request (left again at teardown). Views that must act
+as someone else for a moment (a new account, a new team, a magic link's holder) use `acting_as`,
+which goes through the same context manager.
+
+Every authorization decision reads an Operation declared by a service (nyxcore/permissions.py):
+`role_required(op)` on the view, `can("name")` in templates and the navigation.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
@@ -16,35 +23,43 @@ from flask_login import current_user
 from werkzeug.wrappers.response import Response
 
 from nyxcore import tenancy
-from nyxcore.errors import PermissionDenied
 from nyxcore.extensions import login_manager
 from nyxcore.models import TenantMember, User
-from nyxcore.roles import TenantRole, has_min_role
+from nyxcore.permissions import Operation, operation
+from nyxcore.roles import TenantRole
 from nyxcore.services import sessions, teams
+from nyxcore.tenancy import Actor
 
 P = ParamSpec("P")
 R = TypeVar("R")
 ACTIVE_TENANT_KEY = "tenant_id"
 SESSION_TOKEN_KEY = "sid"  # noqa: S105 (a key name; names the server-side session, services/sessions.py)
+_STACK = "nyxcore_context_stack"
+
+
+def current_actor() -> Actor | None:
+    """The signed-in user acting in their active team, or None (signed out, or in no team)."""
+    actor: Actor | None = g.get("actor")
+    return actor
+
+
+def acting() -> Actor:
+    """The Actor inside a view guarded by `role_required`, which guarantees one."""
+    actor = current_actor()
+    if actor is None:
+        raise RuntimeError("acting() is for views under @role_required")
+    return actor
 
 
 def current_membership() -> TenantMember | None:
-    """The signed-in user's membership in the active team, loaded once per request."""
-    membership: TenantMember | None = g.get("membership")
-    return membership
-
-
-def acting_member() -> TenantMember:
-    """The active membership inside a view guarded by `role_required`, which guarantees one."""
-    membership = current_membership()
-    if membership is None:
-        raise RuntimeError("acting_member() is for views under @role_required")
-    return membership
+    """The signed-in user's membership in the active team (for templates)."""
+    actor = current_actor()
+    return actor.membership if actor else None
 
 
 def current_role() -> TenantRole | None:
-    membership = current_membership()
-    return membership.role if membership else None
+    actor = current_actor()
+    return actor.role if actor else None
 
 
 def my_teams() -> list[TenantMember]:
@@ -53,39 +68,68 @@ def my_teams() -> list[TenantMember]:
     return memberships
 
 
-def can(minimum: TenantRole | str) -> bool:
-    """For templates: does the current user hold at least `minimum` in the active team?"""
-    return has_min_role(current_role(), TenantRole(minimum))
+def can(name: str) -> bool:
+    """For templates and navigation: may the current user do the operation called `name` here?"""
+    return operation(name).allows(current_role())
 
 
-def load_active_membership() -> None:
-    """Bind the request's tenant context: the user, and the active team if they still belong to it.
-
-    A removed member loses the team on their next request and falls back to another team of theirs.
-    """
-    g.membership = None
-    g.my_teams = []
+def bind_request_actor() -> None:
+    """The request hook: the user, their active team, the Actor, and the tenant context until teardown."""
+    stack = g.setdefault(_STACK, ExitStack())
+    stack.enter_context(tenancy.tenant_context())  # whatever ran before, this request starts with none
+    g.actor, g.my_teams = None, []
     if not current_user.is_authenticated:
         return
-    user_id: uuid.UUID = current_user.id
-    tenancy.update_context(user_id=user_id)
-    wanted = _session_tenant_id()
-    g.my_teams = teams.memberships_of(user_id)
-    membership = teams.choose_active(g.my_teams, wanted)
+    user: User = current_user._get_current_object()
+    stack.enter_context(tenancy.tenant_context(user_id=user.id))
+    g.my_teams = teams.memberships_of(user.id)
+    membership = teams.choose_active(g.my_teams, _session_tenant_id())
     if membership is None:
         session.pop(ACTIVE_TENANT_KEY, None)
         return
-    if membership.tenant_id != wanted:
-        session[ACTIVE_TENANT_KEY] = str(membership.tenant_id)
-    tenancy.update_context(tenant_id=membership.tenant_id)
-    g.membership = membership
+    activate_team(membership)
+
+
+def unbind_request_actor() -> None:
+    """Leave every tenant context the request entered (teardown)."""
+    stack: ExitStack | None = g.pop(_STACK, None)
+    if stack is not None:
+        stack.close()
 
 
 def activate_team(membership: TenantMember) -> None:
-    """Make `membership`'s team the active one for this request and the session."""
-    session[ACTIVE_TENANT_KEY] = str(membership.tenant_id)
-    tenancy.update_context(tenant_id=membership.tenant_id)
-    g.membership = membership
+    """Make `membership`'s team the active one for the rest of this request and for the session."""
+    if session.get(ACTIVE_TENANT_KEY) != str(membership.tenant_id):
+        session[ACTIVE_TENANT_KEY] = str(membership.tenant_id)
+    g.actor = Actor(user=current_user._get_current_object(), membership=membership)
+    g.setdefault(_STACK, ExitStack()).enter_context(
+        tenancy.tenant_context(user_id=membership.user_id, tenant_id=membership.tenant_id)
+    )
+
+
+@contextmanager
+def acting_as(
+    user_id: uuid.UUID | None, *, tenant_id: uuid.UUID | None = None, invite_token_hash: str | None = None
+) -> Iterator[None]:
+    """Run a block of a view as `user_id` (in `tenant_id`), then go back to the request's context."""
+    with tenancy.tenant_context(user_id=user_id, tenant_id=tenant_id, invite_token_hash=invite_token_hash):
+        yield
+
+
+@contextmanager
+def acting_for_a_new_account() -> Iterator[tuple[uuid.UUID, uuid.UUID]]:
+    """A new user's id and their personal team's, with the context in which both may be written."""
+    user_id, tenant_id = uuid.uuid4(), uuid.uuid4()
+    with acting_as(user_id, tenant_id=tenant_id):
+        yield user_id, tenant_id
+
+
+@contextmanager
+def acting_for_a_new_team(user_id: uuid.UUID) -> Iterator[uuid.UUID]:
+    """A new team's id, with the context in which its first rows may be written (RLS WITH CHECK)."""
+    tenant_id = uuid.uuid4()
+    with acting_as(user_id, tenant_id=tenant_id):
+        yield tenant_id
 
 
 def _session_tenant_id() -> uuid.UUID | None:
@@ -95,8 +139,8 @@ def _session_tenant_id() -> uuid.UUID | None:
         return None
 
 
-def role_required(minimum: TenantRole) -> Callable[[Callable[P, R]], Callable[P, R | Response]]:
-    """Guard a view: anonymous users log in first, users without a team create one, lower roles get 403."""
+def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R | Response]]:
+    """Guard a view by an operation: anonymous users log in, users without a team make one, lower roles get 403."""
 
     def decorator(view: Callable[P, R]) -> Callable[P, R | Response]:
         @wraps(view)
@@ -104,14 +148,15 @@ def role_required(minimum: TenantRole) -> Callable[[Callable[P, R]], Callable[P,
             if not current_user.is_authenticated:
                 response: Response = login_manager.unauthorized()
                 return response
-            if current_membership() is None:
+            actor = current_actor()
+            if actor is None:
                 flash("You are not in a team yet. Create one to continue.", "info")  # nothing to commit
                 return redirect(url_for("teams.new"))
-            if not has_min_role(current_role(), minimum):
-                raise PermissionDenied(f"This needs the {minimum.label} role or higher in this team.")
+            needed.check(actor)
             return view(*args, **kwargs)
 
-        guarded.required_role = minimum  # type: ignore[attr-defined]
+        guarded.operation = needed  # type: ignore[attr-defined]
+        guarded.required_role = needed.minimum  # type: ignore[attr-defined]
         return guarded
 
     return decorator
@@ -127,9 +172,8 @@ def load_user(user_id: str) -> User | None:
         return None
     if not isinstance(token, str):
         return None
-    tenancy.update_context(user_id=uid)  # row-level security shows a user their own sessions
-    user = sessions.load(uid, token, idle=current_app.config["SESSION_IDLE_TIMEOUT"])
+    with tenancy.tenant_context(user_id=uid):  # row-level security shows a user their own sessions
+        user = sessions.load(uid, token, idle=current_app.config["SESSION_IDLE_TIMEOUT"])
     if user is None:
-        tenancy.update_context(user_id=None)
         session.clear()  # the session ended: drop what the cookie still carries
     return user

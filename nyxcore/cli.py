@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import wraps
+from typing import ParamSpec, TypeVar
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import create_engine, text
 
-from nyxcore import dbroles
+from nyxcore import dbroles, tenancy
 from nyxcore.crypto import DecryptionError, KeyRingError, generate_key_setting
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def cli_entry(command: Callable[P, R]) -> Callable[P, R]:
+    """The CLI's entry point into the app: an app context and a fresh, empty tenant context.
+
+    The third of the three entry points (with the request hook and the Celery task base): a
+    command starts with no team, and enters one (`tenancy.tenant_context`) for each step that acts
+    in a team. It commits explicitly, batch by batch.
+    """
+
+    @wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with tenancy.tenant_context():
+            return command(*args, **kwargs)
+
+    return with_appcontext(run)
 
 
 @click.group()
@@ -23,7 +45,7 @@ def nyxcore() -> None:
 @click.option(
     "--app-password", envvar="NYXCORE_APP_PASSWORD", default=None, help="Password for the app role."
 )
-@with_appcontext
+@cli_entry
 def db_roles(app_password: str | None) -> None:
     """Grant the app database role what the app needs (and create it, if the owner role may).
 
@@ -49,7 +71,7 @@ def db_roles(app_password: str | None) -> None:
 
 
 @nyxcore.command("check-db-role")
-@with_appcontext
+@cli_entry
 def check_db_role() -> None:
     """Fail if the app's own database role could bypass row-level security."""
     from nyxcore.extensions import db
@@ -96,7 +118,7 @@ def generate_key(key_id: str | None) -> None:
     type=click.IntRange(1, 10_000),
     help="Rows re-encrypted per transaction.",
 )
-@with_appcontext
+@cli_entry
 def rotate_keys(batch_size: int) -> None:
     """Re-encrypt every stored secret that is not under the primary (first) key.
 
@@ -123,7 +145,8 @@ def rotate_keys(batch_size: int) -> None:
                 batch = tenants[start : start + batch_size]
                 for tenant_id in batch:
                     try:
-                        github_done += key_rotation.reseal_github_token(ring, tenant_id)
+                        with tenancy.tenant_context(tenant_id=tenant_id):  # RLS: that team's row only
+                            github_done += key_rotation.reseal_github_token(ring, tenant_id)
                     except DecryptionError:
                         unreadable.append(f"GitHub token of team {tenant_id}")
                 db.session.commit()
@@ -133,7 +156,8 @@ def rotate_keys(batch_size: int) -> None:
             while ids := key_rotation.stale_outbox_ids(ring, after=after, limit=batch_size):
                 for outbox_id in ids:
                     try:
-                        outbox_done += key_rotation.reseal_outbox_email(ring, outbox_id)
+                        with tenancy.tenant_context(outbox_id=outbox_id):  # RLS: that message only
+                            outbox_done += key_rotation.reseal_outbox_email(ring, outbox_id)
                     except DecryptionError:
                         unreadable.append(f"outbox email {outbox_id}")
                 after = ids[-1]

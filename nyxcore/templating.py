@@ -1,4 +1,4 @@
-"""What every template may ask: the active membership, the user's teams, and `can(role)`."""
+"""What every template may ask: the active membership, the user's teams, `can("operation")`, the top bar."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from nyxcore import authz
-from nyxcore.roles import TenantRole
+from nyxcore import authz, navigation
 
 
 def format_time(value: datetime | None) -> str:
@@ -22,8 +21,7 @@ def init_app(app: Flask) -> None:
             "membership": authz.current_membership(),
             "can": authz.can,
             "my_teams": authz.my_teams,
-            "TenantRole": TenantRole,
-            "nav_endpoints": app.view_functions.keys,
+            "nav_entries": navigation.visible_entries,
         }
 
     app.jinja_env.filters["time"] = format_time

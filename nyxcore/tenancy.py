@@ -30,7 +30,8 @@ from sqlalchemy import event, false
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
-from nyxcore.models import Tenant, TenantScoped
+from nyxcore.models import Tenant, TenantMember, TenantScoped, User
+from nyxcore.roles import TenantRole
 
 ALL_TENANTS = "all_tenants"
 _APPLIED = "nyxcore_applied_context"
@@ -59,6 +60,38 @@ class TenantContext:
             raise ValueError("invite_token_hash must be a SHA-256 hex digest")
         if self.outbox_id is not None and not isinstance(self.outbox_id, uuid.UUID):
             raise TypeError("outbox_id must be a UUID")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts in which team: a user and their membership (with its team, and so their role).
+
+    Made at the three entry points only (the request hook, the Celery task base, the CLI decorator)
+    and handed to services, which read it and never change the tenant context themselves.
+    """
+
+    user: User
+    membership: TenantMember
+
+    @property
+    def user_id(self) -> uuid.UUID:
+        return self.user.id
+
+    @property
+    def tenant_id(self) -> uuid.UUID:
+        return self.membership.tenant_id
+
+    @property
+    def tenant(self) -> Tenant:
+        return self.membership.tenant
+
+    @property
+    def role(self) -> TenantRole:
+        return self.membership.role
+
+    @property
+    def member_id(self) -> uuid.UUID:
+        return self.membership.id
 
 
 EMPTY = TenantContext()

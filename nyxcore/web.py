@@ -22,7 +22,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.wrappers.response import Response
 
-from nyxcore import authz, tenancy
+from nyxcore import authz
 from nyxcore.errors import DomainError
 from nyxcore.extensions import db
 from nyxcore.services import mail
@@ -108,9 +108,8 @@ def register_request_hooks(app: Flask) -> None:
     def bind_context() -> None:
         g.request_id = request.headers.get("X-Request-ID", "")[:64] or secrets.token_hex(8)
         g.started_at = time.perf_counter()
-        g.context_token = tenancy.set_context(tenancy.EMPTY)
         if request.endpoint not in _SKIP_CONTEXT_ENDPOINTS:
-            authz.load_active_membership()
+            authz.bind_request_actor()
 
     @app.after_request
     def finish_transaction(response: Response) -> Response:
@@ -147,9 +146,7 @@ def register_request_hooks(app: Flask) -> None:
 
     @app.teardown_request
     def unbind_context(exc: BaseException | None) -> None:
-        token = g.pop("context_token", None)
-        if token is not None:
-            tenancy.reset_context(token)
+        authz.unbind_request_actor()
 
 
 def render_error(status: int, message: str | None = None) -> tuple[Any, int]:
@@ -187,5 +184,5 @@ def register_error_handlers(app: Flask) -> None:
         if not db.session.is_active:
             # A failed flush already rolled back and expired it all: any lazy load would raise again.
             db.session.rollback()
-            g.membership, g.my_teams = None, []
+            g.actor, g.my_teams = None, []
         return render_error(500)

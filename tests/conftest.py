@@ -192,8 +192,11 @@ def make_user(app: Flask) -> Any:
         n = next(counter)
         name = name or f"User {n}"
         email = email or f"user{n}-{uuid.uuid4().hex[:6]}@example.com"
-        with app.app_context(), tenancy.tenant_context():
-            user, membership = accounts.register_user(name=name, email=email, password=password)
+        user_id, team_id = uuid.uuid4(), uuid.uuid4()
+        with app.app_context(), tenancy.tenant_context(user_id=user_id, tenant_id=team_id):
+            user, membership = accounts.register_user(
+                user_id=user_id, team_id=team_id, name=name, email=email, password=password
+            )
             _db.session.commit()
             return Account(user.id, user.email, user.name, membership.tenant_id)
 

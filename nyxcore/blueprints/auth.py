@@ -70,13 +70,18 @@ def signup() -> Response | tuple[str, int]:
         form.email.data = fixed_email
     if form.validate_on_submit():
         try:
-            user, membership = accounts.register_user(
-                name=form.name.data, email=form.email.data, password=form.password.data
-            )
+            with authz.acting_for_a_new_account() as (user_id, team_id):
+                user, membership = accounts.register_user(
+                    user_id=user_id,
+                    team_id=team_id,
+                    name=form.name.data,
+                    email=form.email.data,
+                    password=form.password.data,
+                )
+                _start_session(user)
         except DomainError as exc:
             add_domain_error(form, exc, "email")
         else:
-            _start_session(user)
             authz.activate_team(membership)
             notify(f"Welcome, {user.name}. This is your team; invite people to it from here.", "success")
             return redirect(_next_url() or url_for("team.overview"))
@@ -92,11 +97,12 @@ def login() -> Response | tuple[str, int]:
     if request.method == "GET" and request.args.get("email"):
         form.email.data = request.args["email"]
     if form.validate_on_submit():
-        user = accounts.authenticate(email=form.email.data, password=form.password.data)
-        if user is None:
+        user_id = accounts.check_password(email=form.email.data, password=form.password.data)
+        if user_id is None:
             form.password.errors = ["Invalid email or password."]
         else:
-            _start_session(user)
+            with authz.acting_as(user_id):
+                _start_session(accounts.signed_in_user(user_id, form.password.data))
             return redirect(_next_url() or url_for("team.overview"))
     return form_page("auth/login.html", form, next=_next_url())
 

@@ -8,14 +8,15 @@ from werkzeug.wrappers.response import Response
 from wtforms import PasswordField
 from wtforms.validators import DataRequired, Length
 
-from nyxcore.authz import acting_member, role_required
+from nyxcore.authz import acting, role_required
 from nyxcore.errors import DomainError
 from nyxcore.forms import ConfirmForm, add_domain_error
-from nyxcore.roles import TenantRole
+from nyxcore.navigation import NavEntry
 from nyxcore.services import github_tokens
 from nyxcore.web import abandon_changes, form_page, notify
 
 bp = Blueprint("github", __name__, url_prefix="/github")
+NAV = (NavEntry("GitHub", "github.status", 40),)
 
 
 class ConnectForm(FlaskForm):  # type: ignore[misc]
@@ -28,27 +29,24 @@ class ConnectForm(FlaskForm):  # type: ignore[misc]
 
 
 def _status_page(form: ConnectForm) -> tuple[str, int]:
-    connection = github_tokens.status(acting_member().tenant_id)
+    connection = github_tokens.status(acting())
     return form_page("github/status.html", form, connection=connection)
 
 
 @bp.get("/")
-@role_required(TenantRole.MEMBER)
+@role_required(github_tokens.VIEW)
 def status() -> tuple[str, int]:
     return _status_page(ConnectForm())
 
 
 @bp.post("/connect")
-@role_required(TenantRole.OWNER)
+@role_required(github_tokens.MANAGE)
 def connect() -> Response | tuple[str, int]:
-    membership = acting_member()
     form = ConnectForm()
     if not form.validate_on_submit():
         return _status_page(form)
     try:
-        login = github_tokens.connect(
-            form.token.data, tenant_id=membership.tenant_id, actor_id=membership.user_id
-        )
+        login = github_tokens.connect(acting(), form.token.data)
     except DomainError as exc:
         add_domain_error(form, exc, "token")  # its status: 400 rejected, 502 GitHub unavailable
         return _status_page(form)
@@ -57,11 +55,11 @@ def connect() -> Response | tuple[str, int]:
 
 
 @bp.get("/repos")
-@role_required(TenantRole.MEMBER)
+@role_required(github_tokens.VIEW)
 def repos() -> tuple[str, int]:
     page = request.args.get("page", default=1, type=int)
     try:
-        listing = github_tokens.repositories(acting_member().tenant_id, page=page)
+        listing = github_tokens.repositories(acting(), page=page)
     except DomainError as exc:
         abandon_changes()
         return render_template("github/repos.html", listing=None, error=exc.message), exc.status_code
@@ -69,12 +67,11 @@ def repos() -> tuple[str, int]:
 
 
 @bp.post("/disconnect")
-@role_required(TenantRole.OWNER)
+@role_required(github_tokens.MANAGE)
 def disconnect() -> Response:
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    membership = acting_member()
-    if github_tokens.disconnect(tenant_id=membership.tenant_id, actor_id=membership.user_id):
+    if github_tokens.disconnect(acting()):
         notify("GitHub is disconnected and the stored token deleted.", "success")
     else:
         notify("GitHub was not connected.", "info")

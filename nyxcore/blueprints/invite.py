@@ -20,18 +20,20 @@ from wtforms import SelectChoice, SelectField, TextAreaField
 from wtforms.validators import AnyOf, DataRequired, Length
 
 from nyxcore import authz
-from nyxcore.authz import acting_member, role_required
+from nyxcore.authz import acting, role_required
 from nyxcore.errors import DomainError
 from nyxcore.extensions import limiter, login_manager
 from nyxcore.forms import ConfirmForm, add_domain_error
-from nyxcore.models import TenantMember
+from nyxcore.navigation import NavEntry
 from nyxcore.pagination import page_number
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import invitations, mail
 from nyxcore.services.invitations import InviteOutcome, Standing
+from nyxcore.tenancy import Actor
 from nyxcore.web import form_status, notify
 
 bp = Blueprint("invite", __name__)
+NAV = (NavEntry("Invitations", "invite.invitations", 30),)
 
 
 class InviteForm(FlaskForm):  # type: ignore[misc]
@@ -56,7 +58,7 @@ def _magic_link_limit() -> str:
 
 
 def pending_invitations(
-    actor: TenantMember, *, page: int, per_page: int = invitations.PER_PAGE
+    actor: Actor, *, page: int, per_page: int = invitations.PER_PAGE
 ) -> dict[str, Any]:
     """What templates/invite/_pending.html needs: a page of open invitations and how to show them."""
     return {
@@ -71,10 +73,10 @@ def pending_invitations(
 
 # The team page links here by this endpoint name.
 @bp.route("/team/invitations", methods=["GET", "POST"], endpoint="invitations")
-@role_required(TenantRole.ADMIN)
+@role_required(invitations.MANAGE)
 def manage_invitations() -> tuple[str, int]:
     """Invite people (one address or many) and list the open invitations with their delivery state."""
-    actor = acting_member()
+    actor = acting()
     form = InviteForm()
     form.role.choices = [SelectChoice(role.value, role.label) for role in grantable_roles(actor.role)]
     results: list[invitations.InviteResult] | None = None
@@ -97,11 +99,11 @@ def manage_invitations() -> tuple[str, int]:
 
 
 @bp.post("/team/invitations/<uuid:invitation_id>/resend")
-@role_required(TenantRole.ADMIN)
+@role_required(invitations.MANAGE)
 def resend(invitation_id: uuid.UUID) -> Response:
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    invitation = invitations.resend(acting_member(), invitation_id)
+    invitation = invitations.resend(acting(), invitation_id)
     notify(
         f"A new invitation is on its way to {invitation.email}; the previous link no longer works.", "success"
     )
@@ -109,11 +111,11 @@ def resend(invitation_id: uuid.UUID) -> Response:
 
 
 @bp.post("/team/invitations/<uuid:invitation_id>/revoke")
-@role_required(TenantRole.ADMIN)
+@role_required(invitations.MANAGE)
 def revoke(invitation_id: uuid.UUID) -> Response:
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    invitation = invitations.revoke(acting_member(), invitation_id)
+    invitation = invitations.revoke(acting(), invitation_id)
     notify(f"The invitation for {invitation.email} was revoked; its link no longer works.", "success")
     return redirect(url_for("invite.invitations"))
 
@@ -168,7 +170,7 @@ def dev_outbox() -> str:
     if config["NYXCORE_ENV"] == "production" or not config["SHOW_DEV_OUTBOX"]:
         abort(404)
     membership = authz.current_membership()
-    managed_team = membership.tenant_id if membership is not None and authz.can(TenantRole.ADMIN) else None
+    managed_team = membership.tenant_id if membership is not None and authz.can(invitations.MANAGE.name) else None
     return render_template(
         "invite/dev_outbox.html",
         messages=mail.console_mail_for(current_user.email, managed_team),

@@ -14,15 +14,16 @@ from werkzeug.wrappers.response import Response
 from wtforms import StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
-from nyxcore.authz import acting_member, role_required
+from nyxcore.authz import acting, role_required
 from nyxcore.errors import DomainError
 from nyxcore.forms import ConfirmForm, add_domain_error
+from nyxcore.navigation import NavEntry
 from nyxcore.pagination import page_number
-from nyxcore.roles import TenantRole
 from nyxcore.services import notes
 from nyxcore.web import form_page, notify
 
 bp = Blueprint("notes", __name__, url_prefix="/notes")
+NAV = (NavEntry("NyxBook", "notes.index", 20),)
 
 
 class NoteForm(FlaskForm):  # type: ignore[misc]
@@ -31,19 +32,19 @@ class NoteForm(FlaskForm):  # type: ignore[misc]
 
 
 @bp.get("/")
-@role_required(TenantRole.VIEWER)
+@role_required(notes.READ)
 def index() -> str:
     page = notes.list_notes(page=page_number(request.args.get("page")))
     return render_template("notes/index.html", page=page)
 
 
 @bp.route("/new", methods=["GET", "POST"])
-@role_required(TenantRole.MEMBER)
+@role_required(notes.WRITE)
 def new() -> Response | tuple[str, int]:
     form = NoteForm()
     if form.validate_on_submit():
         try:
-            note = notes.create_note(acting_member(), title=form.title.data, body=form.body.data or "")
+            note = notes.create_note(acting(), title=form.title.data, body=form.body.data or "")
         except DomainError as exc:
             add_domain_error(form, exc, "title")
         else:
@@ -53,19 +54,19 @@ def new() -> Response | tuple[str, int]:
 
 
 @bp.get("/<uuid:note_id>")
-@role_required(TenantRole.VIEWER)
+@role_required(notes.READ)
 def show(note_id: uuid.UUID) -> str:
     return render_template("notes/show.html", note=notes.get_note(note_id), confirm_form=ConfirmForm())
 
 
 @bp.route("/<uuid:note_id>/edit", methods=["GET", "POST"])
-@role_required(TenantRole.MEMBER)
+@role_required(notes.WRITE)
 def edit(note_id: uuid.UUID) -> Response | tuple[str, int]:
     note = notes.get_note(note_id)
     form = NoteForm(obj=note)
     if form.validate_on_submit():
         try:
-            notes.update_note(acting_member(), note_id, title=form.title.data, body=form.body.data or "")
+            notes.update_note(acting(), note_id, title=form.title.data, body=form.body.data or "")
         except DomainError as exc:
             add_domain_error(form, exc, "title")
         else:
@@ -75,10 +76,10 @@ def edit(note_id: uuid.UUID) -> Response | tuple[str, int]:
 
 
 @bp.post("/<uuid:note_id>/delete")
-@role_required(TenantRole.MEMBER)
+@role_required(notes.WRITE)
 def delete(note_id: uuid.UUID) -> Response:
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    title = notes.delete_note(acting_member(), note_id)
+    title = notes.delete_note(acting(), note_id)
     notify(f"Deleted the note “{title}”.", "info")
     return redirect(url_for("notes.index"))

@@ -12,18 +12,20 @@ from werkzeug.wrappers.response import Response
 from wtforms import SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, Length
 
-from nyxcore.authz import acting_member, role_required
+from nyxcore.authz import acting, role_required
 from nyxcore.blueprints.invite import pending_invitations
 from nyxcore.errors import DomainError
 from nyxcore.forms import ConfirmForm, add_domain_error
-from nyxcore.models import TenantMember
+from nyxcore.navigation import NavEntry
 from nyxcore.pagination import page_number
-from nyxcore.roles import TenantRole, can_manage_role, grantable_roles, has_min_role
+from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import audit as audit_events
-from nyxcore.services import members
+from nyxcore.services import invitations, members
+from nyxcore.tenancy import Actor
 from nyxcore.web import form_status, notify
 
 bp = Blueprint("team", __name__, url_prefix="/team")
+NAV = (NavEntry("Team", "team.overview", 10), NavEntry("Audit log", "team.audit", 90))
 log = logging.getLogger("nyxcore.team")
 ROLE_CHOICES = [SelectChoice(role.value, role.label) for role in TenantRole]
 
@@ -56,14 +58,14 @@ def _validated(form: FlaskForm) -> None:
 
 
 @bp.get("/")
-@role_required(TenantRole.VIEWER)
+@role_required(members.VIEW)
 def overview() -> str:
-    actor = acting_member()
+    actor = acting()
     search = request.args.get("q", "")[:100]
     page = members.list_members(page=_page_arg(), search=search)
     # Admins see the first few pending invitations here; the invitations page has them all.
     pending: dict[str, Any] = {}
-    if has_min_role(actor.role, TenantRole.ADMIN):
+    if invitations.MANAGE.allows(actor.role):
         pending = pending_invitations(actor, page=1, per_page=10)
         del pending["confirm_form"]  # the page has its own bare CSRF form
     return render_template(
@@ -73,36 +75,36 @@ def overview() -> str:
         search=search,
         role_form=RoleForm(),
         grantable=grantable_roles(actor.role),
-        can_manage_member=lambda m: m.id != actor.id and can_manage_role(actor.role, m.role, m.role),
+        can_manage_member=lambda m: m.id != actor.member_id and can_manage_role(actor.role, m.role, m.role),
         confirm_form=ConfirmForm(),
         **pending,
     )
 
 
 @bp.post("/members/<uuid:member_id>/role")
-@role_required(TenantRole.ADMIN)
+@role_required(members.MANAGE)
 def change_role(member_id: uuid.UUID) -> Response:
     form = RoleForm()
     _validated(form)
-    member = members.change_role(acting_member(), member_id, TenantRole(form.role.data))
+    member = members.change_role(acting(), member_id, TenantRole(form.role.data))
     notify(f"{member.user.name} is now {member.role.label.lower()}.", "success")
     return redirect(url_for("team.overview"))
 
 
 @bp.post("/members/<uuid:member_id>/remove")
-@role_required(TenantRole.ADMIN)
+@role_required(members.MANAGE)
 def remove_member(member_id: uuid.UUID) -> Response:
     _validated(ConfirmForm())
-    user = members.remove_member(acting_member(), member_id)
+    user = members.remove_member(acting(), member_id)
     notify(f"{user.name} was removed from the team.", "success")
     return redirect(url_for("team.overview"))
 
 
 @bp.post("/leave")
-@role_required(TenantRole.VIEWER)
+@role_required(members.LEAVE)
 def leave() -> Response:
     _validated(ConfirmForm())
-    actor = acting_member()
+    actor = acting()
     name = actor.tenant.name
     members.leave_team(actor)
     notify(f"You left {name}.", "info")
@@ -110,13 +112,13 @@ def leave() -> Response:
 
 
 def _render_settings(
-    actor: TenantMember, *, form: SettingsForm | None = None, delete_form: DeleteForm | None = None
+    actor: Actor, *, form: SettingsForm | None = None, delete_form: DeleteForm | None = None
 ) -> tuple[str, int]:
     transfer = TransferForm(prefix="transfer")
     transfer.member_id.choices = [
         SelectChoice(str(m.id), f"{m.user.name} ({m.role.label})")
         for m in members.list_members(page=1, per_page=500).items
-        if m.id != actor.id
+        if m.id != actor.member_id
     ]
     form = form or SettingsForm(obj=actor.tenant)
     delete_form = delete_form or DeleteForm(prefix="delete")
@@ -126,9 +128,9 @@ def _render_settings(
 
 
 @bp.route("/settings", methods=["GET", "POST"])
-@role_required(TenantRole.OWNER)
+@role_required(members.SETTINGS)
 def settings() -> Response | tuple[str, int]:
-    actor = acting_member()
+    actor = acting()
     # On POST the form holds only what was sent: a missing field is an error, not "unchanged".
     form = SettingsForm() if request.method == "POST" else SettingsForm(obj=actor.tenant)
     if form.validate_on_submit():
@@ -143,7 +145,7 @@ def settings() -> Response | tuple[str, int]:
 
 
 @bp.post("/transfer")
-@role_required(TenantRole.OWNER)
+@role_required(members.TRANSFER)
 def transfer() -> Response:
     form = TransferForm(prefix="transfer")
     _validated(form)
@@ -151,15 +153,15 @@ def transfer() -> Response:
         member_id = uuid.UUID(form.member_id.data)
     except ValueError:
         abort(404)
-    member = members.transfer_ownership(acting_member(), member_id)
+    member = members.transfer_ownership(acting(), member_id)
     notify(f"{member.user.name} is now an owner; you are an admin.", "success")
     return redirect(url_for("team.overview"))
 
 
 @bp.post("/delete")
-@role_required(TenantRole.OWNER)
+@role_required(members.DELETE)
 def delete() -> Response | tuple[str, int]:
-    actor = acting_member()
+    actor = acting()
     form = DeleteForm(prefix="delete")
     if not form.validate_on_submit():
         return _render_settings(actor, delete_form=form)
@@ -174,7 +176,7 @@ def delete() -> Response | tuple[str, int]:
 
 
 @bp.get("/audit")
-@role_required(TenantRole.ADMIN)
+@role_required(audit_events.VIEW)
 def audit() -> str:
     page = audit_events.list_events(page=_page_arg())
     return render_template("team/audit.html", page=page)

@@ -35,9 +35,10 @@ def new() -> Response | tuple[str, int]:
     form = NewTeamForm()
     if form.validate_on_submit():
         try:
-            tenant, membership = teams.create_additional_team(
-                creator=current_user, name=form.name.data, slug=form.slug.data or None
-            )
+            with authz.acting_for_a_new_team(current_user.id) as tenant_id:
+                tenant, membership = teams.create_additional_team(
+                    creator=current_user, tenant_id=tenant_id, name=form.name.data, slug=form.slug.data or None
+                )
         except DomainError as exc:
             add_domain_error(form, exc, "name")
         else:

@@ -14,8 +14,8 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from nyxcore import passwords, tenancy
-from nyxcore.errors import Conflict, InvalidInput
+from nyxcore import passwords
+from nyxcore.errors import Conflict, InvalidInput, NotFound
 from nyxcore.extensions import db
 from nyxcore.models import TenantMember, User
 from nyxcore.services import teams
@@ -37,21 +37,23 @@ def validated_email(address: str) -> str:
     return normalise_email(result.normalized)
 
 
-def register_user(*, name: str, email: str, password: str) -> tuple[User, TenantMember]:
-    """Create a user and their personal team (they are its owner). Raises Conflict on a taken email.
+def register_user(
+    *, user_id: uuid.UUID, team_id: uuid.UUID, name: str, email: str, password: str
+) -> tuple[User, TenantMember]:
+    """Create user `user_id` and their personal team `team_id` (they own it). Raises Conflict on a taken email.
 
-    Other accounts are invisible to the app role, so a taken address is found by the unique index.
-    The new user becomes the acting user: row-level security lets one create only one's own row.
+    Run it as the new user in the new team (authz.acting_for_a_new_account): row-level security
+    lets one create only one's own row, and a team's rows only in its context. Other accounts are
+    invisible to the app role, so a taken address is found by the unique index.
     """
     email = validated_email(email)
-    user = User(id=uuid.uuid4(), name=name.strip(), email=email, password_hash=passwords.hash_password(password))
-    tenancy.update_context(user_id=user.id)
+    user = User(id=user_id, name=name.strip(), email=email, password_hash=passwords.hash_password(password))
     try:
         with db.session.begin_nested():
             db.session.add(user)
     except IntegrityError as exc:  # uq_users_email, also when a concurrent sign-up won the race
         raise Conflict("An account with this email already exists. Log in instead.", field="email") from exc
-    _, membership = teams.create_team(creator=user, name=personal_team_name(user.name))
+    _, membership = teams.create_team(creator=user, tenant_id=team_id, name=personal_team_name(user.name))
     return user, membership
 
 
@@ -60,21 +62,29 @@ def personal_team_name(name: str) -> str:
     return f"{first}'s team"[:80]
 
 
-def authenticate(*, email: str, password: str) -> User | None:
-    """The user with these credentials, made the acting user; None otherwise.
+def check_password(*, email: str, password: str) -> uuid.UUID | None:
+    """The id of the account with these credentials, or None.
 
     The same answer and the same work (one Argon2id computation) for an unknown email and a wrong
-    password. Upgrades the stored hash when the hashing parameters have changed since it was made.
+    password. Needs no tenant context: it asks the database's two log-in functions.
     """
     email = normalise_email(email)
     setting = _password_setting(email)
     candidate = passwords.candidate_hash(setting or passwords.unknown_setting(), password)
-    user_id = _login(email, candidate) if setting is not None and candidate is not None else None
-    if user_id is None:
-        return None
-    tenancy.update_context(user_id=user_id)
+    return _login(email, candidate) if setting is not None and candidate is not None else None
+
+
+def signed_in_user(user_id: uuid.UUID, password: str) -> User:
+    """The user who just proved `password`, with their stored hash upgraded if its parameters are old.
+
+    Run it as that user (row-level security shows a user their own row). Raises NotFound if the
+    account vanished in between.
+    """
     user = db.session.get(User, user_id)
-    if user is not None and setting is not None and passwords.setting_needs_rehash(setting):
+    if user is None:
+        raise NotFound("This account no longer exists.")
+    setting = _password_setting(user.email)
+    if setting is not None and passwords.setting_needs_rehash(setting):
         db.session.execute(
             update(User).where(User.id == user_id).values(password_hash=passwords.hash_password(password))
         )

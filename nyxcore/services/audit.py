@@ -11,6 +11,10 @@ from sqlalchemy.orm import joinedload
 from nyxcore.extensions import db
 from nyxcore.models import AuditEvent
 from nyxcore.pagination import Page
+from nyxcore.permissions import Operation
+from nyxcore.roles import TenantRole
+
+VIEW = Operation("audit.view", TenantRole.ADMIN)
 
 
 def record(

@@ -30,10 +30,15 @@ from nyxcore.crypto import DecryptionError, Sealed
 from nyxcore.errors import Conflict, ExternalServiceError, InvalidInput, NotFound
 from nyxcore.extensions import db, keyring
 from nyxcore.models import GitHubToken
+from nyxcore.permissions import Operation
+from nyxcore.roles import TenantRole
 from nyxcore.services import audit
+from nyxcore.tenancy import Actor
 
 log = logging.getLogger("nyxcore.github")
 
+VIEW = Operation("github.view", TenantRole.MEMBER)
+MANAGE = Operation("github.manage", TenantRole.OWNER)  # connect and disconnect
 PER_PAGE = 30
 MAX_PAGE = 1000
 MAX_RESPONSE_BYTES = 5 * 1024 * 1024
@@ -246,12 +251,14 @@ def _checked_token(token: str) -> str:
     return token
 
 
-def connect(token: str, *, tenant_id: uuid.UUID, actor_id: uuid.UUID) -> str:
-    """Check `token` with GitHub, then store it sealed for the team, replacing any earlier one.
+def connect(actor: Actor, token: str) -> str:
+    """Check `token` with GitHub, then store it sealed for the actor's team, replacing any earlier one.
 
-    Returns the GitHub login. Raises InvalidInput for a malformed or rejected token and
-    ExternalServiceError when GitHub cannot be asked; in both cases nothing is stored.
+    Returns the GitHub login. Raises PermissionDenied (not an owner), InvalidInput for a malformed
+    or rejected token and ExternalServiceError when GitHub cannot be asked; then nothing is stored.
     """
+    MANAGE.check(actor)
+    tenant_id, actor_id = actor.tenant_id, actor.user_id
     token = _checked_token(token)
     try:
         login = github_client().user_login(token)
@@ -288,8 +295,10 @@ def connect(token: str, *, tenant_id: uuid.UUID, actor_id: uuid.UUID) -> str:
     return login
 
 
-def status(tenant_id: uuid.UUID) -> GitHubConnection | None:
+def status(actor: Actor) -> GitHubConnection | None:
     """The team's connection (None when not connected), with `problem` set if the token cannot be read."""
+    VIEW.check(actor)
+    tenant_id = actor.tenant_id
     row = db.session.scalar(
         select(GitHubToken).options(joinedload(GitHubToken.setter)).where(GitHubToken.tenant_id == tenant_id)
     )
@@ -309,12 +318,14 @@ def status(tenant_id: uuid.UUID) -> GitHubConnection | None:
     )
 
 
-def repositories(tenant_id: uuid.UUID, *, page: int = 1) -> RepositoryPage:
+def repositories(actor: Actor, *, page: int = 1) -> RepositoryPage:
     """A page of the repositories the team's token can see.
 
     Raises NotFound when GitHub is not connected, Conflict when the stored token cannot be read,
     and ExternalServiceError when GitHub refuses or cannot be reached.
     """
+    VIEW.check(actor)
+    tenant_id = actor.tenant_id
     page = max(1, min(page, MAX_PAGE))
     row = _stored(tenant_id)
     if row is None:
@@ -328,8 +339,10 @@ def repositories(tenant_id: uuid.UUID, *, page: int = 1) -> RepositoryPage:
     return RepositoryPage(items=items, page=page, has_next=has_next and page < MAX_PAGE)
 
 
-def disconnect(*, tenant_id: uuid.UUID, actor_id: uuid.UUID) -> bool:
+def disconnect(actor: Actor) -> bool:
     """Delete the team's stored token. Returns False when there was none (nothing to record)."""
+    MANAGE.check(actor)
+    tenant_id, actor_id = actor.tenant_id, actor.user_id
     row = _stored(tenant_id, for_update=True)
     if row is None:
         return False

@@ -30,8 +30,12 @@ from nyxcore.errors import Conflict, Gone, InvalidInput, NotFound, PermissionDen
 from nyxcore.extensions import db, keyring
 from nyxcore.models import Invitation, OutboxEmail, Tenant, TenantMember, User
 from nyxcore.pagination import Page
+from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import accounts, audit, mail, mail_names, quotas
+from nyxcore.tenancy import Actor
+
+MANAGE = Operation("invitations.manage", TenantRole.ADMIN)  # invite, resend, revoke, list
 
 TOKEN_BYTES = 32
 # secrets.token_urlsafe(32): 43 characters of the URL-safe base64 alphabet, no padding.
@@ -137,7 +141,7 @@ def _utc(moment: datetime) -> str:
     return _aware(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _check_role(actor: TenantMember, role: TenantRole) -> None:
+def _check_role(actor: Actor, role: TenantRole) -> None:
     if role not in grantable_roles(actor.role):
         raise PermissionDenied(f"Your role cannot invite someone as {role.label.lower()}.", field="role")
 
@@ -171,7 +175,7 @@ def _check_rate(tenant_id: uuid.UUID, wanted: int) -> None:
         )
 
 
-def _spend_daily_allowances(actor: TenantMember, wanted: int) -> None:
+def _spend_daily_allowances(actor: Actor, wanted: int) -> None:
     """Count `wanted` invitations against the inviter's and the instance's daily allowances (quotas.py).
 
     Called after the team's hourly check, so a refusal there spends nothing. Raises RateLimited.
@@ -232,14 +236,14 @@ def _issue(inviter: User, tenant: Tenant, email: str, role: TenantRole) -> Invit
     return invitation
 
 
-def _actor_user(actor: TenantMember) -> User:
+def _actor_user(actor: Actor) -> User:
     user = db.session.get(User, actor.user_id)
     if user is None:
         raise NotFound("Your account no longer exists.")
     return user
 
 
-def _actor_tenant(actor: TenantMember) -> Tenant:
+def _actor_tenant(actor: Actor) -> Tenant:
     tenant = db.session.get(Tenant, actor.tenant_id)
     if tenant is None:
         raise NotFound("This team no longer exists.")
@@ -268,7 +272,7 @@ def _member_emails(tenant_id: uuid.UUID, emails: list[str]) -> set[str]:
     )
 
 
-def invite_many(actor: TenantMember, raw_addresses: str, role: TenantRole) -> list[InviteResult]:
+def invite_many(actor: Actor, raw_addresses: str, role: TenantRole) -> list[InviteResult]:
     """Invite every address of a comma or newline separated list (at most 50) to the actor's team.
 
     Returns one result per distinct address (compared case-insensitively), in the order given.
@@ -372,7 +376,7 @@ def is_expired(invitation: Invitation) -> bool:
     return _aware(invitation.expires_at) <= _now()
 
 
-def _managed_open_invitation(actor: TenantMember, invitation_id: uuid.UUID) -> Invitation:
+def _managed_open_invitation(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
     """An open invitation of the actor's team whose role the actor may manage, locked for the change."""
     invitation = db.session.scalar(
         select(Invitation)
@@ -398,7 +402,7 @@ def _void(invitation: Invitation, reason: str, why: str) -> None:
     db.session.flush()  # frees uq_invitations_open_email for a new invitation to the same address
 
 
-def resend(actor: TenantMember, invitation_id: uuid.UUID) -> Invitation:
+def resend(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
     """Void an open invitation (its link answers 410 "replaced") and send a fresh one to the same address.
 
     Raises NotFound (not in this team), Conflict (already used or revoked), PermissionDenied, RateLimited.
@@ -412,7 +416,7 @@ def resend(actor: TenantMember, invitation_id: uuid.UUID) -> Invitation:
     return new
 
 
-def revoke(actor: TenantMember, invitation_id: uuid.UUID) -> Invitation:
+def revoke(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
     """Revoke an open invitation; its unsent email is cancelled. Raises NotFound, Conflict, PermissionDenied."""
     invitation = _managed_open_invitation(actor, invitation_id)
     _void(invitation, REVOKED, "the invitation was revoked")
@@ -520,7 +524,7 @@ def _inviter_may_grant(invitation: Invitation, *, lock: bool) -> bool:
 
 
 def revoke_ungrantable(
-    actor: TenantMember, inviter_id: uuid.UUID, inviter_role: TenantRole | None
+    actor: Actor, inviter_id: uuid.UUID, inviter_role: TenantRole | None
 ) -> list[Invitation]:
     """Revoke the open invitations `inviter_id` sent in the actor's team that `inviter_role` cannot grant.
 

@@ -69,19 +69,15 @@ def github_tokens_under_primary(ring: KeyRing) -> int:
 def reseal_github_token(ring: KeyRing, tenant_id: uuid.UUID) -> bool:
     """Re-seal the team's token under the primary key; False if it is gone or was current already.
 
-    Sets the team's context itself, so RLS lets it see and change that one row. Raises
+    Run it in the team's context (the CLI sets it), under which RLS shows that one row. Raises
     DecryptionError, changing nothing, when the token cannot be decrypted with the ring.
     """
-    with tenancy.tenant_context(tenant_id=tenant_id):
-        row = db.session.scalar(
-            select(GitHubToken).where(GitHubToken.tenant_id == tenant_id).with_for_update()
-        )
-        if row is None or not ring.needs_rotation(Sealed(row.key_id, row.nonce, row.ciphertext)):
-            return False
-        sealed = ring.rotate(Sealed(row.key_id, row.nonce, row.ciphertext), github_seal_context(tenant_id))
-        row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
-        # Flush inside the context: the UPDATE must carry this team's id for RLS to allow it.
-        db.session.flush()
+    row = db.session.scalar(select(GitHubToken).where(GitHubToken.tenant_id == tenant_id).with_for_update())
+    if row is None or not ring.needs_rotation(Sealed(row.key_id, row.nonce, row.ciphertext)):
+        return False
+    sealed = ring.rotate(Sealed(row.key_id, row.nonce, row.ciphertext), github_seal_context(tenant_id))
+    row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
+    db.session.flush()  # while the caller's context holds: the UPDATE must carry this team's id
     return True
 
 
@@ -123,22 +119,19 @@ def stale_outbox_ids(ring: KeyRing, *, after: uuid.UUID | None, limit: int) -> l
 def reseal_outbox_email(ring: KeyRing, outbox_id: uuid.UUID) -> bool:
     """Re-seal one unsent outbox body under the primary key; False if sent, wiped or current already.
 
-    Sets the message's own context (`outbox_id`), under which RLS shows that row alone. A worker
-    sending it holds its lock; we wait, and it no longer needs re-sealing once sent. Raises
-    DecryptionError, changing nothing, when the body cannot be decrypted with the ring.
+    Run it in the message's own context (`outbox_id`; the CLI sets it), under which RLS shows that
+    row alone. A worker sending it holds its lock; we wait, and it no longer needs re-sealing once
+    sent. Raises DecryptionError, changing nothing, when the body cannot be decrypted with the ring.
     """
-    with tenancy.tenant_context(outbox_id=outbox_id):
-        outbox = db.session.scalar(
-            select(OutboxEmail)
-            .where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None))
-            .with_for_update()
-        )
-        if outbox is None or outbox.key_id is None or outbox.nonce is None or outbox.body_ciphertext is None:
-            return False
-        current = Sealed(outbox.key_id, outbox.nonce, outbox.body_ciphertext)
-        if not ring.needs_rotation(current):
-            return False
-        sealed = ring.rotate(current, outbox_seal_context(outbox.id))
-        outbox.key_id, outbox.nonce, outbox.body_ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
-        db.session.flush()  # inside the context: the UPDATE must carry the outbox id for RLS
+    outbox = db.session.scalar(
+        select(OutboxEmail).where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None)).with_for_update()
+    )
+    if outbox is None or outbox.key_id is None or outbox.nonce is None or outbox.body_ciphertext is None:
+        return False
+    current = Sealed(outbox.key_id, outbox.nonce, outbox.body_ciphertext)
+    if not ring.needs_rotation(current):
+        return False
+    sealed = ring.rotate(current, outbox_seal_context(outbox.id))
+    outbox.key_id, outbox.nonce, outbox.body_ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
+    db.session.flush()  # while the caller's context holds: the UPDATE must carry the outbox id
     return True

@@ -21,11 +21,19 @@ from nyxcore.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from nyxcore.extensions import db
 from nyxcore.models import Tenant, TenantMember, User
 from nyxcore.pagination import Page
-from nyxcore.roles import TenantRole, can_manage_role, has_min_role
+from nyxcore.permissions import Operation
+from nyxcore.roles import TenantRole, can_manage_role
 from nyxcore.services import audit, invitations
 from nyxcore.services.teams import validate_slug
+from nyxcore.tenancy import Actor
 
 PER_PAGE = 50
+VIEW = Operation("team.view", TenantRole.VIEWER)
+MANAGE = Operation("members.manage", TenantRole.ADMIN)
+LEAVE = Operation("team.leave", TenantRole.VIEWER)
+SETTINGS = Operation("team.settings", TenantRole.OWNER)
+TRANSFER = Operation("team.transfer", TenantRole.OWNER)
+DELETE = Operation("team.delete", TenantRole.OWNER)
 LAST_OWNER = "A team needs at least one owner. Make someone else an owner first."
 
 
@@ -89,11 +97,12 @@ def _ensure_other_owner_remains(tenant_id: uuid.UUID, member: TenantMember) -> N
         raise Conflict(LAST_OWNER)
 
 
-def change_role(actor: TenantMember, member_id: uuid.UUID, new_role: TenantRole) -> TenantMember:
+def change_role(actor: Actor, member_id: uuid.UUID, new_role: TenantRole) -> TenantMember:
     """Give a member another role, within what the actor may manage. Raises PermissionDenied, Conflict.
 
     A lower role revokes the member's open invitations for roles it cannot grant.
     """
+    MANAGE.check(actor)
     member = get_member(member_id)
     if not can_manage_role(actor.role, member.role, new_role):
         raise PermissionDenied(
@@ -118,13 +127,14 @@ def change_role(actor: TenantMember, member_id: uuid.UUID, new_role: TenantRole)
     return member
 
 
-def remove_member(actor: TenantMember, member_id: uuid.UUID) -> User:
+def remove_member(actor: Actor, member_id: uuid.UUID) -> User:
     """Remove someone (not yourself: use leave_team) from the team, revoking their open invitations.
 
     Raises PermissionDenied, Conflict.
     """
+    MANAGE.check(actor)
     member = get_member(member_id)
-    if member.id == actor.id:
+    if member.id == actor.member_id:
         raise InvalidInput("To remove yourself, leave the team.")
     if not can_manage_role(actor.role, member.role, member.role):
         raise PermissionDenied(f"Your role cannot remove a {member.role.label.lower()}.")
@@ -138,36 +148,36 @@ def remove_member(actor: TenantMember, member_id: uuid.UUID) -> User:
     return user
 
 
-def leave_team(actor: TenantMember) -> None:
+def leave_team(actor: Actor) -> None:
     """The actor leaves the active team, revoking their open invitations; the last owner may not."""
-    if actor.role is TenantRole.OWNER:
-        _ensure_other_owner_remains(actor.tenant_id, actor)
-    db.session.delete(actor)
+    LEAVE.check(actor)
+    role = actor.role
+    if role is TenantRole.OWNER:
+        _ensure_other_owner_remains(actor.tenant_id, actor.membership)
+    db.session.delete(actor.membership)
     db.session.flush()
-    audit.record(actor.tenant_id, actor.user_id, "member.left", target=None, role=actor.role.value)
+    audit.record(actor.tenant_id, actor.user_id, "member.left", target=None, role=role.value)
     invitations.revoke_ungrantable(actor, actor.user_id, None)
 
 
-def transfer_ownership(actor: TenantMember, member_id: uuid.UUID) -> TenantMember:
+def transfer_ownership(actor: Actor, member_id: uuid.UUID) -> TenantMember:
     """Make another member the owner; the actor (an owner) becomes an admin and loses open invitations as admin or owner."""
-    if actor.role is not TenantRole.OWNER:
-        raise PermissionDenied("Only an owner can transfer ownership.")
+    TRANSFER.check(actor)
     member = get_member(member_id)
-    if member.id == actor.id:
+    if member.id == actor.member_id:
         raise InvalidInput("Choose another member to transfer ownership to.", field="member_id")
     _lock_team(actor.tenant_id)
     member.role = TenantRole.OWNER
-    actor.role = TenantRole.ADMIN
+    actor.membership.role = TenantRole.ADMIN
     db.session.flush()
     audit.record(actor.tenant_id, actor.user_id, "team.ownership_transferred", target=member.user.email)
     invitations.revoke_ungrantable(actor, actor.user_id, actor.role)
     return member
 
 
-def update_settings(actor: TenantMember, *, name: str, slug: str) -> Tenant:
+def update_settings(actor: Actor, *, name: str, slug: str) -> Tenant:
     """Rename the team or change its slug (owners). A taken slug raises Conflict on the slug field."""
-    if not has_min_role(actor.role, TenantRole.OWNER):
-        raise PermissionDenied("Only an owner can change team settings.")
+    SETTINGS.check(actor)
     name = name.strip()
     if not name:
         raise InvalidInput("Give the team a name.", field="name")
@@ -190,10 +200,9 @@ def update_settings(actor: TenantMember, *, name: str, slug: str) -> Tenant:
     return tenant
 
 
-def delete_team(actor: TenantMember, *, confirm_name: str) -> str:
+def delete_team(actor: Actor, *, confirm_name: str) -> str:
     """Delete the team and everything in it (owners), confirmed by typing its exact name."""
-    if actor.role is not TenantRole.OWNER:
-        raise PermissionDenied("Only an owner can delete the team.")
+    DELETE.check(actor)
     tenant = _lock_team(actor.tenant_id)
     if confirm_name.strip() != tenant.name:
         raise InvalidInput("Type the team's name exactly to confirm.", field="confirm_name")

@@ -9,10 +9,15 @@ from sqlalchemy.orm import joinedload
 
 from nyxcore.errors import InvalidInput, NotFound
 from nyxcore.extensions import db
-from nyxcore.models import Note, TenantMember
+from nyxcore.models import Note
 from nyxcore.pagination import Page
+from nyxcore.permissions import Operation
+from nyxcore.roles import TenantRole
+from nyxcore.tenancy import Actor
 
 PER_PAGE = 50
+READ = Operation("notes.read", TenantRole.VIEWER)
+WRITE = Operation("notes.write", TenantRole.MEMBER)
 
 
 def list_notes(*, page: int, per_page: int = PER_PAGE) -> Page[Note]:
@@ -43,14 +48,18 @@ def _clean(title: str) -> str:
     return title
 
 
-def create_note(actor: TenantMember, *, title: str, body: str) -> Note:
+def create_note(actor: Actor, *, title: str, body: str) -> Note:
+    """Add a note by the actor. Raises PermissionDenied (viewers), InvalidInput (no title)."""
+    WRITE.check(actor)
     note = Note(tenant_id=actor.tenant_id, author_id=actor.user_id, title=_clean(title), body=body)
     db.session.add(note)
     db.session.flush()
     return note
 
 
-def update_note(actor: TenantMember, note_id: uuid.UUID, *, title: str, body: str) -> Note:
+def update_note(actor: Actor, note_id: uuid.UUID, *, title: str, body: str) -> Note:
+    """Change a note's title and text. Raises PermissionDenied, NotFound, InvalidInput."""
+    WRITE.check(actor)
     note = get_note(note_id)
     note.title, note.body = _clean(title), body
     note.updated_at = func.now()
@@ -58,7 +67,9 @@ def update_note(actor: TenantMember, note_id: uuid.UUID, *, title: str, body: st
     return note
 
 
-def delete_note(actor: TenantMember, note_id: uuid.UUID) -> str:
+def delete_note(actor: Actor, note_id: uuid.UUID) -> str:
+    """Delete a note; returns its title. Raises PermissionDenied, NotFound."""
+    WRITE.check(actor)
     note = get_note(note_id)
     db.session.delete(note)
     db.session.flush()

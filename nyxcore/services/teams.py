@@ -39,7 +39,7 @@ def validate_slug(slug: str) -> str:
 
 
 def create_additional_team(
-    *, creator: User, name: str, slug: str | None = None
+    *, creator: User, tenant_id: uuid.UUID, name: str, slug: str | None = None
 ) -> tuple[Tenant, TenantMember]:
     """A team a signed-in user creates (/teams/new): create_team within TEAMS_PER_USER_PER_DAY.
 
@@ -52,21 +52,21 @@ def create_additional_team(
     if slug:
         validate_slug(slug)  # a malformed slug is the user's mistake: it costs nothing
     quotas.spend([(quotas.TEAMS_PER_USER, str(creator.id))], 1, field_name="name")
-    return create_team(creator=creator, name=name, slug=slug)
+    return create_team(creator=creator, tenant_id=tenant_id, name=name, slug=slug)
 
 
-def create_team(*, creator: User, name: str, slug: str | None = None) -> tuple[Tenant, TenantMember]:
-    """Create a team owned by `creator` and make it the active tenant context.
+def create_team(
+    *, creator: User, tenant_id: uuid.UUID, name: str, slug: str | None = None
+) -> tuple[Tenant, TenantMember]:
+    """Create team `tenant_id` owned by `creator`.
 
-    With no `slug`, one is derived from the name and made unique. An explicit slug that is taken
-    raises Conflict.
+    Run it in the new team's context (authz.acting_for_a_new_team): row-level security accepts
+    the new team's rows only then. With no `slug`, one is derived from the name and made unique.
+    An explicit slug that is taken raises Conflict.
     """
     name = name.strip()
     if not name:
         raise InvalidInput("Give the team a name.", field="name")
-    tenant_id = uuid.uuid4()
-    # Rows of the new team can only be written with the new team as the context (RLS WITH CHECK).
-    tenancy.update_context(user_id=creator.id, tenant_id=tenant_id)
     candidates = [validate_slug(slug)] if slug else _slug_candidates(slugify(name))
     tenant = None
     for candidate in candidates:

@@ -6,19 +6,20 @@ from typing import Any
 
 from flask import Flask
 
-from nyxcore.authz import acting_member, role_required
+from nyxcore.authz import acting, role_required
 from nyxcore.extensions import db
 from nyxcore.models import Note
 from nyxcore.roles import TenantRole
+from nyxcore.services import notes
 
 
 def test_a_failed_flush_still_gets_the_error_page(app: Flask, team: Any, login_as: Any) -> None:
     app.config["PROPAGATE_EXCEPTIONS"] = False
 
     @app.get("/failing-flush")
-    @role_required(TenantRole.VIEWER)
+    @role_required(notes.READ)
     def failing_flush() -> str:
-        member = acting_member()
+        member = acting()
         # psycopg2 refuses NUL in text: the flush fails and SQLAlchemy rolls the session back.
         db.session.add(Note(tenant_id=member.tenant_id, author_id=member.user_id, title="a\x00b", body=""))
         db.session.flush()
