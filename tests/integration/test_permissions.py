@@ -1,75 +1,59 @@
-"""The permission matrix: every team-facing route against every kind of visitor.
+"""Who may use what, discovered from the app: every route against every kind of visitor.
 
-Adding a route to the team, notes, github or invite blueprints without an entry here fails
-`test_every_route_is_in_the_matrix`.
+Each team route's view carries the Operation it is guarded by (`role_required(op)`), declared once
+in its service; the matrix reads it from there. A route without one must be listed in
+NOT_TEAM_ROUTES with the reason, so a new team route cannot go unguarded unnoticed. The crawl then
+checks what people see: every link and form a role is shown works for that role (never a 403).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
+from html.parser import HTMLParser
+from typing import Any
 
 import pytest
 
+from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole
 
-O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
-GUARDED_BLUEPRINTS = ("team", "notes", "github", "invite")
-
-# endpoint -> the lowest role that may use it. PUBLIC routes are reachable without a team.
-PUBLIC = None
-MATRIX: dict[str, TenantRole | None] = {
-    "team.overview": V,
-    "team.change_role": A,
-    "team.remove_member": A,
-    "team.leave": V,
-    "team.settings": O,
-    "team.transfer": O,
-    "team.delete": O,
-    "team.audit": A,
-    "notes.index": V,
-    "notes.new": M,
-    "notes.show": V,
-    "notes.edit": M,
-    "notes.delete": M,
-    "github.status": M,
-    "github.repos": M,
-    "github.connect": O,
-    "github.disconnect": O,
-    "invite.invitations": A,
-    "invite.resend": A,
-    "invite.revoke": A,
-    # The magic link works for anyone holding it (signed out included); /dev/outbox is development-only.
-    "invite.show": PUBLIC,
-    "invite.accept": PUBLIC,
-    "invite.dev_outbox": PUBLIC,
+# Routes that need no role in a team, and why.
+NOT_TEAM_ROUTES = {
+    "static": "files",
+    "api.health": "the health check",
+    "main.index": "the front door redirects",
+    "auth.signup": "before any team",
+    "auth.login": "before any team",
+    "auth.logout": "any signed-in user",
+    "teams.new": "any signed-in user (also one in no team)",
+    "teams.switch": "any signed-in user; the service checks the membership",
+    "invite.show": "the magic link works for whoever holds it",
+    "invite.accept": "the magic link works for whoever holds it",
+    "invite.dev_outbox": "development only, any signed-in user's own mail",
 }
-
 VISITORS = ("anonymous", "no team", "viewer", "member", "admin", "owner")
-VISITOR_ROLE = {"viewer": V, "member": M, "admin": A, "owner": O}
+VISITOR_ROLE = {"viewer": TenantRole.VIEWER, "member": TenantRole.MEMBER, "admin": TenantRole.ADMIN, "owner": TenantRole.OWNER}
+# Routes that end the visitor's membership run last.
+LAST = ("team.leave", "team.delete")
 
 
-# Routes whose empty form is valid and that end the visitor's membership run last.
-LAST = ("team.leave",)
+def _operation(app: Any, endpoint: str) -> Operation | None:
+    found: Operation | None = getattr(app.view_functions[endpoint], "operation", None)
+    return found
 
 
-def _routes(app):
-    rules = [rule for rule in app.url_map.iter_rules() if rule.endpoint.split(".")[0] in GUARDED_BLUEPRINTS]
+def _team_routes(app: Any) -> list[Any]:
+    rules = [rule for rule in app.url_map.iter_rules() if _operation(app, rule.endpoint) is not None]
     return sorted(rules, key=lambda rule: (rule.endpoint in LAST, rule.endpoint, rule.rule))
 
 
-def test_every_route_is_in_the_matrix(app):
-    endpoints = {rule.endpoint for rule in _routes(app)}
-    missing = sorted(endpoints - set(MATRIX))
-    assert missing == [], f"add these routes to the permission matrix: {missing}"
-    stale = sorted(set(MATRIX) - endpoints)
-    assert stale == [], f"these matrix entries name no route: {stale}"
-
-
-def test_guarded_views_declare_the_role_of_the_matrix(app):
-    for rule in _routes(app):
-        expected = MATRIX[rule.endpoint]
-        declared = getattr(app.view_functions[rule.endpoint], "required_role", PUBLIC)
-        assert declared == expected, rule.endpoint
+def test_every_route_is_guarded_by_an_operation_or_says_why_not(app):
+    unguarded = {
+        rule.endpoint for rule in app.url_map.iter_rules() if _operation(app, rule.endpoint) is None
+    }
+    assert sorted(unguarded - set(NOT_TEAM_ROUTES)) == [], "guard these with role_required(op)"
+    assert sorted(set(NOT_TEAM_ROUTES) - unguarded) == [], "these are guarded now: drop them here"
 
 
 def _url(rule) -> str:
@@ -95,16 +79,14 @@ def visitors(team, make_client, login_as, make_user, admin_engine):
 def test_matrix(app, visitors, visitor):
     client = visitors[visitor]
     failures = []
-    for rule in _routes(app):
-        minimum = MATRIX[rule.endpoint]
+    for rule in _team_routes(app):
+        minimum = _operation(app, rule.endpoint).minimum
         url = _url(rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             response = client.post_form(url) if method == "POST" else client.get(url)
             status = response.status_code
             location = response.headers.get("Location", "")
-            if minimum is PUBLIC:
-                ok = status < 500
-            elif visitor == "anonymous":
+            if visitor == "anonymous":
                 ok = status == 302 and location.startswith("/auth/login")
             elif visitor == "no team":
                 ok = status == 302 and location.startswith("/teams/new")
@@ -117,3 +99,84 @@ def test_matrix(app, visitors, visitor):
             if not ok:
                 failures.append(f"{method} {url} ({rule.endpoint}) as {visitor}: {status} {location}")
     assert failures == []
+
+
+def test_public_routes_answer_everyone_without_a_500(app, visitors):
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in ("static", "auth.logout") or _operation(app, rule.endpoint) is not None:
+            continue
+        for visitor in VISITORS:
+            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                client = visitors[visitor]
+                url = _url(rule)
+                response = client.post_form(url) if method == "POST" else client.get(url)
+                assert response.status_code < 500, f"{method} {url} as {visitor}"
+
+
+# --- what each role is shown works for that role ------------------------------------------------
+
+
+class _Page(HTMLParser):
+    """The same-site links and the forms (action, method) of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: set[str] = set()
+        self.forms: set[tuple[str, str]] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "a" and (found.get("href") or "").startswith("/"):
+            self.links.add(str(found["href"]).split("#")[0])
+        elif tag == "form":
+            self.forms.add((str(found.get("action") or ""), (found.get("method") or "get").lower()))
+
+
+def _crawl(client: Any, start: str, limit: int = 80) -> tuple[dict[str, int], set[tuple[str, str]]]:
+    """Visit every same-site link reachable from `start`; the status of each, and every form seen."""
+    seen: dict[str, int] = {}
+    forms: set[tuple[str, str]] = set()
+    queue = [start]
+    while queue and len(seen) < limit:
+        url = queue.pop(0)
+        if url in seen or url.startswith("/static/"):
+            continue
+        response = client.get(url)
+        seen[url] = response.status_code
+        if response.status_code == 200 and response.mimetype == "text/html":
+            page = _Page()
+            page.feed(response.get_data(as_text=True))
+            queue.extend(sorted(page.links - set(seen)))
+            forms |= page.forms
+    return seen, forms
+
+
+@pytest.fixture
+def furnished_team(team, login_as):
+    """The team with a note and an open invitation, so their pages and buttons exist."""
+    owner = login_as(team.accounts[TenantRole.OWNER], team.id)
+    assert owner.post_form("/notes/new", {"title": "Plans", "body": "text"}).status_code == 302
+    invited = owner.post_form("/team/invitations", {"emails": "guest@example.com", "role": "member"})
+    assert invited.status_code == 200
+    return team
+
+
+@pytest.mark.parametrize("role", list(VISITOR_ROLE.values()), ids=lambda role: role.value)
+def test_every_link_and_form_a_role_is_shown_works_for_it(furnished_team, login_as, role):
+    client = login_as(furnished_team.accounts[role], furnished_team.id)
+    statuses, forms = _crawl(client, "/team/")
+    assert len(statuses) >= 3, statuses
+    broken = {url: status for url, status in statuses.items() if status not in (200, 302)}
+    assert broken == {}, f"links shown to a {role.value} that do not work for them"
+    # Post every form the role was shown, empty but for the CSRF token; the ones that end the
+    # membership last. An empty form may be refused (400/404/409); a 403 means it was shown wrongly.
+    posts = sorted(
+        (action for action, method in forms if method == "post" and action.startswith("/")),
+        key=lambda action: (bool(re.search(r"/(leave|delete)$", action)) and action.startswith("/team/"), action),
+    )
+    refused = {}
+    for action in posts:
+        status = client.post_form(action).status_code
+        if status == 403 or status >= 500:
+            refused[action] = status
+    assert refused == {}, f"forms shown to a {role.value} that refuse them"
