@@ -18,6 +18,7 @@ from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import ColumnElement, DateTime, Row, Uuid, bindparam, select, text, update
 
 from nyxcore.crypto import DecryptionError, KeyRing, Sealed
@@ -34,6 +35,7 @@ from nyxcore.services.mail_transports import console_mail_for as console_mail_fo
 log = logging.getLogger("nyxcore.mail")
 _QUEUED = "nyxcore_queued_outbox_ids"
 MAX_ATTEMPTS = 12
+DELIVER_TASK = "nyxcore.tasks.deliver_outbox_email"  # defined in tasks.py, which imports this module
 
 
 def seal_context(outbox_id: uuid.UUID) -> str:
@@ -55,9 +57,12 @@ def queue_email(
 
 def dispatch_queued() -> None:
     """Enqueue delivery of the outbox rows this session committed. A broker outage only delays them."""
-    from nyxcore.tasks import deliver_outbox_email  # tasks import this module
-
-    for outbox_id in db.session.info.pop(_QUEUED, []):
+    queued = db.session.info.pop(_QUEUED, [])
+    if not queued:
+        return
+    # Looked up by name on this app's Celery (tasks.celery_init_app), so mail imports no tasks.
+    deliver_outbox_email = current_app.extensions["celery"].tasks[DELIVER_TASK]
+    for outbox_id in queued:
         try:
             deliver_outbox_email.delay(str(outbox_id))
         except Exception as exc:  # the sweep will pick the row up; the user's action still succeeded
