@@ -29,9 +29,10 @@ run: $(VENV)/.app-installed  ## Start the development server on http://127.0.0.1
 	NYXCORE_ENV=development $(FLASK) db upgrade
 	NYXCORE_ENV=development $(FLASK) run --host 127.0.0.1 --port 5000 --debug
 
-lint: $(VENV)/.test-installed  ## ruff, and mypy --strict on nyxcore/
+lint: $(VENV)/.test-installed  ## ruff, mypy --strict on nyxcore/, and the import-linter contracts (pyproject.toml)
 	$(BIN)/ruff check nyxcore tests bench migrations wsgi.py worker.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(VENV)/.test-installed  ## Lint, then the whole suite against PostgreSQL and Redis
 	$(BIN)/python tests/check_services.py
@@ -52,4 +53,4 @@ lock:  ## Re-resolve requirements/*.txt from pyproject.toml
 	rm -rf .lock-venv
 
 clean:  ## Remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -68,13 +68,15 @@ from _common import (
 )
 from aiosmtpd import __version__ as aiosmtpd_version
 from celery import __version__ as celery_version
+from celery import current_app as celery  # the app of the latest create_app (celery_init_app)
+from celery import shared_task
 from flask import Flask
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Engine
 
 from nyxcore import create_app, tenancy
 from nyxcore.config import load_config
-from nyxcore.extensions import celery, db, keyring
+from nyxcore.extensions import db, keyring
 from nyxcore.models import TenantMember
 from nyxcore.roles import TenantRole
 from nyxcore.services import accounts, invitations, mail
@@ -106,7 +108,7 @@ def _counter_client() -> redis.Redis:
     return client
 
 
-@celery.task(name=TRIVIAL_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+@shared_task(name=TRIVIAL_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
 def count_noop(counter_key: str) -> None:
     """The trivial task: nothing but counting itself, so that the bench knows when all have run."""
     _counter_client().incr(counter_key)
@@ -248,10 +250,11 @@ def running_worker(
 
 
 def forget_broker_connections() -> None:
-    """Drop the Celery app's cached broker connections (built from whatever config was first in force)."""
+    """Drop the Celery app's cached broker connections, so none outlives the bench's Redis keys."""
     kombu.pools.reset()  # type: ignore[no-untyped-call]
-    celery._pool = None
-    celery.__dict__.pop("amqp", None)
+    app = celery._get_current_object()
+    app._pool = None
+    app.__dict__.pop("amqp", None)
 
 
 # --- The app -------------------------------------------------------------------------------------
@@ -573,7 +576,6 @@ def timed_build_message(watch: Stopwatch) -> Iterator[None]:
 @contextmanager
 def in_process_app(environment: dict[str, str], database_url: str) -> Iterator[Flask]:
     app = create_app(load_config({**environment, "DATABASE_URL": database_url}))
-    forget_broker_connections()  # create_app re-pointed the shared Celery app at the bench's Redis
     try:
         yield app
     finally:

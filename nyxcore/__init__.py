@@ -93,7 +93,7 @@ def register_extensions(app: Flask) -> None:
     csrf.init_app(app)
     limiter.init_app(app)
     keyring.init_app(app)
-    tasks.init_app(app)
+    tasks.celery_init_app(app)
     with app.app_context():
         database.configure_engine(db.engine)
     tenancy.install_orm_scoping()

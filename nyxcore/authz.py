@@ -27,7 +27,7 @@ from nyxcore.extensions import login_manager
 from nyxcore.models import TenantMember, User
 from nyxcore.permissions import Operation, operation
 from nyxcore.roles import TenantRole
-from nyxcore.services import sessions, teams
+from nyxcore.services import invitations, sessions, teams
 from nyxcore.tenancy import Actor
 
 P = ParamSpec("P")
@@ -130,6 +130,22 @@ def acting_for_a_new_team(user_id: uuid.UUID) -> Iterator[uuid.UUID]:
     tenant_id = uuid.uuid4()
     with acting_as(user_id, tenant_id=tenant_id):
         yield tenant_id
+
+
+@contextmanager
+def presenting_invitation(token: str) -> Iterator[None]:
+    """Act as the holder of a magic link: with the token's hash, in the invitation's team.
+
+    The hash alone lets row-level security show the invitation (and name its team); the team's
+    context then lets acceptance read the inviter's membership and write the new member's row.
+    An unknown or malformed token raises NotFound.
+    """
+    user_id = current_user.id if current_user.is_authenticated else None
+    token_hash = invitations.hash_token(token)
+    with acting_as(user_id, invite_token_hash=token_hash):
+        tenant_id = invitations.find_by_token(token).tenant_id
+    with acting_as(user_id, tenant_id=tenant_id, invite_token_hash=token_hash):
+        yield
 
 
 def _session_tenant_id() -> uuid.UUID | None:

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import click
 from flask import current_app
@@ -14,7 +14,7 @@ from flask.cli import with_appcontext
 from sqlalchemy import create_engine, text
 
 from nyxcore import dbroles, tenancy
-from nyxcore.crypto import DecryptionError, KeyRingError, generate_key_setting
+from nyxcore.crypto import DecryptionError, KeyRing, KeyRingError, generate_key_setting
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -138,32 +138,10 @@ def rotate_keys(batch_size: int) -> None:
             f"Primary key {ring.primary_id}: {len(tenants)} GitHub token(s) and "
             f"{stale_outbox} outbox email(s) to re-encrypt."
         )
-        github_done = outbox_done = 0
         unreadable: list[str] = []
         with click.progressbar(length=len(tenants) + stale_outbox, label="Re-encrypting") as bar:
-            for start in range(0, len(tenants), batch_size):
-                batch = tenants[start : start + batch_size]
-                for tenant_id in batch:
-                    try:
-                        with tenancy.tenant_context(tenant_id=tenant_id):  # RLS: that team's row only
-                            github_done += key_rotation.reseal_github_token(ring, tenant_id)
-                    except DecryptionError:
-                        unreadable.append(f"GitHub token of team {tenant_id}")
-                db.session.commit()
-                db.session.expunge_all()
-                bar.update(len(batch))
-            after: uuid.UUID | None = None
-            while ids := key_rotation.stale_outbox_ids(ring, after=after, limit=batch_size):
-                for outbox_id in ids:
-                    try:
-                        with tenancy.tenant_context(outbox_id=outbox_id):  # RLS: that message only
-                            outbox_done += key_rotation.reseal_outbox_email(ring, outbox_id)
-                    except DecryptionError:
-                        unreadable.append(f"outbox email {outbox_id}")
-                after = ids[-1]
-                db.session.commit()
-                db.session.expunge_all()
-                bar.update(len(ids))
+            github_done = _reseal_github_tokens(ring, tenants, batch_size, bar, unreadable)
+            outbox_done = _reseal_outbox_emails(ring, batch_size, bar, unreadable)
     except BaseException:
         db.session.rollback()  # the batches committed so far stay done; a re-run continues from there
         raise
@@ -178,3 +156,52 @@ def rotate_keys(batch_size: int) -> None:
             f"{len(unreadable)} stored secret(s) could not be decrypted: their key is missing from "
             "NYXCORE_ENCRYPTION_KEYS, or the data was altered. Affected teams must reconnect GitHub."
         )
+
+
+def _reseal_github_tokens(
+    ring: KeyRing, tenants: list[uuid.UUID], batch_size: int, bar: Any, unreadable: list[str]
+) -> int:
+    """Re-encrypt the teams' GitHub tokens in committed batches; returns how many were re-encrypted.
+
+    Each one that does not decrypt is named in `unreadable` and left as it is.
+    """
+    from nyxcore.extensions import db
+    from nyxcore.services import key_rotation
+
+    done = 0
+    for start in range(0, len(tenants), batch_size):
+        batch = tenants[start : start + batch_size]
+        for tenant_id in batch:
+            try:
+                with tenancy.tenant_context(tenant_id=tenant_id):  # RLS: that team's row only
+                    done += key_rotation.reseal_github_token(ring, tenant_id)
+            except DecryptionError:
+                unreadable.append(f"GitHub token of team {tenant_id}")
+        db.session.commit()
+        db.session.expunge_all()
+        bar.update(len(batch))
+    return done
+
+
+def _reseal_outbox_emails(ring: KeyRing, batch_size: int, bar: Any, unreadable: list[str]) -> int:
+    """Re-encrypt the stale outbox emails in committed batches; returns how many were re-encrypted.
+
+    Each one that does not decrypt is named in `unreadable` and left as it is.
+    """
+    from nyxcore.extensions import db
+    from nyxcore.services import key_rotation
+
+    done = 0
+    after: uuid.UUID | None = None
+    while ids := key_rotation.stale_outbox_ids(ring, after=after, limit=batch_size):
+        for outbox_id in ids:
+            try:
+                with tenancy.tenant_context(outbox_id=outbox_id):  # RLS: that message only
+                    done += key_rotation.reseal_outbox_email(ring, outbox_id)
+            except DecryptionError:
+                unreadable.append(f"outbox email {outbox_id}")
+        after = ids[-1]
+        db.session.commit()
+        db.session.expunge_all()
+        bar.update(len(ids))
+    return done

@@ -76,6 +76,25 @@ def load_config(
         "PUBLIC_URL": env.get("PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/"),
         "NYXCORE_ENCRYPTION_KEYS": env.get("NYXCORE_ENCRYPTION_KEYS")
         or ("" if production else DEV_ENCRYPTION_KEYS),
+        **_mail_settings(env),
+        "GITHUB_API_URL": env.get("GITHUB_API_URL", "https://api.github.com").rstrip("/"),
+        "GITHUB_TIMEOUT": _int(env, "GITHUB_TIMEOUT", 10),
+        "INVITATION_TTL": timedelta(days=_int(env, "INVITATION_TTL_DAYS", 7)),
+        "INVITATIONS_PER_TEAM_PER_HOUR": _int(env, "INVITATIONS_PER_TEAM_PER_HOUR", 200),
+        "PASSWORD_MIN_LENGTH": _int(env, "PASSWORD_MIN_LENGTH", 12),
+        **_proxy_settings(env, production),
+        **_rate_limit_settings(env, mode, redis_url),
+        **_session_settings(env, production),
+        # /dev/outbox: only ever in development (never in production, whatever this says).
+        "SHOW_DEV_OUTBOX": mode == "development",
+        "CELERY": _celery_settings(env, redis_url, eager),
+        **_quota_settings(env),
+    }
+
+
+def _mail_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """Mail: the console in development, SMTP when SMTP_HOST is set."""
+    return {
         "MAIL_BACKEND": env.get("MAIL_BACKEND", "smtp" if env.get("SMTP_HOST") else "console"),
         "SMTP_HOST": env.get("SMTP_HOST", "localhost"),
         "SMTP_PORT": _int(env, "SMTP_PORT", 25),
@@ -84,11 +103,12 @@ def load_config(
         "SMTP_STARTTLS": _bool(env.get("SMTP_STARTTLS"), default=False),
         "SMTP_TIMEOUT": _int(env, "SMTP_TIMEOUT", 10),
         "MAIL_FROM": env.get("MAIL_FROM", "NyxCore <no-reply@localhost>"),
-        "GITHUB_API_URL": env.get("GITHUB_API_URL", "https://api.github.com").rstrip("/"),
-        "GITHUB_TIMEOUT": _int(env, "GITHUB_TIMEOUT", 10),
-        "INVITATION_TTL": timedelta(days=_int(env, "INVITATION_TTL_DAYS", 7)),
-        "INVITATIONS_PER_TEAM_PER_HOUR": _int(env, "INVITATIONS_PER_TEAM_PER_HOUR", 200),
-        "PASSWORD_MIN_LENGTH": _int(env, "PASSWORD_MIN_LENGTH", 12),
+    }
+
+
+def _proxy_settings(env: Mapping[str, str], production: bool) -> dict[str, Any]:
+    """Which forwarded headers to believe, and from whom; the request size cap."""
+    return {
         # Only these peers (nginx) may set X-Forwarded-*; anyone else is taken at their socket address.
         "TRUSTED_PROXIES": env.get("TRUSTED_PROXIES", "127.0.0.1"),
         # Bodies over this answer 413 before they are read (nginx has the same cap).
@@ -97,6 +117,12 @@ def load_config(
         "PROXY_FIX_X_PROTO": _int(env, "PROXY_FIX_X_PROTO", 1 if production else 0),
         "PROXY_FIX_X_HOST": _int(env, "PROXY_FIX_X_HOST", 0),
         "PROXY_FIX_X_PREFIX": _int(env, "PROXY_FIX_X_PREFIX", 0),
+    }
+
+
+def _rate_limit_settings(env: Mapping[str, str], mode: str, redis_url: str) -> dict[str, Any]:
+    """Flask-Limiter: shared through Redis, counting in memory while Redis is down."""
+    return {
         "RATELIMIT_ENABLED": _bool(env.get("RATELIMIT_ENABLED"), default=mode != "testing"),
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or redis_url or "memory://",
         # Lets two deployments (or a test run) share one Redis without sharing rate-limit counters.
@@ -108,6 +134,12 @@ def load_config(
         # A Redis outage must not turn log in or a magic link into a 500: count in memory meanwhile.
         "RATELIMIT_SWALLOW_ERRORS": True,
         "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+    }
+
+
+def _session_settings(env: Mapping[str, str], production: bool) -> dict[str, Any]:
+    """Session and remember-me cookies, and how long a server-side session lives."""
+    return {
         "SESSION_COOKIE_SECURE": _bool(env.get("SESSION_COOKIE_SECURE"), default=production),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
@@ -121,28 +153,36 @@ def load_config(
         "SESSION_IDLE_TIMEOUT": timedelta(minutes=_int(env, "SESSION_IDLE_MINUTES", 12 * 60)),
         "SESSION_REFRESH_EACH_REQUEST": False,
         "WTF_CSRF_TIME_LIMIT": None,
-        # /dev/outbox: only ever in development (never in production, whatever this says).
-        "SHOW_DEV_OUTBOX": mode == "development",
-        "CELERY": {
-            "broker_url": redis_url or "memory://",
-            "result_backend": None,
-            "task_ignore_result": True,
-            "task_always_eager": eager,
-            # Web and worker must agree on it; lets two deployments (or test runs) share one Redis.
-            "task_default_queue": env.get("CELERY_TASK_DEFAULT_QUEUE") or "celery",
-            "task_eager_propagates": False,
-            "task_acks_late": True,
-            "task_reject_on_worker_lost": True,
-            "worker_prefetch_multiplier": _int(env, "CELERY_PREFETCH_MULTIPLIER", 4),
-            "broker_connection_retry_on_startup": True,
-            "broker_transport_options": {"socket_connect_timeout": 2, "socket_timeout": 5},
-            "beat_schedule": {
-                "sweep-outbox": {
-                    "task": "nyxcore.tasks.sweep_outbox",
-                    "schedule": float(_int(env, "OUTBOX_SWEEP_SECONDS", 60)),
-                },
+    }
+
+
+def _celery_settings(env: Mapping[str, str], redis_url: str, eager: bool) -> dict[str, Any]:
+    """The CELERY mapping that tasks.celery_init_app configures Celery from."""
+    return {
+        "broker_url": redis_url or "memory://",
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_always_eager": eager,
+        # Web and worker must agree on it; lets two deployments (or test runs) share one Redis.
+        "task_default_queue": env.get("CELERY_TASK_DEFAULT_QUEUE") or "celery",
+        "task_eager_propagates": False,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": _int(env, "CELERY_PREFETCH_MULTIPLIER", 4),
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"socket_connect_timeout": 2, "socket_timeout": 5},
+        "beat_schedule": {
+            "sweep-outbox": {
+                "task": "nyxcore.tasks.sweep_outbox",
+                "schedule": float(_int(env, "OUTBOX_SWEEP_SECONDS", 60)),
             },
         },
+    }
+
+
+def _quota_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The daily allowances of services/quotas.py."""
+    return {
         # Daily allowances shared by every web process (services/quotas.py), so that creating teams
         # cannot multiply the per-team invitation limit. Generous for real use (a busy admin
         # onboarding a department; a consultancy setting up a few client teams), small enough that

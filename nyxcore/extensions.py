@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from celery import Celery
 from flask import Flask, current_app
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -21,7 +20,6 @@ migrate = Migrate()
 login_manager = LoginManager()
 csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address)
-celery = Celery("nyxcore", set_as_current=True)
 
 
 class KeyRingHolder:

@@ -1,6 +1,9 @@
-"""Celery tasks: deliver one outbox email, and sweep the outbox for mail an outage left behind.
+"""Celery, set up as Flask's own Celery example does, and the tasks: deliver one outbox email, and
+sweep the outbox for mail an outage left behind.
 
-Tasks receive ids, never content: the raw invite token never rests in Redis.
+`celery_init_app` makes one Celery app per Flask app (`app.extensions["celery"]`); the tasks are
+`@shared_task`s, so each Celery app gets them with its own `FlaskTask` base. Tasks receive ids,
+never content: the raw invite token never rests in Redis.
 """
 
 from __future__ import annotations
@@ -10,32 +13,39 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task, shared_task
+from celery import current_app as current_celery_app
 from celery.signals import worker_process_shutdown, worker_shutdown
 from flask import Flask, current_app
 
 from nyxcore import tenancy
-from nyxcore.extensions import celery, db, keyring
+from nyxcore.extensions import db, keyring
 from nyxcore.services import mail
 
 
-class AppContextTask(Task):  # type: ignore[misc]
-    """A task that runs inside the Flask application context (and so has db.session)."""
+def celery_init_app(app: Flask) -> Celery:
+    """Create the Celery app for `app` from its CELERY config, as `app.extensions["celery"]`."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with self.app.flask_app.app_context():
-            try:
-                return self.run(*args, **kwargs)
-            finally:
-                db.session.remove()
+    class FlaskTask(Task):  # type: ignore[misc]
+        """A task that runs inside the Flask application context (and so has db.session)."""
 
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            # The task's own entry point to the tenant context: it starts empty, never inherited
+            # from the caller (an eager task runs inside a request), and is restored afterwards.
+            # This is where the task's Actor will be set.
+            with app.app_context(), tenancy.tenant_context():
+                try:
+                    return self.run(*args, **kwargs)
+                finally:
+                    db.session.remove()
 
-def init_app(app: Flask) -> None:
-    """Configure the shared Celery app from the Flask config and remember the Flask app."""
-    celery.conf.update(app.config["CELERY"])
-    celery.conf.task_publish_retry = False  # a broker outage must not stall a request; the sweep catches up
-    celery.flask_app = app
-    app.extensions["celery"] = celery
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(app.config["CELERY"])
+    celery_app.conf.task_publish_retry = False  # a broker outage must not stall a request; the sweep catches up
+    celery_app.set_default()
+    celery_app.flask_app = app  # for close_mail_connections, when the worker stops
+    app.extensions["celery"] = celery_app
+    return celery_app
 
 
 def transport() -> mail.Transport:
@@ -63,9 +73,8 @@ def mail_settings(config: Any) -> mail.MailSettings:
     )
 
 
-@celery.task(  # type: ignore[untyped-decorator]
-    base=AppContextTask,
-    name="nyxcore.tasks.deliver_outbox_email",
+@shared_task(  # type: ignore[untyped-decorator]
+    name=mail.DELIVER_TASK,  # "nyxcore.tasks.deliver_outbox_email"
     acks_late=True,
     autoretry_for=(smtplib.SMTPException, OSError),
     retry_backoff=2,
@@ -80,19 +89,21 @@ def deliver_outbox_email(outbox_id: str) -> bool:
         return mail.deliver(keyring.get(), transport(), current_app.config["MAIL_FROM"], message_id)
 
 
-@celery.task(base=AppContextTask, name="nyxcore.tasks.sweep_outbox")  # type: ignore[untyped-decorator]
+@shared_task(name="nyxcore.tasks.sweep_outbox")  # type: ignore[untyped-decorator]
 def sweep_outbox(older_than_seconds: float = 60.0) -> int:
     """Re-enqueue outbox rows left unsent (broker or SMTP outage); returns how many."""
     ids = mail.unsent_ids(older_than=timedelta(seconds=older_than_seconds))
     db.session.rollback()
+    # This Flask app's task: the shared task's proxy would pick the default Celery app.
+    deliver = current_app.extensions["celery"].tasks[mail.DELIVER_TASK]
     for outbox_id in ids:
-        deliver_outbox_email.delay(str(outbox_id))
+        deliver.delay(str(outbox_id))
     return len(ids)
 
 
 def close_mail_connections(**_: Any) -> None:
     """Say QUIT to the SMTP server on every pooled connection when a worker stops."""
-    app = getattr(celery, "flask_app", None)
+    app = getattr(current_celery_app, "flask_app", None)
     cached = app.extensions.get("nyxcore_mail_transport") if app is not None else None
     if isinstance(cached, mail.SMTPTransport):
         cached.close_all()

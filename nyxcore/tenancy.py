@@ -22,8 +22,8 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar, Token
-from dataclasses import dataclass, replace
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event, false
@@ -107,20 +107,6 @@ def current_tenant_id() -> uuid.UUID | None:
     return _current.get().tenant_id
 
 
-def set_context(context: TenantContext) -> Token[TenantContext]:
-    """Replace the context; the next statement in any transaction carries it."""
-    return _current.set(context)
-
-
-def update_context(**changes: Any) -> Token[TenantContext]:
-    """Change some fields of the context (for example `tenant_id=` when switching teams)."""
-    return _current.set(replace(_current.get(), **changes))
-
-
-def reset_context(token: Token[TenantContext]) -> None:
-    _current.reset(token)
-
-
 @contextmanager
 def tenant_context(
     *,
@@ -129,7 +115,12 @@ def tenant_context(
     invite_token_hash: str | None = None,
     outbox_id: uuid.UUID | None = None,
 ) -> Iterator[TenantContext]:
-    """Run a block (a Celery task, a CLI step) as `user_id` in `tenant_id`, then restore."""
+    """Run a block as `user_id` in `tenant_id` (with an invite token's hash, or an outbox message), then restore.
+
+    The one way to change the tenant context. Entered only at the entry points: the request hook
+    and the views' `authz.acting_as`, the Celery task base, and the CLI's `cli_entry`; services
+    never enter it (tests/unit/test_layering.py checks).
+    """
     context = TenantContext(
         user_id=user_id, tenant_id=tenant_id, invite_token_hash=invite_token_hash, outbox_id=outbox_id
     )

@@ -125,7 +125,8 @@ def revoke(invitation_id: uuid.UUID) -> Response:
 def show(token: str) -> tuple[str, int]:
     """The invitation: team, inviter and role, and what the visitor can do. Never consumes it."""
     user = current_user if current_user.is_authenticated else None
-    acceptance = invitations.acceptance(token, user)
+    with authz.presenting_invitation(token):
+        acceptance = invitations.acceptance(token, user)
     invitation = acceptance.invitation
     wrong = acceptance.standing is Standing.WRONG_ACCOUNT
     here = url_for("invite.show", token=token)
@@ -148,11 +149,12 @@ def accept(token: str) -> Response:
     """Accept the invitation as the signed-in user, then make its team the active one."""
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    if not current_user.is_authenticated:
-        invitations.acceptance(token, None)  # unknown or dead links answer 404/410 before any login
-        response: Response = login_manager.unauthorized()
-        return response
-    accepted = invitations.accept(token, current_user)
+    with authz.presenting_invitation(token):
+        if not current_user.is_authenticated:
+            invitations.acceptance(token, None)  # unknown or dead links answer 404/410 before any login
+            response: Response = login_manager.unauthorized()
+            return response
+        accepted = invitations.accept(token, current_user)
     authz.activate_team(accepted.membership)
     team = accepted.membership.tenant.name
     if accepted.joined:

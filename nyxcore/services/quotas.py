@@ -3,7 +3,7 @@
 Every mail NyxCore sends goes out from the operator's address, so the instance must not become a
 spam relay: a user may create TEAMS_PER_USER_PER_DAY teams, and send INVITATIONS_PER_USER_PER_DAY
 invitations across all their teams; the whole instance sends at most
-INVITATIONS_PER_INSTANCE_PER_DAY. (The per-team hourly limit in invitations.py stays as well.)
+INVITATIONS_PER_INSTANCE_PER_DAY. (The per-team hourly limit in invitations/limits.py stays as well.)
 
 The counters live in the rate-limit storage (RATELIMIT_STORAGE_URI: Redis in production, so every
 web process shares them), under RATELIMIT_KEY_PREFIX, counted with the `limits` library in fixed

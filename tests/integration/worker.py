@@ -1,7 +1,7 @@
 """A real Celery worker in the test process, on the test Redis, consuming a queue of its own.
 
-NyxCore's Celery app (`nyxcore.extensions.celery`) is a module-level object that every
-`create_app` reconfigures. So, for a test that wants real delivery:
+Each `create_app` makes its own Celery app (`app.extensions["celery"]`, see
+`nyxcore.tasks.celery_init_app`) from its CELERY settings. So, for a test that wants real delivery:
 
     app_config["CELERY"] = {**app_config["CELERY"], **celery_config()}   # before `app` is built
     ...
@@ -26,7 +26,6 @@ from celery import Celery, signals
 from celery.contrib.testing.worker import start_worker
 from flask import Flask
 
-from nyxcore.extensions import celery as nyxcore_celery
 from tests.conftest import REDIS_URL
 
 QUEUE = f"nyxcore-test-{uuid.uuid4().hex[:12]}"
@@ -43,11 +42,11 @@ def celery_config(broker_url: str = REDIS_URL) -> dict[str, Any]:
     }
 
 
-def forget_broker_connections(celery: Celery = nyxcore_celery) -> None:
+def forget_broker_connections(celery: Celery) -> None:
     """Drop Celery's cached broker connections, producers and queue declarations.
 
-    They are built once from the configuration in force at first use; after `create_app` has
-    pointed the shared Celery app at another broker (or queue), they must be rebuilt.
+    They are built once from the configuration in force at first use; after a test has pointed
+    the app's Celery at another broker (or queue), they must be rebuilt.
     """
     kombu.pools.reset()
     celery._pool = None

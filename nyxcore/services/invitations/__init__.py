@@ -1,0 +1,85 @@
+"""Invitations by magic link: invite, resend, revoke, look up by token, accept.
+
+One job per module; this package re-exports what blueprints, other services and tests use:
+
+- `tokens`: the raw token, its stored SHA-256, and finding an invitation by token;
+- `addresses`: the address list of a bulk invite and what became of each address;
+- `limits`: the team's hourly allowance and the daily ones;
+- `message`: the invitation email, sealed into the outbox;
+- `issuing`: invite, list, resend, revoke (the admin's side);
+- `states`: an invitation's state from its own columns;
+- `display`: what the pages say (delivery, why a link is gone, wrong account);
+- `accepting`: where a link's visitor stands, and the atomic accept.
+"""
+
+from nyxcore.services.invitations.accepting import (
+    Acceptance,
+    Accepted,
+    Standing,
+    WrongAccount,
+    accept,
+    acceptance,
+)
+from nyxcore.services.invitations.addresses import (
+    MAX_ADDRESSES,
+    InviteOutcome,
+    InviteResult,
+    parse_addresses,
+)
+from nyxcore.services.invitations.display import (
+    Delivery,
+    delivery,
+    gone_message,
+    wrong_account_message,
+)
+from nyxcore.services.invitations.issuing import (
+    MANAGE,
+    PER_PAGE,
+    invite_many,
+    list_pending,
+    resend,
+    revoke,
+    revoke_ungrantable,
+)
+from nyxcore.services.invitations.states import (
+    INVITER_LOST_ROLE,
+    RESENT,
+    REVOKED,
+    InvitationState,
+    is_expired,
+    state_of,
+)
+from nyxcore.services.invitations.tokens import TOKEN_BYTES, find_by_token, hash_token
+
+__all__ = [
+    "INVITER_LOST_ROLE",
+    "MANAGE",
+    "MAX_ADDRESSES",
+    "PER_PAGE",
+    "RESENT",
+    "REVOKED",
+    "TOKEN_BYTES",
+    "Acceptance",
+    "Accepted",
+    "Delivery",
+    "InvitationState",
+    "InviteOutcome",
+    "InviteResult",
+    "Standing",
+    "WrongAccount",
+    "accept",
+    "acceptance",
+    "delivery",
+    "find_by_token",
+    "gone_message",
+    "hash_token",
+    "invite_many",
+    "is_expired",
+    "list_pending",
+    "parse_addresses",
+    "resend",
+    "revoke",
+    "revoke_ungrantable",
+    "state_of",
+    "wrong_account_message",
+]

@@ -1,0 +1,272 @@
+"""The admin's side of invitations: invite a list of addresses, list, resend and revoke.
+
+The invitation and its email (sealed in the outbox) are written in one transaction, and Celery is
+handed only the outbox id after the commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import current_app
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
+
+from nyxcore.errors import Conflict, NotFound, PermissionDenied
+from nyxcore.extensions import db
+from nyxcore.models import Invitation, Tenant, TenantMember, User
+from nyxcore.pagination import Page
+from nyxcore.permissions import Operation
+from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
+from nyxcore.services import audit, mail
+from nyxcore.services.invitations import addresses, limits, tokens
+from nyxcore.services.invitations.addresses import InviteOutcome, InviteResult
+from nyxcore.services.invitations.display import utc
+from nyxcore.services.invitations.message import queue_invitation_email
+from nyxcore.services.invitations.states import INVITER_LOST_ROLE, RESENT, REVOKED, aware, now
+from nyxcore.tenancy import Actor
+
+PER_PAGE = 50
+MANAGE = Operation("invitations.manage", TenantRole.ADMIN)  # invite, resend, revoke, list
+
+
+def _check_role(actor: Actor, role: TenantRole) -> None:
+    if role not in grantable_roles(actor.role):
+        raise PermissionDenied(f"Your role cannot invite someone as {role.label.lower()}.", field="role")
+
+
+def _issue(inviter: User, tenant: Tenant, email: str, role: TenantRole) -> Invitation:
+    """Write an invitation and queue its email, in the current transaction. Raises Conflict if one is open."""
+    token = tokens.new_token()
+    expires_at = now() + current_app.config["INVITATION_TTL"]
+    invitation = Invitation(
+        tenant_id=tenant.id,
+        token_hash=tokens.hash_token(token),
+        email=email,
+        role=role,
+        invited_by=inviter.id,
+        expires_at=expires_at,
+    )
+    try:
+        with db.session.begin_nested():
+            db.session.add(invitation)
+    except IntegrityError as exc:  # uq_invitations_open_email: a concurrent request invited them first
+        raise Conflict(f"{email} already has an open invitation.", field="emails") from exc
+    outbox = queue_invitation_email(inviter, tenant, token, email, role, expires_at)
+    invitation.outbox_email_id = outbox.id
+    db.session.flush()
+    return invitation
+
+
+def _actor_user(actor: Actor) -> User:
+    user = db.session.get(User, actor.user_id)
+    if user is None:
+        raise NotFound("Your account no longer exists.")
+    return user
+
+
+def _actor_tenant(actor: Actor) -> Tenant:
+    tenant = db.session.get(Tenant, actor.tenant_id)
+    if tenant is None:
+        raise NotFound("This team no longer exists.")
+    return tenant
+
+
+def _open_invitations_for(tenant_id: uuid.UUID, emails: list[str]) -> dict[str, Invitation]:
+    rows = db.session.scalars(
+        select(Invitation).where(
+            Invitation.tenant_id == tenant_id,
+            Invitation.email.in_(emails),
+            Invitation.consumed_at.is_(None),
+            Invitation.revoked_at.is_(None),
+        )
+    )
+    return {invitation.email: invitation for invitation in rows}
+
+
+def _member_emails(tenant_id: uuid.UUID, emails: list[str]) -> set[str]:
+    return set(
+        db.session.scalars(
+            select(User.email)
+            .join(TenantMember, TenantMember.user_id == User.id)
+            .where(TenantMember.tenant_id == tenant_id, User.email.in_(emails))
+        )
+    )
+
+
+def invite_many(actor: Actor, raw_addresses: str, role: TenantRole) -> list[InviteResult]:
+    """Invite every address of a comma or newline separated list (at most 50) to the actor's team.
+
+    Returns one result per distinct address (compared case-insensitively), in the order given.
+    An address whose open invitation has expired gets a fresh one. Raises PermissionDenied for a
+    role the actor may not grant, InvalidInput for an empty or too long list, RateLimited over the
+    team's hourly allowance or the inviter's or instance's daily one (then nobody is invited).
+    """
+    MANAGE.check(actor)
+    _check_role(actor, role)
+    results, wanted = addresses.validate(addresses.entries_of(raw_addresses))
+    members = _member_emails(actor.tenant_id, wanted) if wanted else set()
+    open_invitations = _open_invitations_for(actor.tenant_id, wanted) if wanted else {}
+    to_invite = _answer_known(wanted, members, open_invitations, results)
+    if not to_invite:
+        return list(results.values())
+    limits.check_rate(actor.tenant_id, len(to_invite))
+    limits.spend_daily_allowances(actor, len(to_invite))
+    inviter, tenant = _actor_user(actor), _actor_tenant(actor)
+    for email in to_invite:
+        results[email] = _invite_one(actor, inviter, tenant, email, role, open_invitations.get(email))
+    return list(results.values())
+
+
+def _answer_known(
+    wanted: list[str],
+    members: set[str],
+    open_invitations: dict[str, Invitation],
+    results: dict[str, InviteResult],
+) -> list[str]:
+    """Answer, in `results`, the members and the holders of an unexpired invitation; return the rest."""
+    moment = now()
+    to_invite = []
+    for email in wanted:
+        existing = open_invitations.get(email)
+        if email in members:
+            results[email] = InviteResult(
+                email, InviteOutcome.ALREADY_MEMBER, "Already a member of this team."
+            )
+        elif existing is not None and aware(existing.expires_at) > moment:
+            results[email] = InviteResult(
+                email,
+                InviteOutcome.ALREADY_INVITED,
+                f"Already invited; that invitation expires {utc(existing.expires_at)}.",
+                existing.id,
+            )
+        else:
+            to_invite.append(email)
+    return to_invite
+
+
+def _invite_one(
+    actor: Actor,
+    inviter: User,
+    tenant: Tenant,
+    email: str,
+    role: TenantRole,
+    expired: Invitation | None,
+) -> InviteResult:
+    """Invite one address, replacing its `expired` invitation if it has one; audit logged."""
+    if expired is not None:
+        _void(expired, RESENT, "the invitation expired and was replaced")
+    try:
+        invitation = _issue(inviter, tenant, email, role)
+    except Conflict:  # another admin invited them a moment ago; the rest of the list goes on
+        return InviteResult(email, InviteOutcome.ALREADY_INVITED, "Invited just now by someone else.")
+    audit.record(actor.tenant_id, actor.user_id, "invitation.created", target=email, role=role.value)
+    message = f"Invited as {role.label.lower()}."
+    if expired is not None:
+        message = f"Invited as {role.label.lower()} (the earlier invitation had expired)."
+    return InviteResult(email, InviteOutcome.INVITED, message, invitation.id)
+
+
+def list_pending(*, page: int, per_page: int = PER_PAGE) -> Page[Invitation]:
+    """The active team's open invitations (expired ones included), newest first, with inviter and email."""
+    query = select(Invitation).where(Invitation.consumed_at.is_(None), Invitation.revoked_at.is_(None))
+    total = db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    page = max(page, 1)
+    items = db.session.scalars(
+        query.options(joinedload(Invitation.inviter), joinedload(Invitation.outbox_email))
+        .order_by(Invitation.created_at.desc(), Invitation.id.desc())
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    ).all()
+    return Page(list(items), page, per_page, total)
+
+
+def _managed_open_invitation(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
+    """An open invitation of the actor's team whose role the actor may manage, locked for the change."""
+    invitation = db.session.scalar(
+        select(Invitation)
+        .where(Invitation.id == invitation_id, Invitation.tenant_id == actor.tenant_id)
+        .with_for_update()
+    )
+    if invitation is None:
+        raise NotFound("There is no such invitation in this team.")
+    if invitation.consumed_at is not None:
+        raise Conflict(f"The invitation for {invitation.email} has already been accepted.")
+    if invitation.revoked_at is not None:
+        raise Conflict(f"The invitation for {invitation.email} was already revoked or replaced.")
+    if not can_manage_role(actor.role, invitation.role, invitation.role):
+        raise PermissionDenied(f"Your role cannot manage an invitation as {invitation.role.label.lower()}.")
+    return invitation
+
+
+def _void(invitation: Invitation, reason: str, why: str) -> None:
+    invitation.revoked_at = now()
+    invitation.revoked_reason = reason
+    if invitation.outbox_email_id is not None:
+        mail.cancel_unsent(invitation.outbox_email_id, f"Not sent: {why} before delivery.")
+    db.session.flush()  # frees uq_invitations_open_email for a new invitation to the same address
+
+
+def resend(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
+    """Void an open invitation (its link answers 410 "replaced") and send a fresh one to the same address.
+
+    Raises NotFound (not in this team), Conflict (already used or revoked), PermissionDenied, RateLimited.
+    """
+    MANAGE.check(actor)
+    limits.check_rate(actor.tenant_id, 1)  # first: the team lock is always taken before invitation rows
+    old = _managed_open_invitation(actor, invitation_id)
+    limits.spend_daily_allowances(actor, 1)  # once the invitation is known to be resendable
+    _void(old, RESENT, "the invitation was replaced")
+    new = _issue(_actor_user(actor), _actor_tenant(actor), old.email, old.role)
+    audit.record(actor.tenant_id, actor.user_id, "invitation.resent", target=new.email, role=new.role.value)
+    return new
+
+
+def revoke(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
+    """Revoke an open invitation; its unsent email is cancelled. Raises NotFound, Conflict, PermissionDenied."""
+    MANAGE.check(actor)
+    invitation = _managed_open_invitation(actor, invitation_id)
+    _void(invitation, REVOKED, "the invitation was revoked")
+    audit.record(
+        actor.tenant_id,
+        actor.user_id,
+        "invitation.revoked",
+        target=invitation.email,
+        role=invitation.role.value,
+    )
+    return invitation
+
+
+def revoke_ungrantable(
+    actor: Actor, inviter_id: uuid.UUID, inviter_role: TenantRole | None
+) -> list[Invitation]:
+    """Revoke the open invitations `inviter_id` sent in the actor's team that `inviter_role` cannot grant.
+
+    Call after a member was removed (`inviter_role` None) or given a lower role, once that change is
+    flushed. Unsent mail is cancelled; each revocation is audit logged as the actor's doing.
+    """
+    still_grantable = grantable_roles(inviter_role)
+    lost = db.session.scalars(
+        select(Invitation)
+        .where(
+            Invitation.tenant_id == actor.tenant_id,
+            Invitation.invited_by == inviter_id,
+            Invitation.consumed_at.is_(None),
+            Invitation.revoked_at.is_(None),
+            Invitation.role.not_in(still_grantable),
+        )
+        .order_by(Invitation.created_at, Invitation.id)
+        .with_for_update()
+    ).all()
+    for invitation in lost:
+        _void(invitation, INVITER_LOST_ROLE, "the inviter can no longer grant its role")
+        audit.record(
+            actor.tenant_id,
+            actor.user_id,
+            "invitation.revoked",
+            target=invitation.email,
+            role=invitation.role.value,
+            reason=INVITER_LOST_ROLE,
+        )
+    return list(lost)

@@ -1,0 +1,146 @@
+"""Where outbox mail goes: SMTP (one pooled connection per worker thread) or the development console.
+
+`mail.deliver` sends through a Transport; the console transport keeps the last messages for the
+development outbox page.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import Any, Protocol
+
+from sqlalchemy import select
+
+from nyxcore.extensions import db
+from nyxcore.models import OutboxEmail
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    sender: str
+    host: str
+    port: int
+    username: str
+    password: str
+    starttls: bool
+    timeout: int
+
+
+class Transport(Protocol):
+    def send(self, message: EmailMessage) -> None: ...
+
+
+class ConsoleTransport:
+    """Development mail: print each message and keep the last few for the dev outbox page."""
+
+    recent: deque[dict[str, Any]] = deque(maxlen=50)
+
+    def send(self, message: EmailMessage) -> None:
+        text_part = message.get_body(("plain",))
+        text = text_part.get_content() if text_part is not None else ""
+        entry = {
+            "to": message["To"],
+            "subject": message["Subject"],
+            "text": text,
+            "at": datetime.now(UTC),
+            "outbox_id": _outbox_id_of(message),
+        }
+        self.recent.appendleft(entry)
+        print(f"--- email to {entry['to']}: {entry['subject']}\n{text}\n---", flush=True)
+
+
+def _outbox_id_of(message: EmailMessage) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(message["Message-ID"]).strip("<>").partition("@")[0])
+    except ValueError:
+        return None
+
+
+def console_mail_for(address: str, tenant_id: uuid.UUID | None) -> list[dict[str, Any]]:
+    """The console transport's recent mail that this person may read: sent to `address`, or sent
+    for team `tenant_id` (pass it only for someone who manages that team's invitations)."""
+    entries = list(ConsoleTransport.recent)
+    team_mail: set[uuid.UUID] = set()
+    ids = [entry["outbox_id"] for entry in entries if entry["outbox_id"] is not None]
+    if tenant_id is not None and ids:
+        team_mail = set(
+            db.session.scalars(
+                select(OutboxEmail.id).where(OutboxEmail.id.in_(ids), OutboxEmail.tenant_id == tenant_id)
+            )
+        )
+    wanted = address.strip().lower()
+    return [
+        entry
+        for entry in entries
+        if str(entry["to"]).strip().lower() == wanted or entry["outbox_id"] in team_mail
+    ]
+
+
+class SMTPTransport:
+    """SMTP with one connection per worker thread, reused across messages and reopened when it drops."""
+
+    def __init__(self, settings: MailSettings) -> None:
+        self.settings = settings
+        self._local = threading.local()
+        # Every thread's connection, so that close_all can end them when the worker stops.
+        self._open: set[smtplib.SMTP] = set()
+        self._open_lock = threading.Lock()
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+        try:
+            if s.starttls:
+                smtp.starttls()
+            if s.username:
+                smtp.login(s.username, s.password)
+        except BaseException:
+            smtp.close()
+            raise
+        with self._open_lock:
+            self._open.add(smtp)
+        return smtp
+
+    def send(self, message: EmailMessage) -> None:
+        smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
+        if smtp is not None:
+            try:
+                smtp.send_message(message)
+                return
+            except (smtplib.SMTPServerDisconnected, OSError):
+                self.close()  # a stale pooled connection; try once on a fresh one
+        smtp = self._connect()
+        self._local.smtp = smtp
+        try:
+            smtp.send_message(message)
+        except (smtplib.SMTPServerDisconnected, OSError):
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
+        self._local.smtp = None
+        if smtp is not None:
+            self._quit(smtp)
+
+    def close_all(self) -> None:
+        """Close every thread's connection (when the worker stops); a later send reconnects."""
+        with self._open_lock:
+            connections, self._open = self._open, set()
+        for smtp in connections:
+            self._quit(smtp)
+
+    def _quit(self, smtp: smtplib.SMTP) -> None:
+        with self._open_lock:
+            self._open.discard(smtp)
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
