@@ -248,6 +248,16 @@ class Note(TenantScoped, Base):
     author: Mapped[User | None] = relationship(foreign_keys=[author_id], lazy="raise")
 
 
-TENANT_TABLES = tuple(
-    mapper.class_ for mapper in Base.registry.mappers if issubclass(mapper.class_, TenantScoped)
-)
+class WardrobeItem(TenantScoped, Base):
+    """An item of the team's shared wardrobe. Members only, reads included."""
+
+    __tablename__ = "wardrobe_items"
+    __table_args__ = (Index("ix_wardrobe_items_tenant_id_name", "tenant_id", "name", "id"),)
+
+    name: Mapped[str] = mapped_column(String(120))
+    category: Mapped[str] = mapped_column(String(60), default="")
+    size: Mapped[str] = mapped_column(String(30), default="")
+    notes: Mapped[str] = mapped_column(Text, default="")
+    added_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())

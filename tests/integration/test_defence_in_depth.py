@@ -18,6 +18,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from tests.tenant_rows import fill_tenant_tables
+
 # Every policy that is not the standard tenant_isolation one, reviewed: (table, policy, command).
 REVIEWED_EXCEPTIONS = {
     ("tenant_members", "own_memberships", "SELECT"),  # the team switcher
@@ -48,40 +50,32 @@ class World:
 
 
 def _seed(conn: Connection, name: str) -> tuple[uuid.UUID, uuid.UUID, str, uuid.UUID]:
-    team, user, outbox = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    team, user = uuid.uuid4(), uuid.uuid4()
     token_hash = uuid.uuid4().hex * 2
     soon = datetime.now(UTC) + timedelta(days=1)
-    statements = [
-        ("INSERT INTO users (id, email, name, password_hash) VALUES (:u, :n || '@example.com', :n, 'secret-hash')", {}),
-        ("INSERT INTO tenants (id, name, slug) VALUES (:t, :n, :n)", {}),
-        ("INSERT INTO tenant_members (id, tenant_id, user_id, role) VALUES (gen_random_uuid(), :t, :u, 'owner')", {}),
-        (
-            "INSERT INTO outbox_emails (id, tenant_id, to_address, subject, key_id, nonce, body_ciphertext) "
-            "VALUES (:o, :t, 'guest@' || :n || '.example', 'Join ' || :n, 'k1', '\\x00', '\\x00')",
-            {},
-        ),
-        (
-            "INSERT INTO invitations (id, tenant_id, token_hash, email, role, expires_at, invited_by, outbox_email_id) "
-            "VALUES (gen_random_uuid(), :t, :h, 'guest@' || :n || '.example', 'member', :x, :u, :o)",
-            {},
-        ),
-        (
-            "INSERT INTO github_tokens (id, tenant_id, key_id, nonce, ciphertext, last_four, github_login) "
-            "VALUES (gen_random_uuid(), :t, 'k1', '\\x00', '\\x00', 'abcd', 'octocat')",
-            {},
-        ),
-        ("INSERT INTO audit_events (id, tenant_id, action, details) VALUES (gen_random_uuid(), :t, 'x', '{}')", {}),
-        ("INSERT INTO notes (id, tenant_id, title, body) VALUES (gen_random_uuid(), :t, 'plans', 'of ' || :n)", {}),
-        (
+    conn.execute(
+        text("INSERT INTO users (id, email, name, password_hash) VALUES (:u, :n || '@example.com', :n, 'secret-hash')"),
+        {"u": user, "n": name},
+    )
+    conn.execute(text("INSERT INTO tenants (id, name, slug) VALUES (:t, :n, :n)"), {"t": team, "n": name})
+    conn.execute(
+        text("INSERT INTO tenant_members (id, tenant_id, user_id, role) VALUES (gen_random_uuid(), :t, :u, 'owner')"),
+        {"t": team, "u": user},
+    )
+    made = fill_tenant_tables(conn, team, user)  # every other tenant table, found from the metadata
+    outbox = made["outbox_emails"]
+    conn.execute(  # unsent, with a body: what the sweep looks for
+        text("UPDATE outbox_emails SET key_id = 'k1', nonce = '\\x00', body_ciphertext = '\\x00' WHERE id = :o"),
+        {"o": outbox},
+    )
+    conn.execute(text("UPDATE invitations SET token_hash = :h, consumed_by = NULL WHERE tenant_id = :t"), {"h": token_hash, "t": team})
+    conn.execute(
+        text(
             "INSERT INTO user_sessions (id, user_id, token_hash, expires_at, user_agent, ip_address) "
-            "VALUES (gen_random_uuid(), :u, :h, :x, 'test', '127.0.0.1')",
-            {},
+            "VALUES (gen_random_uuid(), :u, :h, :x, 'test', '127.0.0.1')"
         ),
-    ]
-    for statement, _ in statements:
-        conn.execute(
-            text(statement), {"t": team, "u": user, "o": outbox, "h": token_hash, "n": name, "x": soon}
-        )
+        {"u": user, "h": token_hash, "x": soon},
+    )
     return team, user, token_hash, outbox
 
 
