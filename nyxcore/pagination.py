@@ -25,6 +25,11 @@ class Page(Generic[T]):
         return (self.page - 1) * self.per_page
 
 
+def like_pattern(search: str) -> str:
+    """A LIKE pattern (escape character backslash) for values that contain `search` literally."""
+    return "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def page_number(raw: str | None) -> int:
     """A page number from a query argument: bad or missing values mean page 1."""
     try:

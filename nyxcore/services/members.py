@@ -20,7 +20,7 @@ from sqlalchemy.orm import contains_eager, joinedload
 from nyxcore.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from nyxcore.extensions import db
 from nyxcore.models import Tenant, TenantMember, User
-from nyxcore.pagination import Page
+from nyxcore.pagination import Page, like_pattern
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role
 from nyxcore.services import audit, invitations
@@ -46,7 +46,7 @@ def list_members(*, page: int, search: str = "", per_page: int = PER_PAGE) -> Pa
     count = select(func.count()).select_from(TenantMember)
     search = search.strip().lower()
     if search:
-        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        pattern = like_pattern(search)
         matches = or_(func.lower(User.name).like(pattern, escape="\\"), User.email.like(pattern, escape="\\"))
         query = query.where(matches)
         count = count.join(TenantMember.user).where(matches)

@@ -9,7 +9,7 @@ from sqlalchemy import func, or_, select
 from nyxcore.errors import InvalidInput, NotFound
 from nyxcore.extensions import db
 from nyxcore.models import WardrobeItem
-from nyxcore.pagination import Page
+from nyxcore.pagination import Page, like_pattern
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole
 from nyxcore.tenancy import Actor
@@ -24,7 +24,7 @@ def list_items(actor: Actor, *, page: int, search: str = "", per_page: int = PER
     query = select(WardrobeItem)
     search = search.strip().lower()
     if search:
-        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        pattern = like_pattern(search)
         columns = (WardrobeItem.name, WardrobeItem.category, WardrobeItem.size)
         query = query.where(or_(*(func.lower(column).like(pattern, escape="\\") for column in columns)))
     total = db.session.scalar(select(func.count()).select_from(query.subquery())) or 0

@@ -228,14 +228,19 @@ def revoke(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
     MANAGE.check(actor)
     invitation = _managed_open_invitation(actor, invitation_id)
     _void(invitation, REVOKED, "the invitation was revoked")
+    _record_revoked(actor, invitation)
+    return invitation
+
+
+def _record_revoked(actor: Actor, invitation: Invitation, **details: str) -> None:
     audit.record(
         actor.tenant_id,
         actor.user_id,
         "invitation.revoked",
         target=invitation.email,
         role=invitation.role.value,
+        **details,
     )
-    return invitation
 
 
 def revoke_ungrantable(
@@ -261,12 +266,5 @@ def revoke_ungrantable(
     ).all()
     for invitation in lost:
         _void(invitation, INVITER_LOST_ROLE, "the inviter can no longer grant its role")
-        audit.record(
-            actor.tenant_id,
-            actor.user_id,
-            "invitation.revoked",
-            target=invitation.email,
-            role=invitation.role.value,
-            reason=INVITER_LOST_ROLE,
-        )
+        _record_revoked(actor, invitation, reason=INVITER_LOST_ROLE)
     return list(lost)
