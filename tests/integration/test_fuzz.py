@@ -21,6 +21,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import insert, text
 from sqlalchemy.engine import Engine
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Rule
 
 from nyxcore.extensions import keyring
@@ -29,6 +30,7 @@ from nyxcore.roles import TenantRole
 from nyxcore.services import github_tokens
 from nyxcore.services.mail import ConsoleTransport
 from tests.conftest import PASSWORD
+from tests.tenant_rows import fill_tenant_tables
 
 VISITORS = ("anonymous", "owner", "admin", "member", "viewer")
 
@@ -312,12 +314,33 @@ def url_values(app: Flask, team: Any, login_as: Any, admin_engine: Engine) -> di
     # the others are signed in as someone else or signed out.
     admin = team.accounts[TenantRole.ADMIN]
     token = _invite(login_as(admin, admin.team_id), team.accounts[TenantRole.MEMBER].email)
+    with admin_engine.begin() as conn:  # a row in every other tenant table (a new feature's too)
+        fill_tenant_tables(conn, team.id, team.accounts[TenantRole.OWNER].user_id)
+        conn.execute(text("DELETE FROM github_tokens WHERE tenant_id = :t"), {"t": team.id})
     _connect_github(app, admin_engine, team.id)
-    return {
-        "note_id": created.headers["Location"].rstrip("/").rsplit("/", 1)[-1],
-        "token": token,
-        "filename": "nyxcore.css",
-    }
+    values = {"token": token, "filename": "nyxcore.css"}
+    values.update(_values_from_links(app, owner, values))
+    return values
+
+
+def _values_from_links(app: Flask, client: Any, known: dict[str, str]) -> dict[str, str]:
+    """URL parameter values read off the links of the pages that need none (an item's edit link...)."""
+    adapter = app.url_map.bind("nyxcore.test")
+    found: dict[str, str] = {}
+    for rule in _get_rules(app):
+        if rule.arguments or rule.endpoint == "auth.logout":
+            continue
+        page = PageParser()
+        page.feed(client.get(rule.build({}, append_unknown=False)[1]).get_data(as_text=True))
+        for link in page.links:
+            try:
+                _, arguments = adapter.match(link.split("?")[0], method="GET")
+            except HTTPException:
+                continue
+            for name, value in arguments.items():
+                if name not in known:
+                    found.setdefault(name, str(value))
+    return found
 
 
 def _invite(client: Any, email: str) -> str:
