@@ -31,7 +31,8 @@ import redis
 
 from nyxcore.crypto import generate_key_setting
 from tests.conftest import REDIS_URL, TestDatabase
-from tests.integration.mailserver import HOST, MailServer, free_port
+from tests.helpers import HOST, free_port
+from tests.integration.mailserver import MailServer
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 40.0

@@ -17,7 +17,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from nyxcore.config import load_config
 from nyxcore.crypto import generate_key_setting
 from nyxcore.dbroles import UnsafeAppRoleError, assert_app_role_safe, role_problems
 from tests.conftest import ADMIN_URL, PASSWORD, REDIS_URL, csrf_from
+from tests.helpers import free_port
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     from tests.conftest import TestDatabase
@@ -59,13 +59,7 @@ LONG_RUNNING = ("db", "redis", "web", "worker", "beat", "nginx")
 
 
 # ---------------------------------------------------------------------------------------------------
-# Helpers: ports, a throwaway certificate, nginx.conf rewritten for a test, a small HTTPS "browser".
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# Helpers: a throwaway certificate, nginx.conf rewritten for a test, a small HTTPS "browser".
 
 
 def make_certificate(directory: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from nyxcore.models import GitHubToken, OutboxEmail, Tenant
 from nyxcore.roles import TenantRole
 from nyxcore.services import key_rotation
 from nyxcore.services.github_tokens import UNREADABLE
+from tests.helpers import free_port, rows
 
 OCTOCAT_TOKEN = "ghp_" + "Oc7oCat" * 5 + "x"  # 40 characters, the classic shape
 HUBOT_TOKEN = "3f2a9c0d1e4b5a6978877665544332211aabbccd"  # no well-known prefix: log redaction cannot help
@@ -146,20 +146,12 @@ def connect(client: Any, token: str) -> Any:
     return client.post_form("/github/connect", {"token": token})
 
 
-def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
-    with engine.connect() as conn:
-        return list(conn.execute(text(sql), params))
-
-
 def repo_names(page: str) -> list[str]:
     return re.findall(r'rel="noopener noreferrer">([^<]+)</a>', page)
 
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 # --- connecting, status, repositories, disconnecting ---------------------------------------------

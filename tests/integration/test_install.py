@@ -32,7 +32,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from tests.conftest import ADMIN_URL, PASSWORD, REDIS_URL, csrf_from
-from tests.integration.test_deployment import BIN, ROOT, Browser, free_port, plain_status
+from tests.helpers import free_port
+from tests.integration.test_deployment import BIN, ROOT, Browser, plain_status
 
 SECTION = "## Installing on PostgreSQL"
 STEPS = ("roles and database", "settings", "schema", "check", "run")

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from nyxcore.models import TENANT_TABLES
+from tests.helpers import count
 
 TENANT_TABLE_NAMES = sorted(model.__tablename__ for model in TENANT_TABLES)
 
@@ -97,9 +98,7 @@ def _as_team(conn: Connection, team: uuid.UUID | None, user: uuid.UUID | None = 
 
 def _count(conn: Connection, table: str, team: uuid.UUID) -> int:
     column = "id" if table == "tenants" else "tenant_id"
-    return int(
-        conn.execute(text(f"SELECT count(*) FROM {table} WHERE {column} = :t"), {"t": team}).scalar_one()
-    )
+    return count(conn, f"SELECT count(*) FROM {table} WHERE {column} = :t", t=team)
 
 
 @pytest.mark.parametrize("table", [*TENANT_TABLE_NAMES, "tenants"])

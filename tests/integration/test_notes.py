@@ -5,16 +5,15 @@ from __future__ import annotations
 import re
 
 import pytest
-from sqlalchemy import text
 
 from nyxcore.roles import TenantRole
+from tests.helpers import rows, scalar
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 
 
 def note_ids(admin_engine) -> list[str]:
-    with admin_engine.connect() as conn:
-        return [str(i) for i in conn.execute(text("SELECT id FROM notes ORDER BY created_at")).scalars()]
+    return [str(row.id) for row in rows(admin_engine, "SELECT id FROM notes ORDER BY created_at")]
 
 
 def create_note(client, title="Runbook", body="Restart the thing.") -> str:
@@ -78,8 +77,7 @@ def test_another_teams_note_is_404_for_every_operation(team, login_as, make_user
     assert client.post_form(f"/notes/{foreign}/edit", {"title": "mine now"}).status_code == 404
     assert client.post_form(f"/notes/{foreign}/delete").status_code == 404
     assert "Their secret" not in client.get("/notes/").get_data(as_text=True)
-    with admin_engine.connect() as conn:
-        assert conn.execute(text("SELECT title FROM notes")).scalar_one() == "Their secret"
+    assert scalar(admin_engine, "SELECT title FROM notes") == "Their secret"
 
 
 def test_notes_are_scoped_in_sqlite_development_mode_too(tmp_path, monkeypatch):

@@ -16,24 +16,9 @@ from nyxcore.extensions import db
 from nyxcore.models import TenantMember
 from nyxcore.roles import TenantRole
 from nyxcore.services import members
+from tests.helpers import count, dicts, member_id, role_of, rows, scalar
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
-
-
-def member_id(admin_engine, team_id, user_id) -> uuid.UUID:
-    with admin_engine.connect() as conn:
-        return conn.execute(
-            text("SELECT id FROM tenant_members WHERE tenant_id = :t AND user_id = :u"),
-            {"t": team_id, "u": user_id},
-        ).scalar_one()
-
-
-def role_of(admin_engine, team_id, user_id) -> str | None:
-    with admin_engine.connect() as conn:
-        return conn.execute(
-            text("SELECT role FROM tenant_members WHERE tenant_id = :t AND user_id = :u"),
-            {"t": team_id, "u": user_id},
-        ).scalar()
 
 
 def test_team_page_lists_members_with_roles(team, login_as):
@@ -160,11 +145,7 @@ def test_two_owners_demoting_each_other_concurrently_leave_one_owner(
     two.join(10)
     assert outcomes["first"] == "demoted"
     assert isinstance(outcomes["second"], Conflict)
-    with admin_engine.connect() as conn:
-        owners = conn.execute(
-            text("SELECT count(*) FROM tenant_members WHERE tenant_id = :t AND role = 'owner'"),
-            {"t": team.id},
-        ).scalar_one()
+    owners = count(admin_engine, "SELECT count(*) FROM tenant_members WHERE tenant_id = :t AND role = 'owner'", t=team.id)
     assert owners == 1
 
 
@@ -191,18 +172,14 @@ def test_transfer_to_another_teams_member_is_404(team, login_as, make_user, admi
 
 def test_settings_rename_and_slug_uniqueness(team, login_as, make_user, admin_engine):
     other = make_user(name="Zed")
-    with admin_engine.connect() as conn:
-        taken = conn.execute(
-            text("SELECT slug FROM tenants WHERE id = :t"), {"t": other.team_id}
-        ).scalar_one()
+    taken = scalar(admin_engine, "SELECT slug FROM tenants WHERE id = :t", t=other.team_id)
     client = login_as(team.accounts[O], team.id)
     clash = client.post_form("/team/settings", {"name": "Nyx Ops", "slug": taken})
     assert clash.status_code == 409
     assert "That slug is taken" in clash.get_data(as_text=True)
     ok = client.post_form("/team/settings", {"name": "Nyx Ops", "slug": "nyx-ops"})
     assert ok.status_code == 302
-    with admin_engine.connect() as conn:
-        row = conn.execute(text("SELECT name, slug FROM tenants WHERE id = :t"), {"t": team.id}).one()
+    (row,) = rows(admin_engine, "SELECT name, slug FROM tenants WHERE id = :t", t=team.id)
     assert tuple(row) == ("Nyx Ops", "nyx-ops")
     assert "team.settings_changed" in client.get("/team/audit").get_data(as_text=True)
 
@@ -220,15 +197,11 @@ def test_settings_rename_and_slug_uniqueness(team, login_as, make_user, admin_en
 )
 def test_bad_settings_are_form_errors_that_change_nothing(team, login_as, admin_engine, data):
     client = login_as(team.accounts[O], team.id)
-    with admin_engine.connect() as conn:
-        before = conn.execute(text("SELECT name, slug FROM tenants WHERE id = :t"), {"t": team.id}).one()
+    before = rows(admin_engine, "SELECT name, slug FROM tenants WHERE id = :t", t=team.id)
     response = client.post_form("/team/settings", data)
     assert response.status_code == 400
     assert 'class="error"' in response.get_data(as_text=True)
-    with admin_engine.connect() as conn:
-        assert (
-            conn.execute(text("SELECT name, slug FROM tenants WHERE id = :t"), {"t": team.id}).one() == before
-        )
+    assert rows(admin_engine, "SELECT name, slug FROM tenants WHERE id = :t", t=team.id) == before
 
 
 def test_delete_team_needs_its_exact_name(team, login_as, admin_engine):
@@ -238,16 +211,8 @@ def test_delete_team_needs_its_exact_name(team, login_as, admin_engine):
     assert "Type the team" in wrong.get_data(as_text=True)
     right = client.post_form("/team/delete", {"delete-confirm_name": "Olive's team"})
     assert right.status_code == 302
-    with admin_engine.connect() as conn:
-        assert (
-            conn.execute(text("SELECT count(*) FROM tenants WHERE id = :t"), {"t": team.id}).scalar_one() == 0
-        )
-        assert (
-            conn.execute(
-                text("SELECT count(*) FROM tenant_members WHERE tenant_id = :t"), {"t": team.id}
-            ).scalar_one()
-            == 0
-        )
+    assert count(admin_engine, "SELECT count(*) FROM tenants WHERE id = :t", t=team.id) == 0
+    assert count(admin_engine, "SELECT count(*) FROM tenant_members WHERE tenant_id = :t", t=team.id) == 0
     assert client.get("/team/").status_code == 302  # the owner has no team left
 
 
@@ -270,12 +235,10 @@ def test_bad_input_changes_nothing_and_is_never_a_500(team, login_as, admin_engi
     client = login_as(team.accounts[O], team.id)
     mid = member_id(admin_engine, team.id, team.accounts[M].user_id)
     fill = {"mid": mid, "random": uuid.uuid4()}
-    with admin_engine.connect() as conn:
-        before = conn.execute(text("SELECT user_id, role FROM tenant_members ORDER BY user_id")).all()
+    before = dicts(admin_engine, "SELECT user_id, role FROM tenant_members ORDER BY user_id")
     response = client.post_form(path.format(**fill), {k: v.format(**fill) for k, v in data.items()})
     assert response.status_code in (400, 404)
-    with admin_engine.connect() as conn:
-        assert conn.execute(text("SELECT user_id, role FROM tenant_members ORDER BY user_id")).all() == before
+    assert dicts(admin_engine, "SELECT user_id, role FROM tenant_members ORDER BY user_id") == before
 
 
 def test_acting_on_another_teams_member_is_404(team, login_as, make_user, admin_engine):
@@ -343,16 +306,16 @@ def _seed_members(admin_engine, team_id: uuid.UUID, count: int) -> None:
 def _queries_for(app, client, path: str) -> int:
     statements: list[str] = []
 
-    def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         statements.append(statement)
 
     with app.app_context():
         engine = db.engine
-    event.listen(engine, "before_cursor_execute", count)
+    event.listen(engine, "before_cursor_execute", record)
     try:
         assert client.get(path).status_code == 200
     finally:
-        event.remove(engine, "before_cursor_execute", count)
+        event.remove(engine, "before_cursor_execute", record)
     return len(statements)
 
 
