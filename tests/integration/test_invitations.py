@@ -176,9 +176,9 @@ def test_invitation_mail_arrives_through_the_worker_and_its_link_joins_the_team(
 
 
 def test_new_person_signs_up_through_the_link_and_joins(
-    nyx_ops, login_as, client, mail_server, worker, admin_engine
+    nyx_ops, client, mail_server, worker, admin_engine, as_owner
 ):
-    invite(login_as(nyx_ops.accounts[TenantRole.OWNER], nyx_ops.id), "newcomer@example.com", TenantRole.ADMIN)
+    invite(as_owner, "newcomer@example.com", TenantRole.ADMIN)
     path = link_path(mail_server.wait_for(1)[0])
 
     shown = page(client.get(path))
@@ -213,9 +213,11 @@ def test_new_person_signs_up_through_the_link_and_joins(
     )
 
 
-def test_signed_out_accept_sends_to_login_and_back(nyx_ops, login_as, make_user, client, mail_server, worker):
+def test_signed_out_accept_sends_to_login_and_back(
+    nyx_ops, make_user, client, mail_server, worker, as_admin
+):
     invitee = make_user(email="lin@example.com")
-    invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "lin@example.com")
+    invite(as_admin, "lin@example.com")
     path = link_path(mail_server.wait_for(1)[0])
     refused = client.post_form(path)
     assert refused.status_code == 302
@@ -229,11 +231,11 @@ def test_signed_out_accept_sends_to_login_and_back(nyx_ops, login_as, make_user,
 
 
 def test_signed_in_as_another_address_is_refused_and_nothing_changes(
-    nyx_ops, login_as, make_user, mail_server, worker, admin_engine
+    nyx_ops, login_as, make_user, mail_server, worker, admin_engine, as_admin
 ):
     make_user(email="right@example.com")
     wrong = make_user(email="wrong@example.com")
-    invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "Right@example.com")
+    invite(as_admin, "Right@example.com")
     path = link_path(mail_server.wait_for(1)[0])
     before = snapshot(admin_engine)
 
@@ -251,10 +253,10 @@ def test_signed_in_as_another_address_is_refused_and_nothing_changes(
 
 
 def test_already_a_member_is_told_so_and_the_invitation_stays_open(
-    nyx_ops, login_as, make_user, add_member, mail_server, worker, admin_engine
+    nyx_ops, login_as, make_user, add_member, mail_server, worker, admin_engine, as_admin
 ):
     person = make_user(email="twice@example.com")
-    invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "twice@example.com")
+    invite(as_admin, "twice@example.com")
     path = link_path(mail_server.wait_for(1)[0])
     add_member(nyx_ops.id, person, TenantRole.VIEWER)  # joined some other way meanwhile
     before = snapshot(admin_engine)
@@ -271,10 +273,10 @@ def test_already_a_member_is_told_so_and_the_invitation_stays_open(
 
 
 def test_expired_revoked_replaced_and_used_links_answer_410_and_change_nothing(
-    nyx_ops, login_as, make_user, make_client, mail_server, worker, admin_engine
+    nyx_ops, login_as, make_user, make_client, mail_server, worker, admin_engine, as_admin
 ):
     people = {name: make_user(email=f"{name}@example.com") for name in ("late", "dropped", "resent", "quick")}
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+    admin = as_admin
     invite(admin, "\n".join(f"{name}@example.com" for name in people))
     paths = {m["To"].split("@")[0]: link_path(m) for m in mail_server.wait_for(4)}
 
@@ -321,10 +323,10 @@ def test_unknown_or_malformed_token_is_404(client, make_client):
 
 
 def test_twenty_concurrent_accepts_make_exactly_one_membership(
-    nyx_ops, login_as, make_user, make_client, mail_server, worker, admin_engine
+    nyx_ops, login_as, make_user, make_client, mail_server, worker, admin_engine, as_admin
 ):
     invitee = make_user(email="race@example.com")
-    invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "race@example.com")
+    invite(as_admin, "race@example.com")
     path = link_path(mail_server.wait_for(1)[0])
     signed_in = login_as(invitee)
     session_cookie = signed_in.get_cookie("session")
@@ -372,14 +374,14 @@ def test_twenty_concurrent_accepts_make_exactly_one_membership(
 
 
 def test_broker_outage_keeps_the_invitation_and_the_sweep_delivers_exactly_once(
-    app, nyx_ops, login_as, mail_server, admin_engine, caplog
+    app, nyx_ops, mail_server, admin_engine, caplog, as_admin
 ):
     celery = app.extensions["celery"]
     celery.conf.broker_url = "redis://127.0.0.1:1/0"  # nothing listens there: the broker is down
     celery_worker.forget_broker_connections(celery)
     try:
         with caplog.at_level(logging.WARNING, logger="nyxcore.mail"):
-            response = invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "patient@example.com")
+            response = invite(as_admin, "patient@example.com")
         assert response.status_code == 200
         assert "1 of 1 address invited." in page(response)
         assert "the sweep will retry" in caplog.text
@@ -405,10 +407,10 @@ def test_broker_outage_keeps_the_invitation_and_the_sweep_delivers_exactly_once(
 
 
 def test_smtp_refusing_at_first_is_retried_and_delivers_once(
-    nyx_ops, login_as, mail_server, worker, admin_engine
+    nyx_ops, mail_server, worker, admin_engine, as_admin
 ):
     mail_server.refuse_next(2)  # "451 4.3.0 Try again later" twice, then accept
-    invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "greylisted@example.com")
+    invite(as_admin, "greylisted@example.com")
     # The task retries with exponential backoff (factor 2, full jitter): at most 2 s, then 4 s.
     message = mail_server.wait_for(1, timeout=15)[0]
     assert message["To"] == "greylisted@example.com"
@@ -420,8 +422,8 @@ def test_smtp_refusing_at_first_is_retried_and_delivers_once(
     assert outbox["last_error"] is None
 
 
-def test_revoking_before_delivery_cancels_the_email(app, nyx_ops, login_as, mail_server, admin_engine):
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+def test_revoking_before_delivery_cancels_the_email(app, nyx_ops, mail_server, admin_engine, as_admin):
+    admin = as_admin
     invite(admin, "oops@example.com")  # no worker yet: the message waits in the queue
     invitation_id = scalar(admin_engine, "SELECT id FROM invitations")
     assert admin.post_form(f"/team/invitations/{invitation_id}/revoke").status_code == 302
@@ -548,11 +550,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def test_the_raw_token_rests_nowhere_in_the_database_redis_or_logs(
-    app, nyx_ops, login_as, make_user, mail_server, admin_engine, caplog
+    app, nyx_ops, make_user, mail_server, admin_engine, caplog, as_admin
 ):
     caplog.set_level(logging.DEBUG)
     invitee = make_user(email="secret-keeper@example.com")
-    invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "secret-keeper@example.com")
+    invite(as_admin, "secret-keeper@example.com")
     outbox_id = str(scalar(admin_engine, "SELECT id FROM outbox_emails"))
     while_queued = redis_contents()  # the Celery message waits in the queue: no worker yet
     assert any(outbox_id in s for s in while_queued), "the scan must see the task message and its argument"
@@ -605,9 +607,9 @@ def test_the_raw_token_rests_nowhere_in_the_database_redis_or_logs(
 # --- the admin side ------------------------------------------------------------------------------
 
 
-def test_bulk_invite_reports_each_address(nyx_ops, login_as, admin_engine):
+def test_bulk_invite_reports_each_address(nyx_ops, admin_engine, as_admin):
     member = nyx_ops.accounts[TenantRole.MEMBER]
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+    admin = as_admin
     assert invite(admin, "pending@example.com").status_code == 200
     emails = "\n".join(
         [
@@ -642,8 +644,8 @@ def test_bulk_invite_reports_each_address(nyx_ops, login_as, admin_engine):
     assert count(admin_engine, "SELECT count(*) FROM audit_events WHERE action = 'invitation.created'") == 4
 
 
-def test_bulk_invite_limits_and_empty_input(nyx_ops, login_as, admin_engine):
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+def test_bulk_invite_limits_and_empty_input(nyx_ops, admin_engine, as_admin):
+    admin = as_admin
     too_many = invite(admin, ",".join(f"p{n}@example.com" for n in range(51)))
     assert too_many.status_code == 400
     assert "You entered 51 addresses; invite at most 50 at once." in page(too_many)
@@ -653,8 +655,8 @@ def test_bulk_invite_limits_and_empty_input(nyx_ops, login_as, admin_engine):
     assert "50 of 50 addresses invited." in page(fifty)
 
 
-def test_roles_an_inviter_may_grant(nyx_ops, login_as, admin_engine):
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+def test_roles_an_inviter_may_grant(nyx_ops, admin_engine, as_owner, as_admin):
+    admin = as_admin
     form = page(admin.get("/team/invitations"))
     options = re.findall(r'<option[^>]*value="(\w+)"', form)
     assert options == ["member", "viewer"]
@@ -663,7 +665,7 @@ def test_roles_an_inviter_may_grant(nyx_ops, login_as, admin_engine):
         assert refused.status_code == 403
         assert f"Your role cannot invite someone as {role.value}." in page(refused)
     assert count(admin_engine, "SELECT count(*) FROM invitations") == 0
-    owner = login_as(nyx_ops.accounts[TenantRole.OWNER], nyx_ops.id)
+    owner = as_owner
     assert invite(owner, "boss@example.com", TenantRole.OWNER).status_code == 200
     assert scalar(admin_engine, "SELECT role FROM invitations") == "owner"
     # An admin cannot revoke or resend an invitation above their own role.
@@ -719,8 +721,8 @@ def test_pending_list_shows_role_inviter_expiry_and_delivery_state(nyx_ops, logi
     assert "Resend" in row("stale@example.com") and "Revoke" in row("stale@example.com")
 
 
-def test_resend_replaces_the_pending_invitation(nyx_ops, login_as, admin_engine):
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+def test_resend_replaces_the_pending_invitation(nyx_ops, admin_engine, as_admin):
+    admin = as_admin
     invite(admin, "again@example.com")
     old = dicts(admin_engine, "SELECT id, token_hash FROM invitations")[0]
     response = admin.post_form(f"/team/invitations/{old['id']}/resend")
@@ -741,12 +743,12 @@ def test_resend_replaces_the_pending_invitation(nyx_ops, login_as, admin_engine)
     assert count(admin_engine, "SELECT count(*) FROM invitations") == 2
 
 
-def test_another_teams_or_an_unknown_invitation_is_404(nyx_ops, login_as, make_user, admin_engine):
+def test_another_teams_or_an_unknown_invitation_is_404(nyx_ops, login_as, make_user, admin_engine, as_admin):
     other_owner = make_user(name="Other Owner")
     invite(login_as(other_owner, other_owner.team_id), "theirs@example.com")
     theirs = scalar(admin_engine, "SELECT id FROM invitations")
     before = snapshot(admin_engine)
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+    admin = as_admin
     for invitation_id in (theirs, uuid.uuid4()):
         for action in ("resend", "revoke"):
             assert admin.post_form(f"/team/invitations/{invitation_id}/{action}").status_code == 404

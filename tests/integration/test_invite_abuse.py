@@ -120,11 +120,11 @@ def held_mail(app_config: dict[str, Any]) -> Iterator[None]:
 
 
 def test_removing_an_owner_revokes_their_invitations_cancels_the_mail_and_logs_it(
-    held_mail, acme, departing, make_user, login_as, admin_engine
+    held_mail, acme, departing, make_user, login_as, admin_engine, as_owner
 ):
     heir = unique_address("heir")
     assert invite(login_as(departing, acme.id), heir, TenantRole.OWNER).status_code == 200
-    owner = login_as(acme.accounts[TenantRole.OWNER], acme.id)
+    owner = as_owner
     removed = owner.post_form(f"/team/members/{member_id(admin_engine, acme.id, departing.user_id)}/remove")
     assert removed.status_code == 302
 
@@ -155,14 +155,14 @@ def test_removing_an_owner_revokes_their_invitations_cancels_the_mail_and_logs_i
 
 
 def test_demoting_an_owner_revokes_only_the_invitations_the_new_role_cannot_grant(
-    acme, departing, make_user, login_as, admin_engine
+    acme, departing, make_user, login_as, admin_engine, as_owner
 ):
     invitees = {role: make_user(email=unique_address(role.value)) for role in TenantRole}
     inviter = login_as(departing, acme.id)
     for role, account in invitees.items():
         assert invite(inviter, account.email, role).status_code == 200
     paths = {role: link_to(account.email) for role, account in invitees.items()}
-    owner = login_as(acme.accounts[TenantRole.OWNER], acme.id)
+    owner = as_owner
     demoted = owner.post_form(
         f"/team/members/{member_id(admin_engine, acme.id, departing.user_id)}/role", {"role": "admin"}
     )
@@ -215,9 +215,11 @@ def test_leaving_and_handing_over_ownership_revoke_what_the_inviter_can_no_longe
     ]
 
 
-def test_invitation_whose_inviter_deleted_their_account_answers_410(acme, make_user, login_as, admin_engine):
+def test_invitation_whose_inviter_deleted_their_account_answers_410(
+    acme, make_user, login_as, admin_engine, as_admin
+):
     invitee = make_user(email=unique_address("orphan"))
-    assert invite(login_as(acme.accounts[TenantRole.ADMIN], acme.id), invitee.email).status_code == 200
+    assert invite(as_admin, invitee.email).status_code == 200
     path = link_to(invitee.email)
     with admin_engine.begin() as conn:  # what ON DELETE SET NULL leaves when the account is deleted
         conn.execute(text("UPDATE invitations SET invited_by = NULL"))
@@ -330,10 +332,10 @@ def test_invitations_per_user_count_across_all_their_teams_and_every_web_process
 
 
 def test_invitations_per_instance_per_day_bound_every_inviter_together(
-    quotas_on, app, acme, make_user, login_as, admin_engine
+    quotas_on, app, acme, make_user, login_as, admin_engine, as_admin
 ):
     app.config["INVITATIONS_PER_INSTANCE_PER_DAY"] = 4
-    admin = login_as(acme.accounts[TenantRole.ADMIN], acme.id)
+    admin = as_admin
     stranger = login_as(make_user())  # in a team of their own
     assert invite(admin, ", ".join(unique_address("a") for _ in range(3))).status_code == 200
     refused = invite(stranger, ", ".join(unique_address("b") for _ in range(2)))
