@@ -216,8 +216,9 @@ def add_member(app: Flask) -> Any:
 
 
 @pytest.fixture
-def team(make_user: Any, add_member: Any) -> Any:
-    """A team with one user of each role; `team.clients[role]` is logged in as that user."""
+def team(make_user: Any, add_member: Any) -> TeamFixture:
+    """A team with one user of each role, `team.accounts[role]`; `as_owner` ... `as_viewer` are
+    clients logged in as them."""
     return _build_team(make_user, add_member)
 
 
@@ -251,6 +252,41 @@ def login_as(make_client: Any) -> Any:
         return c
 
     return login
+
+
+@pytest.fixture
+def anonymous(make_client: Any) -> Client:
+    """A client nobody is logged in with."""
+    client: Client = make_client()
+    return client
+
+
+@pytest.fixture
+def as_owner(team: TeamFixture, login_as: Any) -> Client:
+    """A client logged in as the `team` fixture's owner, with that team active."""
+    client: Client = login_as(team.accounts[TenantRole.OWNER], team.id)
+    return client
+
+
+@pytest.fixture
+def as_admin(team: TeamFixture, login_as: Any) -> Client:
+    """A client logged in as the `team` fixture's admin, with that team active."""
+    client: Client = login_as(team.accounts[TenantRole.ADMIN], team.id)
+    return client
+
+
+@pytest.fixture
+def as_member(team: TeamFixture, login_as: Any) -> Client:
+    """A client logged in as the `team` fixture's member, with that team active."""
+    client: Client = login_as(team.accounts[TenantRole.MEMBER], team.id)
+    return client
+
+
+@pytest.fixture
+def as_viewer(team: TeamFixture, login_as: Any) -> Client:
+    """A client logged in as the `team` fixture's viewer, with that team active."""
+    client: Client = login_as(team.accounts[TenantRole.VIEWER], team.id)
+    return client
 
 
 def team_name(app: Flask, team_id: uuid.UUID) -> str:

@@ -7,72 +7,37 @@ Both processes get the same environment, the way an operator's `.env` reaches `w
 testing mode (plain-http cookies, no rate limits), the app role on the test database, the test
 Redis as broker with a queue of this run's own (CELERY_TASK_DEFAULT_QUEUE, so concurrent runs on
 one Redis never take each other's tasks), and SMTP to the given server. PUBLIC_URL is the server's
-own address, so the links in the emails open in the browser as they are. Both processes are
-stopped, by their own process id, when the block ends, and the queue is deleted.
+own address, so the links in the emails open in the browser as they are. Both processes run
+under tests/live.py's harness, which stops their process groups when the block ends; the queue is
+then deleted.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from urllib.error import URLError
 
 import kombu
 import redis
 
 from nyxcore.crypto import generate_key_setting
 from tests.conftest import REDIS_URL, TestDatabase
-from tests.integration.mailserver import HOST, MailServer, free_port
+from tests.helpers import HOST, free_port
+from tests.integration.mailserver import MailServer
+from tests.live import CELERY, GUNICORN, ROOT, LiveServers, Process, healthy
 
-ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 40.0
-GUNICORN = [sys.executable, "-m", "gunicorn", "wsgi:app"]
 # Alone on its queue, the worker has no one to gossip or mingle with: leaving that out saves seconds.
 CELERY_WORKER = [
-    *(sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "solo", "--loglevel", "INFO"),
+    *CELERY,
+    *("worker", "--pool", "solo", "--loglevel", "INFO"),
     *("--without-gossip", "--without-mingle", "--without-heartbeat"),
 ]
-STOP_TIMEOUT = 15.0
-
-
-class LiveAppError(AssertionError):
-    """The live app could not start, or one of its processes died; carries the process logs."""
-
-
-@dataclass
-class Process:
-    """One child process, its log file, and how to stop it."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            raise LiveAppError(f"{self.name} exited with status {self.popen.returncode}:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        """SIGTERM (gunicorn and Celery shut down gracefully on it), then SIGKILL after a while."""
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
 
 
 @dataclass
@@ -140,36 +105,6 @@ def environment(database: TestDatabase, mail: MailServer, *, port: int, queue: s
     }
 
 
-def _spawn(name: str, command: list[str], env: dict[str, str], log_dir: Path) -> Process:
-    log_path = log_dir / f"{name}.log"
-    with open(log_path, "wb") as log:
-        popen = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return Process(name, popen, log_path)
-
-
-def _wait_for_web(web: Process, url: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        web.check_alive()
-        health = f"{url}/api/v1/health"  # http on loopback, built here
-        with suppress(URLError, OSError), urllib.request.urlopen(health, timeout=2) as r:  # noqa: S310
-            if r.status == 200:
-                return
-        time.sleep(0.1)
-    raise LiveAppError(f"gunicorn did not answer /api/v1/health in time:\n{web.log_tail()}")
-
-
-def _wait_for_worker(worker: Process, deadline: float) -> None:
-    # Celery logs "<name>@<host> ready." once it consumes from its queue.
-    while time.monotonic() < deadline:
-        worker.check_alive()
-        if " ready." in worker.log_path.read_text(errors="replace"):
-            return
-        time.sleep(0.1)
-    raise LiveAppError(f"the Celery worker did not become ready in time:\n{worker.log_tail()}")
-
-
 def delete_queue(queue: str) -> None:
     """Remove this run's queue, whatever a test left in it, and kombu's binding keys for it."""
     with kombu.Connection(REDIS_URL, transport_options={"socket_connect_timeout": 2}) as conn:
@@ -191,20 +126,16 @@ def running_live_app(database: TestDatabase, mail: MailServer, *, log_dir: Path)
     queue = f"nyxcore-e2e-{uuid.uuid4().hex[:12]}"
     env = environment(database, mail, port=port, queue=queue)
     url = f"http://{HOST}:{port}"
-    processes: list[Process] = []
     try:
-        # gunicorn also reads ./gunicorn.conf.py when there is one (access log, redacting logger,
-        # start-up checks), as in production; the command line wins for what it names.
-        web_command = [*GUNICORN, "--bind", f"{HOST}:{port}", "--workers", "2", "--threads", "1"]
-        processes.append(_spawn("gunicorn", web_command, env, log_dir))
-        worker_command = [*CELERY_WORKER, "--hostname", f"{queue}@%h"]
-        processes.append(_spawn("celery-worker", worker_command, env, log_dir))
-        web, worker = processes
-        deadline = time.monotonic() + START_TIMEOUT
-        _wait_for_web(web, url, deadline)
-        _wait_for_worker(worker, deadline)
-        yield LiveApp(url=url, mail=mail, web=web, worker=worker, queue=queue)
+        with LiveServers(log_dir) as servers:
+            # gunicorn also reads ./gunicorn.conf.py when there is one (access log, redacting logger,
+            # start-up checks), as in production; the command line wins for what it names.
+            web_command = [*GUNICORN, "--bind", f"{HOST}:{port}", "--workers", "2", "--threads", "1"]
+            web = servers.spawn("gunicorn", web_command, env=env)
+            worker = servers.spawn("celery-worker", [*CELERY_WORKER, "--hostname", f"{queue}@%h"], env=env)
+            servers.wait_until(healthy(url), "gunicorn answers /api/v1/health", watch=[web, worker])
+            # Celery logs "<name>@<host> ready." once it consumes from its queue.
+            servers.wait_until(lambda: " ready." in worker.log(), "the Celery worker", watch=[web, worker])
+            yield LiveApp(url=url, mail=mail, web=web, worker=worker, queue=queue)
     finally:
-        for process in reversed(processes):
-            process.stop()
         delete_queue(queue)

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import pytest
 from playwright.sync_api import expect
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from tests.e2e.live_app import LiveApp
 from tests.e2e.ui import Person
+from tests.helpers import scalar
 
 pytestmark = pytest.mark.e2e
 
@@ -28,16 +28,15 @@ NEWCOMER = ("Nia Newcomer", "nia@example.com")
 
 
 def member_id(admin_engine: Engine, email: str, team: str) -> str:
-    with admin_engine.connect() as conn:
-        return str(
-            conn.execute(
-                text(
-                    "SELECT m.id FROM tenant_members m JOIN users u ON u.id = m.user_id "
-                    "JOIN tenants t ON t.id = m.tenant_id WHERE u.email = :e AND t.name = :t"
-                ),
-                {"e": email, "t": team},
-            ).scalar_one()
+    return str(
+        scalar(
+            admin_engine,
+            "SELECT m.id FROM tenant_members m JOIN users u ON u.id = m.user_id "
+            "JOIN tenants t ON t.id = m.tenant_id WHERE u.email = :e AND t.name = :t",
+            e=email,
+            t=team,
         )
+    )
 
 
 def test_invited_people_join_through_their_emails_and_the_owner_manages_them(

@@ -12,7 +12,6 @@ greylisting or overloaded server does, so that retries can be tested.
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,8 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-HOST = "127.0.0.1"
+from tests.helpers import HOST, free_port
+
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 
 
@@ -103,13 +103,6 @@ class MailServer:
         """The distinct URLs in the text part that start with `prefix`, in order."""
         found = [url.rstrip(".,;)") for url in _URL.findall(cls.text(message))]
         return list(dict.fromkeys(url for url in found if url.startswith(prefix)))
-
-
-def free_port(host: str = HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @contextmanager

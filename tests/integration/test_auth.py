@@ -7,11 +7,7 @@ from typing import Any
 from sqlalchemy import text
 
 from tests.conftest import PASSWORD
-
-
-def count(admin_engine: Any, sql: str, **params: Any) -> int:
-    with admin_engine.connect() as conn:
-        return int(conn.execute(text(sql), params).scalar_one())
+from tests.helpers import count, scalar
 
 
 def test_signup_creates_user_and_personal_team_and_logs_in(client, admin_engine):
@@ -30,8 +26,7 @@ def test_signup_creates_user_and_personal_team_and_logs_in(client, admin_engine)
 
 def test_password_is_stored_as_argon2id_at_owasp_minimum(client, admin_engine):
     client.post_form("/auth/signup", {"name": "Ada", "email": "ada@example.com", "password": PASSWORD})
-    with admin_engine.connect() as conn:
-        stored = conn.execute(text("SELECT password_hash FROM users")).scalar_one()
+    stored = scalar(admin_engine, "SELECT password_hash FROM users")
     assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
     assert PASSWORD not in stored
 
@@ -141,10 +136,7 @@ def test_old_password_hash_is_upgraded_at_login(client, make_user, admin_engine)
             text("UPDATE users SET password_hash = :h WHERE id = :i"), {"h": weak, "i": account.user_id}
         )
     assert client.login(account.email).status_code == 302
-    with admin_engine.connect() as conn:
-        stored = conn.execute(
-            text("SELECT password_hash FROM users WHERE id = :i"), {"i": account.user_id}
-        ).scalar_one()
+    stored = scalar(admin_engine, "SELECT password_hash FROM users WHERE id = :i", i=account.user_id)
     assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
 
 

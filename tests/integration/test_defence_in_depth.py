@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from tests.helpers import count
 from tests.tenant_rows import fill_tenant_tables
 
 # Every policy that is not the standard tenant_isolation one, reviewed: (table, policy, command).
@@ -108,18 +109,14 @@ def _tables(conn: Connection) -> list[str]:
     )
 
 
-def _count(conn: Connection, sql: str, **params: object) -> int:
-    return int(conn.execute(text(sql), params).scalar_one())
-
-
 def test_with_no_context_the_app_role_sees_and_changes_no_row_of_any_table(app_engine, admin_engine, world):
     with admin_engine.connect() as conn:
         tables = _tables(conn)
-        empty = [table for table in tables if _count(conn, f"SELECT count(*) FROM {table}") == 0]
+        empty = [table for table in tables if count(conn, f"SELECT count(*) FROM {table}") == 0]
     assert empty == [], f"seed these new tables in _seed: {empty}"
     with app_engine.begin() as conn:
         for table in tables:
-            assert _count(conn, f"SELECT count(*) FROM {table}") == 0, table
+            assert count(conn, f"SELECT count(*) FROM {table}") == 0, table
             assert conn.execute(text(f"UPDATE {table} SET id = id")).rowcount == 0, table
             assert conn.execute(text(f"DELETE FROM {table}")).rowcount == 0, table
 
@@ -160,8 +157,8 @@ def test_log_in_learns_the_salt_and_a_yes_or_no_never_the_hash(app_engine, admin
 def test_outbox_mail_is_seen_by_its_team_and_by_the_worker_delivering_it(app_engine, world):
     with app_engine.begin() as conn:
         _context(conn, tenant_id=world.team_a)
-        assert _count(conn, "SELECT count(*) FROM outbox_emails") == 1
-        assert _count(conn, "SELECT count(*) FROM outbox_emails WHERE tenant_id = :b", b=world.team_b) == 0
+        assert count(conn, "SELECT count(*) FROM outbox_emails") == 1
+        assert count(conn, "SELECT count(*) FROM outbox_emails WHERE tenant_id = :b", b=world.team_b) == 0
         _context(conn, outbox_id=world.outbox_b)
         assert conn.execute(text("SELECT id FROM outbox_emails")).scalars().all() == [world.outbox_b]
         # The sweep learns ids across teams and nothing else.

@@ -16,21 +16,18 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -47,25 +44,19 @@ from nyxcore.config import load_config
 from nyxcore.crypto import generate_key_setting
 from nyxcore.dbroles import UnsafeAppRoleError, assert_app_role_safe, role_problems
 from tests.conftest import ADMIN_URL, PASSWORD, REDIS_URL, csrf_from
+from tests.helpers import free_port
+from tests.live import BIN, ROOT, LiveServers, http_status
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     from tests.conftest import TestDatabase
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 APP_SERVICES = ("web", "worker", "beat")
 LONG_RUNNING = ("db", "redis", "web", "worker", "beat", "nginx")
 
 
 # ---------------------------------------------------------------------------------------------------
-# Helpers: ports, a throwaway certificate, nginx.conf rewritten for a test, a small HTTPS "browser".
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# Helpers: a throwaway certificate, nginx.conf rewritten for a test, a small HTTPS "browser".
 
 
 def make_certificate(directory: Path) -> None:
@@ -221,50 +212,8 @@ class Browser:
         return self.post(path, form, headers={"Referer": self.base + path, **headers})
 
 
-def wait_until(
-    condition: Callable[[], bool], *, what: str, process: subprocess.Popen[bytes], log: Path
-) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{what}: the process exited with {process.returncode}\n{log.read_text()[-4000:]}")
-        try:
-            if condition():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"{what}: not ready after 30 s\n{log.read_text()[-4000:]}")
-
-
 def plain_status(port: int, path: str, *, tls: bool = False) -> int:
-    if tls:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            "127.0.0.1", port, timeout=5, context=context
-        )
-    else:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
-
-def stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
+    return http_status(f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}", timeout=5)
 
 
 def read_until(path: Path, needle: str, timeout: float = 10) -> str:
@@ -308,52 +257,31 @@ def stack(database: TestDatabase, tmp_path_factory: pytest.TempPathFactory) -> I
         RATELIMIT_KEY_PREFIX=ratelimit_prefix,
         GUNICORN_BIND=f"127.0.0.1:{upstream_port}",
     )
-    gunicorn_log = prefix / "gunicorn.log"
-    nginx_log = prefix / "nginx.out"
     files = write_nginx_config(
         prefix, upstream_port=upstream_port, http_port=http_port, https_port=https_port
     )
-    outputs: list[IO[bytes]] = []
-    gunicorn = nginx = None
     try:
-        outputs.append(gunicorn_log.open("wb"))
-        gunicorn = subprocess.Popen(
-            [str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py"],
-            cwd=ROOT,
-            env=environment,
-            stdout=outputs[-1],
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(
-            lambda: plain_status(upstream_port, "/api/v1/health") == 200,
-            what="gunicorn",
-            process=gunicorn,
-            log=gunicorn_log,
-        )
-        outputs.append(nginx_log.open("wb"))
-        nginx = subprocess.Popen(
-            nginx_command(files, "-g", "daemon off;"), stdout=outputs[-1], stderr=subprocess.STDOUT
-        )
-        wait_until(
-            lambda: plain_status(https_port, "/api/v1/health", tls=True) == 200,
-            what="nginx",
-            process=nginx,
-            log=nginx_log,
-        )
-        yield Stack(
-            https=f"https://127.0.0.1:{https_port}",
-            http_port=http_port,
-            https_port=https_port,
-            upstream_port=upstream_port,
-            nginx=files,
-            gunicorn_log=gunicorn_log,
-            ratelimit_prefix=ratelimit_prefix,
-        )
+        with LiveServers(prefix) as servers:
+            gunicorn = servers.spawn(
+                "gunicorn", [str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py"], env=environment
+            )
+            servers.wait_until(
+                lambda: plain_status(upstream_port, "/api/v1/health") == 200, "gunicorn", watch=[gunicorn]
+            )
+            nginx = servers.spawn("nginx", nginx_command(files, "-g", "daemon off;"), env=os.environ)
+            servers.wait_until(
+                lambda: plain_status(https_port, "/api/v1/health", tls=True) == 200, "nginx", watch=[nginx]
+            )
+            yield Stack(
+                https=f"https://127.0.0.1:{https_port}",
+                http_port=http_port,
+                https_port=https_port,
+                upstream_port=upstream_port,
+                nginx=files,
+                gunicorn_log=gunicorn.log_path,
+                ratelimit_prefix=ratelimit_prefix,
+            )
     finally:
-        stop(nginx)
-        stop(gunicorn)
-        for output in outputs:
-            output.close()
         client = redis.Redis.from_url(REDIS_URL)
         try:
             for key in client.scan_iter(match=f"*{ratelimit_prefix}*"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from nyxcore.models import GitHubToken, OutboxEmail, Tenant
 from nyxcore.roles import TenantRole
 from nyxcore.services import key_rotation
 from nyxcore.services.github_tokens import UNREADABLE
+from tests.helpers import free_port, rows
 
 OCTOCAT_TOKEN = "ghp_" + "Oc7oCat" * 5 + "x"  # 40 characters, the classic shape
 HUBOT_TOKEN = "3f2a9c0d1e4b5a6978877665544332211aabbccd"  # no well-known prefix: log redaction cannot help
@@ -146,27 +146,19 @@ def connect(client: Any, token: str) -> Any:
     return client.post_form("/github/connect", {"token": token})
 
 
-def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
-    with engine.connect() as conn:
-        return list(conn.execute(text(sql), params))
-
-
 def repo_names(page: str) -> list[str]:
     return re.findall(r'rel="noopener noreferrer">([^<]+)</a>', page)
 
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 # --- connecting, status, repositories, disconnecting ---------------------------------------------
 
 
-def test_owner_connects_and_members_see_the_status(team, login_as, github, admin_engine):
-    owner = login_as(team.accounts[TenantRole.OWNER], team.id)
+def test_owner_connects_and_members_see_the_status(team, login_as, github, admin_engine, as_owner):
+    owner = as_owner
     response = connect(owner, OCTOCAT_TOKEN)
     assert response.status_code == 302
     assert response.location == "/github/"
@@ -201,16 +193,16 @@ def test_owner_connects_and_members_see_the_status(team, login_as, github, admin
         assert "Only team owners can connect or disconnect GitHub." in body
 
 
-def test_the_status_page_is_accessible_markup(team, login_as):
-    page = login_as(team.accounts[TenantRole.OWNER], team.id).get("/github/").get_data(as_text=True)
+def test_the_status_page_is_accessible_markup(as_owner):
+    page = as_owner.get("/github/").get_data(as_text=True)
     assert '<label for="token">Personal access token</label>' in page
     assert 'aria-describedby="token-hint"' in page
     assert 'autocomplete="off"' in page
     assert "style=" not in page and "<script" not in page and "onclick" not in page
 
 
-def test_replacing_the_token_keeps_one_row_and_records_it(team, login_as, admin_engine):
-    owner = login_as(team.accounts[TenantRole.OWNER], team.id)
+def test_replacing_the_token_keeps_one_row_and_records_it(admin_engine, as_owner):
+    owner = as_owner
     assert connect(owner, OCTOCAT_TOKEN).status_code == 302
     assert connect(owner, HUBOT_TOKEN).status_code == 302
     (row,) = rows(admin_engine, "SELECT github_login, last_four FROM github_tokens")
@@ -222,9 +214,9 @@ def test_replacing_the_token_keeps_one_row_and_records_it(team, login_as, admin_
     assert "Connected as <strong>@hubot</strong>" in owner.get("/github/").get_data(as_text=True)
 
 
-def test_repositories_are_paged(team, login_as, github):
-    login_as(team.accounts[TenantRole.OWNER], team.id).post_form("/github/connect", {"token": OCTOCAT_TOKEN})
-    member = login_as(team.accounts[TenantRole.MEMBER], team.id)
+def test_repositories_are_paged(github, as_owner, as_member):
+    as_owner.post_form("/github/connect", {"token": OCTOCAT_TOKEN})
+    member = as_member
 
     first = member.get("/github/repos")
     body = first.get_data(as_text=True)
@@ -248,16 +240,16 @@ def test_repositories_are_paged(team, login_as, github):
     assert member.get("/github/repos?page=nonsense").status_code == 200  # falls back to page 1
 
 
-def test_without_a_link_header_a_full_page_means_there_may_be_more(team, login_as, github):
+def test_without_a_link_header_a_full_page_means_there_may_be_more(github, as_owner):
     github.mode = "no_link"
-    owner = login_as(team.accounts[TenantRole.OWNER], team.id)
+    owner = as_owner
     connect(owner, OCTOCAT_TOKEN)
     assert 'rel="next"' in owner.get("/github/repos").get_data(as_text=True)
     assert 'rel="next"' not in owner.get("/github/repos?page=2").get_data(as_text=True)
 
 
-def test_owner_disconnects(team, login_as, admin_engine):
-    owner = login_as(team.accounts[TenantRole.OWNER], team.id)
+def test_owner_disconnects(team, admin_engine, as_owner):
+    owner = as_owner
     connect(owner, OCTOCAT_TOKEN)
     response = owner.post_form("/github/disconnect")
     assert response.status_code == 302
@@ -295,8 +287,8 @@ def test_owner_disconnects(team, login_as, admin_engine):
         (TenantRole.ADMIN, "get", "/github/repos", 200),
     ],
 )
-def test_roles(team, login_as, github, admin_engine, role, method, path, status):
-    login_as(team.accounts[TenantRole.OWNER], team.id).post_form("/github/connect", {"token": OCTOCAT_TOKEN})
+def test_roles(team, login_as, github, admin_engine, role, method, path, status, as_owner):
+    as_owner.post_form("/github/connect", {"token": OCTOCAT_TOKEN})
     github.requests.clear()
     client = login_as(team.accounts[role], team.id)
     response = client.get(path) if method == "get" else client.post_form(path, {"token": HUBOT_TOKEN})
@@ -317,8 +309,10 @@ def test_anonymous_users_are_sent_to_log_in(client, method, path):
     assert response.location.startswith("/auth/login")
 
 
-def test_non_members_never_see_another_teams_connection(team, make_user, login_as, github, admin_engine):
-    login_as(team.accounts[TenantRole.OWNER], team.id).post_form("/github/connect", {"token": OCTOCAT_TOKEN})
+def test_non_members_never_see_another_teams_connection(
+    team, make_user, login_as, github, admin_engine, as_owner
+):
+    as_owner.post_form("/github/connect", {"token": OCTOCAT_TOKEN})
     github.requests.clear()
     outsider = make_user(name="Oscar Outsider")
     client = login_as(outsider)
@@ -342,8 +336,8 @@ def assert_nothing_saved(admin_engine: Engine) -> None:
     assert rows(admin_engine, "SELECT * FROM audit_events WHERE action LIKE 'github.%'") == []
 
 
-def test_a_token_github_rejects_saves_nothing(team, login_as, admin_engine):
-    response = connect(login_as(team.accounts[TenantRole.OWNER], team.id), WRONG_TOKEN)
+def test_a_token_github_rejects_saves_nothing(admin_engine, as_owner):
+    response = connect(as_owner, WRONG_TOKEN)
     body = response.get_data(as_text=True)
     assert response.status_code == 400
     assert "GitHub rejected the token." in body
@@ -352,8 +346,8 @@ def test_a_token_github_rejects_saves_nothing(team, login_as, admin_engine):
     assert_nothing_saved(admin_engine)
 
 
-def test_a_rejected_replacement_keeps_the_existing_connection(team, login_as, admin_engine):
-    owner = login_as(team.accounts[TenantRole.OWNER], team.id)
+def test_a_rejected_replacement_keeps_the_existing_connection(admin_engine, as_owner):
+    owner = as_owner
     connect(owner, OCTOCAT_TOKEN)
     assert connect(owner, WRONG_TOKEN).status_code == 400
     (row,) = rows(admin_engine, "SELECT github_login, last_four FROM github_tokens")
@@ -364,44 +358,44 @@ def test_a_rejected_replacement_keeps_the_existing_connection(team, login_as, ad
 @pytest.mark.parametrize(
     "token", ["", "   ", "short", "has a space in the middle of it", "tab\tinside-the-token"]
 )
-def test_a_malformed_token_is_refused_without_asking_github(team, login_as, github, admin_engine, token):
-    response = connect(login_as(team.accounts[TenantRole.OWNER], team.id), token)
+def test_a_malformed_token_is_refused_without_asking_github(github, admin_engine, token, as_owner):
+    response = connect(as_owner, token)
     assert response.status_code in (200, 400)
     assert 'id="token-error"' in response.get_data(as_text=True)
     assert github.requests == []
     assert_nothing_saved(admin_engine)
 
 
-def test_github_unreachable_gives_a_message_and_saves_nothing(team, login_as, app, admin_engine):
+def test_github_unreachable_gives_a_message_and_saves_nothing(app, admin_engine, as_owner):
     app.config["GITHUB_API_URL"] = closed_port_url()
-    response = connect(login_as(team.accounts[TenantRole.OWNER], team.id), OCTOCAT_TOKEN)
+    response = connect(as_owner, OCTOCAT_TOKEN)
     assert response.status_code == 502
     assert "GitHub could not be reached." in response.get_data(as_text=True)
     assert_nothing_saved(admin_engine)
 
 
-def test_a_github_that_does_not_answer_in_time_gives_a_message(team, login_as, app, github, admin_engine):
+def test_a_github_that_does_not_answer_in_time_gives_a_message(app, github, admin_engine, as_owner):
     app.config["GITHUB_TIMEOUT"] = 1
     github.mode = "slow"
     started = time.perf_counter()
-    response = connect(login_as(team.accounts[TenantRole.OWNER], team.id), OCTOCAT_TOKEN)
+    response = connect(as_owner, OCTOCAT_TOKEN)
     assert time.perf_counter() - started < 5
     assert response.status_code == 502
     assert "GitHub could not be reached." in response.get_data(as_text=True)
     assert_nothing_saved(admin_engine)
 
 
-def test_rate_limit_says_when_to_try_again_and_saves_nothing(team, login_as, github, admin_engine):
+def test_rate_limit_says_when_to_try_again_and_saves_nothing(github, admin_engine, as_owner):
     github.mode = "rate_limited"
-    response = connect(login_as(team.accounts[TenantRole.OWNER], team.id), OCTOCAT_TOKEN)
+    response = connect(as_owner, OCTOCAT_TOKEN)
     when = datetime.fromtimestamp(github.reset_at, UTC).strftime("%H:%M")
     assert response.status_code == 502
     assert f"GitHub rate limit reached, try again after {when} UTC." in response.get_data(as_text=True)
     assert_nothing_saved(admin_engine)
 
 
-def test_rate_limit_on_the_repositories_page(team, login_as, github):
-    owner = login_as(team.accounts[TenantRole.OWNER], team.id)
+def test_rate_limit_on_the_repositories_page(github, as_owner):
+    owner = as_owner
     connect(owner, OCTOCAT_TOKEN)
     github.mode = "too_many"
     response = owner.get("/github/repos")
@@ -411,8 +405,8 @@ def test_rate_limit_on_the_repositories_page(team, login_as, github):
     )
 
 
-def test_a_token_revoked_at_github_is_reported_on_the_repositories_page(team, login_as, admin_engine):
-    owner = login_as(team.accounts[TenantRole.OWNER], team.id)
+def test_a_token_revoked_at_github_is_reported_on_the_repositories_page(admin_engine, as_owner):
+    owner = as_owner
     connect(owner, OCTOCAT_TOKEN)
     GOOD_TOKENS.pop(OCTOCAT_TOKEN)
     try:
@@ -423,9 +417,9 @@ def test_a_token_revoked_at_github_is_reported_on_the_repositories_page(team, lo
     assert "GitHub rejected the token" in response.get_data(as_text=True)
 
 
-def test_redirects_are_not_followed_so_the_token_goes_nowhere_else(team, login_as, github, admin_engine):
+def test_redirects_are_not_followed_so_the_token_goes_nowhere_else(github, admin_engine, as_owner):
     github.mode = "redirect"
-    response = connect(login_as(team.accounts[TenantRole.OWNER], team.id), OCTOCAT_TOKEN)
+    response = connect(as_owner, OCTOCAT_TOKEN)
     assert response.status_code == 502
     assert "redirect" in response.get_data(as_text=True)
     assert github.paths() == ["/user"]
@@ -447,16 +441,18 @@ def every_stored_value(engine: Engine) -> Iterator[tuple[str, str, Any]]:
 
 
 @pytest.mark.parametrize("token", [OCTOCAT_TOKEN, HUBOT_TOKEN])
-def test_the_token_is_in_no_column_no_page_no_cookie_and_no_log(team, login_as, admin_engine, caplog, token):
+def test_the_token_is_in_no_column_no_page_no_cookie_and_no_log(
+    admin_engine, caplog, token, as_owner, as_member
+):
     caplog.set_level(logging.DEBUG)
-    owner = login_as(team.accounts[TenantRole.OWNER], team.id)
+    owner = as_owner
     responses = [
         connect(owner, token),
         owner.get("/github/"),
         owner.get("/github/repos"),
         owner.get("/github/repos?page=2"),
         connect(owner, WRONG_TOKEN),
-        login_as(team.accounts[TenantRole.MEMBER], team.id).get("/github/"),
+        as_member.get("/github/"),
     ]
     assert rows(admin_engine, "SELECT count(*) FROM github_tokens")[0][0] == 1
 
@@ -487,9 +483,9 @@ def test_the_token_is_in_no_column_no_page_no_cookie_and_no_log(team, login_as, 
 
 
 def test_ciphertexts_swapped_between_teams_do_not_decrypt_and_are_reported(
-    team, make_user, login_as, github, admin_engine
+    team, make_user, login_as, github, admin_engine, as_owner
 ):
-    owner_a = login_as(team.accounts[TenantRole.OWNER], team.id)
+    owner_a = as_owner
     other = make_user(name="Bea Other")
     owner_b = login_as(other, other.team_id)
     connect(owner_a, OCTOCAT_TOKEN)
@@ -535,8 +531,8 @@ def test_ciphertexts_swapped_between_teams_do_not_decrypt_and_are_reported(
         "UPDATE github_tokens SET key_id = 'retired'",
     ],
 )
-def test_tampered_rows_fail_cleanly(team, login_as, github, admin_engine, caplog, tamper):
-    owner = login_as(team.accounts[TenantRole.OWNER], team.id)
+def test_tampered_rows_fail_cleanly(github, admin_engine, caplog, tamper, as_owner):
+    owner = as_owner
     connect(owner, OCTOCAT_TOKEN)
     with admin_engine.begin() as conn:
         conn.execute(text(tamper))

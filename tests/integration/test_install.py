@@ -10,16 +10,13 @@ three processes. Someone then signs up over HTTP, sent the way nginx forwards a 
 
 from __future__ import annotations
 
-import contextlib
 import http.cookiejar
 import os
 import re
 import secrets
 import shlex
-import signal
 import subprocess
 import textwrap
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +29,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from tests.conftest import ADMIN_URL, PASSWORD, REDIS_URL, csrf_from
-from tests.integration.test_deployment import BIN, ROOT, Browser, free_port, plain_status
+from tests.helpers import free_port
+from tests.integration.test_deployment import Browser, plain_status
+from tests.live import BIN, ROOT, LiveServers
 
 SECTION = "## Installing on PostgreSQL"
 STEPS = ("roles and database", "settings", "schema", "check", "run")
@@ -89,6 +88,7 @@ class ReadmeInstall:
         self.ratelimit_prefix = f"nyxcore-readme-{suffix}"
         self.steps = readme_install_steps((ROOT / "README.md").read_text())
         self.process_group: int | None = None
+        self.servers = LiveServers(checkout, cwd=checkout)
         self.log = checkout / "processes.log"
         for name in ENTRY_POINTS:
             (checkout / name).symlink_to(ROOT / name)
@@ -172,18 +172,15 @@ class ReadmeInstall:
         return self.run_command(f"{LOAD_SETTINGS}\nflask --app wsgi {shlex.join(arguments)}")
 
     def start_processes(self) -> None:
-        """Step 5, which leaves gunicorn, the worker and beat running in the background of its shell."""
-        with self.log.open("wb") as output:
-            shell = subprocess.Popen(
-                ["bash", "-e", "-o", "pipefail", "-c", self.script(5)],
-                cwd=self.checkout,
-                env=self.environment(),
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so that the cleanup stops all three
-            )
-        self.process_group = shell.pid
-        assert shell.wait(timeout=30) == 0, self.log.read_text()
+        """Step 5, which leaves gunicorn, the worker and beat running in the background of its shell.
+
+        The shell leads a process group of its own, so that the cleanup stops all three with it.
+        """
+        shell = self.servers.spawn(
+            "processes", ["bash", "-e", "-o", "pipefail", "-c", self.script(5)], env=self.environment()
+        )
+        self.process_group = shell.group
+        assert shell.popen.wait(timeout=30) == 0, self.log.read_text()
 
     def process_environments(self) -> dict[int, str]:
         """The environment of each process step 5 left running, by pid (read from /proc)."""
@@ -201,15 +198,7 @@ class ReadmeInstall:
         return found
 
     def wait_for(self, condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if condition():
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"{what}: not ready after 30 s\n{self.log.read_text()[-4000:]}")
+        self.servers.wait_until(condition, what, timeout=30, log=self.log.read_text)
 
     def owner_url(self) -> str:
         return (
@@ -220,8 +209,7 @@ class ReadmeInstall:
 
     def clean_up(self) -> None:
         """Stop what step 5 started, then drop the database and both roles and this run's Redis keys."""
-        if self.process_group is not None:
-            stop_process_group(self.process_group)
+        self.servers.stop()
         server = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
         try:
             with server.connect() as conn:
@@ -241,23 +229,6 @@ class ReadmeInstall:
                     client.delete(key)
         finally:
             client.close()
-
-
-def stop_process_group(group: int) -> None:
-    """SIGTERM to every process of `group` (one the test started), SIGKILL to what is left after 20 s."""
-    try:
-        os.killpg(group, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signal.SIGKILL)
 
 
 @pytest.fixture

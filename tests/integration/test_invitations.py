@@ -34,6 +34,7 @@ from nyxcore.roles import TenantRole
 from nyxcore.services import invitations
 from nyxcore.tasks import sweep_outbox
 from tests.conftest import PASSWORD, REDIS_URL, csrf_from
+from tests.helpers import count, dicts, scalar
 from tests.integration import worker as celery_worker
 from tests.integration.mailserver import MailServer, running_mail_server
 
@@ -74,22 +75,12 @@ def nyx_ops(team: Any, admin_engine: Engine) -> Any:
     return team
 
 
-def q(admin_engine: Engine, sql: str, **params: Any) -> Any:
-    with admin_engine.connect() as conn:
-        return conn.execute(text(sql), params).scalar_one()
-
-
-def rows(admin_engine: Engine, sql: str, **params: Any) -> list[dict[str, Any]]:
-    with admin_engine.connect() as conn:
-        return [dict(r) for r in conn.execute(text(sql), params).mappings()]
-
-
 def snapshot(admin_engine: Engine) -> dict[str, list[dict[str, Any]]]:
     """Everything an accept could change, to show that a refused one changed nothing."""
     return {
-        "invitations": rows(admin_engine, "SELECT * FROM invitations ORDER BY id"),
-        "members": rows(admin_engine, "SELECT * FROM tenant_members ORDER BY id"),
-        "audit": rows(admin_engine, "SELECT id, action, target FROM audit_events ORDER BY id"),
+        "invitations": dicts(admin_engine, "SELECT * FROM invitations ORDER BY id"),
+        "members": dicts(admin_engine, "SELECT * FROM tenant_members ORDER BY id"),
+        "audit": dicts(admin_engine, "SELECT id, action, target FROM audit_events ORDER BY id"),
     }
 
 
@@ -132,7 +123,7 @@ def test_invitation_mail_arrives_through_the_worker_and_its_link_joins_the_team(
     path = link_path(message)
     assert re.fullmatch(r"/invite/[A-Za-z0-9_-]{43}", path)
     assert PUBLIC_URL + path in mail_server.html(message)
-    expires = q(admin_engine, "SELECT to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM invitations")
+    expires = scalar(admin_engine, "SELECT to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM invitations")
     assert f"expires on {expires}" in mail_server.text(message)
     assert "as a member" in mail_server.text(message)
 
@@ -145,7 +136,7 @@ def test_invitation_mail_arrives_through_the_worker_and_its_link_joins_the_team(
             r"<[^>]+>", "", page(shown)
         )
         assert f"Accept and join {TEAM}" in page(shown)
-    assert q(admin_engine, "SELECT count(*) FROM invitations WHERE consumed_at IS NULL") == 1
+    assert count(admin_engine, "SELECT count(*) FROM invitations WHERE consumed_at IS NULL") == 1
 
     accepted = client.post_form(path)
     assert accepted.status_code == 302
@@ -153,7 +144,7 @@ def test_invitation_mail_arrives_through_the_worker_and_its_link_joins_the_team(
     overview = page(client.get("/team/"))
     assert f"Welcome to {TEAM}. You joined as member." in overview
     assert f"<h1>{TEAM}</h1>" in overview  # the new team is the active one
-    member = rows(
+    member = dicts(
         admin_engine,
         "SELECT role, invited_by, invited_at, joined_at FROM tenant_members WHERE tenant_id = :t AND user_id = :u",
         t=nyx_ops.id,
@@ -163,13 +154,13 @@ def test_invitation_mail_arrives_through_the_worker_and_its_link_joins_the_team(
     assert member[0]["role"] == "member"
     assert member[0]["invited_by"] == admin.user_id
     assert member[0]["invited_at"] is not None and member[0]["joined_at"] is not None
-    invitation = rows(admin_engine, "SELECT consumed_at, consumed_by FROM invitations")[0]
+    invitation = dicts(admin_engine, "SELECT consumed_at, consumed_by FROM invitations")[0]
     assert invitation["consumed_by"] == invitee.user_id
     assert invitation["consumed_at"] == member[0]["joined_at"]
-    outbox = rows(admin_engine, "SELECT sent_at, attempts, body_ciphertext FROM outbox_emails")[0]
+    outbox = dicts(admin_engine, "SELECT sent_at, attempts, body_ciphertext FROM outbox_emails")[0]
     assert outbox["sent_at"] is not None and outbox["attempts"] == 1
     assert outbox["body_ciphertext"] is None  # wiped once sent
-    actions = rows(
+    actions = dicts(
         admin_engine, "SELECT action, target, details FROM audit_events WHERE tenant_id = :t", t=nyx_ops.id
     )
     assert {
@@ -185,9 +176,9 @@ def test_invitation_mail_arrives_through_the_worker_and_its_link_joins_the_team(
 
 
 def test_new_person_signs_up_through_the_link_and_joins(
-    nyx_ops, login_as, client, mail_server, worker, admin_engine
+    nyx_ops, client, mail_server, worker, admin_engine, as_owner
 ):
-    invite(login_as(nyx_ops.accounts[TenantRole.OWNER], nyx_ops.id), "newcomer@example.com", TenantRole.ADMIN)
+    invite(as_owner, "newcomer@example.com", TenantRole.ADMIN)
     path = link_path(mail_server.wait_for(1)[0])
 
     shown = page(client.get(path))
@@ -212,7 +203,7 @@ def test_new_person_signs_up_through_the_link_and_joins(
     assert accepted.location == "/team/"
     assert f"Welcome to {TEAM}. You joined as admin." in page(client.get("/team/"))
     assert (
-        q(
+        count(
             admin_engine,
             "SELECT count(*) FROM tenant_members m JOIN users u ON u.id = m.user_id "
             "WHERE m.tenant_id = :t AND u.email = 'newcomer@example.com' AND m.role = 'admin'",
@@ -222,9 +213,11 @@ def test_new_person_signs_up_through_the_link_and_joins(
     )
 
 
-def test_signed_out_accept_sends_to_login_and_back(nyx_ops, login_as, make_user, client, mail_server, worker):
+def test_signed_out_accept_sends_to_login_and_back(
+    nyx_ops, make_user, client, mail_server, worker, as_admin
+):
     invitee = make_user(email="lin@example.com")
-    invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "lin@example.com")
+    invite(as_admin, "lin@example.com")
     path = link_path(mail_server.wait_for(1)[0])
     refused = client.post_form(path)
     assert refused.status_code == 302
@@ -238,11 +231,11 @@ def test_signed_out_accept_sends_to_login_and_back(nyx_ops, login_as, make_user,
 
 
 def test_signed_in_as_another_address_is_refused_and_nothing_changes(
-    nyx_ops, login_as, make_user, mail_server, worker, admin_engine
+    nyx_ops, login_as, make_user, mail_server, worker, admin_engine, as_admin
 ):
     make_user(email="right@example.com")
     wrong = make_user(email="wrong@example.com")
-    invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "Right@example.com")
+    invite(as_admin, "Right@example.com")
     path = link_path(mail_server.wait_for(1)[0])
     before = snapshot(admin_engine)
 
@@ -260,10 +253,10 @@ def test_signed_in_as_another_address_is_refused_and_nothing_changes(
 
 
 def test_already_a_member_is_told_so_and_the_invitation_stays_open(
-    nyx_ops, login_as, make_user, add_member, mail_server, worker, admin_engine
+    nyx_ops, login_as, make_user, add_member, mail_server, worker, admin_engine, as_admin
 ):
     person = make_user(email="twice@example.com")
-    invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "twice@example.com")
+    invite(as_admin, "twice@example.com")
     path = link_path(mail_server.wait_for(1)[0])
     add_member(nyx_ops.id, person, TenantRole.VIEWER)  # joined some other way meanwhile
     before = snapshot(admin_engine)
@@ -280,10 +273,10 @@ def test_already_a_member_is_told_so_and_the_invitation_stays_open(
 
 
 def test_expired_revoked_replaced_and_used_links_answer_410_and_change_nothing(
-    nyx_ops, login_as, make_user, make_client, mail_server, worker, admin_engine
+    nyx_ops, login_as, make_user, make_client, mail_server, worker, admin_engine, as_admin
 ):
     people = {name: make_user(email=f"{name}@example.com") for name in ("late", "dropped", "resent", "quick")}
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+    admin = as_admin
     invite(admin, "\n".join(f"{name}@example.com" for name in people))
     paths = {m["To"].split("@")[0]: link_path(m) for m in mail_server.wait_for(4)}
 
@@ -293,7 +286,7 @@ def test_expired_revoked_replaced_and_used_links_answer_410_and_change_nothing(
                 "UPDATE invitations SET expires_at = now() - interval '1 minute' WHERE email = 'late@example.com'"
             )
         )
-    ids = {r["email"]: r["id"] for r in rows(admin_engine, "SELECT id, email FROM invitations")}
+    ids = {r["email"]: r["id"] for r in dicts(admin_engine, "SELECT id, email FROM invitations")}
     assert admin.post_form(f"/team/invitations/{ids['dropped@example.com']}/revoke").status_code == 302
     assert admin.post_form(f"/team/invitations/{ids['resent@example.com']}/resend").status_code == 302
     new_resent_path = link_path(mail_server.wait_for(5)[4])
@@ -330,10 +323,10 @@ def test_unknown_or_malformed_token_is_404(client, make_client):
 
 
 def test_twenty_concurrent_accepts_make_exactly_one_membership(
-    nyx_ops, login_as, make_user, make_client, mail_server, worker, admin_engine
+    nyx_ops, login_as, make_user, make_client, mail_server, worker, admin_engine, as_admin
 ):
     invitee = make_user(email="race@example.com")
-    invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "race@example.com")
+    invite(as_admin, "race@example.com")
     path = link_path(mail_server.wait_for(1)[0])
     signed_in = login_as(invitee)
     session_cookie = signed_in.get_cookie("session")
@@ -365,7 +358,7 @@ def test_twenty_concurrent_accepts_make_exactly_one_membership(
     # Winner and late-comers who find the membership redirect (302); losers of the UPDATE see 410.
     assert set(statuses) <= {302, 410}, statuses
     assert (
-        q(
+        count(
             admin_engine,
             "SELECT count(*) FROM tenant_members WHERE tenant_id = :t AND user_id = :u",
             t=nyx_ops.id,
@@ -373,29 +366,29 @@ def test_twenty_concurrent_accepts_make_exactly_one_membership(
         )
         == 1
     )
-    assert q(admin_engine, "SELECT count(*) FROM audit_events WHERE action = 'invitation.accepted'") == 1
-    assert q(admin_engine, "SELECT count(*) FROM invitations WHERE consumed_by = :u", u=invitee.user_id) == 1
+    assert count(admin_engine, "SELECT count(*) FROM audit_events WHERE action = 'invitation.accepted'") == 1
+    assert count(admin_engine, "SELECT count(*) FROM invitations WHERE consumed_by = :u", u=invitee.user_id) == 1
 
 
 # --- delivery: outages and retries ---------------------------------------------------------------
 
 
 def test_broker_outage_keeps_the_invitation_and_the_sweep_delivers_exactly_once(
-    app, nyx_ops, login_as, mail_server, admin_engine, caplog
+    app, nyx_ops, mail_server, admin_engine, caplog, as_admin
 ):
     celery = app.extensions["celery"]
     celery.conf.broker_url = "redis://127.0.0.1:1/0"  # nothing listens there: the broker is down
     celery_worker.forget_broker_connections(celery)
     try:
         with caplog.at_level(logging.WARNING, logger="nyxcore.mail"):
-            response = invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "patient@example.com")
+            response = invite(as_admin, "patient@example.com")
         assert response.status_code == 200
         assert "1 of 1 address invited." in page(response)
         assert "the sweep will retry" in caplog.text
     finally:
         celery.conf.broker_url = REDIS_URL
-    assert q(admin_engine, "SELECT count(*) FROM invitations WHERE email = 'patient@example.com'") == 1
-    assert q(admin_engine, "SELECT count(*) FROM outbox_emails WHERE sent_at IS NULL") == 1
+    assert count(admin_engine, "SELECT count(*) FROM invitations WHERE email = 'patient@example.com'") == 1
+    assert count(admin_engine, "SELECT count(*) FROM outbox_emails WHERE sent_at IS NULL") == 1
 
     with celery_worker.running_worker(app):
         assert sweep_outbox(older_than_seconds=0) == 1
@@ -404,40 +397,40 @@ def test_broker_outage_keeps_the_invitation_and_the_sweep_delivers_exactly_once(
         # The SMTP server has the message a moment before the worker commits sent_at.
         deadline = time.monotonic() + 10
         while (
-            q(admin_engine, "SELECT count(*) FROM outbox_emails WHERE sent_at IS NULL")
+            count(admin_engine, "SELECT count(*) FROM outbox_emails WHERE sent_at IS NULL")
             and time.monotonic() < deadline
         ):
             time.sleep(0.05)
         assert sweep_outbox(older_than_seconds=0) == 0  # nothing left unsent
         mail_server.assert_quiet(1.0, expected=1)
-    assert q(admin_engine, "SELECT count(*) FROM outbox_emails WHERE sent_at IS NOT NULL") == 1
+    assert count(admin_engine, "SELECT count(*) FROM outbox_emails WHERE sent_at IS NOT NULL") == 1
 
 
 def test_smtp_refusing_at_first_is_retried_and_delivers_once(
-    nyx_ops, login_as, mail_server, worker, admin_engine
+    nyx_ops, mail_server, worker, admin_engine, as_admin
 ):
     mail_server.refuse_next(2)  # "451 4.3.0 Try again later" twice, then accept
-    invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "greylisted@example.com")
+    invite(as_admin, "greylisted@example.com")
     # The task retries with exponential backoff (factor 2, full jitter): at most 2 s, then 4 s.
     message = mail_server.wait_for(1, timeout=15)[0]
     assert message["To"] == "greylisted@example.com"
     mail_server.assert_quiet(1.0, expected=1)
     assert mail_server.attempts == 3
-    outbox = rows(admin_engine, "SELECT attempts, sent_at, last_error FROM outbox_emails")[0]
+    outbox = dicts(admin_engine, "SELECT attempts, sent_at, last_error FROM outbox_emails")[0]
     assert outbox["attempts"] == 3
     assert outbox["sent_at"] is not None
     assert outbox["last_error"] is None
 
 
-def test_revoking_before_delivery_cancels_the_email(app, nyx_ops, login_as, mail_server, admin_engine):
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+def test_revoking_before_delivery_cancels_the_email(app, nyx_ops, mail_server, admin_engine, as_admin):
+    admin = as_admin
     invite(admin, "oops@example.com")  # no worker yet: the message waits in the queue
-    invitation_id = q(admin_engine, "SELECT id FROM invitations")
+    invitation_id = scalar(admin_engine, "SELECT id FROM invitations")
     assert admin.post_form(f"/team/invitations/{invitation_id}/revoke").status_code == 302
     with celery_worker.running_worker(app):
         assert sweep_outbox(older_than_seconds=0) == 0
         mail_server.assert_quiet(1.5)
-    assert q(admin_engine, "SELECT last_error FROM outbox_emails") == (
+    assert scalar(admin_engine, "SELECT last_error FROM outbox_emails") == (
         "Not sent: the invitation was revoked before delivery."
     )
 
@@ -557,19 +550,19 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def test_the_raw_token_rests_nowhere_in_the_database_redis_or_logs(
-    app, nyx_ops, login_as, make_user, mail_server, admin_engine, caplog
+    app, nyx_ops, make_user, mail_server, admin_engine, caplog, as_admin
 ):
     caplog.set_level(logging.DEBUG)
     invitee = make_user(email="secret-keeper@example.com")
-    invite(login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id), "secret-keeper@example.com")
-    outbox_id = str(q(admin_engine, "SELECT id FROM outbox_emails"))
+    invite(as_admin, "secret-keeper@example.com")
+    outbox_id = str(scalar(admin_engine, "SELECT id FROM outbox_emails"))
     while_queued = redis_contents()  # the Celery message waits in the queue: no worker yet
     assert any(outbox_id in s for s in while_queued), "the scan must see the task message and its argument"
 
     with celery_worker.running_worker(app, purge_first=False):  # it takes the waiting message
         path = link_path(mail_server.wait_for(1)[0])
     token = token_of(path)
-    assert q(admin_engine, "SELECT token_hash FROM invitations") == invitations.hash_token(token)
+    assert scalar(admin_engine, "SELECT token_hash FROM invitations") == invitations.hash_token(token)
 
     # Follow the link over real HTTP, signed out: a POST to it (as when a session ended between
     # showing and accepting) sends to the login page with next=%2Finvite%2F<token>, whose form
@@ -614,9 +607,9 @@ def test_the_raw_token_rests_nowhere_in_the_database_redis_or_logs(
 # --- the admin side ------------------------------------------------------------------------------
 
 
-def test_bulk_invite_reports_each_address(nyx_ops, login_as, admin_engine):
+def test_bulk_invite_reports_each_address(nyx_ops, admin_engine, as_admin):
     member = nyx_ops.accounts[TenantRole.MEMBER]
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+    admin = as_admin
     assert invite(admin, "pending@example.com").status_code == 200
     emails = "\n".join(
         [
@@ -643,27 +636,27 @@ def test_bulk_invite_reports_each_address(nyx_ops, login_as, admin_engine):
         "two@example.com": "invited",
         "three@example.com": "invited",
     }
-    pending_id = q(admin_engine, "SELECT id FROM invitations WHERE email = 'pending@example.com'")
+    pending_id = scalar(admin_engine, "SELECT id FROM invitations WHERE email = 'pending@example.com'")
     assert f'action="/team/invitations/{pending_id}/resend"' in body  # offered a resend
     assert "not-an-email is not a valid email address." in body
-    assert q(admin_engine, "SELECT count(*) FROM invitations") == 4
-    assert q(admin_engine, "SELECT count(*) FROM outbox_emails") == 4
-    assert q(admin_engine, "SELECT count(*) FROM audit_events WHERE action = 'invitation.created'") == 4
+    assert count(admin_engine, "SELECT count(*) FROM invitations") == 4
+    assert count(admin_engine, "SELECT count(*) FROM outbox_emails") == 4
+    assert count(admin_engine, "SELECT count(*) FROM audit_events WHERE action = 'invitation.created'") == 4
 
 
-def test_bulk_invite_limits_and_empty_input(nyx_ops, login_as, admin_engine):
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+def test_bulk_invite_limits_and_empty_input(nyx_ops, admin_engine, as_admin):
+    admin = as_admin
     too_many = invite(admin, ",".join(f"p{n}@example.com" for n in range(51)))
     assert too_many.status_code == 400
     assert "You entered 51 addresses; invite at most 50 at once." in page(too_many)
     assert invite(admin, " \n , ").status_code == 400
-    assert q(admin_engine, "SELECT count(*) FROM invitations") == 0
+    assert count(admin_engine, "SELECT count(*) FROM invitations") == 0
     fifty = invite(admin, ",".join(f"p{n}@example.com" for n in range(50)))
     assert "50 of 50 addresses invited." in page(fifty)
 
 
-def test_roles_an_inviter_may_grant(nyx_ops, login_as, admin_engine):
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+def test_roles_an_inviter_may_grant(nyx_ops, admin_engine, as_owner, as_admin):
+    admin = as_admin
     form = page(admin.get("/team/invitations"))
     options = re.findall(r'<option[^>]*value="(\w+)"', form)
     assert options == ["member", "viewer"]
@@ -671,15 +664,15 @@ def test_roles_an_inviter_may_grant(nyx_ops, login_as, admin_engine):
         refused = invite(admin, "boss@example.com", role)
         assert refused.status_code == 403
         assert f"Your role cannot invite someone as {role.value}." in page(refused)
-    assert q(admin_engine, "SELECT count(*) FROM invitations") == 0
-    owner = login_as(nyx_ops.accounts[TenantRole.OWNER], nyx_ops.id)
+    assert count(admin_engine, "SELECT count(*) FROM invitations") == 0
+    owner = as_owner
     assert invite(owner, "boss@example.com", TenantRole.OWNER).status_code == 200
-    assert q(admin_engine, "SELECT role FROM invitations") == "owner"
+    assert scalar(admin_engine, "SELECT role FROM invitations") == "owner"
     # An admin cannot revoke or resend an invitation above their own role.
-    owner_invite = q(admin_engine, "SELECT id FROM invitations")
+    owner_invite = scalar(admin_engine, "SELECT id FROM invitations")
     assert admin.post_form(f"/team/invitations/{owner_invite}/revoke").status_code == 403
     assert admin.post_form(f"/team/invitations/{owner_invite}/resend").status_code == 403
-    assert q(admin_engine, "SELECT count(*) FROM invitations WHERE revoked_at IS NULL") == 1
+    assert count(admin_engine, "SELECT count(*) FROM invitations WHERE revoked_at IS NULL") == 1
 
 
 def test_pending_list_shows_role_inviter_expiry_and_delivery_state(nyx_ops, login_as, admin_engine):
@@ -728,34 +721,34 @@ def test_pending_list_shows_role_inviter_expiry_and_delivery_state(nyx_ops, logi
     assert "Resend" in row("stale@example.com") and "Revoke" in row("stale@example.com")
 
 
-def test_resend_replaces_the_pending_invitation(nyx_ops, login_as, admin_engine):
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+def test_resend_replaces_the_pending_invitation(nyx_ops, admin_engine, as_admin):
+    admin = as_admin
     invite(admin, "again@example.com")
-    old = rows(admin_engine, "SELECT id, token_hash FROM invitations")[0]
+    old = dicts(admin_engine, "SELECT id, token_hash FROM invitations")[0]
     response = admin.post_form(f"/team/invitations/{old['id']}/resend")
     assert response.status_code == 302
     assert "A new invitation is on its way to again@example.com" in page(admin.get(response.location))
-    after = rows(
+    after = dicts(
         admin_engine,
         "SELECT id, token_hash, revoked_reason FROM invitations ORDER BY created_at, revoked_at NULLS LAST",
     )
     assert len(after) == 2
     assert {r["revoked_reason"] for r in after} == {"resent", None}
     assert len({r["token_hash"] for r in after}) == 2
-    assert q(admin_engine, "SELECT count(*) FROM outbox_emails") == 2
-    assert q(admin_engine, "SELECT count(*) FROM audit_events WHERE action = 'invitation.resent'") == 1
+    assert count(admin_engine, "SELECT count(*) FROM outbox_emails") == 2
+    assert count(admin_engine, "SELECT count(*) FROM audit_events WHERE action = 'invitation.resent'") == 1
     # Resending or revoking the replaced one again is a conflict, not a second invitation.
     assert admin.post_form(f"/team/invitations/{old['id']}/resend").status_code == 409
     assert admin.post_form(f"/team/invitations/{old['id']}/revoke").status_code == 409
-    assert q(admin_engine, "SELECT count(*) FROM invitations") == 2
+    assert count(admin_engine, "SELECT count(*) FROM invitations") == 2
 
 
-def test_another_teams_or_an_unknown_invitation_is_404(nyx_ops, login_as, make_user, admin_engine):
+def test_another_teams_or_an_unknown_invitation_is_404(nyx_ops, login_as, make_user, admin_engine, as_admin):
     other_owner = make_user(name="Other Owner")
     invite(login_as(other_owner, other_owner.team_id), "theirs@example.com")
-    theirs = q(admin_engine, "SELECT id FROM invitations")
+    theirs = scalar(admin_engine, "SELECT id FROM invitations")
     before = snapshot(admin_engine)
-    admin = login_as(nyx_ops.accounts[TenantRole.ADMIN], nyx_ops.id)
+    admin = as_admin
     for invitation_id in (theirs, uuid.uuid4()):
         for action in ("resend", "revoke"):
             assert admin.post_form(f"/team/invitations/{invitation_id}/{action}").status_code == 404
@@ -797,6 +790,6 @@ def test_invitations_per_team_per_hour_count_addresses(app_config, request, admi
     refused = invite(admin, "c@example.com, d@example.com")
     assert refused.status_code == 429
     assert "This team may send 3 invitations an hour and has 1 left now." in page(refused)
-    assert q(admin_engine, "SELECT count(*) FROM invitations") == 2  # nobody of the refused batch
+    assert count(admin_engine, "SELECT count(*) FROM invitations") == 2  # nobody of the refused batch
     assert "1 of 1 address invited." in page(invite(admin, "c@example.com"))
     assert invite(admin, "d@example.com").status_code == 429

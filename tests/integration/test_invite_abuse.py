@@ -26,6 +26,7 @@ from nyxcore.roles import TenantRole
 from nyxcore.services import mail, quotas
 from nyxcore.services.mail import ConsoleTransport
 from tests.conftest import Client
+from tests.helpers import count, dicts, member_id, role_of, scalar
 from tests.integration import worker as celery_worker
 
 LINK = re.compile(r"http://nyxcore\.test(/invite/[A-Za-z0-9_-]{43})")
@@ -41,16 +42,6 @@ def acme(team: Any, admin_engine: Engine) -> Any:
     with admin_engine.begin() as conn:
         conn.execute(text("UPDATE tenants SET name = :n WHERE id = :t"), {"n": TEAM, "t": team.id})
     return team
-
-
-def rows(admin_engine: Engine, sql: str, **params: Any) -> list[dict[str, Any]]:
-    with admin_engine.connect() as conn:
-        return [dict(r) for r in conn.execute(text(sql), params).mappings()]
-
-
-def scalar(admin_engine: Engine, sql: str, **params: Any) -> Any:
-    with admin_engine.connect() as conn:
-        return conn.execute(text(sql), params).scalar_one()
 
 
 def page(response: Any) -> str:
@@ -75,25 +66,6 @@ def link_to(address: str) -> str:
     match = LINK.search(sent_to(address)["text"])
     assert match, sent_to(address)["text"]
     return match.group(1)
-
-
-def member_id(admin_engine: Engine, team_id: uuid.UUID, user_id: uuid.UUID) -> uuid.UUID:
-    return scalar(
-        admin_engine,
-        "SELECT id FROM tenant_members WHERE tenant_id = :t AND user_id = :u",
-        t=team_id,
-        u=user_id,
-    )
-
-
-def membership_role(admin_engine: Engine, team_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
-    found = rows(
-        admin_engine,
-        "SELECT role FROM tenant_members WHERE tenant_id = :t AND user_id = :u",
-        t=team_id,
-        u=user_id,
-    )
-    return found[0]["role"] if found else None
 
 
 # --- finding 9: a departing inviter cannot plant access ------------------------------------------
@@ -135,8 +107,8 @@ def test_owner_invitation_from_an_owner_no_longer_in_the_team_answers_410_and_gr
     refused = invitee.post_form(path)
     assert refused.status_code == 410
     assert LOST_OWNER in page(refused)
-    assert membership_role(admin_engine, acme.id, heir.user_id) is None
-    assert scalar(admin_engine, "SELECT count(*) FROM invitations WHERE consumed_at IS NOT NULL") == 0
+    assert role_of(admin_engine, acme.id, heir.user_id) is None
+    assert count(admin_engine, "SELECT count(*) FROM invitations WHERE consumed_at IS NOT NULL") == 0
 
 
 @pytest.fixture
@@ -148,27 +120,27 @@ def held_mail(app_config: dict[str, Any]) -> Iterator[None]:
 
 
 def test_removing_an_owner_revokes_their_invitations_cancels_the_mail_and_logs_it(
-    held_mail, acme, departing, make_user, login_as, admin_engine
+    held_mail, acme, departing, make_user, login_as, admin_engine, as_owner
 ):
     heir = unique_address("heir")
     assert invite(login_as(departing, acme.id), heir, TenantRole.OWNER).status_code == 200
-    owner = login_as(acme.accounts[TenantRole.OWNER], acme.id)
+    owner = as_owner
     removed = owner.post_form(f"/team/members/{member_id(admin_engine, acme.id, departing.user_id)}/remove")
     assert removed.status_code == 302
 
-    invitation = rows(
+    invitation = dicts(
         admin_engine, "SELECT id, revoked_at, revoked_reason, outbox_email_id FROM invitations"
     )[0]
     assert invitation["revoked_at"] is not None
     assert invitation["revoked_reason"] == "inviter_lost_role"
-    outbox = rows(
+    outbox = dicts(
         admin_engine,
         "SELECT body_ciphertext, last_error FROM outbox_emails WHERE id = :i",
         i=invitation["outbox_email_id"],
     )[0]
     assert outbox["body_ciphertext"] is None
     assert outbox["last_error"] == "Not sent: the inviter can no longer grant its role before delivery."
-    events = rows(
+    events = dicts(
         admin_engine,
         "SELECT actor_id, action, target, details FROM audit_events WHERE action = 'invitation.revoked'",
     )
@@ -183,14 +155,14 @@ def test_removing_an_owner_revokes_their_invitations_cancels_the_mail_and_logs_i
 
 
 def test_demoting_an_owner_revokes_only_the_invitations_the_new_role_cannot_grant(
-    acme, departing, make_user, login_as, admin_engine
+    acme, departing, make_user, login_as, admin_engine, as_owner
 ):
     invitees = {role: make_user(email=unique_address(role.value)) for role in TenantRole}
     inviter = login_as(departing, acme.id)
     for role, account in invitees.items():
         assert invite(inviter, account.email, role).status_code == 200
     paths = {role: link_to(account.email) for role, account in invitees.items()}
-    owner = login_as(acme.accounts[TenantRole.OWNER], acme.id)
+    owner = as_owner
     demoted = owner.post_form(
         f"/team/members/{member_id(admin_engine, acme.id, departing.user_id)}/role", {"role": "admin"}
     )
@@ -198,7 +170,7 @@ def test_demoting_an_owner_revokes_only_the_invitations_the_new_role_cannot_gran
 
     revoked = {
         r["email"]: r["revoked_reason"]
-        for r in rows(
+        for r in dicts(
             admin_engine, "SELECT email, revoked_reason FROM invitations WHERE revoked_at IS NOT NULL"
         )
     }
@@ -213,7 +185,7 @@ def test_demoting_an_owner_revokes_only_the_invitations_the_new_role_cannot_gran
     # An admin may still invite members and viewers: those invitations keep working.
     for role in (TenantRole.MEMBER, TenantRole.VIEWER):
         assert login_as(invitees[role]).post_form(paths[role]).location == "/team/"
-        assert membership_role(admin_engine, acme.id, invitees[role].user_id) == role.value
+        assert role_of(admin_engine, acme.id, invitees[role].user_id) == role.value
 
 
 def test_leaving_and_handing_over_ownership_revoke_what_the_inviter_can_no_longer_grant(
@@ -236,16 +208,18 @@ def test_leaving_and_handing_over_ownership_revoke_what_the_inviter_can_no_longe
     )
     assert transferred.status_code == 302  # Olive is an admin now: her admin invitation goes
     assert dora.post_form("/team/leave").status_code == 302  # Dora leaves: all of hers go
-    revoked = rows(admin_engine, "SELECT email, revoked_reason FROM invitations ORDER BY created_at")
+    revoked = dicts(admin_engine, "SELECT email, revoked_reason FROM invitations ORDER BY created_at")
     assert revoked == [
         {"email": from_olive, "revoked_reason": "inviter_lost_role"},
         {"email": from_dora, "revoked_reason": "inviter_lost_role"},
     ]
 
 
-def test_invitation_whose_inviter_deleted_their_account_answers_410(acme, make_user, login_as, admin_engine):
+def test_invitation_whose_inviter_deleted_their_account_answers_410(
+    acme, make_user, login_as, admin_engine, as_admin
+):
     invitee = make_user(email=unique_address("orphan"))
-    assert invite(login_as(acme.accounts[TenantRole.ADMIN], acme.id), invitee.email).status_code == 200
+    assert invite(as_admin, invitee.email).status_code == 200
     path = link_to(invitee.email)
     with admin_engine.begin() as conn:  # what ON DELETE SET NULL leaves when the account is deleted
         conn.execute(text("UPDATE invitations SET invited_by = NULL"))
@@ -256,7 +230,7 @@ def test_invitation_whose_inviter_deleted_their_account_answers_410(acme, make_u
             f"sent by someone who can no longer invite people as member to {TEAM}. "
             f"Ask an admin of {TEAM} for a new invitation."
         ) in page(response)
-    assert membership_role(admin_engine, acme.id, invitee.user_id) is None
+    assert role_of(admin_engine, acme.id, invitee.user_id) is None
 
 
 def test_a_removal_in_flight_holds_the_accept_back_and_wins(
@@ -282,7 +256,7 @@ def test_a_removal_in_flight_holds_the_accept_back_and_wins(
         accepting.join(10)
     assert result["response"].status_code == 410
     assert LOST_OWNER in page(result["response"])
-    assert membership_role(admin_engine, acme.id, heir.user_id) is None
+    assert role_of(admin_engine, acme.id, heir.user_id) is None
 
 
 # --- finding 10: daily allowances that creating teams cannot multiply ----------------------------
@@ -323,7 +297,7 @@ def test_team_creation_stops_at_the_daily_allowance_and_the_personal_team_is_fre
     assert refused.status_code == 429
     assert "You may create 3 teams a day and have 0 left;" in page(refused)
     assert_resets_in_a_day(page(refused))
-    assert scalar(admin_engine, "SELECT count(*) FROM tenants WHERE created_by = :u", u=spammer.user_id) == 4
+    assert count(admin_engine, "SELECT count(*) FROM tenants WHERE created_by = :u", u=spammer.user_id) == 4
     # The allowance is the user's: someone else still creates teams.
     assert login_as(make_user()).post_form("/teams/new", {"name": "Honest"}).status_code == 302
 
@@ -348,20 +322,20 @@ def test_invitations_per_user_count_across_all_their_teams_and_every_web_process
         message = page(refused)
         assert "You may send 5 invitations a day across all your teams and have 2 left;" in message
         assert_resets_in_a_day(message)
-        assert scalar(admin_engine, "SELECT count(*) FROM invitations") == 3  # none of the refused batch
+        assert count(admin_engine, "SELECT count(*) FROM invitations") == 3  # none of the refused batch
         assert invite(second_team, ", ".join(addresses[3:5])).status_code == 200
         assert invite(elsewhere, addresses[5]).status_code == 429
-        assert scalar(admin_engine, "SELECT count(*) FROM invitations") == 5
+        assert count(admin_engine, "SELECT count(*) FROM invitations") == 5
     finally:
         with other_process.app_context():
             db.engine.dispose()
 
 
 def test_invitations_per_instance_per_day_bound_every_inviter_together(
-    quotas_on, app, acme, make_user, login_as, admin_engine
+    quotas_on, app, acme, make_user, login_as, admin_engine, as_admin
 ):
     app.config["INVITATIONS_PER_INSTANCE_PER_DAY"] = 4
-    admin = login_as(acme.accounts[TenantRole.ADMIN], acme.id)
+    admin = as_admin
     stranger = login_as(make_user())  # in a team of their own
     assert invite(admin, ", ".join(unique_address("a") for _ in range(3))).status_code == 200
     refused = invite(stranger, ", ".join(unique_address("b") for _ in range(2)))

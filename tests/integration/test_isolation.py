@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from tests.helpers import count
 from tests.tenant_rows import fill_tenant_tables, row_for, tenant_tables
 
 TENANT_TABLE_NAMES = sorted(table.name for table in tenant_tables())
@@ -67,9 +68,7 @@ def _as_team(conn: Connection, team: uuid.UUID | None, user: uuid.UUID | None = 
 
 def _count(conn: Connection, table: str, team: uuid.UUID) -> int:
     column = "id" if table == "tenants" else "tenant_id"
-    return int(
-        conn.execute(text(f"SELECT count(*) FROM {table} WHERE {column} = :t"), {"t": team}).scalar_one()
-    )
+    return count(conn, f"SELECT count(*) FROM {table} WHERE {column} = :t", t=team)
 
 
 @pytest.mark.parametrize("table", [*TENANT_TABLE_NAMES, "tenants"])

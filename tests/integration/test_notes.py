@@ -5,16 +5,15 @@ from __future__ import annotations
 import re
 
 import pytest
-from sqlalchemy import text
 
 from nyxcore.roles import TenantRole
+from tests.helpers import rows, scalar
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 
 
 def note_ids(admin_engine) -> list[str]:
-    with admin_engine.connect() as conn:
-        return [str(i) for i in conn.execute(text("SELECT id FROM notes ORDER BY created_at")).scalars()]
+    return [str(row.id) for row in rows(admin_engine, "SELECT id FROM notes ORDER BY created_at")]
 
 
 def create_note(client, title="Runbook", body="Restart the thing.") -> str:
@@ -25,10 +24,10 @@ def create_note(client, title="Runbook", body="Restart the thing.") -> str:
     return match.group(1)
 
 
-def test_member_writes_and_viewer_reads(team, login_as):
-    member = login_as(team.accounts[M], team.id)
+def test_member_writes_and_viewer_reads(as_member, as_viewer):
+    member = as_member
     note_id = create_note(member, body="<script>alert(1)</script>")
-    viewer = login_as(team.accounts[V], team.id)
+    viewer = as_viewer
     listing = viewer.get("/notes/").get_data(as_text=True)
     assert "Runbook" in listing
     page = viewer.get(f"/notes/{note_id}").get_data(as_text=True)
@@ -38,17 +37,17 @@ def test_member_writes_and_viewer_reads(team, login_as):
     assert "New note" not in listing
 
 
-def test_viewer_cannot_write(team, login_as, admin_engine):
-    owner_note = create_note(login_as(team.accounts[O], team.id))
-    viewer = login_as(team.accounts[V], team.id)
+def test_viewer_cannot_write(admin_engine, as_owner, as_viewer):
+    owner_note = create_note(as_owner)
+    viewer = as_viewer
     assert viewer.post_form("/notes/new", {"title": "sneaky"}).status_code == 403
     assert viewer.post_form(f"/notes/{owner_note}/edit", {"title": "changed"}).status_code == 403
     assert viewer.post_form(f"/notes/{owner_note}/delete").status_code == 403
     assert note_ids(admin_engine) == [owner_note]
 
 
-def test_edit_and_delete(team, login_as, admin_engine):
-    client = login_as(team.accounts[A], team.id)
+def test_edit_and_delete(admin_engine, as_admin):
+    client = as_admin
     note_id = create_note(client)
     assert (
         client.post_form(f"/notes/{note_id}/edit", {"title": "Runbook v2", "body": "new"}).status_code == 302
@@ -61,25 +60,24 @@ def test_edit_and_delete(team, login_as, admin_engine):
 @pytest.mark.parametrize(
     "data", [{"title": ""}, {"title": "   "}, {"title": "x" * 201}, {"title": "ok", "body": "x" * 100_001}]
 )
-def test_bad_note_input_is_a_form_error(team, login_as, admin_engine, data):
-    client = login_as(team.accounts[M], team.id)
+def test_bad_note_input_is_a_form_error(admin_engine, data, as_member):
+    client = as_member
     response = client.post_form("/notes/new", data)
     assert response.status_code == 400
     assert 'class="error"' in response.get_data(as_text=True)
     assert note_ids(admin_engine) == []
 
 
-def test_another_teams_note_is_404_for_every_operation(team, login_as, make_user, admin_engine):
+def test_another_teams_note_is_404_for_every_operation(login_as, make_user, admin_engine, as_owner):
     outsider = make_user(name="Outsider")
     foreign = create_note(login_as(outsider), title="Their secret")
-    client = login_as(team.accounts[O], team.id)
+    client = as_owner
     assert client.get(f"/notes/{foreign}").status_code == 404
     assert client.get(f"/notes/{foreign}/edit").status_code == 404
     assert client.post_form(f"/notes/{foreign}/edit", {"title": "mine now"}).status_code == 404
     assert client.post_form(f"/notes/{foreign}/delete").status_code == 404
     assert "Their secret" not in client.get("/notes/").get_data(as_text=True)
-    with admin_engine.connect() as conn:
-        assert conn.execute(text("SELECT title FROM notes")).scalar_one() == "Their secret"
+    assert scalar(admin_engine, "SELECT title FROM notes") == "Their secret"
 
 
 def test_notes_are_scoped_in_sqlite_development_mode_too(tmp_path, monkeypatch):

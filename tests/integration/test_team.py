@@ -16,50 +16,35 @@ from nyxcore.extensions import db
 from nyxcore.models import TenantMember
 from nyxcore.roles import TenantRole
 from nyxcore.services import members
+from tests.helpers import count, dicts, member_id, role_of, rows, scalar
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 
 
-def member_id(admin_engine, team_id, user_id) -> uuid.UUID:
-    with admin_engine.connect() as conn:
-        return conn.execute(
-            text("SELECT id FROM tenant_members WHERE tenant_id = :t AND user_id = :u"),
-            {"t": team_id, "u": user_id},
-        ).scalar_one()
-
-
-def role_of(admin_engine, team_id, user_id) -> str | None:
-    with admin_engine.connect() as conn:
-        return conn.execute(
-            text("SELECT role FROM tenant_members WHERE tenant_id = :t AND user_id = :u"),
-            {"t": team_id, "u": user_id},
-        ).scalar()
-
-
-def test_team_page_lists_members_with_roles(team, login_as):
-    page = login_as(team.accounts[V], team.id).get("/team/").get_data(as_text=True)
+def test_team_page_lists_members_with_roles(team, as_viewer):
+    page = as_viewer.get("/team/").get_data(as_text=True)
     for account in team.accounts.values():
         assert account.email in page
     assert "Members (4)" in page
 
 
-def test_viewer_sees_no_management_controls(team, login_as):
-    page = login_as(team.accounts[V], team.id).get("/team/").get_data(as_text=True)
+def test_viewer_sees_no_management_controls(team, as_viewer):
+    page = as_viewer.get("/team/").get_data(as_text=True)
     assert "Change role" not in page
     assert "Remove" not in page
     assert "Invite people" not in page
 
 
-def test_admin_sees_controls_only_for_members_and_viewers(team, login_as, admin_engine):
-    page = login_as(team.accounts[A], team.id).get("/team/").get_data(as_text=True)
+def test_admin_sees_controls_only_for_members_and_viewers(team, admin_engine, as_admin):
+    page = as_admin.get("/team/").get_data(as_text=True)
     manageable = set(re.findall(r"/team/members/([0-9a-f-]+)/remove", page))
     expected = {member_id(admin_engine, team.id, team.accounts[r].user_id) for r in (M, V)}
     assert manageable == {str(i) for i in expected}
 
 
-def test_admin_changes_a_viewer_into_a_member(team, login_as, admin_engine):
+def test_admin_changes_a_viewer_into_a_member(team, admin_engine, as_admin):
     viewer = team.accounts[V]
-    client = login_as(team.accounts[A], team.id)
+    client = as_admin
     response = client.post_form(
         f"/team/members/{member_id(admin_engine, team.id, viewer.user_id)}/role", {"role": "member"}
     )
@@ -70,11 +55,11 @@ def test_admin_changes_a_viewer_into_a_member(team, login_as, admin_engine):
 
 @pytest.mark.parametrize(("target", "new_role"), [(M, "admin"), (A, "member"), (O, "member"), (V, "owner")])
 def test_admin_cannot_grant_above_member_or_touch_higher_roles(
-    team, login_as, admin_engine, target, new_role
+    team, admin_engine, target, new_role, as_admin
 ):
     account = team.accounts[target]
     before = role_of(admin_engine, team.id, account.user_id)
-    client = login_as(team.accounts[A], team.id)
+    client = as_admin
     response = client.post_form(
         f"/team/members/{member_id(admin_engine, team.id, account.user_id)}/role", {"role": new_role}
     )
@@ -82,20 +67,20 @@ def test_admin_cannot_grant_above_member_or_touch_higher_roles(
     assert role_of(admin_engine, team.id, account.user_id) == before
 
 
-def test_owner_promotes_a_member_to_admin(team, login_as, admin_engine):
+def test_owner_promotes_a_member_to_admin(team, admin_engine, as_owner):
     account = team.accounts[M]
-    client = login_as(team.accounts[O], team.id)
+    client = as_owner
     client.post_form(
         f"/team/members/{member_id(admin_engine, team.id, account.user_id)}/role", {"role": "admin"}
     )
     assert role_of(admin_engine, team.id, account.user_id) == "admin"
 
 
-def test_admin_removes_a_member_who_loses_access_on_the_next_request(team, login_as, admin_engine):
+def test_admin_removes_a_member_who_loses_access_on_the_next_request(team, login_as, admin_engine, as_admin):
     member = team.accounts[M]
     member_client = login_as(member, team.id)
     assert "Olive Owner" in member_client.get("/team/").get_data(as_text=True)
-    admin_client = login_as(team.accounts[A], team.id)
+    admin_client = as_admin
     response = admin_client.post_form(
         f"/team/members/{member_id(admin_engine, team.id, member.user_id)}/remove"
     )
@@ -117,10 +102,10 @@ def test_last_owner_cannot_demote_leave_or_be_removed(team, login_as, admin_engi
     assert role_of(admin_engine, team.id, owner.user_id) == "owner"
 
 
-def test_an_owner_may_leave_when_another_owner_remains(team, login_as, admin_engine, add_member, make_user):
+def test_an_owner_may_leave_when_another_owner_remains(team, admin_engine, add_member, make_user, as_owner):
     second = make_user(name="Second Owner")
     add_member(team.id, second, O)
-    client = login_as(team.accounts[O], team.id)
+    client = as_owner
     assert client.post_form("/team/leave").status_code == 302
     assert role_of(admin_engine, team.id, team.accounts[O].user_id) is None
     assert role_of(admin_engine, team.id, second.user_id) == "owner"
@@ -160,11 +145,7 @@ def test_two_owners_demoting_each_other_concurrently_leave_one_owner(
     two.join(10)
     assert outcomes["first"] == "demoted"
     assert isinstance(outcomes["second"], Conflict)
-    with admin_engine.connect() as conn:
-        owners = conn.execute(
-            text("SELECT count(*) FROM tenant_members WHERE tenant_id = :t AND role = 'owner'"),
-            {"t": team.id},
-        ).scalar_one()
+    owners = count(admin_engine, "SELECT count(*) FROM tenant_members WHERE tenant_id = :t AND role = 'owner'", t=team.id)
     assert owners == 1
 
 
@@ -179,30 +160,26 @@ def test_transfer_ownership(team, login_as, admin_engine):
     assert role_of(admin_engine, team.id, owner.user_id) == "admin"
 
 
-def test_transfer_to_another_teams_member_is_404(team, login_as, make_user, admin_engine):
+def test_transfer_to_another_teams_member_is_404(team, make_user, admin_engine, as_owner):
     outsider = make_user()
     outsider_membership = member_id(admin_engine, outsider.team_id, outsider.user_id)
-    client = login_as(team.accounts[O], team.id)
+    client = as_owner
     response = client.post_form("/team/transfer", {"transfer-member_id": str(outsider_membership)})
     assert response.status_code == 404
     assert role_of(admin_engine, team.id, team.accounts[O].user_id) == "owner"
     assert role_of(admin_engine, outsider.team_id, outsider.user_id) == "owner"
 
 
-def test_settings_rename_and_slug_uniqueness(team, login_as, make_user, admin_engine):
+def test_settings_rename_and_slug_uniqueness(team, make_user, admin_engine, as_owner):
     other = make_user(name="Zed")
-    with admin_engine.connect() as conn:
-        taken = conn.execute(
-            text("SELECT slug FROM tenants WHERE id = :t"), {"t": other.team_id}
-        ).scalar_one()
-    client = login_as(team.accounts[O], team.id)
+    taken = scalar(admin_engine, "SELECT slug FROM tenants WHERE id = :t", t=other.team_id)
+    client = as_owner
     clash = client.post_form("/team/settings", {"name": "Nyx Ops", "slug": taken})
     assert clash.status_code == 409
     assert "That slug is taken" in clash.get_data(as_text=True)
     ok = client.post_form("/team/settings", {"name": "Nyx Ops", "slug": "nyx-ops"})
     assert ok.status_code == 302
-    with admin_engine.connect() as conn:
-        row = conn.execute(text("SELECT name, slug FROM tenants WHERE id = :t"), {"t": team.id}).one()
+    (row,) = rows(admin_engine, "SELECT name, slug FROM tenants WHERE id = :t", t=team.id)
     assert tuple(row) == ("Nyx Ops", "nyx-ops")
     assert "team.settings_changed" in client.get("/team/audit").get_data(as_text=True)
 
@@ -218,36 +195,24 @@ def test_settings_rename_and_slug_uniqueness(team, login_as, make_user, admin_en
         {"name": "Fine"},
     ],
 )
-def test_bad_settings_are_form_errors_that_change_nothing(team, login_as, admin_engine, data):
-    client = login_as(team.accounts[O], team.id)
-    with admin_engine.connect() as conn:
-        before = conn.execute(text("SELECT name, slug FROM tenants WHERE id = :t"), {"t": team.id}).one()
+def test_bad_settings_are_form_errors_that_change_nothing(team, admin_engine, data, as_owner):
+    client = as_owner
+    before = rows(admin_engine, "SELECT name, slug FROM tenants WHERE id = :t", t=team.id)
     response = client.post_form("/team/settings", data)
     assert response.status_code == 400
     assert 'class="error"' in response.get_data(as_text=True)
-    with admin_engine.connect() as conn:
-        assert (
-            conn.execute(text("SELECT name, slug FROM tenants WHERE id = :t"), {"t": team.id}).one() == before
-        )
+    assert rows(admin_engine, "SELECT name, slug FROM tenants WHERE id = :t", t=team.id) == before
 
 
-def test_delete_team_needs_its_exact_name(team, login_as, admin_engine):
-    client = login_as(team.accounts[O], team.id)
+def test_delete_team_needs_its_exact_name(team, admin_engine, as_owner):
+    client = as_owner
     wrong = client.post_form("/team/delete", {"delete-confirm_name": "not the name"})
     assert wrong.status_code == 400
     assert "Type the team" in wrong.get_data(as_text=True)
     right = client.post_form("/team/delete", {"delete-confirm_name": "Olive's team"})
     assert right.status_code == 302
-    with admin_engine.connect() as conn:
-        assert (
-            conn.execute(text("SELECT count(*) FROM tenants WHERE id = :t"), {"t": team.id}).scalar_one() == 0
-        )
-        assert (
-            conn.execute(
-                text("SELECT count(*) FROM tenant_members WHERE tenant_id = :t"), {"t": team.id}
-            ).scalar_one()
-            == 0
-        )
+    assert count(admin_engine, "SELECT count(*) FROM tenants WHERE id = :t", t=team.id) == 0
+    assert count(admin_engine, "SELECT count(*) FROM tenant_members WHERE tenant_id = :t", t=team.id) == 0
     assert client.get("/team/").status_code == 302  # the owner has no team left
 
 
@@ -266,22 +231,20 @@ def test_delete_team_needs_its_exact_name(team, login_as, admin_engine):
         ("/team/delete", {}),
     ],
 )
-def test_bad_input_changes_nothing_and_is_never_a_500(team, login_as, admin_engine, path, data):
-    client = login_as(team.accounts[O], team.id)
+def test_bad_input_changes_nothing_and_is_never_a_500(team, admin_engine, path, data, as_owner):
+    client = as_owner
     mid = member_id(admin_engine, team.id, team.accounts[M].user_id)
     fill = {"mid": mid, "random": uuid.uuid4()}
-    with admin_engine.connect() as conn:
-        before = conn.execute(text("SELECT user_id, role FROM tenant_members ORDER BY user_id")).all()
+    before = dicts(admin_engine, "SELECT user_id, role FROM tenant_members ORDER BY user_id")
     response = client.post_form(path.format(**fill), {k: v.format(**fill) for k, v in data.items()})
     assert response.status_code in (400, 404)
-    with admin_engine.connect() as conn:
-        assert conn.execute(text("SELECT user_id, role FROM tenant_members ORDER BY user_id")).all() == before
+    assert dicts(admin_engine, "SELECT user_id, role FROM tenant_members ORDER BY user_id") == before
 
 
-def test_acting_on_another_teams_member_is_404(team, login_as, make_user, admin_engine):
+def test_acting_on_another_teams_member_is_404(team, make_user, admin_engine, as_owner):
     outsider = make_user()
     outsider_member = member_id(admin_engine, outsider.team_id, outsider.user_id)
-    client = login_as(team.accounts[O], team.id)
+    client = as_owner
     assert client.post_form(f"/team/members/{outsider_member}/role", {"role": "viewer"}).status_code == 404
     assert client.post_form(f"/team/members/{outsider_member}/remove").status_code == 404
     assert role_of(admin_engine, outsider.team_id, outsider.user_id) == "owner"
@@ -306,8 +269,8 @@ def test_switcher_lists_only_your_teams_and_switches(team, login_as, make_user):
     assert stranger.team_id != team.id
 
 
-def test_create_another_team(team, login_as, admin_engine):
-    client = login_as(team.accounts[V], team.id)
+def test_create_another_team(team, admin_engine, as_viewer):
+    client = as_viewer
     response = client.post_form("/teams/new", {"name": "Side Project"})
     assert response.status_code == 302
     page = client.get("/team/").get_data(as_text=True)
@@ -315,8 +278,8 @@ def test_create_another_team(team, login_as, admin_engine):
     assert "Owner" in page
 
 
-def test_member_search_and_pagination(team, login_as):
-    client = login_as(team.accounts[V], team.id)
+def test_member_search_and_pagination(team, as_viewer):
+    client = as_viewer
     page = client.get("/team/?q=olive").get_data(as_text=True)
     assert "Olive Owner" in page
     assert "Admin Person" not in page
@@ -343,16 +306,16 @@ def _seed_members(admin_engine, team_id: uuid.UUID, count: int) -> None:
 def _queries_for(app, client, path: str) -> int:
     statements: list[str] = []
 
-    def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         statements.append(statement)
 
     with app.app_context():
         engine = db.engine
-    event.listen(engine, "before_cursor_execute", count)
+    event.listen(engine, "before_cursor_execute", record)
     try:
         assert client.get(path).status_code == 200
     finally:
-        event.remove(engine, "before_cursor_execute", count)
+        event.remove(engine, "before_cursor_execute", record)
     return len(statements)
 
 
@@ -371,8 +334,8 @@ def test_team_page_query_count_does_not_grow_with_members(app, make_user, login_
     assert large_count <= 6
 
 
-def test_audit_log_is_admin_only_and_records_changes(team, login_as, admin_engine):
-    client = login_as(team.accounts[O], team.id)
+def test_audit_log_is_admin_only_and_records_changes(team, admin_engine, as_owner, as_member):
+    client = as_owner
     client.post_form(
         f"/team/members/{member_id(admin_engine, team.id, team.accounts[V].user_id)}/role", {"role": "member"}
     )
@@ -380,7 +343,7 @@ def test_audit_log_is_admin_only_and_records_changes(team, login_as, admin_engin
     assert "member.role_changed" in page
     assert "viewer: " not in page
     assert team.accounts[V].email in page
-    assert login_as(team.accounts[M], team.id).get("/team/audit").status_code == 403
+    assert as_member.get("/team/audit").status_code == 403
 
 
 def test_services_refuse_a_stale_membership_of_another_team(app, team, make_user):
@@ -392,13 +355,13 @@ def test_services_refuse_a_stale_membership_of_another_team(app, team, make_user
         assert [m.user_id for m in page.items] == [outsider.user_id]
 
 
-def test_team_page_shows_pending_invitations_to_admins_only(team, login_as):
-    admin = login_as(team.accounts[A], team.id)
+def test_team_page_shows_pending_invitations_to_admins_only(team, as_admin, as_viewer):
+    admin = as_admin
     response = admin.post_form("/team/invitations", {"emails": "newcomer@example.com", "role": "member"})
     assert response.status_code == 200
     page = admin.get("/team/").get_data(as_text=True)
     assert "Pending invitations (1)" in page
     assert "newcomer@example.com" in page
-    viewer_page = login_as(team.accounts[V], team.id).get("/team/").get_data(as_text=True)
+    viewer_page = as_viewer.get("/team/").get_data(as_text=True)
     assert "newcomer@example.com" not in viewer_page
     assert "Pending invitations" not in viewer_page

@@ -8,11 +8,7 @@ from typing import Any
 from sqlalchemy import text
 
 from nyxcore.roles import TenantRole
-
-
-def count(admin_engine: Any, sql: str, **params: Any) -> int:
-    with admin_engine.connect() as conn:
-        return int(conn.execute(text(sql), params).scalar_one())
+from tests.helpers import count, scalar
 
 
 def add(client: Any, name: str, **fields: str) -> Any:
@@ -20,8 +16,7 @@ def add(client: Any, name: str, **fields: str) -> Any:
 
 
 def item_id(admin_engine: Any, name: str) -> uuid.UUID:
-    with admin_engine.connect() as conn:
-        return uuid.UUID(str(conn.execute(text("SELECT id FROM wardrobe_items WHERE name = :n"), {"n": name}).scalar_one()))
+    return uuid.UUID(str(scalar(admin_engine, "SELECT id FROM wardrobe_items WHERE name = :n", n=name)))
 
 
 def test_members_add_find_edit_and_remove_items(team, login_as, admin_engine):

@@ -1,0 +1,85 @@
+"""Small helpers the tests share: free loopback ports and raw SQL under or past row-level security.
+
+The SQL helpers take an Engine (a connection of their own, closed afterwards: what another process
+would see, so only committed rows) or a Connection (the caller's transaction, with whatever context
+it set). With the superuser `admin_engine` they look under RLS; with an app-role engine they show
+what the policies let through.
+
+    assert count(admin_engine, "SELECT count(*) FROM users WHERE email = :e", e=address) == 1
+    role = scalar_or_none(admin_engine, "SELECT role FROM tenant_members WHERE id = :i", i=member)
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Row, text
+from sqlalchemy.engine import Connection, Engine
+
+HOST = "127.0.0.1"
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port nothing listens on right now (the kernel's choice), for a server a test starts."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def _connection(bind: Engine | Connection) -> Iterator[Connection]:
+    if isinstance(bind, Connection):
+        yield bind
+    else:
+        with bind.connect() as conn:
+            yield conn
+
+
+def rows(bind: Engine | Connection, sql: str, **params: Any) -> list[Row[Any]]:
+    """Every row of `sql` (attribute and index access: `row.role`, `tuple(row)`)."""
+    with _connection(bind) as conn:
+        return list(conn.execute(text(sql), params))
+
+
+def dicts(bind: Engine | Connection, sql: str, **params: Any) -> list[dict[str, Any]]:
+    """Every row of `sql` as a dict, for comparing with expected rows."""
+    with _connection(bind) as conn:
+        return [dict(row) for row in conn.execute(text(sql), params).mappings()]
+
+
+def scalar(bind: Engine | Connection, sql: str, **params: Any) -> Any:
+    """The one value of `sql`'s one row; fails unless there is exactly one row."""
+    with _connection(bind) as conn:
+        return conn.execute(text(sql), params).scalar_one()
+
+
+def scalar_or_none(bind: Engine | Connection, sql: str, **params: Any) -> Any:
+    """The first column of `sql`'s first row, or None when there is no row."""
+    with _connection(bind) as conn:
+        return conn.execute(text(sql), params).scalar()
+
+
+def count(bind: Engine | Connection, sql: str, **params: Any) -> int:
+    """The number a `SELECT count(*) ...` returns."""
+    return int(scalar(bind, sql, **params))
+
+
+def member_id(bind: Engine | Connection, team_id: uuid.UUID, user_id: uuid.UUID) -> uuid.UUID:
+    """The id of the user's membership row in the team."""
+    found: uuid.UUID = scalar(
+        bind, "SELECT id FROM tenant_members WHERE tenant_id = :t AND user_id = :u", t=team_id, u=user_id
+    )
+    return found
+
+
+def role_of(bind: Engine | Connection, team_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
+    """The user's role in the team, or None when they are not a member."""
+    role: str | None = scalar_or_none(
+        bind, "SELECT role FROM tenant_members WHERE tenant_id = :t AND user_id = :u", t=team_id, u=user_id
+    )
+    return role
