@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from flask import Flask
 
 from nyxcore.authz import acting_member, role_required
@@ -12,6 +13,7 @@ from nyxcore.models import Note
 from nyxcore.roles import TenantRole
 
 
+@pytest.mark.own_app  # it adds a route
 def test_a_failed_flush_still_gets_the_error_page(app: Flask, team: Any, login_as: Any) -> None:
     app.config["PROPAGATE_EXCEPTIONS"] = False
 
