@@ -159,6 +159,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(
             f"in-process app: {rolled} tests rolled back, {len(uses_app) - rolled} on committed data"
         )
+        if terminalreporter.config.getoption("verbose") > 1:  # -vv lists them
+            for item in uses_app:
+                path = "rolled back" if item.stash.get(ROLLED_BACK, False) else "committed"
+                terminalreporter.write_line(f"  {path:11}  {item.nodeid}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
