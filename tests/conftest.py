@@ -2,7 +2,21 @@
 
 A run creates its own database and two roles (an owner that runs the migrations, and the app role
 the app connects as, held by row-level security), and drops them at the end. Each test starts from
-empty tables.
+empty tables, on one of two paths:
+
+- Rolled back (funding-service's way): a test that only talks to the in-process app runs inside an
+  outer transaction on one app-role connection; the app's session joins it with
+  `join_transaction_mode="create_savepoint"`, so each request's commit releases a savepoint, and the
+  whole test is rolled back at its end. Nothing is committed, nothing to empty.
+- Committed: a test that needs its rows committed, because something else reads or writes them
+  (`admin_engine` looking under RLS, a raw `app_engine`, a Celery worker or gunicorn process, other
+  threads, a second app), or that is marked `committed`, runs as before; its tables are emptied
+  (TRUNCATE) afterwards. The fixtures below decide from the fixtures a test uses.
+
+Apps are built once per distinct configuration and reused (a new app per test cost little, but the
+engine's pool and the first-request work were thrown away each time); a test marked `own_app`
+(one that adds routes) gets one of its own. After each test the app's configuration is put back,
+and Celery and Flask-Limiter, which are process-wide, are pointed at the next test's app again.
 """
 
 from __future__ import annotations
@@ -11,19 +25,24 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
 import pytest
 from flask import Flask
+from flask.globals import app_ctx
 from flask.testing import FlaskClient
 from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from nyxcore import create_app, tenancy
+from nyxcore import create_app, passwords, tenancy
 from nyxcore.config import load_config
 from nyxcore.extensions import db as _db
+from nyxcore.extensions import limiter
 from nyxcore.models import Tenant, TenantMember
 from nyxcore.roles import TenantRole
 from nyxcore.services import accounts
@@ -118,16 +137,67 @@ def admin_engine(database: TestDatabase) -> Iterator[Engine]:
     engine.dispose()
 
 
+# Fixtures whose use means the test's rows must be committed: another connection, thread or process
+# reads or writes them.
+COMMITTED_FIXTURES = frozenset({"admin_engine", "app_engine", "worker", "mail_server", "live_app", "stack"})
+ROLLED_BACK = pytest.StashKey[bool]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "committed: run on committed data (another connection or thread reads what the app wrote)"
+    )
+    config.addinivalue_line("markers", "own_app: build an app for this test alone (it adds routes)")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many tests ran rolled back and how many on committed data (see the module docstring)."""
+    items = getattr(terminalreporter.config, "_nyxcore_items", [])
+    uses_app = [item for item in items if "app" in getattr(item, "fixturenames", ())]
+    if uses_app:
+        rolled = sum(1 for item in uses_app if item.stash.get(ROLLED_BACK, False))
+        terminalreporter.write_line(
+            f"in-process app: {rolled} tests rolled back, {len(uses_app) - rolled} on committed data"
+        )
+        if terminalreporter.config.getoption("verbose") > 1:  # -vv lists them
+            for item in uses_app:
+                path = "rolled back" if item.stash.get(ROLLED_BACK, False) else "committed"
+                terminalreporter.write_line(f"  {path:11}  {item.nodeid}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config._nyxcore_items = items  # type: ignore[attr-defined]
+
+
+def rolled_back(request: pytest.FixtureRequest) -> bool:
+    """Whether this test runs inside a transaction that is rolled back (see the module docstring)."""
+    # The item's own closure: request.fixturenames also lists admin_engine, which _empty_tables asks for.
+    names = getattr(request.node, "fixturenames", ())
+    return not (COMMITTED_FIXTURES.intersection(names) or request.node.get_closest_marker("committed"))
+
+
 @pytest.fixture(autouse=True)
 def _empty_tables(request: pytest.FixtureRequest) -> Iterator[None]:
     engine = request.getfixturevalue("admin_engine") if "database" in request.fixturenames else None
     yield
-    if engine is not None:
-        with engine.begin() as conn:
-            tables = conn.execute(
+    if engine is None:
+        return
+    with engine.begin() as conn:
+        tables = list(
+            conn.execute(
                 text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
             ).scalars()
-            conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+        )
+        if request.node.stash.get(ROLLED_BACK, False):
+            # Nothing may survive the rollback; if something did, it went round the test's transaction.
+            left = [t for t in tables if conn.execute(text(f'SELECT EXISTS (SELECT 1 FROM "{t}")')).scalar()]
+            if not left:
+                return
+        else:
+            left = []
+        conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+    if left:
+        pytest.fail(f"rows in {left} were committed on the rolled-back path: mark the test `committed`")
 
 
 @pytest.fixture
@@ -136,12 +206,73 @@ def app_config(database: TestDatabase) -> dict[str, Any]:
     return test_config(database)
 
 
-@pytest.fixture
-def app(app_config: dict[str, Any]) -> Iterator[Flask]:
-    application = create_app(app_config)
-    yield application
+@pytest.fixture(scope="session")
+def _apps() -> Iterator[dict[str, Flask]]:
+    """The apps built so far, by configuration."""
+    built: dict[str, Flask] = {}
+    yield built
+    for application in built.values():
+        with application.app_context():
+            _db.engine.dispose()
+
+
+def _app_context_id() -> int:
+    return id(app_ctx._get_current_object())
+
+
+@contextmanager
+def _rolled_back_session(application: Flask) -> Iterator[None]:
+    """Run the block inside one outer transaction that is rolled back at its end.
+
+    The app's scoped session (one per app context, as Flask-SQLAlchemy's) is bound to a single
+    app-role connection and joins its transaction with savepoints, so a request's commit releases a
+    savepoint and the next request sees its rows. The tenant context needs nothing special: the
+    engine event applies the wanted context whenever it differs from what it last applied on the
+    connection, forgets on rollback to a savepoint, and each request starts from an empty context,
+    which it therefore sends to PostgreSQL explicitly.
+    """
     with application.app_context():
-        _db.engine.dispose()
+        engine = _db.engine
+    connection = engine.connect()
+    outer = connection.begin()
+    app_session = _db.session
+    _db.session = scoped_session(  # type: ignore[assignment]
+        sessionmaker(bind=connection, join_transaction_mode="create_savepoint", class_=Session),
+        scopefunc=_app_context_id,
+    )
+    try:
+        yield
+    finally:
+        # Each app context's session was closed when that context ended (Flask-SQLAlchemy's teardown).
+        _db.session = app_session
+        outer.rollback()
+        connection.close()
+
+
+@pytest.fixture
+def app(request: pytest.FixtureRequest, app_config: dict[str, Any], _apps: dict[str, Flask]) -> Iterator[Flask]:
+    """The app for `app_config`; rolled back or committed as the module docstring says."""
+    key = repr(sorted(app_config.items()))
+    if request.node.get_closest_marker("own_app"):
+        application = create_app(app_config)
+    else:
+        application = _apps.get(key) or _apps.setdefault(key, create_app(app_config))
+    # Process-wide: the default Celery app and Flask-Limiter remember the last app that set them.
+    application.extensions["celery"].set_default()
+    limiter.init_app(application)
+    config = dict(application.config)
+    try:
+        if rolled_back(request):
+            request.node.stash[ROLLED_BACK] = True
+            with _rolled_back_session(application):
+                yield application
+        else:
+            yield application
+    finally:
+        application.config.clear()
+        application.config.update(config)
+        with application.app_context():
+            _db.engine.dispose()  # connections a test left idle, and what its threads opened
 
 
 class Client(FlaskClient):
@@ -183,9 +314,24 @@ class Account:
     team_id: uuid.UUID  # the personal team made at sign-up
 
 
+_PASSWORD_HASHES: dict[str, str] = {}
+
+
+def _hash_once(password: str) -> str:
+    """A real Argon2id hash of `password`, computed once per run: at OWASP's parameters each one costs
+    tens of milliseconds, and the `team` fixture alone makes four users. Logging in still verifies it."""
+    if password not in _PASSWORD_HASHES:
+        _PASSWORD_HASHES[password] = _hash_password(password)
+    return _PASSWORD_HASHES[password]
+
+
+_hash_password = passwords.hash_password
+
+
 @pytest.fixture
 def make_user(app: Flask) -> Any:
-    """Create a user (and their personal team) through the service, committed."""
+    """Create a user (and their personal team) through the service, committed (or, on the rolled-back
+    path, released to the test's transaction)."""
     counter = iter(range(1, 10_000))
 
     def build(name: str | None = None, email: str | None = None, password: str = PASSWORD) -> Account:
@@ -193,7 +339,11 @@ def make_user(app: Flask) -> Any:
         name = name or f"User {n}"
         email = email or f"user{n}-{uuid.uuid4().hex[:6]}@example.com"
         user_id, team_id = uuid.uuid4(), uuid.uuid4()
-        with app.app_context(), tenancy.tenant_context(user_id=user_id, tenant_id=team_id):
+        with (
+            app.app_context(),
+            tenancy.tenant_context(user_id=user_id, tenant_id=team_id),
+            mock.patch.object(passwords, "hash_password", _hash_once),
+        ):
             user, membership = accounts.register_user(
                 user_id=user_id, team_id=team_id, name=name, email=email, password=password
             )

@@ -69,14 +69,21 @@ class Process:
             raise LiveServerError(f"{self.name} exited with status {self.popen.returncode}:\n{self.log_tail()}")
 
 
-def stop_process_group(group: int, timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM to every process of `group` (one a test started), SIGKILL to what is left after `timeout`."""
+def stop_process_group(
+    group: int, timeout: float = STOP_TIMEOUT, *, leader: subprocess.Popen[bytes] | None = None
+) -> None:
+    """SIGTERM to every process of `group` (one a test started), SIGKILL to what is left after `timeout`.
+
+    Give the group's `leader` if it is our child: until it is reaped, its zombie keeps the group alive.
+    """
     try:
         os.killpg(group, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if leader is not None:
+            leader.poll()
         try:
             os.killpg(group, 0)
         except ProcessLookupError:
@@ -151,7 +158,7 @@ class LiveServers:
         """Stop every process group started here, the last started first."""
         while self.started:
             process = self.started.pop()
-            stop_process_group(process.group)
+            stop_process_group(process.group, leader=process.popen)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.popen.wait(timeout=5)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from flask import Flask
 
 from nyxcore.authz import acting, role_required
@@ -13,6 +14,7 @@ from nyxcore.roles import TenantRole
 from nyxcore.services import notes
 
 
+@pytest.mark.own_app  # it adds a route
 def test_a_failed_flush_still_gets_the_error_page(app: Flask, team: Any, login_as: Any) -> None:
     app.config["PROPAGATE_EXCEPTIONS"] = False
 

@@ -130,7 +130,8 @@ def github(app_config: dict[str, Any]) -> Iterator[FakeGitHub]:
     server = _Server(("127.0.0.1", 0), _Handler)
     fake = FakeGitHub(url=f"http://127.0.0.1:{server.server_address[1]}")
     server.fake = fake
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll: shutdown() waits for it, and at the default 0.5 s that was most of each test.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     app_config["GITHUB_API_URL"] = fake.url
     try:

@@ -129,6 +129,7 @@ def test_ended_context_does_not_leak_into_the_next_transaction(app_engine, seede
         engine.dispose()
 
 
+@pytest.mark.committed  # it checks the pool's connections after a real commit
 def test_pooled_connection_after_a_request_sees_nothing(app, make_user, login_as):
     from nyxcore.extensions import db
 

@@ -6,13 +6,15 @@ statistics, so the planner chooses as it would in production. Nothing forces its
 (no `enable_seqscan = off`): a policy that hid the index (a cast of tenant_id, a function around it)
 or a missing index would show up as a sequential scan here.
 
-Each query is planned twice: as the application writes it (an explicit `tenant_id = ...`, which the
-ORM adds) and with row-level security alone deciding which rows are visible.
+The statements are the app's own: each page is requested through the app, as the team's owner, and
+the statements it sends are captured (a `before_cursor_execute` listener), so nothing here is SQL
+copied "as the ORM writes it" that could drift from what it really writes. Each page's query is
+planned twice: as the app sent it (with the explicit `tenant_id = ...` the ORM adds) and with that
+filter taken out, so that row-level security alone decides which rows are visible.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import uuid
@@ -21,8 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from flask import Flask
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
+
+from nyxcore.extensions import db
+from nyxcore.roles import TenantRole
 
 TEAMS = 400
 MEMBERS_PER_TEAM = 30
@@ -35,16 +41,12 @@ INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
 POLICY_SETTING = "(NULLIF(current_setting('app.tenant_id'::text, true), ''::text))::uuid"
 POLICY_TENANT = f"tenant_id = {POLICY_SETTING}"
 TENANT_ID_AS_TEXT = re.compile(r"\(?\btenant_id\)?::text")
+CONTEXT_PREFIX = re.compile(r"^\s*SELECT set_config\('app\.[^;]*;\s*")
 
 
 def _team_id(n: int) -> uuid.UUID:
     """The id the seed gives team `n`: lpad(to_hex(n), 32, '0')::uuid."""
     return uuid.UUID(hex=f"{n:032x}")
-
-
-def _member_user_id(n: int) -> uuid.UUID:
-    """A member of team `n` (md5('user-<n>-1')::uuid), so the own-memberships policy sees a real user."""
-    return uuid.UUID(hashlib.md5(f"user-{n}-1".encode(), usedforsecurity=False).hexdigest())
 
 
 # Deterministic ids: md5(...)::uuid, so rows can refer to each other without lookups.
@@ -100,62 +102,21 @@ SEED = {
 
 @dataclass(frozen=True)
 class TenantQuery:
-    """A page query of one tenant-owned table; `{tenant}` is where the explicit tenant filter goes."""
+    """The query a page sends for one tenant-owned table, told apart from the page's other statements
+    by `marker` (a fragment of it, such as its ORDER BY)."""
 
     name: str
     table: str
-    sql: str
-
-    def statement(self, *, explicit_filter: bool) -> str:
-        condition = f"{self.table}.tenant_id = CAST(:tenant_id AS uuid)" if explicit_filter else "true"
-        return self.sql.format(tenant=condition)
+    page: str
+    marker: str
 
 
-# Written as the ORM writes them: nyxcore.services.members.list_members, notes.list_notes,
-# invitations.list_pending, audit.list_events, github_tokens._stored.
 QUERIES = [
-    TenantQuery(
-        "members page",
-        "tenant_members",
-        """SELECT tenant_members.id, tenant_members.user_id, tenant_members.role, tenant_members.joined_at,
-                  users.name, users.email
-           FROM tenant_members JOIN users ON users.id = tenant_members.user_id
-           WHERE {tenant}
-           ORDER BY tenant_members.joined_at, tenant_members.id LIMIT 50 OFFSET 0""",
-    ),
-    TenantQuery(
-        "notes list",
-        "notes",
-        """SELECT notes.id, notes.title, notes.body, notes.updated_at, users_1.name
-           FROM notes LEFT OUTER JOIN users AS users_1 ON users_1.id = notes.author_id
-           WHERE {tenant}
-           ORDER BY notes.updated_at DESC, notes.id DESC LIMIT 50 OFFSET 0""",
-    ),
-    TenantQuery(
-        "invitations list",
-        "invitations",
-        """SELECT invitations.id, invitations.email, invitations.role, invitations.created_at,
-                  invitations.expires_at
-           FROM invitations
-           WHERE {tenant} AND invitations.consumed_at IS NULL AND invitations.revoked_at IS NULL
-           ORDER BY invitations.created_at DESC, invitations.id DESC LIMIT 50 OFFSET 0""",
-    ),
-    TenantQuery(
-        "audit events page",
-        "audit_events",
-        """SELECT audit_events.id, audit_events.action, audit_events.target, audit_events.at, users_1.name
-           FROM audit_events LEFT OUTER JOIN users AS users_1 ON users_1.id = audit_events.actor_id
-           WHERE {tenant}
-           ORDER BY audit_events.at DESC, audit_events.id DESC LIMIT 50 OFFSET 0""",
-    ),
-    TenantQuery(
-        "github token",
-        "github_tokens",
-        """SELECT github_tokens.id, github_tokens.key_id, github_tokens.nonce, github_tokens.ciphertext,
-                  github_tokens.last_four, github_tokens.github_login, github_tokens.set_at
-           FROM github_tokens
-           WHERE {tenant}""",
-    ),
+    TenantQuery("members page", "tenant_members", "/team/", "ORDER BY tenant_members.joined_at"),
+    TenantQuery("notes list", "notes", "/notes/", "ORDER BY notes.updated_at"),
+    TenantQuery("invitations list", "invitations", "/team/invitations", "ORDER BY invitations.created_at"),
+    TenantQuery("audit events page", "audit_events", "/team/audit", "ORDER BY audit_events.at"),
+    TenantQuery("github token", "github_tokens", "/github/", "FROM github_tokens"),
 ]
 
 
@@ -196,14 +157,49 @@ def _tenant_first_indexes(conn: Connection, table: str) -> set[str]:
     return names
 
 
-def _plan(engine: Engine, sql: str) -> dict[str, Any]:
-    """EXPLAIN (FORMAT JSON) of `sql` as the app role, with TEAM as the tenant context."""
+@dataclass(frozen=True)
+class Captured:
+    statement: str
+    parameters: Any
+
+
+def _page_statements(app: Flask, client: Any, query: TenantQuery) -> list[Captured]:
+    """The statements of `query.table` that requesting `query.page` sends, matching `query.marker`."""
+    sent: list[Captured] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        # The first statement of a transaction carries the tenant context in front; _plan sets its own.
+        sent.append(Captured(CONTEXT_PREFIX.sub("", statement), parameters))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        response = client.get(query.page)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    found = [c for c in sent if query.marker in c.statement and c.statement.lstrip().upper().startswith("SELECT")]
+    shown = "\n\n".join(c.statement for c in sent)
+    assert found, f"GET {query.page} sent no statement with {query.marker!r}; it sent:\n{shown}"
+    return found
+
+
+def _without_explicit_filter(statement: str, table: str) -> str:
+    """`statement` with the ORM's `<table>.tenant_id = <parameter>` replaced by `true`."""
+    filtered, found = re.subn(rf"\b{table}\.tenant_id = %\(\w+\)s(::UUID)?", "true", statement)
+    assert found, f"no explicit tenant filter on {table} in:\n{statement}"
+    return filtered
+
+
+def _plan(engine: Engine, statement: str, parameters: Any, *, user_id: uuid.UUID) -> dict[str, Any]:
+    """EXPLAIN (FORMAT JSON) of the statement as the app role, with TEAM as the tenant context."""
     with engine.begin() as conn:
         conn.execute(
             text("SELECT set_config('app.tenant_id', :t, true), set_config('app.user_id', :u, true)"),
-            {"t": str(_team_id(TEAM)), "u": str(_member_user_id(TEAM))},
+            {"t": str(_team_id(TEAM)), "u": str(user_id)},
         )
-        document = conn.execute(text(f"EXPLAIN (FORMAT JSON) {sql}"), {"tenant_id": str(_team_id(TEAM))})
+        document = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
         plan: dict[str, Any] = document.scalar_one()[0]["Plan"]  # psycopg2 decodes the json
         return plan
 
@@ -226,34 +222,47 @@ def _describe(plan: dict[str, Any], depth: int = 0) -> str:
 @pytest.mark.parametrize("explicit_filter", [True, False], ids=["as-the-app-writes-it", "rls-alone"])
 @pytest.mark.parametrize("query", QUERIES, ids=[q.name for q in QUERIES])
 def test_tenant_query_uses_a_tenant_id_index(
-    admin_engine: Engine, app_engine: Engine, query: TenantQuery, explicit_filter: bool
+    admin_engine: Engine,
+    app_engine: Engine,
+    app: Flask,
+    make_user: Any,
+    add_member: Any,
+    login_as: Any,
+    query: TenantQuery,
+    explicit_filter: bool,
 ) -> None:
     _seed(admin_engine, query.table)
     with admin_engine.connect() as conn:
         tenant_indexes = _tenant_first_indexes(conn, query.table)
     assert tenant_indexes, f"{query.table} has no index that starts with tenant_id"
+    owner = make_user(name="Plan Owner")
+    add_member(_team_id(TEAM), owner, TenantRole.OWNER)
+    client = login_as(owner, _team_id(TEAM))
 
-    plan = _plan(app_engine, query.statement(explicit_filter=explicit_filter))
-    shown = _describe(plan)
-    nodes = list(_nodes(plan))
+    for captured in _page_statements(app, client, query):
+        statement = captured.statement
+        if not explicit_filter:
+            statement = _without_explicit_filter(statement, query.table)
+        plan = _plan(app_engine, statement, captured.parameters, user_id=owner.user_id)
+        shown = f"{statement}\n\n{_describe(plan)}"
+        nodes = list(_nodes(plan))
+        # The policy is in the plan (RLS is enforced for the app role), comparing uuid to uuid. Next to an
+        # explicit `tenant_id = <uuid>` the planner may turn it into a one-time `<uuid> = <setting>` check.
+        assert POLICY_SETTING in json.dumps(plan), f"no tenant policy in the plan:\n{shown}"
+        assert not TENANT_ID_AS_TEXT.search(json.dumps(plan)), (
+            f"tenant_id is cast, so no index can serve it:\n{shown}"
+        )
 
-    # The policy is in the plan (RLS is enforced for the app role), comparing uuid to uuid. Next to an
-    # explicit `tenant_id = <uuid>` the planner may turn it into a one-time `<uuid> = <setting>` check.
-    assert POLICY_SETTING in json.dumps(plan), f"no tenant policy in the plan:\n{shown}"
-    assert not TENANT_ID_AS_TEXT.search(json.dumps(plan)), (
-        f"tenant_id is cast, so no index can serve it:\n{shown}"
-    )
-
-    seq_scans = [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == query.table]
-    assert not seq_scans, f"sequential scan of {query.table}:\n{shown}"
-    tenant_scans = [
-        n
-        for n in nodes
-        if n["Node Type"] in INDEX_SCANS
-        and n.get("Index Name") in tenant_indexes
-        and "tenant_id = " in n.get("Index Cond", "")
-    ]
-    assert tenant_scans, f"no scan of a tenant_id index ({', '.join(sorted(tenant_indexes))}):\n{shown}"
-    if not explicit_filter:
-        # Only the policy names the tenant, so the index is searched with the policy's own expression.
-        assert any(POLICY_TENANT in n["Index Cond"] for n in tenant_scans), shown
+        seq_scans = [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == query.table]
+        assert not seq_scans, f"sequential scan of {query.table}:\n{shown}"
+        tenant_scans = [
+            n
+            for n in nodes
+            if n["Node Type"] in INDEX_SCANS
+            and n.get("Index Name") in tenant_indexes
+            and "tenant_id = " in n.get("Index Cond", "")
+        ]
+        assert tenant_scans, f"no scan of a tenant_id index ({', '.join(sorted(tenant_indexes))}):\n{shown}"
+        if not explicit_filter:
+            # Only the policy names the tenant, so the index is searched with the policy's own expression.
+            assert any(POLICY_TENANT in n["Index Cond"] for n in tenant_scans), shown
