@@ -411,32 +411,34 @@ def anonymous(make_client: Any) -> Client:
     return client
 
 
+def _in_team(team: TeamFixture, login_as: Any, role: TenantRole) -> Client:
+    """A client logged in as the `team` fixture's account of `role`, with that team active."""
+    client: Client = login_as(team.accounts[role], team.id)
+    return client
+
+
 @pytest.fixture
 def as_owner(team: TeamFixture, login_as: Any) -> Client:
     """A client logged in as the `team` fixture's owner, with that team active."""
-    client: Client = login_as(team.accounts[TenantRole.OWNER], team.id)
-    return client
+    return _in_team(team, login_as, TenantRole.OWNER)
 
 
 @pytest.fixture
 def as_admin(team: TeamFixture, login_as: Any) -> Client:
     """A client logged in as the `team` fixture's admin, with that team active."""
-    client: Client = login_as(team.accounts[TenantRole.ADMIN], team.id)
-    return client
+    return _in_team(team, login_as, TenantRole.ADMIN)
 
 
 @pytest.fixture
 def as_member(team: TeamFixture, login_as: Any) -> Client:
     """A client logged in as the `team` fixture's member, with that team active."""
-    client: Client = login_as(team.accounts[TenantRole.MEMBER], team.id)
-    return client
+    return _in_team(team, login_as, TenantRole.MEMBER)
 
 
 @pytest.fixture
 def as_viewer(team: TeamFixture, login_as: Any) -> Client:
     """A client logged in as the `team` fixture's viewer, with that team active."""
-    client: Client = login_as(team.accounts[TenantRole.VIEWER], team.id)
-    return client
+    return _in_team(team, login_as, TenantRole.VIEWER)
 
 
 def team_name(app: Flask, team_id: uuid.UUID) -> str:

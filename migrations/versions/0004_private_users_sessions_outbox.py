@@ -168,42 +168,18 @@ def _outbox() -> None:
         "USING (current_setting('app.outbox_scan', true) = 'on')"
     )
     op.execute(
-        f"""
-        CREATE FUNCTION public.nyxcore_unsent_outbox(cutoff timestamptz, max_attempts integer, max_rows integer)
-        RETURNS SETOF uuid
-        LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-        SET search_path = pg_catalog, pg_temp
-        AS $$
-        BEGIN
-            {OUTBOX_SCAN_ON}
-            RETURN QUERY
-                SELECT o.id FROM public.outbox_emails AS o
-                WHERE o.sent_at IS NULL AND o.created_at < cutoff AND o.attempts < max_attempts
-                  AND o.body_ciphertext IS NOT NULL
-                ORDER BY o.created_at LIMIT max_rows;
-            {OUTBOX_SCAN_OFF}
-        END
-        $$
-        """
+        _outbox_ids_function(
+            "nyxcore_unsent_outbox(cutoff timestamptz, max_attempts integer, max_rows integer)",
+            "o.sent_at IS NULL AND o.created_at < cutoff AND o.attempts < max_attempts "
+            "AND o.body_ciphertext IS NOT NULL ORDER BY o.created_at LIMIT max_rows",
+        )
     )
     op.execute(
-        f"""
-        CREATE FUNCTION public.nyxcore_stale_outbox(primary_key_id text, after_id uuid, max_rows integer)
-        RETURNS SETOF uuid
-        LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-        SET search_path = pg_catalog, pg_temp
-        AS $$
-        BEGIN
-            {OUTBOX_SCAN_ON}
-            RETURN QUERY
-                SELECT o.id FROM public.outbox_emails AS o
-                WHERE o.sent_at IS NULL AND o.body_ciphertext IS NOT NULL AND o.key_id <> primary_key_id
-                  AND (after_id IS NULL OR o.id > after_id)
-                ORDER BY o.id LIMIT max_rows;
-            {OUTBOX_SCAN_OFF}
-        END
-        $$
-        """
+        _outbox_ids_function(
+            "nyxcore_stale_outbox(primary_key_id text, after_id uuid, max_rows integer)",
+            "o.sent_at IS NULL AND o.body_ciphertext IS NOT NULL AND o.key_id <> primary_key_id "
+            "AND (after_id IS NULL OR o.id > after_id) ORDER BY o.id LIMIT max_rows",
+        )
     )
     op.execute(
         f"""
@@ -224,6 +200,23 @@ def _outbox() -> None:
         $$
         """
     )
+
+
+def _outbox_ids_function(signature: str, condition: str) -> str:
+    """A SECURITY DEFINER function returning the ids of the outbox rows matching `condition`, nothing else."""
+    return f"""
+        CREATE FUNCTION public.{signature}
+        RETURNS SETOF uuid
+        LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp
+        AS $$
+        BEGIN
+            {OUTBOX_SCAN_ON}
+            RETURN QUERY SELECT o.id FROM public.outbox_emails AS o WHERE {condition};
+            {OUTBOX_SCAN_OFF}
+        END
+        $$
+        """
 
 
 def _invitation_token_holder() -> None:

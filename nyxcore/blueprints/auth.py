@@ -97,12 +97,12 @@ def login() -> Response | tuple[str, int]:
     if request.method == "GET" and request.args.get("email"):
         form.email.data = request.args["email"]
     if form.validate_on_submit():
-        user_id = accounts.check_password(email=form.email.data, password=form.password.data)
-        if user_id is None:
+        proved = accounts.check_password(email=form.email.data, password=form.password.data)
+        if proved is None:
             form.password.errors = ["Invalid email or password."]
         else:
-            with authz.acting_as(user_id):
-                _start_session(accounts.signed_in_user(user_id, form.password.data))
+            with authz.acting_as(proved.user_id):
+                _start_session(accounts.signed_in_user(proved, form.password.data))
             return redirect(_next_url() or url_for("team.overview"))
     return form_page("auth/login.html", form, next=_next_url())
 

@@ -9,6 +9,7 @@ same two steps read the row directly.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select, text, update
@@ -62,8 +63,16 @@ def personal_team_name(name: str) -> str:
     return f"{first}'s team"[:80]
 
 
-def check_password(*, email: str, password: str) -> uuid.UUID | None:
-    """The id of the account with these credentials, or None.
+@dataclass(frozen=True)
+class ProvedPassword:
+    """An account whose password was just proved, and whether its stored hash uses old parameters."""
+
+    user_id: uuid.UUID
+    needs_rehash: bool
+
+
+def check_password(*, email: str, password: str) -> ProvedPassword | None:
+    """The account with these credentials, or None.
 
     The same answer and the same work (one Argon2id computation) for an unknown email and a wrong
     password. Needs no tenant context: it asks the database's two log-in functions.
@@ -71,20 +80,23 @@ def check_password(*, email: str, password: str) -> uuid.UUID | None:
     email = normalise_email(email)
     setting = _password_setting(email)
     candidate = passwords.candidate_hash(setting or passwords.unknown_setting(), password)
-    return _login(email, candidate) if setting is not None and candidate is not None else None
+    user_id = _login(email, candidate) if setting is not None and candidate is not None else None
+    if user_id is None or setting is None:
+        return None
+    return ProvedPassword(user_id, passwords.setting_needs_rehash(setting))
 
 
-def signed_in_user(user_id: uuid.UUID, password: str) -> User:
+def signed_in_user(proved: ProvedPassword, password: str) -> User:
     """The user who just proved `password`, with their stored hash upgraded if its parameters are old.
 
     Run it as that user (row-level security shows a user their own row). Raises NotFound if the
     account vanished in between.
     """
+    user_id = proved.user_id
     user = db.session.get(User, user_id)
     if user is None:
         raise NotFound("This account no longer exists.")
-    setting = _password_setting(user.email)
-    if setting is not None and passwords.setting_needs_rehash(setting):
+    if proved.needs_rehash:
         db.session.execute(
             update(User).where(User.id == user_id).values(password_hash=passwords.hash_password(password))
         )
