@@ -9,6 +9,7 @@ sent and wipes the body; the beat sweep re-enqueues what an outage left behind.
 from __future__ import annotations
 
 import email.policy
+import email.utils
 import json
 import logging
 import smtplib
@@ -116,14 +117,24 @@ class _HeaderClasses(HeaderRegistry):
 _MESSAGE_POLICY = email.policy.default.clone(header_factory=_HeaderClasses())
 
 
+def sender_domain(sender: str) -> str:
+    """The domain of the address in `sender` ("NyxCore <no-reply@example.com>" gives example.com)."""
+    _, address = email.utils.parseaddr(sender)
+    domain = address.rpartition("@")[2].strip().lower()
+    return domain or "localhost"
+
+
 def build_message(
     outbox_id: uuid.UUID, to: str, subject: str, sender: str, text_body: str, html_body: str
 ) -> EmailMessage:
+    """The message as mail filters expect it: Date, a Message-ID in the sender's domain (the same on
+    every retry, so a receiver can drop a duplicate), a plain-text part and its HTML alternative."""
     message = EmailMessage(policy=_MESSAGE_POLICY)
     message["From"] = sender
     message["To"] = to
     message["Subject"] = subject
-    message["Message-ID"] = f"<{outbox_id}@nyxcore>"
+    message["Date"] = email.utils.format_datetime(datetime.now(UTC))
+    message["Message-ID"] = f"<{outbox_id}@{sender_domain(sender)}>"
     message.set_content(text_body)
     message.add_alternative(html_body, subtype="html")
     return message

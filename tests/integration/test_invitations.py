@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import html
 import http.cookiejar
 import json
@@ -21,6 +22,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -120,6 +122,12 @@ def test_invitation_mail_arrives_through_the_worker_and_its_link_joins_the_team(
     assert message["To"] == "grace@example.com"
     assert message["Subject"] == f"{admin.name} invited you to {TEAM} on NyxCore"
     assert message.get_content_type() == "multipart/alternative"
+    # What spam filters look for: a Date, and a Message-ID in the sender's own domain.
+    sent_at = email.utils.parsedate_to_datetime(message["Date"])
+    assert abs((datetime.now(UTC) - sent_at).total_seconds()) < 60
+    sender_domain = email.utils.parseaddr(message["From"])[1].rpartition("@")[2]
+    assert re.fullmatch(rf"<[0-9a-f-]{{36}}@{re.escape(sender_domain)}>", message["Message-ID"])
+    assert sender_domain != "nyxcore"
     path = link_path(message)
     assert re.fullmatch(r"/invite/[A-Za-z0-9_-]{43}", path)
     assert PUBLIC_URL + path in mail_server.html(message)
