@@ -156,6 +156,18 @@ def _session_settings(env: Mapping[str, str], production: bool) -> dict[str, Any
     }
 
 
+# max_retries/interval_*: publishing while Redis is down gives up after about 0.3 s (the mail is in
+# the outbox; the sweep enqueues it later) rather than holding the page for 6 s.
+BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.1,
+    "interval_max": 0.2,
+}
+
+
 def _celery_settings(env: Mapping[str, str], redis_url: str, eager: bool) -> dict[str, Any]:
     """The CELERY mapping that tasks.celery_init_app configures Celery from."""
     return {
@@ -170,7 +182,7 @@ def _celery_settings(env: Mapping[str, str], redis_url: str, eager: bool) -> dic
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": _int(env, "CELERY_PREFETCH_MULTIPLIER", 4),
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"socket_connect_timeout": 2, "socket_timeout": 5},
+        "broker_transport_options": BROKER_TRANSPORT_OPTIONS,
         "beat_schedule": {
             "sweep-outbox": {
                 "task": "nyxcore.tasks.sweep_outbox",

@@ -26,6 +26,7 @@ from celery import Celery, signals
 from celery.contrib.testing.worker import start_worker
 from flask import Flask
 
+from nyxcore.config import BROKER_TRANSPORT_OPTIONS
 from tests.conftest import REDIS_URL
 
 QUEUE = f"nyxcore-test-{uuid.uuid4().hex[:12]}"
@@ -39,6 +40,8 @@ def celery_config(broker_url: str = REDIS_URL) -> dict[str, Any]:
         "task_default_queue": QUEUE,
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": False,
+        # BRPOP returns at least this often: a stopping worker waits for it (1 s by default).
+        "broker_transport_options": {**BROKER_TRANSPORT_OPTIONS, "polling_interval": 0.1},
     }
 
 
