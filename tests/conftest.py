@@ -89,6 +89,9 @@ def database() -> Iterator[TestDatabase]:
             conn.execute(text(f"CREATE ROLE {info.owner_role} LOGIN NOSUPERUSER NOBYPASSRLS"))
             conn.execute(text(f"CREATE ROLE {info.app_role} LOGIN NOSUPERUSER NOBYPASSRLS"))
             conn.execute(text(f"CREATE DATABASE {info.name} OWNER {info.owner_role}"))
+            # A test database need not survive a crash: commits return without waiting for the WAL
+            # flush (0.1 ms instead of 2 ms each here). Nothing else about PostgreSQL changes.
+            conn.execute(text(f"ALTER DATABASE {info.name} SET synchronous_commit = off"))
         app = create_app(test_config(info))
         with app.app_context():
             from flask_migrate import upgrade
