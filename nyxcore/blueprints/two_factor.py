@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, abort, current_app, make_response, redirect, render_template, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
@@ -103,28 +113,38 @@ def settings() -> tuple[str, int]:
     return _settings_page()
 
 
-@bp.post("/account/two-factor/setup")
+@bp.route("/account/two-factor/setup", methods=["GET", "POST"])
 @login_required  # type: ignore[untyped-decorator]
 def setup() -> Response | tuple[str, int]:
-    """The password again, then a new secret: its QR code, its text, and a code to confirm it."""
+    """POST: the password again, then a new secret. GET: its QR code, its text, and a code to confirm it."""
+    if request.method == "GET":
+        secret = two_factor.pending_secret(_user()) if _enrolment_started() else None
+        if secret is None:
+            return redirect(url_for("two_factor.settings"))
+        return _setup_page(secret, ConfirmCodeForm())
     form = PasswordForm()
     if _proved_password(form):
         try:
-            secret = two_factor.start_enrolment(_user())
+            two_factor.start_enrolment(_user())
         except DomainError as exc:
             add_domain_error(form, exc, "password")
         else:
             session[ENROLMENT_KEY] = int(time.time())
-            return _setup_page(secret, ConfirmCodeForm())
+            return redirect(url_for("two_factor.setup"))
     return _settings_page(form)
+
+
+def _enrolment_started() -> bool:
+    """Whether the password was proved for a set-up in this session, in the last ENROLMENT_SECONDS."""
+    started = session.get(ENROLMENT_KEY)
+    return isinstance(started, int) and 0 <= time.time() - started <= ENROLMENT_SECONDS
 
 
 @bp.post("/account/two-factor/confirm")
 @login_required  # type: ignore[untyped-decorator]
 def confirm() -> Response:
     """A code from the new secret turns two-factor on, ends the other sessions, shows the recovery codes once."""
-    started = session.get(ENROLMENT_KEY)
-    if not isinstance(started, int) or time.time() - started > ENROLMENT_SECONDS:
+    if not _enrolment_started():
         notify("The set-up expired. Enter your password to start again.", "warning")
         return redirect(url_for("two_factor.settings"))
     form = ConfirmCodeForm()

@@ -48,9 +48,16 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return moved
 
 
+def start_setup(client: Any) -> Any:
+    """The password again, then the set-up page it leads to."""
+    started = client.post_form("/account/two-factor/setup", {"password": PASSWORD})
+    assert started.status_code == 302 and started.location == "/account/two-factor/setup", started.status_code
+    return client.get(started.location)
+
+
 def enrol(client: Any, clock: Clock) -> tuple[str, list[str]]:
     """Turn two-factor on for the client's user: the secret and the recovery codes."""
-    page = client.post_form("/account/two-factor/setup", {"password": PASSWORD})
+    page = start_setup(client)
     assert page.status_code == 200, page.get_data(as_text=True)
     secret = SECRET.search(page.get_data(as_text=True)).group(1)
     done = client.post_form("/account/two-factor/confirm", {"code": clock.code(secret)})
@@ -77,12 +84,13 @@ def test_enrolment_asks_for_the_password_first(client, make_user):
     assert "That password is not right." in wrong.get_data(as_text=True)
     assert SECRET.search(wrong.get_data(as_text=True)) is None
     assert client.post_form("/account/two-factor/setup", {}).status_code == 400
+    assert client.get("/account/two-factor/setup").location == "/account/two-factor"  # nothing started
 
 
 def test_the_set_up_shows_a_server_made_qr_code_and_the_secret_and_is_not_active_yet(client, make_client, make_user):
     account = make_user()
     client.login(account.email)
-    page = client.post_form("/account/two-factor/setup", {"password": PASSWORD})
+    page = start_setup(client)
     body = page.get_data(as_text=True)
     assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
     assert "<svg" in body and "<img" not in body and "<script" not in body
@@ -95,7 +103,7 @@ def test_the_set_up_shows_a_server_made_qr_code_and_the_secret_and_is_not_active
 def test_a_wrong_code_is_refused_and_a_right_one_turns_it_on_with_ten_codes_shown_once(client, make_user, clock):
     account = make_user()
     client.login(account.email)
-    secret = SECRET.search(client.post_form("/account/two-factor/setup", {"password": PASSWORD}).get_data(as_text=True)).group(1)
+    secret = SECRET.search(start_setup(client).get_data(as_text=True)).group(1)
     wrong_code = f"{(int(clock.code(secret)) + 1) % 1_000_000:06d}"
     refused = client.post_form("/account/two-factor/confirm", {"code": wrong_code})
     assert refused.status_code == 400
