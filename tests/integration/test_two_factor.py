@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ import pyotp
 import pytest
 from sqlalchemy import event, insert
 
+from nyxcore import tenancy
 from nyxcore.crypto import KeyRing, Sealed, generate_key_setting
 from nyxcore.extensions import db
 from nyxcore.models import UserTwoFactor
@@ -413,3 +415,34 @@ def test_key_rotation_re_seals_the_two_factor_secrets(request, app_config, admin
     assert "Re-encrypted 0 two-factor secrets." in again.stdout
     assert count(admin_engine, "SELECT count(*) FROM user_two_factor WHERE key_id = 'new'") == 3
 
+
+
+def test_of_two_concurrent_uses_of_one_code_exactly_one_wins(app, make_user, make_client, clock, admin_engine, monkeypatch):
+    account = make_user()
+    first = make_client()
+    first.login(account.email)
+    secret, _ = enrol(first, clock)
+    code = clock.code(secret)
+    both_checked = threading.Barrier(2, timeout=10)
+    matching_step = two_factor_service._matching_step
+
+    def checked_then_wait(*args: Any) -> int | None:
+        step = matching_step(*args)
+        both_checked.wait()  # both requests have read the row and found the code right
+        return step
+
+    monkeypatch.setattr(two_factor_service, "_matching_step", checked_then_wait)
+    outcomes: list[two_factor_service.LoginCheck] = []
+
+    def log_in() -> None:
+        with app.app_context(), tenancy.tenant_context(user_id=account.user_id):
+            user = two_factor_service.user_for_login(account.user_id)
+            outcomes.append(two_factor_service.check_login_code(user, code))
+            db.session.commit()
+
+    threads = [threading.Thread(target=log_in) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert sorted(o.value for o in outcomes) == ["accepted", "wrong"]
