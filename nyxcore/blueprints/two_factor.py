@@ -65,12 +65,14 @@ def _private(page: str, status: int) -> Response:
     return response
 
 
-def _settings_page(*forms: PasswordForm) -> tuple[str, int]:
+def _settings_page(
+    *, setup: PasswordForm | None = None, codes: PasswordForm | None = None, disable: PasswordForm | None = None
+) -> tuple[str, int]:
+    """The account's two-factor page; a form given here is shown with its errors (and the request rolls back)."""
     user = _user()
-    given = {form._prefix or "setup-": form for form in forms}
-    setup = given.get("setup-") or PasswordForm()
-    codes = given.get("codes-") or PasswordForm(prefix="codes")
-    disable = given.get("disable-") or PasswordForm(prefix="disable")
+    setup = setup or PasswordForm()
+    codes = codes or PasswordForm(prefix="codes")
+    disable = disable or PasswordForm(prefix="disable")
     left = two_factor.recovery_codes_left(user) if user.two_factor_enabled_at else 0
     status = form_status(setup, codes, disable)
     page = render_template(
@@ -131,7 +133,7 @@ def setup() -> Response | tuple[str, int]:
         else:
             session[ENROLMENT_KEY] = int(time.time())
             return redirect(url_for("two_factor.setup"))
-    return _settings_page(form)
+    return _settings_page(setup=form)
 
 
 def _enrolment_started() -> bool:
@@ -176,7 +178,7 @@ def regenerate() -> Response | tuple[str, int]:
             add_domain_error(form, exc, "password")
         else:
             return _codes_page(codes, enrolled=False)
-    return _settings_page(form)
+    return _settings_page(codes=form)
 
 
 @bp.post("/account/two-factor/disable")
@@ -189,7 +191,7 @@ def disable() -> Response | tuple[str, int]:
         _end_other_sessions()
         notify("Two-factor authentication is off. Your other sessions were logged out.", "success")
         return redirect(url_for("two_factor.settings"))
-    return _settings_page(form)
+    return _settings_page(disable=form)
 
 
 def _two_factor_limit() -> str:

@@ -8,8 +8,8 @@ and one either side, and a step is accepted once only: the row keeps the last on
 UPDATE that accepts a code requires a later step, so of two concurrent uses of a code one wins.
 Recovery codes are stored as SHA-256 digests and consumed by one UPDATE ... WHERE used_at IS NULL.
 
-Callers act as the user (row-level security: own rows only). Nothing here logs or returns the
-secret except `start_enrolment` and `pending_secret`, for the enrolment page.
+Callers act as the user (row-level security: own rows only). Nothing here logs the secret, and only
+`pending_secret` returns it, for the set-up page.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def confirm_password(user: User, password: str) -> None:
         raise InvalidInput(WRONG_PASSWORD, field="password")
 
 
-def start_enrolment(user: User) -> str:
-    """A new secret for `user`, stored sealed and not yet active; returns it for the enrolment page.
+def start_enrolment(user: User) -> None:
+    """A new secret for `user`, stored sealed and not yet active (the set-up page shows `pending_secret`).
 
     Replaces an unconfirmed enrolment. Raises Conflict when two-factor is on already.
     """
@@ -104,7 +104,6 @@ def start_enrolment(user: User) -> str:
     row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
     row.last_used_step, row.failed_attempts = None, 0
     db.session.flush()
-    return secret
 
 
 def pending_secret(user: User) -> str | None:
