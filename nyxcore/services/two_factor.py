@@ -232,7 +232,7 @@ def check_login_code(user: User, code: str) -> LoginCheck:
     if row is None or row.enabled_at is None or row.failed_attempts >= MAX_FAILED_ATTEMPTS:
         return LoginCheck.EXHAUSTED
     code = (code or "").strip()
-    if code.isdigit():
+    if len(code) == 6 and code.isdigit():  # a recovery code is 15 characters
         step = _matching_step(_secret(row), code, _now())
         accepted = step is not None and _use_step(user.id, step)
     else:
