@@ -12,6 +12,7 @@ Every authorization decision reads an Operation declared by a service (nyxcore/p
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -35,6 +36,9 @@ R = TypeVar("R")
 ACTIVE_TENANT_KEY = "tenant_id"
 SESSION_TOKEN_KEY = "sid"  # noqa: S105 (a key name; names the server-side session, services/sessions.py)
 _STACK = "nyxcore_context_stack"
+# A password proved, a second factor awaited: {"user_id", "at"} in the (signed) session, no user session yet.
+PENDING_LOGIN_KEY = "two_factor_login"
+PENDING_LOGIN_SECONDS = 5 * 60
 
 
 def current_actor() -> Actor | None:
@@ -169,6 +173,10 @@ def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R
                 flash("You are not in a team yet. Create one to continue.", "info")  # nothing to commit
                 return redirect(url_for("teams.new"))
             needed.check(actor)
+            if actor.tenant.require_two_factor and actor.user.two_factor_enabled_at is None:
+                # Both read with the user and the membership: the team's requirement costs no query.
+                flash(f"{actor.tenant.name} requires two-factor authentication. Turn it on to continue.", "info")
+                return redirect(url_for("two_factor.settings"))
             return view(*args, **kwargs)
 
         guarded.operation = needed  # type: ignore[attr-defined]
@@ -176,6 +184,31 @@ def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R
         return guarded
 
     return decorator
+
+
+def await_second_factor(user_id: uuid.UUID) -> None:
+    """After the password of a user with two-factor: no session yet, only a marker for the code step."""
+    session.clear()
+    session[PENDING_LOGIN_KEY] = {"user_id": str(user_id), "at": int(time.time())}
+
+
+def pending_second_factor() -> uuid.UUID | None:
+    """The user whose password was proved in the last PENDING_LOGIN_SECONDS, awaiting a code; or None."""
+    marker = session.get(PENDING_LOGIN_KEY) or {}
+    try:
+        user_id = uuid.UUID(marker["user_id"])
+        fresh = 0 <= time.time() - int(marker["at"]) <= PENDING_LOGIN_SECONDS
+    except (TypeError, KeyError, ValueError):
+        fresh = False
+    if not fresh:
+        session.pop(PENDING_LOGIN_KEY, None)
+        return None
+    return user_id
+
+
+def forget_second_factor() -> None:
+    """Drop the pending log in (too many wrong codes: back to the password)."""
+    session.pop(PENDING_LOGIN_KEY, None)
 
 
 @login_manager.user_loader  # type: ignore[untyped-decorator]

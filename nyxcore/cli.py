@@ -131,20 +131,23 @@ def rotate_keys(batch_size: int) -> None:
     ring = keyring.get()
     try:
         tenants = key_rotation.stale_github_tenants(ring)
+        users = key_rotation.stale_two_factor_users(ring)
         outbox_current, stale_outbox = key_rotation.outbox_counts(ring)
         already = key_rotation.github_tokens_under_primary(ring) + outbox_current
         db.session.commit()
         click.echo(
-            f"Primary key {ring.primary_id}: {len(tenants)} GitHub token(s) and "
-            f"{stale_outbox} outbox email(s) to re-encrypt."
+            f"Primary key {ring.primary_id}: {len(tenants)} GitHub token(s), {len(users)} two-factor "
+            f"secret(s) and {stale_outbox} outbox email(s) to re-encrypt."
         )
         unreadable: list[str] = []
-        with click.progressbar(length=len(tenants) + stale_outbox, label="Re-encrypting") as bar:
+        with click.progressbar(length=len(tenants) + len(users) + stale_outbox, label="Re-encrypting") as bar:
             github_done = _reseal_github_tokens(ring, tenants, batch_size, bar, unreadable)
+            two_factor_done = _reseal_two_factor_secrets(ring, users, batch_size, bar, unreadable)
             outbox_done = _reseal_outbox_emails(ring, batch_size, bar, unreadable)
     except BaseException:
         db.session.rollback()  # the batches committed so far stay done; a re-run continues from there
         raise
+    click.echo(f"Re-encrypted {two_factor_done} two-factor secrets.")
     click.echo(
         f"Done: re-encrypted {github_done} GitHub tokens and {outbox_done} outbox emails; "
         f"{already} already under primary key."
@@ -177,6 +180,28 @@ def _reseal_github_tokens(
                     done += key_rotation.reseal_github_token(ring, tenant_id)
             except DecryptionError:
                 unreadable.append(f"GitHub token of team {tenant_id}")
+        db.session.commit()
+        db.session.expunge_all()
+        bar.update(len(batch))
+    return done
+
+
+def _reseal_two_factor_secrets(
+    ring: KeyRing, users: list[uuid.UUID], batch_size: int, bar: Any, unreadable: list[str]
+) -> int:
+    """Re-encrypt the users' TOTP secrets in committed batches; returns how many were re-encrypted."""
+    from nyxcore.extensions import db
+    from nyxcore.services import key_rotation
+
+    done = 0
+    for start in range(0, len(users), batch_size):
+        batch = users[start : start + batch_size]
+        for user_id in batch:
+            try:
+                with tenancy.tenant_context(user_id=user_id):  # RLS: that user's row only
+                    done += key_rotation.reseal_two_factor_secret(ring, user_id)
+            except DecryptionError:
+                unreadable.append(f"two-factor secret of user {user_id}")
         db.session.commit()
         db.session.expunge_all()
         bar.update(len(batch))

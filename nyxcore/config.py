@@ -130,6 +130,7 @@ def _rate_limit_settings(env: Mapping[str, str], mode: str, redis_url: str) -> d
         "RATELIMIT_LOGIN": env.get("RATELIMIT_LOGIN", "10 per minute;50 per hour"),
         "RATELIMIT_SIGNUP": env.get("RATELIMIT_SIGNUP", "10 per hour"),
         "RATELIMIT_MAGIC_LINK": env.get("RATELIMIT_MAGIC_LINK", "30 per minute"),
+        "RATELIMIT_TWO_FACTOR": env.get("RATELIMIT_TWO_FACTOR", "10 per minute;50 per hour"),
         "RATELIMIT_HEADERS_ENABLED": True,
         # A Redis outage must not turn log in or a magic link into a 500: count in memory meanwhile.
         "RATELIMIT_SWALLOW_ERRORS": True,

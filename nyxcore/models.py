@@ -12,6 +12,8 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Enum,
@@ -24,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
     func,
     text,
 )
@@ -82,6 +85,9 @@ class User(UUIDPrimaryKey, Base):
     # checks a password through nyxcore_login(); see services/credentials.py.
     password_hash: Mapped[str] = mapped_column(String(255), deferred=True, deferred_raiseload=True)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # Set while two-factor is on (services/two_factor.py): read with the user, so the per-request
+    # check of a team's requirement costs no query.
+    two_factor_enabled_at: Mapped[datetime | None]
 
     # Flask-Login's user protocol, kept here so the model needs no Flask import.
     is_active = True
@@ -102,6 +108,8 @@ class Tenant(UUIDPrimaryKey, Base):
     slug: Mapped[str] = mapped_column(String(63), unique=True)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # Members without two-factor are sent to enrol before any page of the team (authz.role_required).
+    require_two_factor: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
 
 
 class TenantMember(TenantScoped, Base):
@@ -143,6 +151,39 @@ class UserSession(UUIDPrimaryKey, Base):
     ip_address: Mapped[str] = mapped_column(String(45), default="")
 
     user: Mapped[User] = relationship(lazy="raise")
+
+
+class UserTwoFactor(UUIDPrimaryKey, Base):
+    """A user's TOTP secret, sealed with the key ring (associated data: the user id), own rows only.
+
+    `enabled_at` is None while the enrolment is unconfirmed (not active). `last_used_step` is the
+    TOTP time step of the last accepted code, so the same code is never accepted twice, and
+    `failed_attempts` counts wrong codes of the current pending log in.
+    """
+
+    __tablename__ = "user_two_factor"
+    __table_args__ = (UniqueConstraint("user_id"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    key_id: Mapped[str] = mapped_column(String(32))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    enabled_at: Mapped[datetime | None]
+    last_used_step: Mapped[int | None] = mapped_column(BigInteger)
+    failed_attempts: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+
+
+class RecoveryCode(UUIDPrimaryKey, Base):
+    """A single-use two-factor recovery code; only its SHA-256 is kept."""
+
+    __tablename__ = "recovery_codes"
+    __table_args__ = (UniqueConstraint("user_id", "code_hash"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    used_at: Mapped[datetime | None]
 
 
 class OutboxEmail(UUIDPrimaryKey, Base):

@@ -14,7 +14,7 @@ from nyxcore.errors import DomainError
 from nyxcore.extensions import limiter
 from nyxcore.forms import MinPasswordLength, add_domain_error
 from nyxcore.models import User
-from nyxcore.services import accounts, sessions
+from nyxcore.services import accounts, sessions, two_factor
 from nyxcore.web import form_page, is_safe_next, notify
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -102,7 +102,11 @@ def login() -> Response | tuple[str, int]:
             form.password.errors = ["Invalid email or password."]
         else:
             with authz.acting_as(proved.user_id):
-                _start_session(accounts.signed_in_user(proved, form.password.data))
+                user = accounts.signed_in_user(proved, form.password.data)
+                if two_factor.begin_login(user):  # no session until the code step (blueprints/two_factor.py)
+                    authz.await_second_factor(user.id)
+                    return redirect(url_for("two_factor.login", next=_next_url()))
+                _start_session(user)
             return redirect(_next_url() or url_for("team.overview"))
     return form_page("auth/login.html", form, next=_next_url())
 

@@ -3,8 +3,9 @@
 Each row is re-sealed on its own, under a row lock and after checking again that it still needs it,
 so a run can stop anywhere and simply be started again. Callers commit (in batches).
 
-Two kinds of secret are stored, both under row-level security: GitHub tokens (one per team) and
-the bodies of unsent outbox emails (each reachable alone through its `outbox_id` context).
+Three kinds of secret are stored, all under row-level security: GitHub tokens (one per team), the
+bodies of unsent outbox emails (each reachable alone through its `outbox_id` context), and users'
+two-factor TOTP secrets (each reachable alone in its user's context).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from sqlalchemy import func, select, text
 from nyxcore import tenancy
 from nyxcore.crypto import KeyRing, Sealed
 from nyxcore.extensions import db
-from nyxcore.models import GitHubToken, OutboxEmail
+from nyxcore.models import GitHubToken, OutboxEmail, UserTwoFactor
 from nyxcore.services.github_tokens import seal_context as github_seal_context
 from nyxcore.services.mail import seal_context as outbox_seal_context
+from nyxcore.services.two_factor import seal_context as two_factor_seal_context
 
 
 def _on_postgresql() -> bool:
@@ -134,4 +136,34 @@ def reseal_outbox_email(ring: KeyRing, outbox_id: uuid.UUID) -> bool:
     sealed = ring.rotate(current, outbox_seal_context(outbox.id))
     outbox.key_id, outbox.nonce, outbox.body_ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
     db.session.flush()  # while the caller's context holds: the UPDATE must carry the outbox id
+    return True
+
+
+def stale_two_factor_users(ring: KeyRing) -> list[uuid.UUID]:
+    """The users whose TOTP secret is sealed under a key other than the primary one.
+
+    PostgreSQL answers through the SECURITY DEFINER function `nyxcore_users_with_stale_two_factor`
+    (migration 0008), which returns user ids and nothing else; SQLite has no RLS.
+    """
+    if _on_postgresql():
+        rows = db.session.execute(
+            text("SELECT * FROM nyxcore_users_with_stale_two_factor(:primary)"), {"primary": ring.primary_id}
+        )
+        return [uuid.UUID(str(user_id)) for (user_id,) in rows]
+    query = select(UserTwoFactor.user_id).where(UserTwoFactor.key_id != ring.primary_id)
+    return list(db.session.scalars(query.order_by(UserTwoFactor.user_id)))
+
+
+def reseal_two_factor_secret(ring: KeyRing, user_id: uuid.UUID) -> bool:
+    """Re-seal the user's TOTP secret under the primary key; False if it is gone or was current already.
+
+    Run it in the user's context (the CLI sets it), under which RLS shows that one row. Raises
+    DecryptionError, changing nothing, when the secret cannot be decrypted with the ring.
+    """
+    row = db.session.scalar(select(UserTwoFactor).where(UserTwoFactor.user_id == user_id).with_for_update())
+    if row is None or not ring.needs_rotation(Sealed(row.key_id, row.nonce, row.ciphertext)):
+        return False
+    sealed = ring.rotate(Sealed(row.key_id, row.nonce, row.ciphertext), two_factor_seal_context(user_id))
+    row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
+    db.session.flush()  # while the caller's context holds: the UPDATE must carry this user's id
     return True

@@ -97,3 +97,17 @@ def end_all(user_id: uuid.UUID) -> int:
         .values(revoked_at=_now())
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def end_others(user_id: uuid.UUID, keep_token: str) -> int:
+    """End every live session of `user_id` except the one named by `keep_token`; returns how many."""
+    result = db.session.execute(
+        update(UserSession)
+        .where(
+            UserSession.user_id == user_id,
+            UserSession.token_hash != _hash(keep_token),
+            UserSession.revoked_at.is_(None),
+        )
+        .values(revoked_at=_now())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -35,6 +35,9 @@ REVIEWED_EXCEPTIONS = {
     ("users", "team_members", "SELECT"),
     ("users", "inviter_by_token", "SELECT"),  # the invitation page names the inviter
     ("user_sessions", "own_sessions", "ALL"),
+    ("user_two_factor", "own_two_factor", "ALL"),
+    ("user_two_factor", "key_rotation_scan", "SELECT"),  # owner only, inside its SECURITY DEFINER function
+    ("recovery_codes", "own_recovery_codes", "ALL"),
 }
 # Tables whose owner is not held by RLS (FORCE), because SECURITY DEFINER functions read them as it.
 NOT_FORCED = {"users"}
@@ -76,6 +79,17 @@ def _seed(conn: Connection, name: str) -> tuple[uuid.UUID, uuid.UUID, str, uuid.
             "VALUES (gen_random_uuid(), :u, :h, :x, 'test', '127.0.0.1')"
         ),
         {"u": user, "h": token_hash, "x": soon},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO user_two_factor (id, user_id, key_id, nonce, ciphertext, enabled_at) "
+            "VALUES (gen_random_uuid(), :u, 'k1', '\\x00', '\\x00', now())"
+        ),
+        {"u": user},
+    )
+    conn.execute(
+        text("INSERT INTO recovery_codes (id, user_id, code_hash) VALUES (gen_random_uuid(), :u, :h)"),
+        {"u": user, "h": token_hash},
     )
     return team, user, token_hash, outbox
 
@@ -152,6 +166,28 @@ def test_log_in_learns_the_salt_and_a_yes_or_no_never_the_hash(app_engine, admin
         assert conn.execute(text(login), {"e": email, "c": setting + "$wrong"}).scalar() is None
         assert conn.execute(text(login), {"e": email, "c": setting + "$ZGlnZXN0"}).scalar() == world.user_a
         assert conn.execute(text("SELECT nyxcore_password_setting('nobody@example.com')")).scalar() is None
+
+
+@pytest.mark.parametrize("table", ["user_two_factor", "recovery_codes"])
+def test_two_factor_rows_are_their_users_own_even_in_a_shared_team(app_engine, world, table):
+    with app_engine.begin() as conn:
+        # A in B's team context (as if a team mate): B's secret and codes stay invisible and unchangeable.
+        _context(conn, user_id=world.user_a, tenant_id=world.team_b)
+        assert conn.execute(text(f"SELECT user_id FROM {table}")).scalars().all() == [world.user_a]
+        assert conn.execute(text(f"UPDATE {table} SET user_id = user_id WHERE user_id = :b"), {"b": world.user_b}).rowcount == 0
+        assert conn.execute(text(f"DELETE FROM {table} WHERE user_id = :b"), {"b": world.user_b}).rowcount == 0
+    with app_engine.connect() as conn, conn.begin():
+        _context(conn, user_id=world.user_a)
+        with pytest.raises(DBAPIError, match="row-level security"):
+            conn.execute(text(f"UPDATE {table} SET user_id = :b"), {"b": world.user_b})
+
+
+def test_key_rotation_learns_which_users_hold_a_stale_secret_and_nothing_else(app_engine, world):
+    with app_engine.begin() as conn:
+        listed = conn.execute(text("SELECT * FROM nyxcore_users_with_stale_two_factor('k2')")).all()
+        assert {row[0] for row in listed} == {world.user_a, world.user_b} and all(len(row) == 1 for row in listed)
+        assert conn.execute(text("SELECT * FROM nyxcore_users_with_stale_two_factor('k1')")).all() == []
+        assert count(conn, "SELECT count(*) FROM user_two_factor") == 0  # the scan left no door open
 
 
 def test_outbox_mail_is_seen_by_its_team_and_by_the_worker_delivering_it(app_engine, world):

@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
+import pyotp
 import pytest
 from flask import Flask
 from sqlalchemy import insert, text
@@ -32,7 +33,8 @@ from nyxcore.services.mail import ConsoleTransport
 from tests.conftest import PASSWORD
 from tests.tenant_rows import fill_tenant_tables
 
-VISITORS = ("anonymous", "owner", "admin", "member", "viewer")
+# "two-factor": a user of their own team with two-factor on (recovery codes, turning it off).
+VISITORS = ("anonymous", "owner", "admin", "member", "viewer", "two-factor")
 
 # The guard must answer 400 to each of these, wherever it is sent.
 REFUSED = {
@@ -370,10 +372,31 @@ def _connect_github(app: Flask, admin_engine: Engine, team_id: uuid.UUID) -> Non
         conn.execute(insert(GitHubToken.__table__), row)
 
 
-def _visitor(visitor: str, team: Any, make_client: Any, login_as: Any) -> Any:
+def _visitor(visitor: str, team: Any, make_client: Any, login_as: Any, make_user: Any) -> Any:
     if visitor == "anonymous":
-        return make_client()
-    return login_as(team.accounts[TenantRole(visitor)], team.id)
+        # Signed out, but past the password of an account with two-factor: the code step's form shows too.
+        _, account = _with_two_factor(make_user, login_as)
+        client = make_client()
+        assert client.post_form("/auth/login", {"email": account.email, "password": PASSWORD}).status_code == 302
+        return client
+    if visitor == "two-factor":
+        return _with_two_factor(make_user, login_as)[0]
+    client = login_as(team.accounts[TenantRole(visitor)], team.id)
+    if visitor == "member":  # half-way through turning two-factor on: the form for the code is on show
+        assert client.post_form("/account/two-factor/setup", {"password": PASSWORD}).status_code == 302
+    return client
+
+
+def _with_two_factor(make_user: Any, login_as: Any) -> tuple[Any, Any]:
+    """A new user who turned two-factor on, and the client they did it with (still signed in)."""
+    account = make_user(name="Two Factor")
+    client = login_as(account)
+    page = client.get(client.post_form("/account/two-factor/setup", {"password": PASSWORD}).location)
+    secret = re.search(r'id="two-factor-secret"[^>]*>([A-Z2-7]+)<', page.get_data(as_text=True))
+    assert secret, "no secret on the set-up page"
+    done = client.post_form("/account/two-factor/confirm", {"code": pyotp.TOTP(secret.group(1)).now()})
+    assert done.status_code == 200, done.get_data(as_text=True)
+    return client, account
 
 
 def _pages(app: Flask, client: Any, url_values: dict[str, str]) -> dict[str, PageParser]:
@@ -396,12 +419,12 @@ def _post_forms(app: Flask, pages: dict[str, PageParser]) -> list[Form]:
 
 
 def test_the_visitors_pages_offer_a_form_for_every_post_route(
-    app: Flask, team: Any, url_values: dict[str, str], make_client: Any, login_as: Any
+    app: Flask, team: Any, url_values: dict[str, str], make_client: Any, login_as: Any, make_user: Any
 ) -> None:
     adapter = app.url_map.bind("nyxcore.test")
     found = set()
     for visitor in VISITORS:
-        client = _visitor(visitor, team, make_client, login_as)
+        client = _visitor(visitor, team, make_client, login_as, make_user)
         for form in _post_forms(app, _pages(app, client, url_values)):
             found.add(adapter.match(urlsplit(form.action).path, method="POST")[0])
             assert any(k.endswith("csrf_token") for k, _ in form.fields), f"no CSRF token in {form}"
@@ -416,10 +439,11 @@ def test_no_query_argument_form_field_or_url_parameter_gives_a_500_or_changes_an
     url_values: dict[str, str],
     make_client: Any,
     login_as: Any,
+    make_user: Any,
     admin_engine: Engine,
     visitor: str,
 ) -> None:
-    client = _visitor(visitor, team, make_client, login_as)
+    client = _visitor(visitor, team, make_client, login_as, make_user)
     pages = _pages(app, client, url_values)
     fuzz = Fuzzer(client, TableChecksums(admin_engine))
     query_args = sorted(_query_arg_names(pages.values()))

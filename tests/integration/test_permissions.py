@@ -31,6 +31,12 @@ NOT_TEAM_ROUTES = {
     "invite.show": "the magic link works for whoever holds it",
     "invite.accept": "the magic link works for whoever holds it",
     "invite.dev_outbox": "development only, any signed-in user's own mail",
+    "two_factor.settings": "any signed-in user's own account (also while a team requires two-factor)",
+    "two_factor.setup": "any signed-in user's own account; the password is asked again",
+    "two_factor.confirm": "any signed-in user's own account",
+    "two_factor.regenerate": "any signed-in user's own account; the password is asked again",
+    "two_factor.disable": "any signed-in user's own account; the password is asked again",
+    "two_factor.login": "before the session: the password was proved, the code is awaited",
 }
 VISITORS = ("anonymous", "no team", "viewer", "member", "admin", "owner")
 VISITOR_ROLE = {"viewer": TenantRole.VIEWER, "member": TenantRole.MEMBER, "admin": TenantRole.ADMIN, "owner": TenantRole.OWNER}
