@@ -143,7 +143,7 @@ def stale_two_factor_users(ring: KeyRing) -> list[uuid.UUID]:
     """The users whose TOTP secret is sealed under a key other than the primary one.
 
     PostgreSQL answers through the SECURITY DEFINER function `nyxcore_users_with_stale_two_factor`
-    (migration 0008), which returns user ids and nothing else; SQLite has no RLS.
+    (migration 0006), which returns user ids and nothing else; SQLite has no RLS.
     """
     if _on_postgresql():
         rows = db.session.execute(

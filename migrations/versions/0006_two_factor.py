@@ -14,7 +14,7 @@
 
 On SQLite (development) only the tables and columns are made; there is no RLS.
 
-Revision ID: 0008
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-02
 """
@@ -26,7 +26,7 @@ from flask import current_app
 from nyxcore import rls
 from nyxcore.dbroles import quote_role, restrict_private_columns
 
-revision = "0008"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
