@@ -141,8 +141,21 @@ def rotate_keys(batch_size: int) -> None:
         )
         unreadable: list[str] = []
         with click.progressbar(length=len(tenants) + len(users) + stale_outbox, label="Re-encrypting") as bar:
-            github_done = _reseal_github_tokens(ring, tenants, batch_size, bar, unreadable)
-            two_factor_done = _reseal_two_factor_secrets(ring, users, batch_size, bar, unreadable)
+            progress = (batch_size, bar, unreadable)
+            github_done = _reseal_in_batches(
+                tenants,
+                lambda tenant_id: key_rotation.reseal_github_token(ring, tenant_id),
+                lambda tenant_id: tenancy.TenantContext(tenant_id=tenant_id),
+                "GitHub token of team",
+                progress,
+            )
+            two_factor_done = _reseal_in_batches(
+                users,
+                lambda user_id: key_rotation.reseal_two_factor_secret(ring, user_id),
+                lambda user_id: tenancy.TenantContext(user_id=user_id),
+                "two-factor secret of user",
+                progress,
+            )
             outbox_done = _reseal_outbox_emails(ring, batch_size, bar, unreadable)
     except BaseException:
         db.session.rollback()  # the batches committed so far stay done; a re-run continues from there
@@ -161,47 +174,28 @@ def rotate_keys(batch_size: int) -> None:
         )
 
 
-def _reseal_github_tokens(
-    ring: KeyRing, tenants: list[uuid.UUID], batch_size: int, bar: Any, unreadable: list[str]
+def _reseal_in_batches(
+    ids: list[uuid.UUID],
+    reseal: Callable[[uuid.UUID], bool],
+    context: Callable[[uuid.UUID], tenancy.TenantContext],
+    what: str,
+    progress: tuple[int, Any, list[str]],
 ) -> int:
-    """Re-encrypt the teams' GitHub tokens in committed batches; returns how many were re-encrypted.
-
-    Each one that does not decrypt is named in `unreadable` and left as it is.
-    """
+    """Re-encrypt one secret per id, each in `context(id)` (RLS shows that one row), in committed
+    batches; returns how many were re-encrypted. One that does not decrypt is named in the
+    progress's `unreadable` list ("<what> <id>") and left as it is."""
     from nyxcore.extensions import db
-    from nyxcore.services import key_rotation
 
+    batch_size, bar, unreadable = progress
     done = 0
-    for start in range(0, len(tenants), batch_size):
-        batch = tenants[start : start + batch_size]
-        for tenant_id in batch:
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start : start + batch_size]
+        for row_id in batch:
             try:
-                with tenancy.tenant_context(tenant_id=tenant_id):  # RLS: that team's row only
-                    done += key_rotation.reseal_github_token(ring, tenant_id)
+                with tenancy.tenant_context(**vars(context(row_id))):
+                    done += reseal(row_id)
             except DecryptionError:
-                unreadable.append(f"GitHub token of team {tenant_id}")
-        db.session.commit()
-        db.session.expunge_all()
-        bar.update(len(batch))
-    return done
-
-
-def _reseal_two_factor_secrets(
-    ring: KeyRing, users: list[uuid.UUID], batch_size: int, bar: Any, unreadable: list[str]
-) -> int:
-    """Re-encrypt the users' TOTP secrets in committed batches; returns how many were re-encrypted."""
-    from nyxcore.extensions import db
-    from nyxcore.services import key_rotation
-
-    done = 0
-    for start in range(0, len(users), batch_size):
-        batch = users[start : start + batch_size]
-        for user_id in batch:
-            try:
-                with tenancy.tenant_context(user_id=user_id):  # RLS: that user's row only
-                    done += key_rotation.reseal_two_factor_secret(ring, user_id)
-            except DecryptionError:
-                unreadable.append(f"two-factor secret of user {user_id}")
+                unreadable.append(f"{what} {row_id}")
         db.session.commit()
         db.session.expunge_all()
         bar.update(len(batch))

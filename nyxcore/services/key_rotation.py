@@ -75,11 +75,16 @@ def reseal_github_token(ring: KeyRing, tenant_id: uuid.UUID) -> bool:
     DecryptionError, changing nothing, when the token cannot be decrypted with the ring.
     """
     row = db.session.scalar(select(GitHubToken).where(GitHubToken.tenant_id == tenant_id).with_for_update())
+    return _reseal(ring, row, github_seal_context(tenant_id))
+
+
+def _reseal(ring: KeyRing, row: GitHubToken | UserTwoFactor | None, context: str) -> bool:
+    """Re-seal `row`'s secret under the primary key; False if there is none or it is current already."""
     if row is None or not ring.needs_rotation(Sealed(row.key_id, row.nonce, row.ciphertext)):
         return False
-    sealed = ring.rotate(Sealed(row.key_id, row.nonce, row.ciphertext), github_seal_context(tenant_id))
+    sealed = ring.rotate(Sealed(row.key_id, row.nonce, row.ciphertext), context)
     row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
-    db.session.flush()  # while the caller's context holds: the UPDATE must carry this team's id
+    db.session.flush()  # while the caller's context holds: the UPDATE must carry its team's or user's id
     return True
 
 
@@ -161,9 +166,4 @@ def reseal_two_factor_secret(ring: KeyRing, user_id: uuid.UUID) -> bool:
     DecryptionError, changing nothing, when the secret cannot be decrypted with the ring.
     """
     row = db.session.scalar(select(UserTwoFactor).where(UserTwoFactor.user_id == user_id).with_for_update())
-    if row is None or not ring.needs_rotation(Sealed(row.key_id, row.nonce, row.ciphertext)):
-        return False
-    sealed = ring.rotate(Sealed(row.key_id, row.nonce, row.ciphertext), two_factor_seal_context(user_id))
-    row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
-    db.session.flush()  # while the caller's context holds: the UPDATE must carry this user's id
-    return True
+    return _reseal(ring, row, two_factor_seal_context(user_id))
