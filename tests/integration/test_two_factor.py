@@ -68,6 +68,13 @@ def enrol(client: Any, clock: Clock) -> tuple[str, list[str]]:
     return secret, CODE.findall(done.get_data(as_text=True))
 
 
+def enrolled(make_client: Any, account: Any, clock: Clock) -> tuple[str, list[str]]:
+    """Two-factor turned on for `account` from a browser of its own: the secret and the recovery codes."""
+    browser = make_client()
+    browser.login(account.email)
+    return enrol(browser, clock)
+
+
 def log_in_with_code(client: Any, email: str, code: str, next_url: str | None = None) -> Any:
     query = f"?next={next_url}" if next_url else ""
     step = client.post_form(f"/auth/login{query}", {"email": email, "password": PASSWORD})
@@ -160,9 +167,7 @@ def test_turning_it_on_and_off_ends_the_other_sessions(make_client, make_user, c
 
 def test_log_in_with_a_code_starts_the_session_only_after_the_code(make_client, make_user, clock):
     account = make_user()
-    first = make_client()
-    first.login(account.email)
-    secret, _ = enrol(first, clock)
+    secret, _ = enrolled(make_client, account, clock)
     client = make_client()
     step = client.post_form("/auth/login", {"email": account.email, "password": PASSWORD})
     assert step.location == "/auth/two-factor"
@@ -177,9 +182,7 @@ def test_log_in_with_a_code_starts_the_session_only_after_the_code(make_client, 
 
 def test_the_same_code_is_refused_twice(make_client, make_user, clock):
     account = make_user()
-    first = make_client()
-    first.login(account.email)
-    secret, _ = enrol(first, clock)
+    secret, _ = enrolled(make_client, account, clock)
     code = clock.code(secret)
     assert log_in_with_code(make_client(), account.email, code).status_code == 302
     replay = log_in_with_code(make_client(), account.email, code)
@@ -190,9 +193,7 @@ def test_the_same_code_is_refused_twice(make_client, make_user, clock):
 
 def test_an_earlier_step_is_refused_after_a_later_one_was_used(make_client, make_user, clock):
     account = make_user()
-    first = make_client()
-    first.login(account.email)
-    secret, _ = enrol(first, clock)
+    secret, _ = enrolled(make_client, account, clock)
     earlier = clock.code(secret)
     clock.next_step()
     assert log_in_with_code(make_client(), account.email, clock.code(secret)).status_code == 302
@@ -201,9 +202,7 @@ def test_an_earlier_step_is_refused_after_a_later_one_was_used(make_client, make
 
 def test_a_recovery_code_logs_in_once(make_client, make_user, clock):
     account = make_user()
-    first = make_client()
-    first.login(account.email)
-    _, codes = enrol(first, clock)
+    _, codes = enrolled(make_client, account, clock)
     client = make_client()
     assert log_in_with_code(client, account.email, codes[3].upper().replace("-", " ")).location == "/team/"
     assert "<strong>9</strong> unused recovery codes" in client.get("/account/two-factor").get_data(as_text=True)
@@ -213,9 +212,7 @@ def test_a_recovery_code_logs_in_once(make_client, make_user, clock):
 
 def test_five_wrong_codes_end_the_pending_log_in(make_client, make_user, clock):
     account = make_user()
-    first = make_client()
-    first.login(account.email)
-    secret, _ = enrol(first, clock)
+    secret, _ = enrolled(make_client, account, clock)
     client = make_client()
     client.post_form("/auth/login", {"email": account.email, "password": PASSWORD})
     for _ in range(4):
@@ -230,9 +227,7 @@ def test_five_wrong_codes_end_the_pending_log_in(make_client, make_user, clock):
 
 def test_the_count_survives_a_replayed_marker(make_client, make_user, clock):
     account = make_user()
-    first = make_client()
-    first.login(account.email)
-    enrol(first, clock)
+    enrolled(make_client, account, clock)
     client = make_client()
     client.post_form("/auth/login", {"email": account.email, "password": PASSWORD})
     with client.session_transaction() as session:
@@ -246,9 +241,7 @@ def test_the_count_survives_a_replayed_marker(make_client, make_user, clock):
 
 def test_the_pending_log_in_expires_after_five_minutes(make_client, make_user, clock):
     account = make_user()
-    first = make_client()
-    first.login(account.email)
-    secret, _ = enrol(first, clock)
+    secret, _ = enrolled(make_client, account, clock)
     client = make_client()
     client.post_form("/auth/login", {"email": account.email, "password": PASSWORD})
     with client.session_transaction() as session:
@@ -262,9 +255,7 @@ def test_the_pending_log_in_expires_after_five_minutes(make_client, make_user, c
 
 def test_a_safe_next_is_followed_and_another_site_is_not(make_client, make_user, clock):
     account = make_user()
-    first = make_client()
-    first.login(account.email)
-    secret, _ = enrol(first, clock)
+    secret, _ = enrolled(make_client, account, clock)
     assert log_in_with_code(make_client(), account.email, clock.code(secret), "/notes/").location == "/notes/"
     clock.next_step()
     away = log_in_with_code(make_client(), account.email, clock.code(secret), "https://evil.example/")
@@ -275,9 +266,7 @@ def test_codes_are_rate_limited_per_client(app_config, request, clock):
     app_config.update(RATELIMIT_ENABLED=True, RATELIMIT_TWO_FACTOR="3 per minute", RATELIMIT_LOGIN="1000 per minute")
     make_client, make_user = request.getfixturevalue("make_client"), request.getfixturevalue("make_user")
     account = make_user()
-    first = make_client()
-    first.login(account.email)
-    secret, _ = enrol(first, clock)
+    secret, _ = enrolled(make_client, account, clock)
     client, neighbour = make_client(), make_client()
     client.environ_base["REMOTE_ADDR"] = f"10.77.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}"
     neighbour.environ_base["REMOTE_ADDR"] = f"10.78.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}"
@@ -419,9 +408,7 @@ def test_key_rotation_re_seals_the_two_factor_secrets(request, app_config, admin
 
 def test_of_two_concurrent_uses_of_one_code_exactly_one_wins(app, make_user, make_client, clock, admin_engine, monkeypatch):
     account = make_user()
-    first = make_client()
-    first.login(account.email)
-    secret, _ = enrol(first, clock)
+    secret, _ = enrolled(make_client, account, clock)
     code = clock.code(secret)
     both_checked = threading.Barrier(2, timeout=10)
     matching_step = two_factor_service._matching_step
