@@ -123,14 +123,13 @@ def change_password() -> Response | tuple[str, int]:
     token = _token()
     if form.validate_on_submit() and token is not None:
         try:
-            ended = account_settings.change_password(
+            account_settings.change_password(
                 _me(), current=form.current_password.data, new=form.password.data, keep_token=token
             )
         except DomainError as exc:
             add_domain_error(form, exc, "current_password")
         else:
-            others = f" {ended} other session{'s' if ended != 1 else ''} signed out." if ended else ""
-            notify(f"Your password was changed.{others}", "success")
+            notify("Your password was changed. Any other browser signed in as you was signed out.", "success")
             return redirect(url_for("account.index"))
     return _render_account(password_form=form)
 

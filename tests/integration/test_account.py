@@ -164,7 +164,7 @@ def test_changing_the_password_signs_out_every_other_session_and_keeps_this_one(
     saved_elsewhere = _cookie(elsewhere)
     response = here.post_form("/account/password", _password_form(PASSWORD))
     assert response.status_code == 302
-    assert "Your password was changed. 1 other session signed out." in here.get("/account").get_data(as_text=True)
+    assert "Your password was changed. Any other browser signed in as you was signed out." in here.get("/account").get_data(as_text=True)
     assert _signed_in(here)
     assert not _signed_in(elsewhere)
     assert not _replayed(make_client, saved_elsewhere)
