@@ -328,3 +328,19 @@ def test_the_audit_log_names_an_actor_who_left_the_team(team, as_owner, login_as
     assert leaving.post_form("/team/leave").status_code == 302
     page = as_owner.get("/team/audit").get_data(as_text=True)
     assert "Member Person <span class=\"muted\">(no longer in this team)</span>" in page
+
+
+def test_the_forms_that_check_a_password_are_rate_limited_like_log_in(app_config, request, admin_engine):
+    # A stolen session must not turn them into a password-guessing oracle.
+    app_config.update(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="3 per minute")
+    account = request.getfixturevalue("make_user")()
+    client = request.getfixturevalue("make_client")()
+    n = uuid.uuid4().int  # an address no other run uses: the counters live in the shared Redis
+    client.environ_base["REMOTE_ADDR"] = f"10.{n % 250 + 1}.{(n >> 8) % 250 + 1}.{(n >> 16) % 250 + 1}"
+    assert client.login(account.email).status_code == 302
+    guesses = [client.post_form("/account/password", _password_form(f"guess {i}")).status_code for i in range(4)]
+    assert guesses == [400, 400, 400, 429]
+    deletes = [_delete(client, account.email, f"guess {i}").status_code for i in range(4)]
+    assert deletes == [400, 400, 400, 429]
+    assert client.get("/account/delete").status_code == 200  # only attempts count
+    assert count(admin_engine, "SELECT count(*) FROM users WHERE id = :u", u=account.user_id) == 1
