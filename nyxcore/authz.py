@@ -121,6 +121,19 @@ def acting_as(
 
 
 @contextmanager
+def acting_in(membership: TenantMember) -> Iterator[Actor]:
+    """The signed-in user as the Actor in one of their teams, active or not, for a block.
+
+    For what spans all of a user's teams (deleting their account): the view enters each in turn.
+    """
+    user: User = current_user._get_current_object()
+    if membership.user_id != user.id:
+        raise RuntimeError("acting_in() is for the signed-in user's own memberships")
+    with acting_as(user.id, tenant_id=membership.tenant_id):
+        yield Actor(user=user, membership=membership)
+
+
+@contextmanager
 def acting_for_a_new_account() -> Iterator[tuple[uuid.UUID, uuid.UUID]]:
     """A new user's id and their personal team's, with the context in which both may be written."""
     user_id, tenant_id = uuid.uuid4(), uuid.uuid4()

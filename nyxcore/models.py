@@ -266,6 +266,8 @@ class AuditEvent(TenantScoped, Base):
     __table_args__ = (Index("ix_audit_events_tenant_id_at", "tenant_id", "at"),)
 
     actor_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # The actor's name when the event was recorded: still readable after their account is deleted.
+    actor_name: Mapped[str | None] = mapped_column(String(120))
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str | None] = mapped_column(String(320))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import joinedload
 
 from nyxcore.extensions import db
-from nyxcore.models import AuditEvent
+from nyxcore.models import AuditEvent, User
 from nyxcore.pagination import Page
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole
@@ -24,8 +24,20 @@ def record(
     target: str | None = None,
     **details: Any,
 ) -> AuditEvent:
-    """Add an audit event for `tenant_id`. Never put a secret in `details`."""
-    event = AuditEvent(tenant_id=tenant_id, actor_id=actor_id, action=action, target=target, details=details)
+    """Add an audit event for `tenant_id`. Never put a secret in `details`.
+
+    The actor's name is kept with the event, so it still says who once their account is deleted.
+    The actor is nearly always the signed-in user, already loaded: no query.
+    """
+    actor = db.session.get(User, actor_id) if actor_id is not None else None
+    event = AuditEvent(
+        tenant_id=tenant_id,
+        actor_id=actor_id,
+        actor_name=actor.name if actor is not None else None,
+        action=action,
+        target=target,
+        details=details,
+    )
     db.session.add(event)
     return event
 

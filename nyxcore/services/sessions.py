@@ -12,8 +12,9 @@ import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 
+from nyxcore.errors import NotFound
 from nyxcore.extensions import db
 from nyxcore.models import User, UserSession
 
@@ -53,19 +54,23 @@ def start(user_id: uuid.UUID, *, user_agent: str, ip_address: str, lifetime: tim
     return token
 
 
+def _live(user_id: uuid.UUID, now: datetime, idle: timedelta) -> list[ColumnElement[bool]]:
+    """The conditions of a live session of `user_id`: not revoked, not expired, not idle too long."""
+    return [
+        UserSession.user_id == user_id,
+        UserSession.revoked_at.is_(None),
+        UserSession.expires_at > now,
+        UserSession.last_seen_at > now - idle,
+    ]
+
+
 def load(user_id: uuid.UUID, token: str, *, idle: timedelta) -> User | None:
     """The user of a live session named by `token`, in one query; None when it has ended."""
     now = _now()
     row = db.session.execute(
         select(User, UserSession)
         .join(UserSession, UserSession.user_id == User.id)
-        .where(
-            UserSession.token_hash == _hash(token),
-            UserSession.user_id == user_id,
-            UserSession.revoked_at.is_(None),
-            UserSession.expires_at > now,
-            UserSession.last_seen_at > now - idle,
-        )
+        .where(UserSession.token_hash == _hash(token), *_live(user_id, now, idle))
     ).one_or_none()
     if row is None:
         return None
@@ -100,7 +105,7 @@ def end_all(user_id: uuid.UUID) -> int:
 
 
 def end_others(user_id: uuid.UUID, keep_token: str) -> int:
-    """End every live session of `user_id` except the one named by `keep_token`; returns how many."""
+    """End every live session of `user_id` but the one named by `keep_token` (a password change); how many."""
     result = db.session.execute(
         update(UserSession)
         .where(
@@ -111,3 +116,34 @@ def end_others(user_id: uuid.UUID, keep_token: str) -> int:
         .values(revoked_at=_now())
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def live_sessions(user_id: uuid.UUID, *, idle: timedelta) -> list[UserSession]:
+    """The live sessions of `user_id`, most recently seen first (one query)."""
+    now = _now()
+    return list(
+        db.session.scalars(
+            select(UserSession)
+            .where(*_live(user_id, now, idle))
+            .order_by(UserSession.last_seen_at.desc(), UserSession.created_at.desc(), UserSession.id)
+        )
+    )
+
+
+def is_named_by(record: UserSession, token: str | None) -> bool:
+    """Whether `token` (this browser's, say) is the one that names `record`."""
+    return token is not None and record.token_hash == _hash(token)
+
+
+def end_by_id(user_id: uuid.UUID, session_id: uuid.UUID, *, idle: timedelta) -> UserSession:
+    """End one live session of `user_id`, named by its id (revoke). Raises NotFound for any other id."""
+    now = _now()
+    record = db.session.scalar(
+        update(UserSession)
+        .where(UserSession.id == session_id, *_live(user_id, now, idle))
+        .values(revoked_at=now)
+        .returning(UserSession)
+    )
+    if record is None:
+        raise NotFound("There is no such session among yours.")
+    return record

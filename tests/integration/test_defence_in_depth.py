@@ -152,6 +152,23 @@ def test_users_show_the_acting_user_and_team_mates_and_never_a_password_hash(app
         assert conn.execute(text("SELECT name FROM users WHERE id = :b"), {"b": world.user_b}).scalar() != "mallory"
 
 
+def test_a_user_may_delete_their_own_account_row_and_no_other(app_engine, admin_engine, world):
+    # Deleting one's account (/account/delete) rests on own_account; nothing else lets a row go.
+    with app_engine.begin() as conn:
+        _context(conn, user_id=world.user_a, tenant_id=world.team_b)  # B is visible here, not deletable
+        assert conn.execute(text("DELETE FROM users WHERE id = :b"), {"b": world.user_b}).rowcount == 0
+        _context(conn, user_id=world.user_a)
+        assert conn.execute(text("DELETE FROM users WHERE id <> :a"), {"a": world.user_a}).rowcount == 0
+        assert conn.execute(text("DELETE FROM users WHERE id = :a"), {"a": world.user_a}).rowcount == 1
+    with admin_engine.connect() as conn:
+        assert count(conn, "SELECT count(*) FROM users WHERE id = :b", b=world.user_b) == 1
+        # The foreign keys take the rest past RLS: A's memberships and sessions go, authorship is cleared.
+        assert count(conn, "SELECT count(*) FROM tenant_members WHERE user_id = :a", a=world.user_a) == 0
+        assert count(conn, "SELECT count(*) FROM user_sessions WHERE user_id = :a", a=world.user_a) == 0
+        assert count(conn, "SELECT count(*) FROM audit_events WHERE tenant_id = :t", t=world.team_a) >= 1
+        assert count(conn, "SELECT count(*) FROM audit_events WHERE actor_id = :a", a=world.user_a) == 0
+
+
 def test_log_in_learns_the_salt_and_a_yes_or_no_never_the_hash(app_engine, admin_engine, world):
     with admin_engine.begin() as conn:
         conn.execute(

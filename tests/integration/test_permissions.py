@@ -37,7 +37,16 @@ NOT_TEAM_ROUTES = {
     "two_factor.regenerate": "any signed-in user's own account; the password is asked again",
     "two_factor.disable": "any signed-in user's own account; the password is asked again",
     "two_factor.login": "before the session: the password was proved, the code is awaited",
+    "account.index": "any signed-in user's own account (also one in no team)",
+    "account.rename": "any signed-in user's own account",
+    "account.change_password": "any signed-in user's own account; the current password is proved",
+    "account.revoke_session": "any signed-in user's own sessions; another id is a 404",
+    "account.sign_out_everywhere": "any signed-in user's own sessions",
+    "account.delete": "any signed-in user's own account; the password is proved",
 }
+# Routes that end the visitor's session: posted last, so that the forms before them are tried signed in.
+SIGNS_OUT = ("auth.logout", "account.sign_out_everywhere")
+SIGNS_OUT_ACTIONS = re.compile(r"^/auth/logout$|^/account/sessions/end-all$")
 VISITORS = ("anonymous", "no team", "viewer", "member", "admin", "owner")
 VISITOR_ROLE = {"viewer": TenantRole.VIEWER, "member": TenantRole.MEMBER, "admin": TenantRole.ADMIN, "owner": TenantRole.OWNER}
 # Routes that end the visitor's membership run last.
@@ -109,7 +118,7 @@ def test_matrix(app, visitors, visitor):
 
 def test_public_routes_answer_everyone_without_a_500(app, visitors):
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in ("static", "auth.logout") or _operation(app, rule.endpoint) is not None:
+        if rule.endpoint in ("static", *SIGNS_OUT) or _operation(app, rule.endpoint) is not None:
             continue
         for visitor in VISITORS:
             for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
@@ -175,10 +184,14 @@ def test_every_link_and_form_a_role_is_shown_works_for_it(furnished_team, login_
     broken = {url: status for url, status in statuses.items() if status not in (200, 302)}
     assert broken == {}, f"links shown to a {role.value} that do not work for them"
     # Post every form the role was shown, empty but for the CSRF token; the ones that end the
-    # membership last. An empty form may be refused (400/404/409); a 403 means it was shown wrongly.
+    # membership near the end, the ones that sign out last. An empty form may be refused (400/404/409); a 403 means it was shown wrongly.
     posts = sorted(
         (action for action, method in forms if method == "post" and action.startswith("/")),
-        key=lambda action: (bool(re.search(r"/(leave|delete)$", action)) and action.startswith("/team/"), action),
+        key=lambda action: (
+            bool(SIGNS_OUT_ACTIONS.match(action)),
+            bool(re.search(r"/(leave|delete)$", action)) and action.startswith("/team/"),
+            action,
+        ),
     )
     refused = {}
     for action in posts:

@@ -1,0 +1,80 @@
+"""One's own account: the name, the password, and the browsers signed in (`/account`).
+
+Every function acts on the signed-in user, whom row-level security shows to the app role (the
+acting user's own row and sessions); none needs a team.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+
+from nyxcore import passwords, user_agents
+from nyxcore.errors import InvalidInput
+from nyxcore.extensions import db
+from nyxcore.models import User
+from nyxcore.services import accounts, sessions
+
+NAME_MAX = 120
+WRONG_PASSWORD = "That is not your current password."  # noqa: S105 (a message, not a password)
+
+
+def rename(user: User, name: str) -> User:
+    """Give the user a new name (1-120 characters once trimmed). Raises InvalidInput."""
+    name = name.strip()
+    if not name or len(name) > NAME_MAX:
+        raise InvalidInput(f"Use 1 to {NAME_MAX} characters.", field="name")
+    user.name = name
+    db.session.flush()
+    return user
+
+
+def prove_password(user: User, password: str, *, field: str) -> None:
+    """Raise InvalidInput on `field` unless `password` is the user's current one (one Argon2id computation)."""
+    proved = accounts.check_password(email=user.email, password=password)
+    if proved is None or proved.user_id != user.id:
+        raise InvalidInput(WRONG_PASSWORD, field=field)
+
+
+def change_password(user: User, *, current: str, new: str, keep_token: str) -> int:
+    """Set a new password once the current one is proved; every other session of the user ends.
+
+    The session named by `keep_token` (the browser making the change) stays signed in. Returns how
+    many other sessions ended. Raises InvalidInput (on `current_password`) for a wrong password.
+    """
+    prove_password(user, current, field="current_password")
+    db.session.execute(
+        update(User).where(User.id == user.id).values(password_hash=passwords.hash_password(new))
+    )
+    return sessions.end_others(user.id, keep_token)
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """A signed-in browser as the account page shows it."""
+
+    id: uuid.UUID
+    browser: str
+    address: str
+    signed_in_at: datetime
+    last_seen_at: datetime
+    current: bool
+
+
+def session_summaries(user: User, *, current_token: str | None, idle: timedelta) -> list[SessionSummary]:
+    """The user's live sessions, this browser's (named by `current_token`) first, then by last seen."""
+    summaries = [
+        SessionSummary(
+            id=record.id,
+            browser=user_agents.summarise(record.user_agent),
+            address=record.ip_address or "unknown",
+            signed_in_at=record.created_at,
+            last_seen_at=record.last_seen_at,
+            current=sessions.is_named_by(record, current_token),
+        )
+        for record in sessions.live_sessions(user.id, idle=idle)
+    ]
+    return sorted(summaries, key=lambda summary: not summary.current)  # stable: the rest keep their order
