@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import wraps
+from functools import partial, wraps
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -143,18 +143,10 @@ def rotate_keys(batch_size: int) -> None:
         with click.progressbar(length=len(tenants) + len(users) + stale_outbox, label="Re-encrypting") as bar:
             progress = (batch_size, bar, unreadable)
             github_done = _reseal_in_batches(
-                tenants,
-                lambda tenant_id: key_rotation.reseal_github_token(ring, tenant_id),
-                lambda tenant_id: tenancy.TenantContext(tenant_id=tenant_id),
-                "GitHub token of team",
-                progress,
+                tenants, partial(key_rotation.reseal_github_token, ring), _team, "GitHub token of team", progress
             )
             two_factor_done = _reseal_in_batches(
-                users,
-                lambda user_id: key_rotation.reseal_two_factor_secret(ring, user_id),
-                lambda user_id: tenancy.TenantContext(user_id=user_id),
-                "two-factor secret of user",
-                progress,
+                users, partial(key_rotation.reseal_two_factor_secret, ring), _user, "two-factor secret of user", progress
             )
             outbox_done = _reseal_outbox_emails(ring, batch_size, bar, unreadable)
     except BaseException:
@@ -172,6 +164,14 @@ def rotate_keys(batch_size: int) -> None:
             f"{len(unreadable)} stored secret(s) could not be decrypted: their key is missing from "
             "NYXCORE_ENCRYPTION_KEYS, or the data was altered. Affected teams must reconnect GitHub."
         )
+
+
+def _team(tenant_id: uuid.UUID) -> tenancy.TenantContext:
+    return tenancy.TenantContext(tenant_id=tenant_id)
+
+
+def _user(user_id: uuid.UUID) -> tenancy.TenantContext:
+    return tenancy.TenantContext(user_id=user_id)
 
 
 def _reseal_in_batches(
