@@ -50,8 +50,13 @@ def register_user(
     hashed before that, so a taken address costs the same Argon2 work as a free one.
     """
     user = create_account(user_id=user_id, name=name, email=email, password=password, verified=verified)
+    return user, add_personal_team(user, team_id)
+
+
+def add_personal_team(user: User, team_id: uuid.UUID) -> TenantMember:
+    """Make team `team_id`, named after `user`, with them as its owner (run in that team's context)."""
     _, membership = teams.create_team(creator=user, tenant_id=team_id, name=personal_team_name(user.name))
-    return user, membership
+    return membership
 
 
 def create_account(*, user_id: uuid.UUID, name: str, email: str, password: str, verified: bool) -> User:

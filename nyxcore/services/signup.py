@@ -21,13 +21,14 @@ def sign_up(*, user_id: uuid.UUID, team_id: uuid.UUID, name: str, email: str, pa
     """
     address = accounts.validated_email(email)
     try:
-        user, _ = accounts.register_user(
-            user_id=user_id, team_id=team_id, name=name, email=address, password=password
+        user = accounts.create_account(
+            user_id=user_id, name=name, email=address, password=password, verified=False
         )
-    except Conflict:
+    except Conflict:  # the address is taken (the password was hashed all the same)
         account_mail.queue_account_email(
             address, "signup_attempt", "Someone tried to sign up for NyxCore with your address"
         )
         return address
+    accounts.add_personal_team(user, team_id)
     verification.send_verification(user)
     return address
