@@ -136,7 +136,9 @@ def register_request_hooks(app: Flask) -> None:
         headers.setdefault("Referrer-Policy", "same-origin")
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        if (request.endpoint and request.endpoint.startswith("invite.")) or "token" in (request.view_args or {}):
+        if (request.endpoint and request.endpoint.startswith("invite.")) or any(
+            name.endswith("token") for name in request.view_args or {}
+        ):
             # A token in the path (magic links, account links): send only the origin (which CSRF
             # checks over HTTPS need), never the path.
             headers["Referrer-Policy"] = "strict-origin"

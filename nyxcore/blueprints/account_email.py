@@ -72,13 +72,13 @@ def _refusal(title: str, message: str, status: int) -> tuple[str, int]:
     return page, status
 
 
-@bp.route("/confirm/<token>", methods=["GET", "POST"])
+@bp.route("/confirm/<change_token>", methods=["GET", "POST"])
 @limiter.shared_limit(_link_limit, scope="account-link")
-def confirm(token: str) -> Response | tuple[str, int]:
+def confirm(change_token: str) -> Response | tuple[str, int]:
     """Confirm the new address (POST); GET only shows what would change."""
     form = ConfirmForm()
     try:
-        with authz.presenting_account_token(token, Purpose.CHANGE_EMAIL) as found:
+        with authz.presenting_account_token(change_token, Purpose.CHANGE_EMAIL) as found:
             account_tokens.check_usable(found)
             if current_user.is_authenticated and current_user.id != found.user_id:
                 return _refusal(
@@ -87,7 +87,7 @@ def confirm(token: str) -> Response | tuple[str, int]:
                     403,
                 )
             if not form.validate_on_submit():
-                action = url_for("account_email.confirm", token=token)
+                action = url_for("account_email.confirm", change_token=change_token)
                 page = render_template("account_email/confirm.html", form=form, action=action, found=found)
                 return page, 200
             user = email_change.confirm_change(found)

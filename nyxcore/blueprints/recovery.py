@@ -72,16 +72,16 @@ def forgot() -> tuple[str, int]:
     return form_page("auth/forgot.html", form, sent_to=sent_to)
 
 
-@bp.route("/reset/<token>", methods=["GET", "POST"])
+@bp.route("/reset/<reset_token>", methods=["GET", "POST"])
 @limiter.shared_limit(_link_limit, scope="account-link")
-def reset(token: str) -> Response | tuple[str, int]:
+def reset(reset_token: str) -> Response | tuple[str, int]:
     """The new-password form (GET never uses the link); POST sets it and signs everyone out."""
     form = ResetForm()
     try:
-        with authz.presenting_account_token(token, Purpose.RESET_PASSWORD) as found:
+        with authz.presenting_account_token(reset_token, Purpose.RESET_PASSWORD) as found:
             account_tokens.check_usable(found)
             if not form.validate_on_submit():
-                return form_page("auth/reset.html", form, action=url_for("recovery.reset", token=token))
+                return form_page("auth/reset.html", form, action=url_for("recovery.reset", reset_token=reset_token))
             recovery.reset_password(found, form.password.data)
     except DomainError as exc:
         return link_problem(exc)

@@ -49,14 +49,14 @@ def _refusal(title: str, message: str, status: int, *, again: bool) -> tuple[str
     return page, status
 
 
-@bp.route("/<token>", methods=["GET", "POST"])
+@bp.route("/<verify_token>", methods=["GET", "POST"])
 @limiter.shared_limit(_link_limit, scope="account-link")
-def verify(token: str) -> Response | tuple[str, int]:
+def verify(verify_token: str) -> Response | tuple[str, int]:
     """Confirm the address (POST); signs in whoever holds the link if nobody is signed in here."""
     form = ConfirmForm()
     membership: TenantMember | None = None
     try:
-        with authz.presenting_account_token(token, Purpose.VERIFY_EMAIL) as found:
+        with authz.presenting_account_token(verify_token, Purpose.VERIFY_EMAIL) as found:
             account_tokens.check_usable(found)
             if current_user.is_authenticated and current_user.id != found.user_id:
                 return _refusal(
@@ -67,7 +67,7 @@ def verify(token: str) -> Response | tuple[str, int]:
                     again=False,
                 )
             if not form.validate_on_submit():
-                action = url_for("verification.verify", token=token)
+                action = url_for("verification.verify", verify_token=verify_token)
                 return render_template("auth/verify.html", form=form, action=action), 200
             user = verification.verify(found)
             if not current_user.is_authenticated:
