@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from flask import Flask
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
 
 from tests.conftest import PASSWORD
 from tests.helpers import count, dicts, scalar
