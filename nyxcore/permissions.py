@@ -20,13 +20,10 @@ VERIFY_FIRST = "Verify your e-mail address first: open the link we sent you, or 
 
 
 class HasRole(Protocol):
-    """Anything acting in a team: an Actor."""
+    """Anything acting in a team: an Actor (or a membership), with `email_verified` when it knows."""
 
     @property
     def role(self) -> TenantRole: ...
-
-    @property
-    def email_verified(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,8 @@ class Operation:
         when only their unverified address stands in the way)."""
         if not self.allows(actor.role):
             raise PermissionDenied(f"This needs the {self.minimum.label} role or higher in this team.")
-        if not self.allows_verification(actor.email_verified):
+        # A caller that cannot say (a bare membership) is refused what needs a verified address.
+        if not self.allows_verification(getattr(actor, "email_verified", False)):
             raise EmailNotVerified(VERIFY_FIRST)
 
 

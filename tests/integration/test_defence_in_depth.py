@@ -40,17 +40,6 @@ REVIEWED_EXCEPTIONS = {
     ("account_tokens", "account_token_issue", "ALL"),  # owner only, inside nyxcore_issue_password_reset
     ("outbox_emails", "account_mail", "INSERT"),  # account mail (no team): insert only, never read
 }
-# Every SECURITY DEFINER function, reviewed: each returns no more than its flow needs.
-REVIEWED_DEFINER_FUNCTIONS = {
-    "nyxcore_password_setting",
-    "nyxcore_login",
-    "nyxcore_unsent_outbox",
-    "nyxcore_stale_outbox",
-    "nyxcore_count_unsent_outbox",
-    "nyxcore_tenants_with_stale_github_tokens",
-    "nyxcore_count_github_tokens_under_key",
-    "nyxcore_issue_password_reset",
-}
 # Tables whose owner is not held by RLS (FORCE), because SECURITY DEFINER functions read them as it.
 NOT_FORCED = {"users"}
 
@@ -271,26 +260,6 @@ def test_account_mail_may_be_added_by_anyone_and_read_by_nobody_but_its_worker(a
         _context(conn, tenant_id=world.team_a)
         with pytest.raises(DBAPIError, match="row-level security"):  # not into another team's mail
             conn.execute(text(add), {"o": uuid.uuid4(), "t": world.team_b})
-
-
-def test_security_definer_functions_are_reviewed_pinned_and_only_for_the_app_role(admin_engine, database):
-    with admin_engine.connect() as conn:
-        functions = conn.execute(
-            text(
-                "SELECT p.proname, p.oid::regprocedure::text AS signature, p.proconfig, "
-                "has_function_privilege(:app, p.oid, 'EXECUTE') AS app_may, "
-                "EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) AS a "
-                "        WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') AS public_may "
-                "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                "WHERE n.nspname = 'public' AND p.prosecdef"
-            ),
-            {"app": database.app_role},
-        ).all()
-    assert {f.proname for f in functions} == REVIEWED_DEFINER_FUNCTIONS
-    for function in functions:
-        assert any(setting.startswith("search_path=") for setting in function.proconfig or []), function.signature
-        assert function.app_may, function.signature
-        assert not function.public_may, f"{function.signature} is executable by PUBLIC"
 
 
 def test_no_row_of_any_tenant_table_can_move_to_another_team(app_engine, admin_engine, world):
