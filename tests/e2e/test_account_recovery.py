@@ -60,7 +60,7 @@ def test_forgot_mail_reset_and_log_in_with_accessible_pages(person: Callable[[st
     fay.page.goto(link)
     expect(fay.heading()).to_have_text("Choose a new password")
     problems += fay.check_page("a11y-reset")
-    fay.page.get_by_label("New password").fill(NEW_PASSWORD)
+    fay.page.get_by_label("New password", exact=True).fill(NEW_PASSWORD)
     fay.page.get_by_role("button", name="Set the new password").click()
     expect(fay.page).to_have_url(re.compile(r"/auth/login$"))
     expect(fay.flash()).to_contain_text("Your password was changed")
