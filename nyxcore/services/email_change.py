@@ -66,5 +66,6 @@ def confirm_change(token: AccountToken) -> User:
         raise Conflict(
             f"{token.new_email} is now used by another account, so your address was not changed."
         ) from exc
-    account_tokens.void_unused(user.id, Purpose.CHANGE_EMAIL, Purpose.VERIFY_EMAIL)
+    # Links mailed to the old address (or for another new one) stop working with the change.
+    account_tokens.void_unused(user.id, Purpose.CHANGE_EMAIL, Purpose.VERIFY_EMAIL, Purpose.RESET_PASSWORD)
     return user

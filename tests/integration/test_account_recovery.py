@@ -261,6 +261,8 @@ def test_the_email_change_story(make_user, login_as, make_client, mail_server, w
     assert "new[@]example[.]com" in MailServer.text(notice)  # shown, never linked
     assert MailServer.links(notice, PUBLIC_URL + "/account/") == []
     path = link_path(confirm, "/account/email/confirm/")
+    make_client().post_form("/auth/forgot", {"email": "old@example.com"})
+    reset = link_path(mail_to(mail_server, "old@example.com", 3, "Reset your NyxCore password"), "/auth/reset/")
     assert "Use new@example.com" in page(client.get(path))  # shows, changes nothing
     assert scalar(admin_engine, "SELECT email FROM users") == "old@example.com"
     assert client.post_form(path).status_code == 303
@@ -270,6 +272,7 @@ def test_the_email_change_story(make_user, login_as, make_client, mail_server, w
     assert make_client().login("old@example.com").status_code == 400
     assert make_client().login("new@example.com").status_code == 302
     assert client.post_form(path).status_code == 410
+    assert make_client().get(reset).status_code == 410  # a link mailed to the old address stops working
 
 
 def test_a_taken_address_gets_the_same_answer_and_its_owner_no_link(make_user, login_as, mail_server, worker):
