@@ -19,16 +19,17 @@ from contextlib import ExitStack, contextmanager
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
-from flask import current_app, flash, g, redirect, session, url_for
-from flask_login import current_user
+from flask import current_app, flash, g, redirect, request, session, url_for
+from flask_login import current_user, login_user
 from werkzeug.wrappers.response import Response
 
 from nyxcore import tenancy
 from nyxcore.extensions import login_manager
-from nyxcore.models import TenantMember, User
+from nyxcore.models import AccountToken, TenantMember, User
 from nyxcore.permissions import Operation, operation
 from nyxcore.roles import TenantRole
-from nyxcore.services import invitations, sessions, teams
+from nyxcore.services import account_tokens, invitations, sessions, teams
+from nyxcore.services.account_tokens import Purpose
 from nyxcore.tenancy import Actor
 
 P = ParamSpec("P")
@@ -72,9 +73,26 @@ def my_teams() -> list[TenantMember]:
     return memberships
 
 
+def email_verified() -> bool:
+    """Whether the signed-in user's address is verified (False when signed out)."""
+    return bool(current_user.is_authenticated and current_user.email_verified_at is not None)
+
+
+def permits(needed: Operation) -> bool:
+    """May the current user do `needed` here: their role in the active team, and a verified address
+    when the operation needs one. What role_required, can() and the navigation all ask."""
+    return needed.permits(current_role(), email_verified=email_verified())
+
+
 def can(name: str) -> bool:
     """For templates and navigation: may the current user do the operation called `name` here?"""
-    return operation(name).allows(current_role())
+    return permits(operation(name))
+
+
+def needs_verification(name: str) -> bool:
+    """For templates: the role allows operation `name`, only the unverified address stands in the way."""
+    needed = operation(name)
+    return needed.allows(current_role()) and not needed.allows_verification(email_verified())
 
 
 def bind_request_actor() -> None:
@@ -113,10 +131,19 @@ def activate_team(membership: TenantMember) -> None:
 
 @contextmanager
 def acting_as(
-    user_id: uuid.UUID | None, *, tenant_id: uuid.UUID | None = None, invite_token_hash: str | None = None
+    user_id: uuid.UUID | None,
+    *,
+    tenant_id: uuid.UUID | None = None,
+    invite_token_hash: str | None = None,
+    account_token_hash: str | None = None,
 ) -> Iterator[None]:
     """Run a block of a view as `user_id` (in `tenant_id`), then go back to the request's context."""
-    with tenancy.tenant_context(user_id=user_id, tenant_id=tenant_id, invite_token_hash=invite_token_hash):
+    with tenancy.tenant_context(
+        user_id=user_id,
+        tenant_id=tenant_id,
+        invite_token_hash=invite_token_hash,
+        account_token_hash=account_token_hash,
+    ):
         yield
 
 
@@ -163,6 +190,49 @@ def presenting_invitation(token: str) -> Iterator[None]:
         tenant_id = invitations.find_by_token(token).tenant_id
     with acting_as(user_id, tenant_id=tenant_id, invite_token_hash=token_hash):
         yield
+
+
+@contextmanager
+def presenting_invitation_as_new_account(token: str) -> Iterator[uuid.UUID]:
+    """A new account's id, acting as it while holding a magic link, in the invitation's team."""
+    user_id = uuid.uuid4()
+    token_hash = invitations.hash_token(token)
+    with acting_as(user_id, invite_token_hash=token_hash):
+        tenant_id = invitations.find_by_token(token).tenant_id
+    with acting_as(user_id, tenant_id=tenant_id, invite_token_hash=token_hash):
+        yield user_id
+
+
+@contextmanager
+def presenting_account_token(token: str, purpose: Purpose) -> Iterator[AccountToken]:
+    """Act as the holder of an account link: the token's row, then as the account it belongs to.
+
+    The hash alone lets row-level security show that one token (in any state); the block then runs
+    as its user, whose own rows (the account, its tokens and sessions) the link may change. The view
+    decides whether the visitor may (someone signed in as another account may not). An unknown or
+    malformed token raises NotFound.
+    """
+    token_hash = account_tokens.hash_presented(token)
+    with acting_as(None, account_token_hash=token_hash):
+        found = account_tokens.find(token, purpose)
+    with acting_as(found.user_id, account_token_hash=token_hash):
+        yield found
+
+
+def sign_in(user: User) -> None:
+    """Start a new server-side session for `user` in this browser (run as that user).
+
+    Nothing from before carries over: the Flask session is cleared first.
+    """
+    session.clear()
+    login_user(user)
+    session.permanent = True
+    session[SESSION_TOKEN_KEY] = sessions.start(
+        user.id,
+        user_agent=request.user_agent.string,
+        ip_address=request.remote_addr or "",
+        lifetime=current_app.config["PERMANENT_SESSION_LIFETIME"],
+    )
 
 
 def _session_tenant_id() -> uuid.UUID | None:

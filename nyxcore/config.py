@@ -82,6 +82,10 @@ def load_config(
         "INVITATION_TTL": timedelta(days=_int(env, "INVITATION_TTL_DAYS", 7)),
         "INVITATIONS_PER_TEAM_PER_HOUR": _int(env, "INVITATIONS_PER_TEAM_PER_HOUR", 200),
         "PASSWORD_MIN_LENGTH": _int(env, "PASSWORD_MIN_LENGTH", 12),
+        # Account links (services/account_tokens.py): how long each kind works.
+        "PASSWORD_RESET_TTL": timedelta(minutes=_int(env, "PASSWORD_RESET_TTL_MINUTES", 60)),
+        "EMAIL_VERIFICATION_TTL": timedelta(hours=_int(env, "EMAIL_VERIFICATION_TTL_HOURS", 48)),
+        "EMAIL_CHANGE_TTL": timedelta(hours=_int(env, "EMAIL_CHANGE_TTL_HOURS", 24)),
         **_proxy_settings(env, production),
         **_rate_limit_settings(env, mode, redis_url),
         **_session_settings(env, production),
@@ -131,6 +135,12 @@ def _rate_limit_settings(env: Mapping[str, str], mode: str, redis_url: str) -> d
         "RATELIMIT_SIGNUP": env.get("RATELIMIT_SIGNUP", "10 per hour"),
         "RATELIMIT_MAGIC_LINK": env.get("RATELIMIT_MAGIC_LINK", "30 per minute"),
         "RATELIMIT_TWO_FACTOR": env.get("RATELIMIT_TWO_FACTOR", "10 per minute;50 per hour"),
+        # Asking for a reset link, per client; each address also has a silent hourly cap (migration 0008).
+        "RATELIMIT_PASSWORD_RESET": env.get("RATELIMIT_PASSWORD_RESET", "5 per minute;20 per hour"),
+        # Asking for a new verification link, per account.
+        "RATELIMIT_VERIFY_RESEND": env.get("RATELIMIT_VERIFY_RESEND", "3 per hour"),
+        # Asking to change one's address (it checks the password), per account.
+        "RATELIMIT_EMAIL_CHANGE": env.get("RATELIMIT_EMAIL_CHANGE", "5 per hour"),
         "RATELIMIT_HEADERS_ENABLED": True,
         # A Redis outage must not turn log in or a magic link into a 500: count in memory meanwhile.
         "RATELIMIT_SWALLOW_ERRORS": True,

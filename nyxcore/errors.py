@@ -22,6 +22,10 @@ class PermissionDenied(DomainError):
     status_code = 403
 
 
+class EmailNotVerified(PermissionDenied):
+    """The role would allow it, but the account's e-mail address is not verified yet."""
+
+
 class NotFound(DomainError):
     status_code = 404
 

@@ -14,6 +14,8 @@ from flask import Flask, g, has_request_context
 # GitHub tokens have well-known prefixes.
 _REDACTIONS = (
     (re.compile(r"(/invite/)[A-Za-z0-9_\-]{16,}"), r"\1[redacted]"),
+    # Account links: password reset, e-mail verification, e-mail change.
+    (re.compile(r"(/auth/reset/|/auth/verify/|/account/email/confirm/)[A-Za-z0-9_\-]{16,}"), r"\1[redacted]"),
     (re.compile(r"(%2Finvite%2F)[A-Za-z0-9_\-]{16,}", re.IGNORECASE), r"\1[redacted]"),
     (re.compile(r"\b(gh[pousr]_|github_pat_)[A-Za-z0-9_]{10,}"), r"\1[redacted]"),
 )

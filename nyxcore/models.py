@@ -88,6 +88,9 @@ class User(UUIDPrimaryKey, Base):
     # Set while two-factor is on (services/two_factor.py): read with the user, so the per-request
     # check of a team's requirement costs no query.
     two_factor_enabled_at: Mapped[datetime | None]
+    # When the address was proved (a verification link, a password reset, an accepted invitation,
+    # a confirmed change); None until then. Accounts older than migration 0008 count as verified.
+    email_verified_at: Mapped[datetime | None]
 
     # Flask-Login's user protocol, kept here so the model needs no Flask import.
     is_active = True
@@ -99,6 +102,30 @@ class User(UUIDPrimaryKey, Base):
 
     def get_id(self) -> str:
         return str(self.id)
+
+
+class AccountToken(UUIDPrimaryKey, Base):
+    """A single-use link for one account: reset its password, verify its address, or change it.
+
+    Only the token's SHA-256 is kept. Under row-level security a user sees their own tokens, and a
+    link's holder the one row whose hash they present (`app.account_token_hash`).
+    """
+
+    __tablename__ = "account_tokens"
+    __table_args__ = (
+        CheckConstraint(
+            "purpose IN ('reset_password', 'verify_email', 'change_email')", name="purpose_known"
+        ),
+        Index("ix_account_tokens_user_id_purpose", "user_id", "purpose"),
+    )
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    new_email: Mapped[str | None] = mapped_column(String(320))  # change_email: the address to confirm
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
 
 
 class Tenant(UUIDPrimaryKey, Base):

@@ -42,10 +42,9 @@ def required_operation(app: Flask, endpoint: str) -> Operation | None:
 def visible_entries() -> list[NavEntry]:
     """The entries the current user may open in the active team."""
     app = current_app
-    role = authz.current_role()
     entries: list[NavEntry] = app.extensions.get(_EXTENSION, [])
     return [
         entry
         for entry in entries
-        if (needed := required_operation(app, entry.endpoint)) is None or needed.allows(role)
+        if (needed := required_operation(app, entry.endpoint)) is None or authz.permits(needed)
     ]

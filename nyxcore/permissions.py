@@ -12,14 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from nyxcore.errors import PermissionDenied
+from nyxcore.errors import EmailNotVerified, PermissionDenied
 from nyxcore.roles import TenantRole, has_min_role
 
 OPERATIONS: dict[str, Operation] = {}
+VERIFY_FIRST = "Verify your e-mail address first: open the link we sent you, or ask for a new one."
 
 
 class HasRole(Protocol):
-    """Anything acting in a team: an Actor (or a membership)."""
+    """Anything acting in a team: an Actor (or a membership), with `email_verified` when it knows."""
 
     @property
     def role(self) -> TenantRole: ...
@@ -27,10 +28,15 @@ class HasRole(Protocol):
 
 @dataclass(frozen=True)
 class Operation:
-    """Something done in a team, and the lowest role that may do it."""
+    """Something done in a team, the lowest role that may do it, and whether it needs a verified address.
+
+    `needs_verified_email`: the operation sends mail to others or reaches outside (invitations,
+    GitHub), so an account whose address is not proved yet may not do it, whatever its role.
+    """
 
     name: str
     minimum: TenantRole
+    needs_verified_email: bool = False
 
     def __post_init__(self) -> None:
         if OPERATIONS.setdefault(self.name, self) != self:
@@ -40,10 +46,22 @@ class Operation:
         """True when `role` (None: not in the team) is at least this operation's minimum."""
         return has_min_role(role, self.minimum)
 
+    def allows_verification(self, email_verified: bool) -> bool:
+        """True unless this operation needs a verified address and `email_verified` is False."""
+        return email_verified or not self.needs_verified_email
+
+    def permits(self, role: TenantRole | None, *, email_verified: bool) -> bool:
+        """Both checks at once: the role, and the verified address when the operation needs one."""
+        return self.allows(role) and self.allows_verification(email_verified)
+
     def check(self, actor: HasRole) -> None:
-        """Raise PermissionDenied unless the actor's role allows this operation."""
+        """Raise PermissionDenied unless the actor's role allows this operation (EmailNotVerified
+        when only their unverified address stands in the way)."""
         if not self.allows(actor.role):
             raise PermissionDenied(f"This needs the {self.minimum.label} role or higher in this team.")
+        # A caller that cannot say (a bare membership) is refused what needs a verified address.
+        if not self.allows_verification(getattr(actor, "email_verified", False)):
+            raise EmailNotVerified(VERIFY_FIRST)
 
 
 def operation(name: str) -> Operation:

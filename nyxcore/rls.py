@@ -12,6 +12,7 @@ TENANT = "NULLIF(current_setting('app.tenant_id', true), '')::uuid"
 USER = "NULLIF(current_setting('app.user_id', true), '')::uuid"
 INVITE = "NULLIF(current_setting('app.invite_token_hash', true), '')"
 OUTBOX = "NULLIF(current_setting('app.outbox_id', true), '')::uuid"
+ACCOUNT_TOKEN = "NULLIF(current_setting('app.account_token_hash', true), '')"  # noqa: S105 (a setting's name)
 
 # A row never moves to another team: not by a bug, not by a token holder, not by a WITH CHECK gap.
 KEEP_TENANT_ID_FUNCTION = """

@@ -20,6 +20,7 @@ def init_app(app: Flask) -> None:
         return {
             "membership": authz.current_membership(),
             "can": authz.can,
+            "needs_verification": authz.needs_verification,
             "my_teams": authz.my_teams,
             "nav_entries": navigation.visible_entries,
         }

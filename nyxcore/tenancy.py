@@ -42,13 +42,15 @@ _CONTROL_STATEMENT = re.compile(r"^\s*(ROLLBACK|RELEASE|SAVEPOINT|COMMIT|BEGIN)\
 
 @dataclass(frozen=True)
 class TenantContext:
-    """Who is acting (`user_id`), for which team (`tenant_id`), an invite token's hash if any, and the
-    outbox message a worker is delivering (`outbox_id`: row-level security shows it that row alone)."""
+    """Who is acting (`user_id`), for which team (`tenant_id`), an invite token's hash if any, the
+    outbox message a worker is delivering (`outbox_id`: row-level security shows it that row alone),
+    and an account link's token hash (`account_token_hash`: it shows that one account token)."""
 
     user_id: uuid.UUID | None = None
     tenant_id: uuid.UUID | None = None
     invite_token_hash: str | None = None
     outbox_id: uuid.UUID | None = None
+    account_token_hash: str | None = None
 
     def __post_init__(self) -> None:
         # The values are interpolated as SQL literals (see _context_sql); accept only their exact shapes.
@@ -60,6 +62,8 @@ class TenantContext:
             raise ValueError("invite_token_hash must be a SHA-256 hex digest")
         if self.outbox_id is not None and not isinstance(self.outbox_id, uuid.UUID):
             raise TypeError("outbox_id must be a UUID")
+        if self.account_token_hash is not None and not _HEX_DIGEST.match(self.account_token_hash):
+            raise ValueError("account_token_hash must be a SHA-256 hex digest")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,10 @@ class Actor:
     def member_id(self) -> uuid.UUID:
         return self.membership.id
 
+    @property
+    def email_verified(self) -> bool:
+        return self.user.email_verified_at is not None
+
 
 EMPTY = TenantContext()
 _current: ContextVar[TenantContext] = ContextVar("nyxcore_tenant_context", default=EMPTY)
@@ -114,6 +122,7 @@ def tenant_context(
     tenant_id: uuid.UUID | None = None,
     invite_token_hash: str | None = None,
     outbox_id: uuid.UUID | None = None,
+    account_token_hash: str | None = None,
 ) -> Iterator[TenantContext]:
     """Run a block as `user_id` in `tenant_id` (with an invite token's hash, or an outbox message), then restore.
 
@@ -122,7 +131,11 @@ def tenant_context(
     never enter it (tests/unit/test_layering.py checks).
     """
     context = TenantContext(
-        user_id=user_id, tenant_id=tenant_id, invite_token_hash=invite_token_hash, outbox_id=outbox_id
+        user_id=user_id,
+        tenant_id=tenant_id,
+        invite_token_hash=invite_token_hash,
+        outbox_id=outbox_id,
+        account_token_hash=account_token_hash,
     )
     token = _current.set(context)
     try:
@@ -138,11 +151,13 @@ def _context_sql(context: TenantContext) -> str:
     tenant = str(context.tenant_id) if context.tenant_id else ""
     invite = context.invite_token_hash or ""
     outbox = str(context.outbox_id) if context.outbox_id else ""
+    account_token = context.account_token_hash or ""
     return (
         f"SELECT set_config('app.user_id', '{user}', true), "
         f"set_config('app.tenant_id', '{tenant}', true), "
         f"set_config('app.invite_token_hash', '{invite}', true), "
-        f"set_config('app.outbox_id', '{outbox}', true);"
+        f"set_config('app.outbox_id', '{outbox}', true), "
+        f"set_config('app.account_token_hash', '{account_token}', true);"
     )
 
 

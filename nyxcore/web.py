@@ -136,8 +136,11 @@ def register_request_hooks(app: Flask) -> None:
         headers.setdefault("Referrer-Policy", "same-origin")
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        if request.endpoint and request.endpoint.startswith("invite."):
-            # The token is in the path: send only the origin (which CSRF checks over HTTPS need), never the path.
+        if (request.endpoint and request.endpoint.startswith("invite.")) or any(
+            name.endswith("token") for name in request.view_args or {}
+        ):
+            # A token in the path (magic links, account links): send only the origin (which CSRF
+            # checks over HTTPS need), never the path.
             headers["Referrer-Policy"] = "strict-origin"
         if app.config["SESSION_COOKIE_SECURE"]:
             headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")

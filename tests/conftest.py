@@ -335,10 +335,13 @@ _hash_password = passwords.hash_password
 @pytest.fixture
 def make_user(app: Flask) -> Any:
     """Create a user (and their personal team) through the service, committed (or, on the rolled-back
-    path, released to the test's transaction)."""
+    path, released to the test's transaction). Verified unless `verified=False`: signing up through
+    the pages mails a link first (tests of that flow go through it)."""
     counter = iter(range(1, 10_000))
 
-    def build(name: str | None = None, email: str | None = None, password: str = PASSWORD) -> Account:
+    def build(
+        name: str | None = None, email: str | None = None, password: str = PASSWORD, *, verified: bool = True
+    ) -> Account:
         n = next(counter)
         name = name or f"User {n}"
         email = email or f"user{n}-{uuid.uuid4().hex[:6]}@example.com"
@@ -349,7 +352,7 @@ def make_user(app: Flask) -> Any:
             mock.patch.object(passwords, "hash_password", _hash_once),
         ):
             user, membership = accounts.register_user(
-                user_id=user_id, team_id=team_id, name=name, email=email, password=password
+                user_id=user_id, team_id=team_id, name=name, email=email, password=password, verified=verified
             )
             _db.session.commit()
             return Account(user.id, user.email, user.name, membership.tenant_id)

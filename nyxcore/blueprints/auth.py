@@ -1,9 +1,9 @@
-"""Accounts: sign up, log in, log out."""
+"""Accounts: sign up (and the check-inbox page it leads to), log in, log out."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, redirect, request, session, url_for
-from flask_login import current_user, login_user, logout_user
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask_login import current_user, logout_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
 from wtforms import EmailField, PasswordField, StringField
@@ -13,11 +13,12 @@ from nyxcore import authz
 from nyxcore.errors import DomainError
 from nyxcore.extensions import limiter
 from nyxcore.forms import MinPasswordLength, add_domain_error
-from nyxcore.models import User
 from nyxcore.services import accounts, sessions, two_factor
+from nyxcore.services import signup as signup_service
 from nyxcore.web import form_page, is_safe_next, notify
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
+CHECK_INBOX_KEY = "signup_address"  # on the session: the address the check-inbox page names
 
 
 class SignupForm(FlaskForm):  # type: ignore[misc]
@@ -38,19 +39,6 @@ def _next_url() -> str | None:
     return target if is_safe_next(target) else None
 
 
-def _start_session(user: User) -> None:
-    # A new session for the new identity: nothing from before the login carries over.
-    session.clear()
-    login_user(user)
-    session.permanent = True
-    session[authz.SESSION_TOKEN_KEY] = sessions.start(
-        user.id,
-        user_agent=request.user_agent.string,
-        ip_address=request.remote_addr or "",
-        lifetime=current_app.config["PERMANENT_SESSION_LIFETIME"],
-    )
-
-
 def _signup_limit() -> str:
     limit: str = current_app.config["RATELIMIT_SIGNUP"]
     return limit
@@ -64,28 +52,30 @@ def _login_limit() -> str:
 @bp.route("/signup", methods=["GET", "POST"])
 @limiter.limit(_signup_limit, methods=["POST"])
 def signup() -> Response | tuple[str, int]:
+    """Sign up; a new address and a taken one get the same answer (services/signup.py)."""
     form = SignupForm()
-    fixed_email = request.args.get("email") if _next_url() else None
-    if request.method == "GET" and fixed_email:
-        form.email.data = fixed_email
     if form.validate_on_submit():
         try:
             with authz.acting_for_a_new_account() as (user_id, team_id):
-                user, membership = accounts.register_user(
+                address = signup_service.sign_up(
                     user_id=user_id,
                     team_id=team_id,
                     name=form.name.data,
                     email=form.email.data,
                     password=form.password.data,
                 )
-                _start_session(user)
         except DomainError as exc:
             add_domain_error(form, exc, "email")
         else:
-            authz.activate_team(membership)
-            notify(f"Welcome, {user.name}. This is your team; invite people to it from here.", "success")
-            return redirect(_next_url() or url_for("team.overview"))
-    return form_page("auth/signup.html", form, next=_next_url(), fixed_email=fixed_email)
+            session[CHECK_INBOX_KEY] = address
+            return redirect(url_for("auth.check_inbox"), 303)
+    return form_page("auth/signup.html", form)
+
+
+@bp.get("/check-inbox")
+def check_inbox() -> str:
+    """Where sign-up lands: the link to finish it is in the mail."""
+    return render_template("auth/check_inbox.html", address=session.get(CHECK_INBOX_KEY))
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -106,7 +96,7 @@ def login() -> Response | tuple[str, int]:
                 if two_factor.begin_login(user):  # no session until the code step (blueprints/two_factor.py)
                     authz.await_second_factor(user.id)
                     return redirect(url_for("two_factor.login", next=_next_url()))
-                _start_session(user)
+                authz.sign_in(user)
             return redirect(_next_url() or url_for("team.overview"))
     return form_page("auth/login.html", form, next=_next_url())
 

@@ -135,7 +135,7 @@ def show(token: str) -> tuple[str, int]:
         invitation=invitation,
         standing=acceptance.standing.value,
         accept_url=url_for("invite.accept", token=token),
-        signup_url=url_for("auth.signup", next=here, email=invitation.email),
+        signup_url=url_for("invite_signup.signup", token=token),
         login_url=url_for("auth.login", next=here, email=invitation.email),
         refusal=invitations.wrong_account_message(invitation, user) if wrong and user else None,
         form=ConfirmForm(),

@@ -65,7 +65,7 @@ def overview() -> str:
     page = members.list_members(page=_page_arg(), search=search)
     # Admins see the first few pending invitations here; the invitations page has them all.
     pending: dict[str, Any] = {}
-    if invitations.MANAGE.allows(actor.role):
+    if invitations.MANAGE.permits(actor.role, email_verified=actor.email_verified):
         pending = pending_invitations(actor, page=1, per_page=10)
         del pending["confirm_form"]  # the page has its own bare CSRF form
     return render_template(

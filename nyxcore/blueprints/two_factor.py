@@ -23,7 +23,7 @@ from wtforms import BooleanField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
 from nyxcore import authz
-from nyxcore.blueprints.auth import _next_url, _start_session
+from nyxcore.blueprints.auth import _next_url
 from nyxcore.errors import DomainError
 from nyxcore.extensions import limiter
 from nyxcore.forms import add_domain_error
@@ -214,7 +214,7 @@ def login() -> Response | tuple[str, int]:
         user = two_factor.user_for_login(user_id)
         outcome = two_factor.check_login_code(user, form.code.data)
         if outcome is two_factor.LoginCheck.ACCEPTED:
-            _start_session(user)
+            authz.sign_in(user)
             return redirect(_next_url() or url_for("team.overview"))
     if outcome is two_factor.LoginCheck.EXHAUSTED:
         authz.forget_second_factor()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select, text, update
@@ -39,23 +40,46 @@ def validated_email(address: str) -> str:
 
 
 def register_user(
-    *, user_id: uuid.UUID, team_id: uuid.UUID, name: str, email: str, password: str
+    *, user_id: uuid.UUID, team_id: uuid.UUID, name: str, email: str, password: str, verified: bool = False
 ) -> tuple[User, TenantMember]:
     """Create user `user_id` and their personal team `team_id` (they own it). Raises Conflict on a taken email.
 
     Run it as the new user in the new team (authz.acting_for_a_new_account): row-level security
     lets one create only one's own row, and a team's rows only in its context. Other accounts are
-    invisible to the app role, so a taken address is found by the unique index.
+    invisible to the app role, so a taken address is found by the unique index. The password is
+    hashed before that, so a taken address costs the same Argon2 work as a free one.
     """
+    user = create_account(user_id=user_id, name=name, email=email, password=password, verified=verified)
+    return user, add_personal_team(user, team_id)
+
+
+def add_personal_team(user: User, team_id: uuid.UUID) -> TenantMember:
+    """Make team `team_id`, named after `user`, with them as its owner (run in that team's context)."""
+    _, membership = teams.create_team(creator=user, tenant_id=team_id, name=personal_team_name(user.name))
+    return membership
+
+
+def create_account(*, user_id: uuid.UUID, name: str, email: str, password: str, verified: bool) -> User:
+    """Create user `user_id` alone (no team; run as that user). Raises Conflict on a taken email."""
     email = validated_email(email)
-    user = User(id=user_id, name=name.strip(), email=email, password_hash=passwords.hash_password(password))
+    user = User(
+        id=user_id,
+        name=name.strip(),
+        email=email,
+        password_hash=passwords.hash_password(password),
+        email_verified_at=datetime.now(UTC) if verified else None,
+    )
     try:
         with db.session.begin_nested():
             db.session.add(user)
     except IntegrityError as exc:  # uq_users_email, also when a concurrent sign-up won the race
         raise Conflict("An account with this email already exists. Log in instead.", field="email") from exc
-    _, membership = teams.create_team(creator=user, tenant_id=team_id, name=personal_team_name(user.name))
-    return user, membership
+    return user
+
+
+def address_in_use(email: str) -> bool:
+    """Whether an account uses `email`. For the app's own decisions only: never shown as such."""
+    return _password_setting(normalise_email(email)) is not None
 
 
 def personal_team_name(name: str) -> str:

@@ -37,7 +37,7 @@ from nyxcore.tenancy import Actor
 log = logging.getLogger("nyxcore.github")
 
 VIEW = Operation("github.view", TenantRole.MEMBER)
-MANAGE = Operation("github.manage", TenantRole.OWNER)  # connect and disconnect
+MANAGE = Operation("github.manage", TenantRole.OWNER, needs_verified_email=True)  # connect and disconnect
 UNREADABLE = "The stored token cannot be read; reconnect GitHub."
 _TOKEN_SHAPE = re.compile(r"^[\x21-\x7e]{16,255}$")
 

@@ -44,10 +44,20 @@ def seal_context(outbox_id: uuid.UUID) -> str:
 
 
 def queue_email(
-    ring: KeyRing, *, tenant_id: uuid.UUID, to: str, subject: str, text_body: str, html_body: str
+    ring: KeyRing, *, tenant_id: uuid.UUID | None, to: str, subject: str, text_body: str, html_body: str
 ) -> OutboxEmail:
-    """Add a message sent for team `tenant_id` to the outbox in this transaction; enqueued after commit."""
-    outbox = OutboxEmail(id=uuid.uuid4(), tenant_id=tenant_id, to_address=to, subject=subject)
+    """Add a message sent for team `tenant_id` (None: account mail, for no team) to the outbox in this
+    transaction; enqueued after commit."""
+    # Every column is given here, none left to a server default: an INSERT that had to read its
+    # defaults back (RETURNING) would need to see the row, and account mail is insert-only under RLS.
+    outbox = OutboxEmail(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        to_address=to,
+        subject=subject,
+        attempts=0,
+        created_at=datetime.now(UTC),
+    )
     body = json.dumps({"text": text_body, "html": html_body}).encode()
     sealed = ring.encrypt(body, seal_context(outbox.id))
     outbox.key_id, outbox.nonce, outbox.body_ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext

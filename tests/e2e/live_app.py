@@ -56,12 +56,13 @@ class LiveApp:
         self.web.check_alive()
         self.worker.check_alive()
 
-    def mail_to(self, address: str, timeout: float = 20.0) -> EmailMessage:
-        """The first message the SMTP server received for `address`, waiting up to `timeout` s."""
+    def mail_to(self, address: str, timeout: float = 20.0, *, link_prefix: str | None = None) -> EmailMessage:
+        """The first message the SMTP server received for `address` (with a link under `link_prefix`,
+        if given), waiting up to `timeout` s."""
         deadline = time.monotonic() + timeout
         while True:
             for message in self.mail.messages:
-                if message["To"] == address:
+                if message["To"] == address and (link_prefix is None or MailServer.links(message, link_prefix)):
                     return message
             self.check_alive()
             if time.monotonic() > deadline:
@@ -71,11 +72,16 @@ class LiveApp:
                 )
             time.sleep(0.05)
 
-    def magic_link(self, address: str) -> str:
-        """The one invitation link in the email sent to `address`."""
-        links = MailServer.links(self.mail_to(address), self.invite_prefix)
+    def link_to(self, address: str, path_prefix: str) -> str:
+        """The one link under `path_prefix` (such as /auth/verify/) in the first email to `address` with one."""
+        prefix = f"{self.url}{path_prefix}"
+        links = MailServer.links(self.mail_to(address, link_prefix=prefix), prefix)
         assert len(links) == 1, links
         return links[0]
+
+    def magic_link(self, address: str) -> str:
+        """The one invitation link in the email sent to `address`."""
+        return self.link_to(address, "/invite/")
 
 
 def environment(database: TestDatabase, mail: MailServer, *, port: int, queue: str) -> dict[str, str]:

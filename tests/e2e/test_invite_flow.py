@@ -1,8 +1,8 @@
 """The invitation story in Chromium: gunicorn, a Celery worker, Redis, PostgreSQL and SMTP, all real.
 
 An owner signs up, creates a team and invites a new person and someone who already has an account;
-both open the link from their email in a browser of their own, one signs up through it and the
-other logs in through it; the owner changes a role (keyboard only) and removes a member; the viewer
+both open the link from their email in a browser of their own, one signs up through it (and is in
+the team at once) and the other logs in through it; the owner changes a role (keyboard only) and removes a member; the viewer
 sees no admin controls and is refused when posting anyway; the team switcher moves between teams.
 """
 
@@ -75,7 +75,7 @@ def test_invited_people_join_through_their_emails_and_the_owner_manages_them(
 
     # Both emails arrive at the SMTP server, each with its own link.
     for _, address in (NEWCOMER, EXISTING):
-        message = live_app.mail_to(address)
+        message = live_app.mail_to(address, link_prefix=live_app.invite_prefix)
         assert message["Subject"] == f"{OWNER[0]} invited you to {TEAM} on NyxCore"
     newcomer_link = live_app.magic_link(NEWCOMER[1])
     erin_link = live_app.magic_link(EXISTING[1])
@@ -91,10 +91,9 @@ def test_invited_people_join_through_their_emails_and_the_owner_manages_them(
     expect(email).to_have_value(NEWCOMER[1])
     expect(email).to_have_attribute("readonly", "")
     nia.fill_account_form(name=NEWCOMER[0], email=None, password="another long passphrase")
-    nia.page.get_by_role("button", name="Sign up").click()
-    expect(nia.page).to_have_url(newcomer_link)  # back on the invitation, now signed in
-    nia.screenshot("story-invite-accept")
-    nia.accept_invitation(TEAM)
+    nia.screenshot("story-invite-signup")
+    nia.page.get_by_role("button", name=f"Sign up and join {TEAM}").click()  # one step: in the team
+    expect(nia.page).to_have_url(re.compile(r"/team/$"))
     expect(nia.flash()).to_contain_text(f"Welcome to {TEAM}. You joined as member.")
     expect(nia.page.get_by_text("your role: Member")).to_be_visible()
 
@@ -164,16 +163,17 @@ def test_invited_people_join_through_their_emails_and_the_owner_manages_them(
     expect(owner.member_row(NEWCOMER[0])).to_contain_text("Viewer")
     expect(owner.page.get_by_role("heading", name="Pending invitations (0)")).to_be_visible()
 
-    # The team switcher moves between the viewer's two teams.
-    nia.switch_team(f"{TEAM} (Viewer)")  # already active: stays
-    expect(nia.heading()).to_have_text(TEAM)
-    nia.switch_team("Nia's team (Owner)")
-    expect(nia.heading()).to_have_text("Nia's team")
-    expect(nia.flash()).to_contain_text("Switched to Nia's team.")
-    expect(nia.page.get_by_role("link", name="Invite people")).to_be_visible()
-    nia.switch_team(f"{TEAM} (Viewer)")
-    expect(nia.heading()).to_have_text(TEAM)
-    expect(nia.page.get_by_role("link", name="Invite people")).to_have_count(0)
+    # Signed up through the link, the viewer has that one team (no personal team, no switcher).
+    expect(nia.page.get_by_role("combobox", name="Team", exact=True)).to_have_count(0)
+    # The team switcher moves between the owner's two teams: her own and the one she created.
+    owner.switch_team(f"{TEAM} (Owner)")  # already active: stays
+    expect(owner.heading()).to_have_text(TEAM)
+    owner.switch_team("Olive's team (Owner)")
+    expect(owner.heading()).to_have_text("Olive's team")
+    expect(owner.flash()).to_contain_text("Switched to Olive's team.")
+    expect(owner.page.get_by_role("heading", name="Members (1)")).to_be_visible()
+    owner.switch_team(f"{TEAM} (Owner)")
+    expect(owner.heading()).to_have_text(TEAM)
 
     # What happened is in the audit log, and the other main pages render.
     owner.page.get_by_role("navigation", name="Main").get_by_role("link", name="Audit log").click()

@@ -117,10 +117,15 @@ class Person:
         self.page.get_by_label("Password", exact=True).fill(password)
 
     def sign_up(self, name: str, email: str, password: str = PASSWORD) -> None:
-        """Create an account from the sign-up page; lands on the new personal team's page."""
+        """Create an account from the sign-up page and open the link mailed to finish it; lands on
+        the new personal team's page, signed in."""
         self.goto("/auth/signup")
         self.fill_account_form(name=name, email=email, password=password)
         self.page.get_by_role("button", name="Sign up").click()
+        expect(self.page).to_have_url(re.compile(r"/auth/check-inbox$"))
+        expect(self.page.get_by_role("status")).to_have_text(f"We sent a link to {email} to finish signing up.")
+        self.page.goto(self.live.link_to(email, "/auth/verify/"))
+        self.page.get_by_role("button", name="Confirm my address").click()
         expect(self.page).to_have_url(TEAM_PAGE)
         expect(self.flash()).to_contain_text(f"Welcome, {name}.")
 

@@ -10,18 +10,27 @@ from tests.conftest import PASSWORD
 from tests.helpers import count, scalar
 
 
-def test_signup_creates_user_and_personal_team_and_logs_in(client, admin_engine):
+def test_signup_creates_an_unverified_user_and_personal_team_and_sends_to_check_the_inbox(client, admin_engine):
     response = client.post_form(
         "/auth/signup", {"name": "Ada Lovelace", "email": "Ada@Example.COM", "password": PASSWORD}
     )
-    assert response.status_code == 302
-    assert response.location == "/team/"
+    assert response.status_code == 303
+    assert response.location == "/auth/check-inbox"
+    page = client.get("/auth/check-inbox").get_data(as_text=True)
+    assert "We sent a link to <strong>ada@example.com</strong> to finish signing up." in page
+    assert client.get("/team/").status_code == 302  # not signed in: the link does that
+    assert scalar(admin_engine, "SELECT email_verified_at FROM users WHERE email = 'ada@example.com'") is None
+    assert count(admin_engine, "SELECT count(*) FROM tenant_members WHERE role = 'owner'") == 1
+    assert count(admin_engine, "SELECT count(*) FROM account_tokens WHERE purpose = 'verify_email'") == 1
+    assert count(admin_engine, "SELECT count(*) FROM outbox_emails WHERE tenant_id IS NULL") == 1
+
+
+def test_logging_in_before_verifying_works_and_shows_the_banner(client, admin_engine):
+    client.post_form("/auth/signup", {"name": "Ada Lovelace", "email": "ada@example.com", "password": PASSWORD})
+    assert client.login("ada@example.com").status_code == 302
     page = client.get("/team/").get_data(as_text=True)
     assert "Ada&#39;s team" in page
-    assert "ada@example.com" in page
-    assert "Owner" in page
-    assert count(admin_engine, "SELECT count(*) FROM users WHERE email = 'ada@example.com'") == 1
-    assert count(admin_engine, "SELECT count(*) FROM tenant_members WHERE role = 'owner'") == 1
+    assert "Verify your e-mail address." in page and "Resend the link" in page
 
 
 def test_password_is_stored_as_argon2id_at_owasp_minimum(client, admin_engine):
@@ -31,14 +40,16 @@ def test_password_is_stored_as_argon2id_at_owasp_minimum(client, admin_engine):
     assert PASSWORD not in stored
 
 
-def test_duplicate_email_in_other_letter_case_is_a_form_error(client, make_user, admin_engine):
+def test_a_taken_address_in_other_letter_case_creates_nothing(client, make_user, admin_engine):
     make_user(email="grace@example.com")
     response = client.post_form(
         "/auth/signup", {"name": "Grace Again", "email": "GRACE@example.com", "password": PASSWORD}
     )
-    assert response.status_code == 409
-    assert "An account with this email already exists" in response.get_data(as_text=True)
+    assert response.status_code == 303
+    assert response.location == "/auth/check-inbox"
     assert count(admin_engine, "SELECT count(*) FROM users") == 1
+    assert count(admin_engine, "SELECT count(*) FROM tenants") == 1
+    assert count(admin_engine, "SELECT count(*) FROM account_tokens") == 0
 
 
 def test_short_password_and_bad_email_are_form_errors(client, admin_engine):

@@ -38,6 +38,10 @@ REVIEWED_EXCEPTIONS = {
     ("user_two_factor", "own_two_factor", "ALL"),
     ("user_two_factor", "key_rotation_scan", "SELECT"),  # owner only, inside its SECURITY DEFINER function
     ("recovery_codes", "own_recovery_codes", "ALL"),
+    ("account_tokens", "own_tokens", "ALL"),  # a user's own reset, verification and change links
+    ("account_tokens", "token_by_hash", "SELECT"),  # a link's holder sees that one token
+    ("account_tokens", "account_token_issue", "ALL"),  # owner only, inside nyxcore_issue_password_reset
+    ("outbox_emails", "account_mail", "INSERT"),  # account mail (no team): insert only, never read
 }
 # Tables whose owner is not held by RLS (FORCE), because SECURITY DEFINER functions read them as it.
 NOT_FORCED = {"users"}
@@ -91,6 +95,13 @@ def _seed(conn: Connection, name: str) -> tuple[uuid.UUID, uuid.UUID, str, uuid.
         text("INSERT INTO recovery_codes (id, user_id, code_hash) VALUES (gen_random_uuid(), :u, :h)"),
         {"u": user, "h": token_hash},
     )
+    conn.execute(
+        text(
+            "INSERT INTO account_tokens (id, user_id, purpose, token_hash, expires_at) "
+            "VALUES (gen_random_uuid(), :u, 'reset_password', :h, :x)"
+        ),
+        {"u": user, "h": token_hash, "x": soon},
+    )
     return team, user, token_hash, outbox
 
 
@@ -110,7 +121,7 @@ def app_engine(database) -> Iterator[Engine]:
 
 
 def _context(conn: Connection, **settings: object) -> None:
-    for name in ("tenant_id", "user_id", "invite_token_hash", "outbox_id"):
+    for name in ("tenant_id", "user_id", "invite_token_hash", "outbox_id", "account_token_hash"):
         value = settings.get(name)
         conn.execute(text("SELECT set_config(:n, :v, true)"), {"n": f"app.{name}", "v": str(value or "")})
 
@@ -244,6 +255,64 @@ def test_an_invitation_token_holder_may_mark_it_accepted_by_themselves(app_engin
         _context(conn, invite_token_hash=world.token_hash_b, user_id=world.user_a)
         with pytest.raises(DBAPIError, match="only lets its holder accept"):  # once
             conn.execute(text("UPDATE invitations SET consumed_at = now(), consumed_by = :a"), {"a": world.user_a})
+
+
+def test_account_tokens_show_their_own_user_and_the_one_presented_hash(app_engine, admin_engine, world):
+    with app_engine.begin() as conn:
+        _context(conn, user_id=world.user_a)
+        assert conn.execute(text("SELECT user_id FROM account_tokens")).scalars().all() == [world.user_a]
+        assert conn.execute(text("UPDATE account_tokens SET used_at = now() WHERE user_id = :b"), {"b": world.user_b}).rowcount == 0
+        # A's holder of B's link sees that one token, and may not use it without acting as B.
+        _context(conn, user_id=world.user_a, account_token_hash=world.token_hash_b)
+        assert set(conn.execute(text("SELECT user_id FROM account_tokens")).scalars()) == {world.user_a, world.user_b}
+        assert conn.execute(text("UPDATE account_tokens SET used_at = now() WHERE user_id = :b"), {"b": world.user_b}).rowcount == 0
+        _context(conn, account_token_hash="0" * 64)
+        assert count(conn, "SELECT count(*) FROM account_tokens") == 0
+    with app_engine.connect() as conn, conn.begin():
+        _context(conn, user_id=world.user_a)
+        with pytest.raises(DBAPIError, match="row-level security"):
+            conn.execute(
+                text(
+                    "INSERT INTO account_tokens (id, user_id, purpose, token_hash, expires_at) "
+                    "VALUES (gen_random_uuid(), :b, 'reset_password', repeat('e', 64), now() + interval '1 hour')"
+                ),
+                {"b": world.user_b},
+            )
+    with admin_engine.connect() as conn:
+        assert count(conn, "SELECT count(*) FROM account_tokens WHERE used_at IS NOT NULL") == 0
+
+
+def test_the_reset_function_issues_a_few_tokens_an_hour_and_answers_an_id_or_nothing(app_engine, admin_engine, world):
+    with admin_engine.connect() as conn:
+        email = conn.execute(text("SELECT email FROM users WHERE id = :b"), {"b": world.user_b}).scalar_one()
+    issue = "SELECT nyxcore_issue_password_reset(:e, :h, now() + interval '1 hour')"
+    with app_engine.begin() as conn:  # anonymous: no context at all
+        assert conn.execute(text(issue), {"e": "nobody@example.com", "h": "a" * 64}).scalar() is None
+        # The seeded token is one of the three an hour this address may get.
+        answers = [conn.execute(text(issue), {"e": email.upper(), "h": f"{n}" * 64}).scalar() for n in range(4)]
+        assert answers == [world.user_b, world.user_b, None, None]
+        assert count(conn, "SELECT count(*) FROM account_tokens") == 0  # and it sees none of them
+    with admin_engine.connect() as conn:
+        assert count(conn, "SELECT count(*) FROM account_tokens WHERE user_id = :b", b=world.user_b) == 3
+
+
+def test_account_mail_may_be_added_by_anyone_and_read_by_nobody_but_its_worker(app_engine, world):
+    outbox = uuid.uuid4()
+    add = (
+        "INSERT INTO outbox_emails (id, tenant_id, to_address, subject, attempts, created_at) "
+        "VALUES (:o, :t, 'x@example.com', 'hello', 0, now())"
+    )
+    with app_engine.begin() as conn:
+        conn.execute(text(add), {"o": outbox, "t": None})
+        assert count(conn, "SELECT count(*) FROM outbox_emails") == 0
+        _context(conn, user_id=world.user_a, tenant_id=world.team_a)
+        assert count(conn, "SELECT count(*) FROM outbox_emails WHERE tenant_id IS NULL") == 0
+        _context(conn, outbox_id=outbox)
+        assert conn.execute(text("SELECT id FROM outbox_emails")).scalars().all() == [outbox]
+    with app_engine.connect() as conn, conn.begin():
+        _context(conn, tenant_id=world.team_a)
+        with pytest.raises(DBAPIError, match="row-level security"):  # not into another team's mail
+            conn.execute(text(add), {"o": uuid.uuid4(), "t": world.team_b})
 
 
 def test_no_row_of_any_tenant_table_can_move_to_another_team(app_engine, admin_engine, world):

@@ -320,7 +320,7 @@ def url_values(app: Flask, team: Any, login_as: Any, admin_engine: Engine) -> di
         fill_tenant_tables(conn, team.id, team.accounts[TenantRole.OWNER].user_id)
         conn.execute(text("DELETE FROM github_tokens WHERE tenant_id = :t"), {"t": team.id})
     _connect_github(app, admin_engine, team.id)
-    values = {"token": token, "filename": "nyxcore.css"}
+    values = {"token": token, "filename": "nyxcore.css", **_account_links(owner, login_as, team, admin_engine)}
     values.update(_values_from_links(app, owner, values))
     return values
 
@@ -353,6 +353,32 @@ def _invite(client: Any, email: str) -> str:
     link = re.search(r"/invite/([A-Za-z0-9_-]+)", sent["text"])
     assert link, "no magic link in the invitation email"
     return link.group(1)
+
+
+def _account_links(owner: Any, login_as: Any, team: Any, admin_engine: Engine) -> dict[str, str]:
+    """A live link of each account kind (reset, verification, e-mail change), by URL parameter name;
+    and the viewer left unverified, so that the resend button shows too."""
+    owner_email = team.accounts[TenantRole.OWNER].email
+    assert owner.post_form("/auth/forgot", {"email": owner_email}).status_code == 200
+    assert owner.post_form("/auth/signup", {"name": "Fuzz", "email": "unverified@example.com", "password": PASSWORD}).status_code == 303
+    changed = owner.post_form("/account/email", {"email": "moved@example.com", "password": PASSWORD})
+    assert changed.status_code == 200, changed.get_data(as_text=True)
+    with admin_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE users SET email_verified_at = NULL WHERE id = :u"), {"u": team.accounts[TenantRole.VIEWER].user_id}
+        )
+    return {
+        "reset_token": _mailed_token(owner_email, r"/auth/reset/([A-Za-z0-9_-]+)"),
+        "verify_token": _mailed_token("unverified@example.com", r"/auth/verify/([A-Za-z0-9_-]+)"),
+        "change_token": _mailed_token("moved@example.com", r"/account/email/confirm/([A-Za-z0-9_-]+)"),
+    }
+
+
+def _mailed_token(email: str, pattern: str) -> str:
+    sent = next(m for m in ConsoleTransport.recent if m["to"] == email and re.search(pattern, m["text"]))  # newest first
+    found = re.search(pattern, sent["text"])
+    assert found
+    return found.group(1)
 
 
 def _connect_github(app: Flask, admin_engine: Engine, team_id: uuid.UUID) -> None:

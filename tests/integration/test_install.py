@@ -266,10 +266,18 @@ def test_the_readme_install_runs_as_written_and_serves_sign_up_over_http(install
     # Over HTTPS Flask-WTF wants a same-origin Referer: the scheme from nginx, the host as sent.
     referer = f"{install.public_url}/auth/signup"
     created = browser.post("/auth/signup", form, headers={**from_nginx, "Referer": referer})
-    assert created.status == 302, created.body
-    assert created.headers["Location"] in ("/team/", f"{install.public_url}/team/")
+    assert created.status == 303, created.body
+    assert created.headers["Location"] in ("/auth/check-inbox", f"{install.public_url}/auth/check-inbox")
     session_cookie = next(c for c in created.headers.get_all("Set-Cookie", []) if c.startswith("session="))
     assert "Secure" in session_cookie
+
+    # Sign-up mails a link to finish it; logging in with the password works before it is opened.
+    login = browser.get("/auth/login", headers=from_nginx)
+    credentials = {"csrf_token": csrf_from(login.body), "email": form["email"], "password": PASSWORD}
+    logged_in = browser.post(
+        "/auth/login", credentials, headers={**from_nginx, "Referer": f"{install.public_url}/auth/login"}
+    )
+    assert logged_in.status == 302, logged_in.body
 
     team = browser.get("/team/", headers=from_nginx)
     assert team.status == 200, team.body

@@ -183,42 +183,67 @@ def test_invitation_mail_arrives_through_the_worker_and_its_link_joins_the_team(
     } in actions
 
 
-def test_new_person_signs_up_through_the_link_and_joins(
+def test_new_person_signs_up_through_the_link_and_joins_in_one_step(
     nyx_ops, client, mail_server, worker, admin_engine, as_owner
 ):
     invite(as_owner, "newcomer@example.com", TenantRole.ADMIN)
     path = link_path(mail_server.wait_for(1)[0])
+    teams_before = count(admin_engine, "SELECT count(*) FROM tenants")
 
     shown = page(client.get(path))
     assert "Sign up as newcomer@example.com" in shown
-    signup_url = re.search(r'href="(/auth/signup\?[^"]+)"', shown)
-    login_url = re.search(r'href="(/auth/login\?[^"]+)"', shown)
-    assert signup_url and login_url
-    signup = urllib.parse.urlsplit(signup_url.group(1))
-    assert urllib.parse.parse_qs(signup.query) == {"next": [path], "email": ["newcomer@example.com"]}
-    form = page(client.get(signup_url.group(1)))
-    assert re.search(
-        r'<input[^>]*name="email"[^>]*readonly[^>]*value="newcomer@example.com"', form
-    ) or re.search(r'<input[^>]*name="email"[^>]*value="newcomer@example.com"[^>]*readonly', form)
+    assert re.search(r'href="/auth/login\?[^"]+"', shown)
+    assert f'href="{path}/signup"' in shown
+    form = client.get(path + "/signup")
+    assert form.status_code == 200
+    assert form.headers["Referrer-Policy"] == "strict-origin"
+    assert re.search(r'<input[^>]*value="newcomer@example.com" readonly', page(form))
+    assert count(admin_engine, "SELECT count(*) FROM invitations WHERE consumed_at IS NULL") == 1
 
+    # An address typed into the request is ignored: the account is the invitation's.
     signed_up = client.post_form(
-        signup_url.group(1), {"name": "Nia Newcomer", "email": "newcomer@example.com", "password": PASSWORD}
+        path + "/signup", {"name": "Nia Newcomer", "email": "mallory@example.com", "password": PASSWORD}
     )
-    assert signed_up.status_code == 302
-    assert signed_up.location == path  # back to the invitation
-    assert f"Accept and join {TEAM}" in page(client.get(path))
-    accepted = client.post_form(path)
-    assert accepted.location == "/team/"
-    assert f"Welcome to {TEAM}. You joined as admin." in page(client.get("/team/"))
-    assert (
-        count(
-            admin_engine,
-            "SELECT count(*) FROM tenant_members m JOIN users u ON u.id = m.user_id "
-            "WHERE m.tenant_id = :t AND u.email = 'newcomer@example.com' AND m.role = 'admin'",
-            t=nyx_ops.id,
-        )
-        == 1
-    )
+    assert signed_up.status_code == 303
+    assert signed_up.location == "/team/"
+    overview = page(client.get("/team/"))
+    assert f"Welcome to {TEAM}. You joined as admin." in overview
+    assert f"<h1>{TEAM}</h1>" in overview
+    assert "Verify your e-mail address" not in overview  # the link proved it
+    user = dicts(admin_engine, "SELECT id, email, email_verified_at FROM users WHERE name = 'Nia Newcomer'")
+    assert len(user) == 1 and user[0]["email"] == "newcomer@example.com"
+    assert user[0]["email_verified_at"] is not None
+    memberships = dicts(admin_engine, "SELECT tenant_id, role FROM tenant_members WHERE user_id = :u", u=user[0]["id"])
+    assert memberships == [{"tenant_id": nyx_ops.id, "role": "admin"}]  # and no personal team
+    assert count(admin_engine, "SELECT count(*) FROM tenants") == teams_before
+    assert scalar(admin_engine, "SELECT consumed_by FROM invitations") == user[0]["id"]
+    assert client.get(path + "/signup").status_code == 302  # signed in now: back to the invitation
+    assert client.post_form("/auth/logout").status_code == 302
+    assert client.get(path + "/signup").status_code == 410  # used
+
+
+def test_signing_up_through_a_link_for_an_address_with_an_account_changes_nothing(
+    nyx_ops, make_user, client, mail_server, worker, admin_engine, as_owner
+):
+    make_user(email="lin@example.com")
+    invite(as_owner, "lin@example.com")
+    path = link_path(mail_server.wait_for(1)[0])
+    before = snapshot(admin_engine)
+    refused = client.post_form(path + "/signup", {"name": "Lin Again", "password": PASSWORD})
+    assert refused.status_code == 409
+    assert "An account with this email already exists. Log in instead." in page(refused)
+    assert snapshot(admin_engine) == before
+    assert count(admin_engine, "SELECT count(*) FROM users WHERE name = 'Lin Again'") == 0
+
+
+def test_accepting_an_invitation_verifies_the_address(
+    nyx_ops, make_user, login_as, mail_server, worker, admin_engine, as_owner
+):
+    unverified = make_user(email="una@example.com", verified=False)
+    invite(as_owner, "una@example.com")
+    path = link_path(mail_server.wait_for(1)[0])
+    assert login_as(unverified).post_form(path).location == "/team/"
+    assert scalar(admin_engine, "SELECT email_verified_at FROM users WHERE id = :u", u=unverified.user_id) is not None
 
 
 def test_signed_out_accept_sends_to_login_and_back(

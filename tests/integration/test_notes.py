@@ -99,6 +99,8 @@ def test_notes_are_scoped_in_sqlite_development_mode_too(tmp_path, monkeypatch):
             "/auth/signup",
             {"name": name, "email": f"{name}@example.com", "password": "correct horse battery"},
         )
+        # Sign-up mails a link; logging in with the password works before it is opened.
+        assert client.login(f"{name}@example.com", "correct horse battery").status_code == 302
     alice_note = create_note(alice, title="Alice only")
     assert bob.get(f"/notes/{alice_note}").status_code == 404
     assert "Alice only" not in bob.get("/notes/").get_data(as_text=True)

@@ -45,7 +45,7 @@ def run_case(database, overrides: dict[str, bool], email: str) -> list[int]:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({}, [302, 404]),
+        ({}, [303, 404]),
         # Shows the check can fail: without the fallback the limiter's storage error is a 500.
         ({"RATELIMIT_SWALLOW_ERRORS": False, "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": False}, [500, 500]),
     ],

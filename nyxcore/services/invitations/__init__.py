@@ -9,7 +9,8 @@ One job per module; this package re-exports what blueprints, other services and 
 - `issuing`: invite, list, resend, revoke (the admin's side);
 - `states`: an invitation's state from its own columns;
 - `display`: what the pages say (delivery, why a link is gone, wrong account);
-- `accepting`: where a link's visitor stands, and the atomic accept.
+- `accepting`: where a link's visitor stands, and the atomic accept;
+- `signing_up`: a new account made through the link, joining the team in one step.
 """
 
 from nyxcore.services.invitations.accepting import (
@@ -41,6 +42,7 @@ from nyxcore.services.invitations.issuing import (
     revoke,
     revoke_ungrantable,
 )
+from nyxcore.services.invitations.signing_up import sign_up_and_accept
 from nyxcore.services.invitations.states import (
     INVITER_LOST_ROLE,
     RESENT,
@@ -80,6 +82,7 @@ __all__ = [
     "resend",
     "revoke",
     "revoke_ungrantable",
+    "sign_up_and_accept",
     "state_of",
     "wrong_account_message",
 ]

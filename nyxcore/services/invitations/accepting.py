@@ -23,7 +23,7 @@ from nyxcore.errors import Gone, PermissionDenied
 from nyxcore.extensions import db
 from nyxcore.models import Invitation, TenantMember, User
 from nyxcore.roles import grantable_roles
-from nyxcore.services import accounts, audit
+from nyxcore.services import accounts, audit, verification
 from nyxcore.services.invitations.display import (
     gone_message,
     inviter_lost_role_message,
@@ -154,6 +154,7 @@ def accept(token: str, user: User) -> Accepted:
     audit.record(
         invitation.tenant_id, user.id, "invitation.accepted", target=user.email, role=membership.role.value
     )
+    verification.mark_verified(user)  # the link came to this address: it is proved
     return Accepted(membership, joined=True)
 
 

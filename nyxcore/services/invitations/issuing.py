@@ -28,7 +28,8 @@ from nyxcore.services.invitations.states import INVITER_LOST_ROLE, RESENT, REVOK
 from nyxcore.tenancy import Actor
 
 PER_PAGE = 50
-MANAGE = Operation("invitations.manage", TenantRole.ADMIN)  # invite, resend, revoke, list
+# invite, resend, revoke, list; it sends mail to others, so only from a verified address
+MANAGE = Operation("invitations.manage", TenantRole.ADMIN, needs_verified_email=True)
 
 
 def _check_role(actor: Actor, role: TenantRole) -> None:
