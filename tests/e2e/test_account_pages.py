@@ -25,8 +25,8 @@ def _join_by_invitation(someone: Person, link: str, name: str, team: str) -> Non
     someone.page.goto(link)
     someone.page.get_by_role("link", name=re.compile(r"^Sign up as ")).click()
     someone.fill_account_form(name=name, email=None, password=PASSWORD)
-    someone.page.get_by_role("button", name="Sign up").click()
-    someone.accept_invitation(team)
+    someone.page.get_by_role("button", name=f"Sign up and join {team}").click()  # one step: in the team
+    expect(someone.heading()).to_have_text(team)
 
 
 def test_account_pages_are_accessible_and_an_account_can_be_deleted(
