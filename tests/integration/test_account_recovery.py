@@ -245,6 +245,23 @@ def test_an_unverified_account_may_ask_for_a_new_link_a_few_times(app_config, re
     assert scalar(admin_engine, "SELECT email_verified_at FROM users") is not None
 
 
+def test_a_verification_link_proves_the_address_but_does_not_skip_two_factor(
+    make_user, make_client, login_as, mail_server, worker, admin_engine
+):
+    account = make_user(email="tess@example.com", verified=False)
+    login_as(account).post_form("/auth/verify/resend")
+    path = link_path(mail_server.wait_for(1)[0], "/auth/verify/")
+    with admin_engine.begin() as conn:  # two-factor turned on meanwhile (enrolment is tested elsewhere)
+        conn.execute(text("UPDATE users SET two_factor_enabled_at = now() WHERE id = :u"), {"u": account.user_id})
+
+    stranger = make_client()  # holds the mailbox, not the phone
+    answer = stranger.post_form(path)
+    assert answer.status_code == 303 and answer.location.startswith("/auth/login")
+    assert "Log in to continue." in page(stranger.get(answer.location))
+    assert stranger.get("/team/").status_code == 302  # signed in as nobody
+    assert scalar(admin_engine, "SELECT email_verified_at FROM users WHERE id = :u", u=account.user_id) is not None
+
+
 # --- e-mail change -------------------------------------------------------------------------------
 
 
