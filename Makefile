@@ -37,7 +37,7 @@ lint: $(VENV)/.test-installed  ## ruff, mypy --strict on nyxcore/, and the impor
 test: $(VENV)/.test-installed  ## Lint, then the whole suite against PostgreSQL and Redis
 	$(BIN)/python tests/check_services.py
 	$(MAKE) --no-print-directory lint
-	$(BIN)/pytest -n auto --maxprocesses 4 --dist loadfile --durations=15 $(PYTEST_ARGS)
+	$(BIN)/pytest -n auto --maxprocesses 4 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-installed  ## Run the benchmarks under bench/ (slow; prints ratios)
 	$(BIN)/python bench/run_all.py

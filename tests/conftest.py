@@ -31,7 +31,10 @@ from typing import Any
 from unittest import mock
 
 import flask_login
+import kombu.pools
 import pytest
+from argon2 import PasswordHasher, Type
+from celery import Celery
 from flask import Flask
 from flask.globals import app_ctx
 from flask.testing import FlaskClient
@@ -169,8 +172,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
                 terminalreporter.write_line(f"  {path:11}  {item.nodeid}")
 
 
+# `make test` spreads tests over the xdist workers one by one (--dist loadgroup), so that no long
+# file (the fuzzer's six visitors) holds one worker while the other idles. Tests that share a server
+# started once per module or package stay together on one worker, or each worker would start it.
+SHARED_SERVER_GROUPS = {"tests/e2e/": "e2e", "tests/integration/test_deployment.py": "deployment"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     config._nyxcore_items = items  # type: ignore[attr-defined]
+    for item in items:
+        for prefix, group in SHARED_SERVER_GROUPS.items():
+            if item.nodeid.startswith(prefix):
+                item.add_marker(pytest.mark.xdist_group(group))
 
 
 def rolled_back(request: pytest.FixtureRequest) -> bool:
@@ -263,6 +276,7 @@ def app(request: pytest.FixtureRequest, app_config: dict[str, Any], _apps: dict[
         application = _apps.get(key) or _apps.setdefault(key, create_app(app_config))
     # Process-wide: the default Celery app and Flask-Limiter remember the last app that set them.
     application.extensions["celery"].set_default()
+    forget_broker_connections(application.extensions["celery"])  # a worker's teardown closed them
     limiter.init_app(application)
     config = dict(application.config)
     try:
@@ -277,6 +291,18 @@ def app(request: pytest.FixtureRequest, app_config: dict[str, Any], _apps: dict[
         application.config.update(config)
         with application.app_context():
             _db.engine.dispose()  # connections a test left idle, and what its threads opened
+
+
+def forget_broker_connections(celery: Celery) -> None:
+    """Drop Celery's cached broker connections, producers and queue declarations.
+
+    They are built once from the configuration in force at first use, and kombu's pools are shared
+    by every Celery app of the process: after a test has pointed an app's Celery at another broker
+    (or queue), or a worker's teardown closed the pools, they must be rebuilt.
+    """
+    kombu.pools.reset()
+    celery._pool = None
+    celery.__dict__.pop("amqp", None)
 
 
 class Client(FlaskClient):
@@ -324,12 +350,28 @@ _PASSWORD_HASHES: dict[str, str] = {}
 def _hash_once(password: str) -> str:
     """A real Argon2id hash of `password`, computed once per run: at OWASP's parameters each one costs
     tens of milliseconds, and the `team` fixture alone makes four users. Logging in still verifies it."""
-    if password not in _PASSWORD_HASHES:
-        _PASSWORD_HASHES[password] = _hash_password(password)
-    return _PASSWORD_HASHES[password]
+    key = f"{password}|{passwords._hasher.memory_cost}|{passwords._hasher.time_cost}"  # see cheap_password_hashing
+    if key not in _PASSWORD_HASHES:
+        _PASSWORD_HASHES[key] = _hash_password(password)
+    return _PASSWORD_HASHES[key]
 
 
 _hash_password = passwords.hash_password
+
+
+@pytest.fixture
+def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2id at its smallest cost for this test (hashes made and checked, users made after it).
+
+    For tests that post password forms hundreds of times (the fuzzer, the crawl): at OWASP's
+    parameters each check costs about 40 ms. What they test is the forms, not the hash;
+    test_auth.py checks the parameters and the rehash.
+    """
+    monkeypatch.setattr(
+        passwords,
+        "_hasher",
+        PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, hash_len=32, salt_len=16, type=Type.ID),
+    )
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from tests.conftest import PASSWORD
 from tests.tenant_rows import fill_tenant_tables
 
 # "two-factor": a user of their own team with two-factor on (recovery codes, turning it off).
+pytestmark = pytest.mark.usefixtures("cheap_password_hashing")  # see tests/conftest.py
 VISITORS = ("anonymous", "owner", "admin", "member", "viewer", "two-factor")
 
 # The guard must answer 400 to each of these, wherever it is sent.

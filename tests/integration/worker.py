@@ -21,13 +21,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import kombu
-import kombu.pools
 from celery import Celery, signals
 from celery.contrib.testing.worker import start_worker
 from flask import Flask
 
 from nyxcore.config import BROKER_TRANSPORT_OPTIONS
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, forget_broker_connections
 
 QUEUE = f"nyxcore-test-{uuid.uuid4().hex[:12]}"
 
@@ -43,17 +42,6 @@ def celery_config(broker_url: str = REDIS_URL) -> dict[str, Any]:
         # BRPOP returns at least this often: a stopping worker waits for it (1 s by default).
         "broker_transport_options": {**BROKER_TRANSPORT_OPTIONS, "polling_interval": 0.1},
     }
-
-
-def forget_broker_connections(celery: Celery) -> None:
-    """Drop Celery's cached broker connections, producers and queue declarations.
-
-    They are built once from the configuration in force at first use; after a test has pointed
-    the app's Celery at another broker (or queue), they must be rebuilt.
-    """
-    kombu.pools.reset()
-    celery._pool = None
-    celery.__dict__.pop("amqp", None)
 
 
 def purge_queue(broker_url: str = REDIS_URL) -> int:
