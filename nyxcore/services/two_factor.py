@@ -123,9 +123,15 @@ def qr_svg(uri: str) -> str:
     return svg
 
 
+def _is_totp_shaped(code: str) -> bool:
+    """Six ASCII digits. `str.isdigit` alone also admits "١٢٣٤٥٦" and "¹²³⁴⁵⁶", which
+    `hmac.compare_digest` refuses with a TypeError (a 500) instead of comparing."""
+    return len(code) == 6 and code.isascii() and code.isdigit()
+
+
 def _matching_step(secret: str, code: str, at: datetime) -> int | None:
     """The time step (now, or one either side) whose code is `code`, or None."""
-    if len(code) != 6 or not code.isdigit():
+    if not _is_totp_shaped(code):
         return None
     totp = pyotp.TOTP(secret)
     now = totp.timecode(at)
@@ -232,7 +238,7 @@ def check_login_code(user: User, code: str) -> LoginCheck:
     if row is None or row.enabled_at is None or row.failed_attempts >= MAX_FAILED_ATTEMPTS:
         return LoginCheck.EXHAUSTED
     code = (code or "").strip()
-    if len(code) == 6 and code.isdigit():  # a recovery code is 15 characters
+    if _is_totp_shaped(code):  # a recovery code is 15 characters
         step = _matching_step(_secret(row), code, _now())
         accepted = step is not None and _use_step(user.id, step)
     else:
