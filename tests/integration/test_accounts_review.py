@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
+from nyxcore import tenancy
+from nyxcore.extensions import db
+from nyxcore.services import account_tokens
+from nyxcore.services.account_tokens import Purpose
+from tests.conftest import PASSWORD
+from tests.helpers import scalar
 from tests.integration.test_two_factor import clock, enrolled, start_setup
 
 __all__ = ["clock"]  # the fixture, shared with test_two_factor.py
+NEW_PASSWORD = "a brand new passphrase"
 
 # Six digits to str.isdigit(), none of them ASCII: Arabic-Indic, superscript, full-width.
 NON_ASCII_DIGITS = ("\u0661\u0662\u0663\u0664\u0665\u0666", "\u00b9\u00b2\u00b3\u2074\u2075\u2076", "\uff11" * 6)
@@ -31,3 +41,50 @@ def test_a_set_up_code_of_non_ascii_digits_is_a_form_error_not_a_500(make_client
         refused = browser.post_form("/account/two-factor/confirm", {"code": code})
         assert refused.status_code == 400, (code, refused.status_code)
         assert "That code is not valid" in refused.get_data(as_text=True)
+
+
+# --- links that outlive a password reset or change ------------------------------------------------
+
+
+def _issue(app: Any, account: Any, purpose: Purpose, *, new_email: str | None = None) -> str:
+    """A raw account link for `account`, as the mail would carry it (issued as that user, committed)."""
+    with app.app_context(), tenancy.tenant_context(user_id=account.user_id):
+        token = account_tokens.issue(account.user_id, purpose, timedelta(hours=1), new_email=new_email)
+        db.session.commit()
+    return token
+
+
+def test_a_password_reset_voids_a_pending_email_change_and_verification_link(app, make_user, make_client, admin_engine):
+    # Someone who knew the password asked to move the account to their address; the owner, told by
+    # the notice mail, resets the password. The link at the intruder's address must die with it.
+    account = make_user(email="victim@example.com", verified=False)
+    change = _issue(app, account, Purpose.CHANGE_EMAIL, new_email="intruder@example.com")
+    verify = _issue(app, account, Purpose.VERIFY_EMAIL)
+    reset = _issue(app, account, Purpose.RESET_PASSWORD)
+    owner = make_client()
+    assert owner.post_form(f"/auth/reset/{reset}", {"password": NEW_PASSWORD}).status_code == 303
+
+    intruder = make_client()
+    assert intruder.post_form(f"/account/email/confirm/{change}").status_code == 410
+    assert scalar(admin_engine, "SELECT email FROM users") == "victim@example.com"
+    # The verification link signs in whoever holds it: after a reset it must not.
+    assert intruder.post_form(f"/auth/verify/{verify}").status_code == 410
+    assert intruder.get("/account").status_code == 302
+
+
+def test_a_password_change_voids_pending_email_change_and_reset_links(app, make_user, login_as, make_client, admin_engine):
+    account = make_user(email="victim@example.com")
+    change = _issue(app, account, Purpose.CHANGE_EMAIL, new_email="intruder@example.com")
+    reset = _issue(app, account, Purpose.RESET_PASSWORD)
+    owner = login_as(account)
+    changed = owner.post_form(
+        "/account/password",
+        {"current_password": PASSWORD, "password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD},
+    )
+    assert changed.status_code == 302
+
+    intruder = make_client()
+    assert intruder.post_form(f"/account/email/confirm/{change}").status_code == 410
+    assert scalar(admin_engine, "SELECT email FROM users") == "victim@example.com"
+    assert intruder.post_form(f"/auth/reset/{reset}", {"password": "the intruder's own"}).status_code == 410
+    assert make_client().login("victim@example.com", NEW_PASSWORD).status_code == 302
