@@ -72,10 +72,11 @@ def test_a_password_reset_voids_a_pending_email_change_and_verification_link(app
     assert intruder.get("/account").status_code == 302
 
 
-def test_a_password_change_voids_pending_email_change_and_reset_links(app, make_user, login_as, make_client, admin_engine):
-    account = make_user(email="victim@example.com")
+def test_a_password_change_voids_pending_account_links(app, make_user, login_as, make_client, admin_engine):
+    account = make_user(email="victim@example.com", verified=False)
     change = _issue(app, account, Purpose.CHANGE_EMAIL, new_email="intruder@example.com")
     reset = _issue(app, account, Purpose.RESET_PASSWORD)
+    verify = _issue(app, account, Purpose.VERIFY_EMAIL)
     owner = login_as(account)
     changed = owner.post_form(
         "/account/password",
@@ -87,4 +88,6 @@ def test_a_password_change_voids_pending_email_change_and_reset_links(app, make_
     assert intruder.post_form(f"/account/email/confirm/{change}").status_code == 410
     assert scalar(admin_engine, "SELECT email FROM users") == "victim@example.com"
     assert intruder.post_form(f"/auth/reset/{reset}", {"password": "the intruder's own"}).status_code == 410
+    assert intruder.post_form(f"/auth/verify/{verify}").status_code == 410  # it would sign them in
+    assert intruder.get("/account").status_code == 302
     assert make_client().login("victim@example.com", NEW_PASSWORD).status_code == 302
