@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from datetime import timedelta
 from typing import Any
 
 from nyxcore import tenancy
 from nyxcore.extensions import db
 from nyxcore.services import account_tokens
+from nyxcore.services import two_factor as two_factor_service
 from nyxcore.services.account_tokens import Purpose
 from tests.conftest import PASSWORD
 from tests.helpers import scalar
@@ -91,3 +94,39 @@ def test_a_password_change_voids_pending_account_links(app, make_user, login_as,
     assert intruder.post_form(f"/auth/verify/{verify}").status_code == 410  # it would sign them in
     assert intruder.get("/account").status_code == 302
     assert make_client().login("victim@example.com", NEW_PASSWORD).status_code == 302
+
+
+# --- the count of wrong codes under concurrency --------------------------------------------------
+
+
+def test_concurrent_wrong_codes_cannot_try_more_than_the_limit(app, make_user, make_client, clock, admin_engine, monkeypatch):
+    # Each request read the count, then checked the code, then added one: requests sent together all
+    # read the same count, so a client holding a password could try more codes than MAX_FAILED_ATTEMPTS.
+    account = make_user()
+    enrolled(make_client, account, clock)
+    tries = two_factor_service.MAX_FAILED_ATTEMPTS + 3
+    together = threading.Barrier(tries, timeout=2)
+    checked: list[str] = []
+    use_recovery_code = two_factor_service._use_recovery_code
+
+    def check_then_wait(user_id: Any, code: str) -> bool:
+        checked.append(code)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            together.wait()  # every request has got this far before any adds its failure
+        return use_recovery_code(user_id, code)
+
+    monkeypatch.setattr(two_factor_service, "_use_recovery_code", check_then_wait)
+
+    def guess(n: int) -> None:
+        with app.app_context(), tenancy.tenant_context(user_id=account.user_id):
+            user = two_factor_service.user_for_login(account.user_id)
+            two_factor_service.check_login_code(user, f"guess-{n:02d}-wrong")
+            db.session.commit()
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(tries)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(checked) == two_factor_service.MAX_FAILED_ATTEMPTS, checked
+    assert scalar(admin_engine, "SELECT failed_attempts FROM user_two_factor") == two_factor_service.MAX_FAILED_ATTEMPTS
