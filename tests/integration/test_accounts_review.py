@@ -13,7 +13,7 @@ from nyxcore.services import account_tokens
 from nyxcore.services import two_factor as two_factor_service
 from nyxcore.services.account_tokens import Purpose
 from tests.conftest import PASSWORD
-from tests.helpers import scalar
+from tests.helpers import count, scalar
 from tests.integration.test_two_factor import clock, enrolled, start_setup
 
 __all__ = ["clock"]  # the fixture, shared with test_two_factor.py
@@ -130,3 +130,33 @@ def test_concurrent_wrong_codes_cannot_try_more_than_the_limit(app, make_user, m
         thread.join(timeout=30)
     assert len(checked) == two_factor_service.MAX_FAILED_ATTEMPTS, checked
     assert scalar(admin_engine, "SELECT failed_attempts FROM user_two_factor") == two_factor_service.MAX_FAILED_ATTEMPTS
+
+
+# --- a browser that signs in as someone else ------------------------------------------------------
+
+
+def _live_sessions(admin_engine: Any, account: Any) -> int:
+    return count(admin_engine, "SELECT count(*) FROM user_sessions WHERE user_id = :u AND revoked_at IS NULL", u=account.user_id)
+
+
+def test_logging_in_as_another_account_ends_this_browsers_session(make_user, login_as, make_client, admin_engine, clock):
+    # The browser forgets the first account's cookie; its session must not stay live (listed on the
+    # account page, usable by a copy of the cookie) until it idles out a month later.
+    first, second, guarded = make_user(), make_user(), make_user()
+    enrolled(make_client, guarded, clock)
+    browser = login_as(first)
+    saved = browser.get_cookie("session").value
+    assert browser.login(second.email).status_code == 302
+    assert _live_sessions(admin_engine, first) == 0
+    replay = make_client()
+    replay.set_cookie("session", saved)
+    assert replay.get("/account").status_code == 302
+
+    browser = login_as(first)
+    assert browser.login(guarded.email).location.startswith("/auth/two-factor")  # the password, then a code
+    assert _live_sessions(admin_engine, first) == 0
+
+    browser = login_as(first)  # a reset link used here signs this browser out: its session ends too
+    reset = _issue(browser.application, second, Purpose.RESET_PASSWORD)
+    assert browser.post_form(f"/auth/reset/{reset}", {"password": NEW_PASSWORD}).status_code == 303
+    assert _live_sessions(admin_engine, first) == 0
