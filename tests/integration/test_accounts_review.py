@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from datetime import timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from nyxcore.extensions import db
 from nyxcore.services import account_tokens
 from nyxcore.services import two_factor as two_factor_service
 from nyxcore.services.account_tokens import Purpose
+from nyxcore.services.mail_transports import ConsoleTransport
 from tests.conftest import PASSWORD
 from tests.helpers import count, scalar
 from tests.integration.test_two_factor import clock, enrolled, start_setup
@@ -160,3 +162,17 @@ def test_logging_in_as_another_account_ends_this_browsers_session(make_user, log
     reset = _issue(browser.application, second, Purpose.RESET_PASSWORD)
     assert browser.post_form(f"/auth/reset/{reset}", {"password": NEW_PASSWORD}).status_code == 303
     assert _live_sessions(admin_engine, first) == 0
+
+
+def test_an_address_proved_by_an_invitation_voids_its_verification_links(app, as_owner, make_user, login_as, make_client):
+    # Accepting an invitation proves the address; the sign-up's verification link, still unused,
+    # kept signing its holder in for the rest of its 48 hours.
+    una = make_user(email="una@example.com", verified=False)
+    verify = _issue(app, una, Purpose.VERIFY_EMAIL)
+    ConsoleTransport.recent.clear()
+    assert as_owner.post_form("/team/invitations", {"emails": una.email, "role": "member"}).status_code == 200
+    path = re.search(r"http://nyxcore\.test(/invite/[A-Za-z0-9_-]+)", ConsoleTransport.recent[0]["text"]).group(1)
+    assert login_as(una).post_form(path).location == "/team/"
+    visitor = make_client()
+    assert visitor.post_form(f"/auth/verify/{verify}").status_code == 410
+    assert visitor.get("/account").status_code == 302
