@@ -218,6 +218,9 @@ def _quota_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "TEAMS_PER_USER_PER_DAY": _int(env, "TEAMS_PER_USER_PER_DAY", 10),
         "INVITATIONS_PER_USER_PER_DAY": _int(env, "INVITATIONS_PER_USER_PER_DAY", 200),
         "INVITATIONS_PER_INSTANCE_PER_DAY": _int(env, "INVITATIONS_PER_INSTANCE_PER_DAY", 2000),
+        # Notices that anyone may cause to an address with an account ("someone tried to sign up
+        # with your address"): past this many a day, silently no more (the answer stays the same).
+        "ACCOUNT_NOTICES_PER_ADDRESS_PER_DAY": _int(env, "ACCOUNT_NOTICES_PER_ADDRESS_PER_DAY", 5),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -176,3 +177,42 @@ def test_an_address_proved_by_an_invitation_voids_its_verification_links(app, as
     visitor = make_client()
     assert visitor.post_form(f"/auth/verify/{verify}").status_code == 410
     assert visitor.get("/account").status_code == 302
+
+
+# --- notices that anyone can make us send ---------------------------------------------------------
+
+
+def test_sign_up_notices_to_a_taken_address_are_limited_per_address_silently(app_config, request, admin_engine):
+    # Signing up with a taken address mails its owner; the per-client limit alone let anyone with a
+    # few addresses bomb one inbox from the operator's sender. Over the allowance the answer is the
+    # same (no enumeration) and no mail is written.
+    app_config.update(
+        RATELIMIT_ENABLED=True, RATELIMIT_SIGNUP="1000 per hour", RATELIMIT_KEY_PREFIX=f"test-{uuid.uuid4().hex}"
+    )
+    make_user, make_client = request.getfixturevalue("make_user"), request.getfixturevalue("make_client")
+    app = request.getfixturevalue("app")
+    make_user(email="taken@example.com")
+    allowance = app.config["ACCOUNT_NOTICES_PER_ADDRESS_PER_DAY"]
+    for _ in range(allowance + 3):
+        posted = make_client().post_form(
+            "/auth/signup", {"name": "Someone", "email": "taken@example.com", "password": PASSWORD}
+        )
+        assert (posted.status_code, posted.location) == (303, "/auth/check-inbox")
+    sent = count(admin_engine, "SELECT count(*) FROM outbox_emails WHERE to_address = 'taken@example.com'")
+    assert sent == allowance
+
+
+def test_taken_address_notices_from_email_changes_are_limited_per_address_silently(app_config, request, admin_engine):
+    app_config.update(
+        RATELIMIT_ENABLED=True, RATELIMIT_EMAIL_CHANGE="1000 per hour", RATELIMIT_KEY_PREFIX=f"test-{uuid.uuid4().hex}"
+    )
+    make_user, login_as = request.getfixturevalue("make_user"), request.getfixturevalue("login_as")
+    app = request.getfixturevalue("app")
+    make_user(email="taken@example.com")
+    asker = login_as(make_user())
+    allowance = app.config["ACCOUNT_NOTICES_PER_ADDRESS_PER_DAY"]
+    for _ in range(allowance + 3):
+        asked = asker.post_form("/account/email", {"email": "taken@example.com", "password": PASSWORD})
+        assert asked.status_code == 200
+    sent = count(admin_engine, "SELECT count(*) FROM outbox_emails WHERE to_address = 'taken@example.com'")
+    assert sent == allowance
