@@ -15,8 +15,9 @@ from nyxcore.services import account_tokens
 from nyxcore.services import two_factor as two_factor_service
 from nyxcore.services.account_tokens import Purpose
 from nyxcore.services.mail_transports import ConsoleTransport
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, sign_in
 from tests.helpers import count, scalar
+from tests.integration.test_account_recovery import unique_address
 from tests.integration.test_two_factor import clock, enrolled, start_setup
 
 __all__ = ["clock"]  # the fixture, shared with test_two_factor.py
@@ -216,3 +217,30 @@ def test_taken_address_notices_from_email_changes_are_limited_per_address_silent
         assert asked.status_code == 200
     sent = count(admin_engine, "SELECT count(*) FROM outbox_emails WHERE to_address = 'taken@example.com'")
     assert sent == allowance
+
+
+# --- password checks behind a session -------------------------------------------------------------
+
+
+def test_the_two_factor_forms_that_check_a_password_are_rate_limited_like_log_in(app_config, request, clock):
+    # Turning two-factor on or off and new recovery codes each ask for the password again: with no
+    # limit, a stolen session made them a password-guessing oracle (the account forms had one).
+    app_config.update(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="3 per minute", RATELIMIT_KEY_PREFIX=f"test-{uuid.uuid4().hex}")
+    make_user, make_client = request.getfixturevalue("make_user"), request.getfixturevalue("make_client")
+    plain, enrolled_account = make_user(), make_user()
+    enrolled(make_client, enrolled_account, clock)  # its own password posts, from 127.0.0.1
+
+    def browser_of(account: Any) -> Any:
+        browser = make_client()
+        browser.environ_base["REMOTE_ADDR"] = unique_address()
+        sign_in(browser, account.user_id)
+        return browser
+
+    browser = browser_of(plain)
+    setups = [browser.post_form("/account/two-factor/setup", {"password": f"guess {i}"}).status_code for i in range(4)]
+    assert setups == [400, 400, 400, 429]
+    forms = (("/account/two-factor/recovery-codes", "codes-password"), ("/account/two-factor/disable", "disable-password"))
+    for form, field in forms:
+        browser = browser_of(enrolled_account)
+        statuses = [browser.post_form(form, {field: f"guess {i}"}).status_code for i in range(4)]
+        assert statuses == [400, 400, 400, 429], form
