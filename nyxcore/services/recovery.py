@@ -30,7 +30,7 @@ def request_password_reset(email: str) -> str:
 
     Returns the address as normalised, whatever happened: the caller cannot tell either.
     """
-    email = accounts.normalise_email(email)
+    email = accounts.stored_form(email)
     ttl: timedelta = current_app.config["PASSWORD_RESET_TTL"]
     token = account_tokens.new_token()
     expires_at = account_tokens.now() + ttl

@@ -244,3 +244,18 @@ def test_the_two_factor_forms_that_check_a_password_are_rate_limited_like_log_in
         browser = browser_of(enrolled_account)
         statuses = [browser.post_form(form, {field: f"guess {i}"}).status_code for i in range(4)]
         assert statuses == [400, 400, 400, 429], form
+
+
+# --- the address as typed ---------------------------------------------------------------------------
+
+
+def test_an_address_typed_with_its_ascii_domain_logs_in_and_gets_a_reset_link(make_user, make_client, admin_engine):
+    # Sign-up stores an address as email_validator normalises it (an internationalised domain in
+    # Unicode); log in and reset only lower-cased what was typed, so whoever signed up with the
+    # xn-- form of their domain could never log in, nor reset, with it.
+    account = make_user(email="Ana@XN--E1AFMKFD.XN--P1AI")
+    assert account.email == "ana@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444"
+    assert make_client().login("ana@xn--e1afmkfd.xn--p1ai").status_code == 302
+    assert make_client().login(account.email).status_code == 302
+    assert make_client().post_form("/auth/forgot", {"email": "ANA@xn--e1afmkfd.xn--p1ai"}).status_code == 200
+    assert count(admin_engine, "SELECT count(*) FROM account_tokens WHERE purpose = 'reset_password'") == 1
