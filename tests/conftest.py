@@ -262,7 +262,13 @@ def app(request: pytest.FixtureRequest, app_config: dict[str, Any], _apps: dict[
     else:
         application = _apps.get(key) or _apps.setdefault(key, create_app(app_config))
     # Process-wide: the default Celery app and Flask-Limiter remember the last app that set them.
-    application.extensions["celery"].set_default()
+    celery = application.extensions["celery"]
+    celery.set_default()
+    # A cached app keeps the producer pool it first used (even an eager task acquires one), but a
+    # real worker's start and stop (tests/integration/worker.py) close kombu's shared pools: a later
+    # test reusing the app got "Acquire on closed pool" and its mail was never handed over.
+    celery._pool = None
+    celery.__dict__.pop("amqp", None)
     limiter.init_app(application)
     config = dict(application.config)
     try:
