@@ -219,11 +219,26 @@ def presenting_account_token(token: str, purpose: Purpose) -> Iterator[AccountTo
         yield found
 
 
+def end_this_session() -> None:
+    """End the server-side session this browser's cookie names, if someone is signed in here.
+
+    Run as whoever: the session is ended as its own user. Logging out, and logging in here as
+    anyone, end it, so that it does not stay live (and usable by a copy of the cookie) after the
+    browser forgot it.
+    """
+    token = session.get(SESSION_TOKEN_KEY)
+    if current_user.is_authenticated and isinstance(token, str):
+        with acting_as(current_user.id):
+            sessions.end(current_user.id, token)
+
+
 def sign_in(user: User) -> None:
     """Start a new server-side session for `user` in this browser (run as that user).
 
-    Nothing from before carries over: the Flask session is cleared first.
+    Nothing from before carries over: a session already signed in here ends, and the Flask session
+    is cleared first.
     """
+    end_this_session()
     session.clear()
     login_user(user)
     session.permanent = True
@@ -271,6 +286,7 @@ def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R
 
 def await_second_factor(user_id: uuid.UUID) -> None:
     """After the password of a user with two-factor: no session yet, only a marker for the code step."""
+    end_this_session()
     session.clear()
     session[PENDING_LOGIN_KEY] = {"user_id": str(user_id), "at": int(time.time())}
 

@@ -76,7 +76,7 @@ def load_config(
         "PUBLIC_URL": env.get("PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/"),
         "NYXCORE_ENCRYPTION_KEYS": env.get("NYXCORE_ENCRYPTION_KEYS")
         or ("" if production else DEV_ENCRYPTION_KEYS),
-        **_mail_settings(env),
+        **_mail_settings(env, production),
         "GITHUB_API_URL": env.get("GITHUB_API_URL", "https://api.github.com").rstrip("/"),
         "GITHUB_TIMEOUT": _int(env, "GITHUB_TIMEOUT", 10),
         "INVITATION_TTL": timedelta(days=_int(env, "INVITATION_TTL_DAYS", 7)),
@@ -96,10 +96,15 @@ def load_config(
     }
 
 
-def _mail_settings(env: Mapping[str, str]) -> dict[str, Any]:
-    """Mail: the console in development, SMTP when SMTP_HOST is set."""
+def _mail_settings(env: Mapping[str, str], production: bool) -> dict[str, Any]:
+    """Mail: SMTP in production or when SMTP_HOST is set, else the console (development).
+
+    The console prints every message, reset and magic links included, to stdout: production uses it
+    only when MAIL_BACKEND says so, never for a forgotten SMTP_HOST.
+    """
+    smtp = production or bool(env.get("SMTP_HOST"))
     return {
-        "MAIL_BACKEND": env.get("MAIL_BACKEND", "smtp" if env.get("SMTP_HOST") else "console"),
+        "MAIL_BACKEND": env.get("MAIL_BACKEND", "smtp" if smtp else "console"),
         "SMTP_HOST": env.get("SMTP_HOST", "localhost"),
         "SMTP_PORT": _int(env, "SMTP_PORT", 25),
         "SMTP_USERNAME": env.get("SMTP_USERNAME", ""),
@@ -213,6 +218,9 @@ def _quota_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "TEAMS_PER_USER_PER_DAY": _int(env, "TEAMS_PER_USER_PER_DAY", 10),
         "INVITATIONS_PER_USER_PER_DAY": _int(env, "INVITATIONS_PER_USER_PER_DAY", 200),
         "INVITATIONS_PER_INSTANCE_PER_DAY": _int(env, "INVITATIONS_PER_INSTANCE_PER_DAY", 2000),
+        # Notices that anyone may cause to an address with an account ("someone tried to sign up
+        # with your address"): past this many a day, silently no more (the answer stays the same).
+        "ACCOUNT_NOTICES_PER_ADDRESS_PER_DAY": _int(env, "ACCOUNT_NOTICES_PER_ADDRESS_PER_DAY", 5),
     }
 
 

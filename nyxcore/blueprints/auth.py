@@ -13,7 +13,7 @@ from nyxcore import authz
 from nyxcore.errors import DomainError
 from nyxcore.extensions import limiter
 from nyxcore.forms import MinPasswordLength, add_domain_error
-from nyxcore.services import accounts, sessions, two_factor
+from nyxcore.services import accounts, two_factor
 from nyxcore.services import signup as signup_service
 from nyxcore.web import form_page, is_safe_next, notify
 
@@ -103,9 +103,7 @@ def login() -> Response | tuple[str, int]:
 
 @bp.post("/logout")
 def logout() -> Response:
-    token = session.get(authz.SESSION_TOKEN_KEY)
-    if current_user.is_authenticated and isinstance(token, str):
-        sessions.end(current_user.id, token)  # the cookie, if replayed, signs in no one
+    authz.end_this_session()  # the cookie, if replayed, signs in no one
     logout_user()
     session.clear()
     notify("You are logged out.", "info")

@@ -85,6 +85,7 @@ def reset(reset_token: str) -> Response | tuple[str, int]:
             recovery.reset_password(found, form.password.data)
     except DomainError as exc:
         return link_problem(exc)
+    authz.end_this_session()  # whoever was signed in here (the link's account's sessions all ended)
     logout_user()
     session.clear()
     notify("Your password was changed, and every browser signed in to your account was signed out. "

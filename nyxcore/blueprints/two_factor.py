@@ -115,8 +115,15 @@ def settings() -> tuple[str, int]:
     return _settings_page()
 
 
+def _password_limit() -> str:
+    # Each form that asks for the password again: a stolen session must not make it a guessing oracle.
+    limit: str = current_app.config["RATELIMIT_LOGIN"]
+    return limit
+
+
 @bp.route("/account/two-factor/setup", methods=["GET", "POST"])
 @login_required  # type: ignore[untyped-decorator]
+@limiter.limit(_password_limit, methods=["POST"])
 def setup() -> Response | tuple[str, int]:
     """POST: the password again, then a new secret. GET: its QR code, its text, and a code to confirm it."""
     if request.method == "GET":
@@ -168,6 +175,7 @@ def confirm() -> Response:
 
 @bp.post("/account/two-factor/recovery-codes")
 @login_required  # type: ignore[untyped-decorator]
+@limiter.limit(_password_limit)
 def regenerate() -> Response | tuple[str, int]:
     """The password again, then 10 new recovery codes; the old ones stop working."""
     form = PasswordForm(prefix="codes")
@@ -183,6 +191,7 @@ def regenerate() -> Response | tuple[str, int]:
 
 @bp.post("/account/two-factor/disable")
 @login_required  # type: ignore[untyped-decorator]
+@limiter.limit(_password_limit)
 def disable() -> Response | tuple[str, int]:
     """The password again, then two-factor off and the other sessions ended."""
     form = PasswordForm(prefix="disable")

@@ -16,7 +16,8 @@ from nyxcore import passwords, user_agents
 from nyxcore.errors import InvalidInput
 from nyxcore.extensions import db
 from nyxcore.models import User
-from nyxcore.services import accounts, sessions
+from nyxcore.services import account_tokens, accounts, sessions
+from nyxcore.services.account_tokens import Purpose
 
 NAME_MAX = 120
 WRONG_PASSWORD = "That is not your current password."  # noqa: S105 (a message, not a password)
@@ -42,13 +43,16 @@ def prove_password(user: User, password: str, *, field: str) -> None:
 def change_password(user: User, *, current: str, new: str, keep_token: str) -> int:
     """Set a new password once the current one is proved; every other session of the user ends.
 
-    The session named by `keep_token` (the browser making the change) stays signed in. Returns how
-    many other sessions ended. Raises InvalidInput (on `current_password`) for a wrong password.
+    The session named by `keep_token` (the browser making the change) stays signed in. Unused account
+    links stop working: an e-mail change asked for by someone who knew the old password must not
+    outlive it, and a verification link signs its holder in (a new one is a click away). Returns how many other sessions ended. Raises InvalidInput (on
+    `current_password`) for a wrong password.
     """
     prove_password(user, current, field="current_password")
     db.session.execute(
         update(User).where(User.id == user.id).values(password_hash=passwords.hash_password(new))
     )
+    account_tokens.void_unused(user.id, Purpose.RESET_PASSWORD, Purpose.VERIFY_EMAIL, Purpose.CHANGE_EMAIL)
     return sessions.end_others(user.id, keep_token)
 
 

@@ -39,6 +39,18 @@ def validated_email(address: str) -> str:
     return normalise_email(result.normalized)
 
 
+def stored_form(address: str) -> str:
+    """The form in which `address` would be stored, for looking an account up by what was typed.
+
+    Validated and normalised as sign-up stores it (an internationalised domain typed in its xn--
+    form finds the account), else only trimmed and lower-cased: then it matches no account.
+    """
+    try:
+        return validated_email(address)
+    except InvalidInput:
+        return normalise_email(address)
+
+
 def register_user(
     *, user_id: uuid.UUID, team_id: uuid.UUID, name: str, email: str, password: str, verified: bool = False
 ) -> tuple[User, TenantMember]:
@@ -101,7 +113,7 @@ def check_password(*, email: str, password: str) -> ProvedPassword | None:
     The same answer and the same work (one Argon2id computation) for an unknown email and a wrong
     password. Needs no tenant context: it asks the database's two log-in functions.
     """
-    email = normalise_email(email)
+    email = stored_form(email)
     setting = _password_setting(email)
     candidate = passwords.candidate_hash(setting or passwords.unknown_setting(), password)
     user_id = _login(email, candidate) if setting is not None and candidate is not None else None

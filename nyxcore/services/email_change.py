@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from nyxcore.errors import Conflict, InvalidInput, NotFound
 from nyxcore.extensions import db
 from nyxcore.models import AccountToken, User
-from nyxcore.services import account_mail, account_tokens, accounts, mail_names
+from nyxcore.services import account_mail, account_tokens, accounts, mail_names, quotas
 from nyxcore.services.account_tokens import Purpose
 
 
@@ -28,7 +28,8 @@ def request_change(user: User, *, password: str, new_email: str) -> str:
     if address == user.email:
         raise InvalidInput("That is already your address.", field="email")
     if accounts.address_in_use(address):
-        account_mail.queue_account_email(address, "change_email_taken", "Someone tried to use this address")
+        if quotas.allows(quotas.ACCOUNT_NOTICES_PER_ADDRESS, address):  # a few a day at most
+            account_mail.queue_account_email(address, "change_email_taken", "Someone tried to use this address")
     else:
         ttl = current_app.config["EMAIL_CHANGE_TTL"]
         token = account_tokens.issue(user.id, Purpose.CHANGE_EMAIL, ttl, new_email=address)

@@ -60,6 +60,8 @@ INVITATIONS_PER_INSTANCE = Quota(
     "This NyxCore installation sends at most {limit} invitations a day and has {left} left; the "
     "count starts again at {reset}. Invite fewer people at once, or try again then.",
 )
+# Never refused aloud (its refusal is not shown): `allows` answers False and the caller stays silent.
+ACCOUNT_NOTICES_PER_ADDRESS = Quota("ACCOUNT_NOTICES_PER_ADDRESS_PER_DAY", "account-notices-per-address", "")
 INSTANCE = "all"  # the key of instance-wide counters
 
 
@@ -149,3 +151,16 @@ def spend(charges: Sequence[tuple[Quota, str]], cost: int, *, field_name: str) -
     except StorageError:
         counters.mark_down()
         _spend_in(counters.fallback, charges, cost, field_name)
+
+
+def allows(quota: Quota, key: str) -> bool:
+    """Count one use against (quota, key) if the allowance has room; False, counting nothing, if not.
+
+    For what must be skipped silently rather than refused: a refusal would tell the asker something
+    (whether an address has an account) that the answer must not.
+    """
+    try:
+        spend([(quota, key)], 1, field_name="")
+    except RateLimited:
+        return False
+    return True

@@ -30,7 +30,7 @@ def request_password_reset(email: str) -> str:
 
     Returns the address as normalised, whatever happened: the caller cannot tell either.
     """
-    email = accounts.normalise_email(email)
+    email = accounts.stored_form(email)
     ttl: timedelta = current_app.config["PASSWORD_RESET_TTL"]
     token = account_tokens.new_token()
     expires_at = account_tokens.now() + ttl
@@ -82,8 +82,8 @@ def _issue(email: str, token_hash: str, expires_at: datetime) -> uuid.UUID | Non
 
 
 def reset_password(token: AccountToken, password: str) -> User:
-    """Use a reset link (run as its user): new password, address verified, every session ended,
-    a notice mailed. Raises Gone (used or expired) or NotFound."""
+    """Use a reset link (run as its user): new password, address verified, every session and every
+    other unused account link ended, a notice mailed. Raises Gone (used or expired) or NotFound."""
     account_tokens.consume(token)
     user = db.session.get(User, token.user_id)
     if user is None:
@@ -97,7 +97,9 @@ def reset_password(token: AccountToken, password: str) -> User:
         )
     )
     db.session.refresh(user, ["email_verified_at"])
-    account_tokens.void_unused(user.id, Purpose.RESET_PASSWORD)
+    # Every other link dies with the old password: an e-mail change asked for by someone who knew it
+    # would otherwise still hand them the account, and a verification link still sign its holder in.
+    account_tokens.void_unused(user.id, Purpose.RESET_PASSWORD, Purpose.VERIFY_EMAIL, Purpose.CHANGE_EMAIL)
     sessions.end_all(user.id)
     account_mail.queue_account_email(user.email, "password_changed", "Your NyxCore password was changed")
     return user

@@ -123,9 +123,15 @@ def qr_svg(uri: str) -> str:
     return svg
 
 
+def _is_totp_shaped(code: str) -> bool:
+    """Six ASCII digits. `str.isdigit` alone also admits "١٢٣٤٥٦" and "¹²³⁴⁵⁶", which
+    `hmac.compare_digest` refuses with a TypeError (a 500) instead of comparing."""
+    return len(code) == 6 and code.isascii() and code.isdigit()
+
+
 def _matching_step(secret: str, code: str, at: datetime) -> int | None:
     """The time step (now, or one either side) whose code is `code`, or None."""
-    if len(code) != 6 or not code.isdigit():
+    if not _is_totp_shaped(code):
         return None
     totp = pyotp.TOTP(secret)
     now = totp.timecode(at)
@@ -225,27 +231,46 @@ def user_for_login(user_id: uuid.UUID) -> User:
 def check_login_code(user: User, code: str) -> LoginCheck:
     """Check a TOTP code or a recovery code offered at log in, consuming it when it is right.
 
-    A wrong one counts against MAX_FAILED_ATTEMPTS (the caller keeps that count: it must commit
-    although the code was refused); at the limit the pending log in is over.
+    Each code offered first takes one of the MAX_FAILED_ATTEMPTS attempts (`_take_attempt`), and a
+    right one gives them all back. The caller keeps the count: it must commit although the code was
+    refused. At the limit the pending log in is over.
     """
+    taken = _take_attempt(user.id)
+    if taken is None:
+        return LoginCheck.EXHAUSTED
     row = _row(user.id)
-    if row is None or row.enabled_at is None or row.failed_attempts >= MAX_FAILED_ATTEMPTS:
+    if row is None:
         return LoginCheck.EXHAUSTED
     code = (code or "").strip()
-    if len(code) == 6 and code.isdigit():  # a recovery code is 15 characters
+    if _is_totp_shaped(code):  # a recovery code is 15 characters
         step = _matching_step(_secret(row), code, _now())
         accepted = step is not None and _use_step(user.id, step)
     else:
         accepted = _use_recovery_code(user.id, code)
     if accepted:
         return LoginCheck.ACCEPTED
-    failures = db.session.scalar(
+    return LoginCheck.EXHAUSTED if taken >= MAX_FAILED_ATTEMPTS else LoginCheck.WRONG
+
+
+def _take_attempt(user_id: uuid.UUID) -> int | None:
+    """Count one more attempt, if any is left; how many are used now, or None (none left, or 2FA off).
+
+    One UPDATE, whose row lock makes concurrent attempts wait for each other: of requests sent
+    together, only as many as attempts are left get to check a code (reading the count first and
+    adding to it after the check let all of them through).
+    """
+    taken = db.session.scalar(
         update(UserTwoFactor)
-        .where(UserTwoFactor.user_id == user.id)
+        .where(
+            UserTwoFactor.user_id == user_id,
+            UserTwoFactor.enabled_at.is_not(None),
+            UserTwoFactor.failed_attempts < MAX_FAILED_ATTEMPTS,
+        )
         .values(failed_attempts=UserTwoFactor.failed_attempts + 1)
         .returning(UserTwoFactor.failed_attempts)
+        .execution_options(synchronize_session=False)
     )
-    return LoginCheck.EXHAUSTED if (failures or 0) >= MAX_FAILED_ATTEMPTS else LoginCheck.WRONG
+    return taken
 
 
 def _use_recovery_code(user_id: uuid.UUID, code: str) -> bool:

@@ -39,7 +39,11 @@ def resend(user: User) -> bool:
 
 
 def mark_verified(user: User) -> None:
-    """Record that `user` proved their current address (run as them); keeps an earlier date."""
+    """Record that `user` proved their current address (run as them); keeps an earlier date.
+
+    Unused verification links stop working: they have nothing left to prove, and each would still
+    sign its holder in.
+    """
     if user.email_verified_at is None:
         db.session.execute(
             update(User)
@@ -47,6 +51,7 @@ def mark_verified(user: User) -> None:
             .values(email_verified_at=func.now())
         )
         db.session.refresh(user, ["email_verified_at"])
+        account_tokens.void_unused(user.id, Purpose.VERIFY_EMAIL)
 
 
 def verify(token: AccountToken) -> User:
