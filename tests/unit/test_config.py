@@ -83,3 +83,12 @@ def test_unknown_environment_is_refused():
 def test_non_numeric_setting_is_refused():
     with pytest.raises(ConfigError, match="SMTP_PORT"):
         load_config({"SMTP_PORT": "twenty-five"})
+
+def test_production_without_smtp_host_does_not_print_mail_with_its_links_to_the_log():
+    # The console backend prints each message, reset and magic links included, to the worker's
+    # stdout (past the log redaction): production must never fall back to it unasked.
+    config = load_config(GOOD_PRODUCTION)
+    check_production(config)
+    assert config["MAIL_BACKEND"] == "smtp"
+    assert load_config({**GOOD_PRODUCTION, "MAIL_BACKEND": "console"})["MAIL_BACKEND"] == "console"  # said so
+    assert load_config({"NYXCORE_ENV": "development"})["MAIL_BACKEND"] == "console"
