@@ -84,6 +84,7 @@ def test_non_numeric_setting_is_refused():
     with pytest.raises(ConfigError, match="SMTP_PORT"):
         load_config({"SMTP_PORT": "twenty-five"})
 
+
 def test_production_without_smtp_host_does_not_print_mail_with_its_links_to_the_log():
     # The console backend prints each message, reset and magic links included, to the worker's
     # stdout (past the log redaction): production must never fall back to it unasked.
