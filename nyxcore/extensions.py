@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Flask, current_app
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from flask_login import LoginManager
+from flask_login import LoginManager, current_user
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
@@ -20,6 +22,21 @@ migrate = Migrate()
 login_manager = LoginManager()
 csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address)
+
+
+def configured_limit(setting: str) -> Callable[[], str]:
+    """A Flask-Limiter limit read from the app's config on each request (`RATELIMIT_LOGIN`, ...)."""
+
+    def limit() -> str:
+        value: str = current_app.config[setting]
+        return value
+
+    return limit
+
+
+def per_account() -> str:
+    """A rate-limit key: the signed-in account rather than the client's address."""
+    return f"account:{current_user.get_id()}"
 
 
 class KeyRingHolder:

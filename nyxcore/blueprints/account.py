@@ -19,7 +19,7 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from nyxcore import authz, user_agents
 from nyxcore.errors import DomainError
-from nyxcore.extensions import limiter
+from nyxcore.extensions import configured_limit, limiter
 from nyxcore.forms import ConfirmForm, MinPasswordLength, add_domain_error
 from nyxcore.models import User
 from nyxcore.services import account_deletion, account_settings, sessions
@@ -27,6 +27,8 @@ from nyxcore.services.account_deletion import TeamStanding
 from nyxcore.web import form_page, form_status, notify
 
 bp = Blueprint("account", __name__, url_prefix="/account")
+# Each of these forms checks a password: a stolen session must not make them a guessing oracle.
+PASSWORD_CHECKS = configured_limit("RATELIMIT_LOGIN")
 log = logging.getLogger("nyxcore.account")
 
 
@@ -61,12 +63,6 @@ def _token() -> str | None:
 def _idle() -> timedelta:
     idle: timedelta = current_app.config["SESSION_IDLE_TIMEOUT"]
     return idle
-
-
-def _password_limit() -> str:
-    # Each of these forms checks a password: a stolen session must not make them a guessing oracle.
-    limit: str = current_app.config["RATELIMIT_LOGIN"]
-    return limit
 
 
 def _signed_out(message: str) -> Response:
@@ -117,7 +113,7 @@ def rename() -> Response | tuple[str, int]:
 
 @bp.post("/password")
 @login_required  # type: ignore[untyped-decorator]
-@limiter.limit(_password_limit)
+@limiter.limit(PASSWORD_CHECKS)
 def change_password() -> Response | tuple[str, int]:
     form = PasswordForm()
     token = _token()
@@ -184,7 +180,7 @@ def _delete_account(user: User, form: DeleteAccountForm, standings: list[TeamSta
 
 @bp.route("/delete", methods=["GET", "POST"])
 @login_required  # type: ignore[untyped-decorator]
-@limiter.limit(_password_limit, methods=["POST"])
+@limiter.limit(PASSWORD_CHECKS, methods=["POST"])
 def delete() -> Response | tuple[str, int]:
     user = _me()
     form = DeleteAccountForm()

@@ -7,7 +7,7 @@ The answer to asking is the same whether or not the new address has an account a
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, redirect, render_template, url_for
+from flask import Blueprint, redirect, render_template, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
@@ -16,7 +16,7 @@ from wtforms.validators import DataRequired, Email, Length
 
 from nyxcore import authz
 from nyxcore.errors import DomainError
-from nyxcore.extensions import limiter
+from nyxcore.extensions import configured_limit, limiter, per_account
 from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.services import account_tokens, email_change
 from nyxcore.services.account_tokens import Purpose
@@ -32,23 +32,9 @@ class ChangeEmailForm(FlaskForm):  # type: ignore[misc]
     password = PasswordField("Current password", validators=[DataRequired(), Length(max=256)])
 
 
-def _change_limit() -> str:
-    limit: str = current_app.config["RATELIMIT_EMAIL_CHANGE"]
-    return limit
-
-
-def _link_limit() -> str:
-    limit: str = current_app.config["RATELIMIT_MAGIC_LINK"]
-    return limit
-
-
-def _per_account() -> str:
-    return f"account:{current_user.get_id()}"
-
-
 @bp.route("", methods=["GET", "POST"])
 @login_required  # type: ignore[untyped-decorator]
-@limiter.limit(_change_limit, methods=["POST"], key_func=_per_account)
+@limiter.limit(configured_limit("RATELIMIT_EMAIL_CHANGE"), methods=["POST"], key_func=per_account)
 def change() -> tuple[str, int]:
     """Ask to change the address: a link goes to the new one, a notice to the current one."""
     form = ChangeEmailForm()
@@ -73,7 +59,7 @@ def _refusal(title: str, message: str, status: int) -> tuple[str, int]:
 
 
 @bp.route("/confirm/<change_token>", methods=["GET", "POST"])
-@limiter.shared_limit(_link_limit, scope="account-link")
+@limiter.shared_limit(configured_limit("RATELIMIT_MAGIC_LINK"), scope="account-link")
 def confirm(change_token: str) -> Response | tuple[str, int]:
     """Confirm the new address (POST); GET only shows what would change."""
     form = ConfirmForm()

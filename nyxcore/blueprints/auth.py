@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, redirect, render_template, request, session, url_for
 from flask_login import current_user, logout_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
@@ -11,7 +11,7 @@ from wtforms.validators import DataRequired, Email, Length
 
 from nyxcore import authz
 from nyxcore.errors import DomainError
-from nyxcore.extensions import limiter
+from nyxcore.extensions import configured_limit, limiter
 from nyxcore.forms import MinPasswordLength, add_domain_error
 from nyxcore.services import accounts, two_factor
 from nyxcore.services import signup as signup_service
@@ -39,18 +39,8 @@ def _next_url() -> str | None:
     return target if is_safe_next(target) else None
 
 
-def _signup_limit() -> str:
-    limit: str = current_app.config["RATELIMIT_SIGNUP"]
-    return limit
-
-
-def _login_limit() -> str:
-    limit: str = current_app.config["RATELIMIT_LOGIN"]
-    return limit
-
-
 @bp.route("/signup", methods=["GET", "POST"])
-@limiter.limit(_signup_limit, methods=["POST"])
+@limiter.limit(configured_limit("RATELIMIT_SIGNUP"), methods=["POST"])
 def signup() -> Response | tuple[str, int]:
     """Sign up; a new address and a taken one get the same answer (services/signup.py)."""
     form = SignupForm()
@@ -79,7 +69,7 @@ def check_inbox() -> str:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(_login_limit, methods=["POST"])
+@limiter.limit(configured_limit("RATELIMIT_LOGIN"), methods=["POST"])
 def login() -> Response | tuple[str, int]:
     if current_user.is_authenticated and request.method == "GET":
         return redirect(_next_url() or url_for("team.overview"))

@@ -22,7 +22,7 @@ from wtforms.validators import AnyOf, DataRequired, Length
 from nyxcore import authz
 from nyxcore.authz import acting, role_required
 from nyxcore.errors import DomainError
-from nyxcore.extensions import limiter, login_manager
+from nyxcore.extensions import configured_limit, limiter, login_manager
 from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.navigation import NavEntry
 from nyxcore.pagination import page_number
@@ -50,11 +50,6 @@ class InviteForm(FlaskForm):  # type: ignore[misc]
         validate_choice=False,
         validators=[DataRequired(), AnyOf([role.value for role in TenantRole], message="Choose a role.")],
     )
-
-
-def _magic_link_limit() -> str:
-    limit: str = current_app.config["RATELIMIT_MAGIC_LINK"]
-    return limit
 
 
 def pending_invitations(
@@ -121,7 +116,7 @@ def revoke(invitation_id: uuid.UUID) -> Response:
 
 
 @bp.get("/invite/<token>")
-@limiter.shared_limit(_magic_link_limit, scope="magic-link")
+@limiter.shared_limit(configured_limit("RATELIMIT_MAGIC_LINK"), scope="magic-link")
 def show(token: str) -> tuple[str, int]:
     """The invitation: team, inviter and role, and what the visitor can do. Never consumes it."""
     user = current_user if current_user.is_authenticated else None
@@ -144,7 +139,7 @@ def show(token: str) -> tuple[str, int]:
 
 
 @bp.post("/invite/<token>")
-@limiter.shared_limit(_magic_link_limit, scope="magic-link")
+@limiter.shared_limit(configured_limit("RATELIMIT_MAGIC_LINK"), scope="magic-link")
 def accept(token: str) -> Response:
     """Accept the invitation as the signed-in user, then make its team the active one."""
     if not ConfirmForm().validate_on_submit():

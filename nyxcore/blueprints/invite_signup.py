@@ -8,7 +8,7 @@ accepts on the invitation page instead. Rate limited with the magic link (one bu
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, redirect, render_template, url_for
+from flask import Blueprint, redirect, render_template, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
@@ -17,7 +17,7 @@ from wtforms.validators import DataRequired, Length
 
 from nyxcore import authz
 from nyxcore.errors import DomainError
-from nyxcore.extensions import db, limiter
+from nyxcore.extensions import configured_limit, db, limiter
 from nyxcore.forms import MinPasswordLength, add_domain_error
 from nyxcore.models import User
 from nyxcore.services import invitations
@@ -31,13 +31,8 @@ class InvitedSignupForm(FlaskForm):  # type: ignore[misc]
     password = PasswordField("Password", validators=[DataRequired(), MinPasswordLength(), Length(max=256)])
 
 
-def _magic_link_limit() -> str:
-    limit: str = current_app.config["RATELIMIT_MAGIC_LINK"]
-    return limit
-
-
 @bp.route("/invite/<token>/signup", methods=["GET", "POST"])
-@limiter.shared_limit(_magic_link_limit, scope="magic-link")
+@limiter.shared_limit(configured_limit("RATELIMIT_MAGIC_LINK"), scope="magic-link")
 def signup(token: str) -> Response | tuple[str, int]:
     """Create an account for the invited address and join the team with it."""
     if current_user.is_authenticated:

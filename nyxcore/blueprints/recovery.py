@@ -8,7 +8,7 @@ this browser and every other one out, and sends to log in. web.py sends
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, redirect, render_template, session, url_for
+from flask import Blueprint, redirect, render_template, session, url_for
 from flask_login import logout_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
@@ -17,7 +17,7 @@ from wtforms.validators import DataRequired, Email, Length
 
 from nyxcore import authz
 from nyxcore.errors import DomainError
-from nyxcore.extensions import limiter
+from nyxcore.extensions import configured_limit, limiter
 from nyxcore.forms import MinPasswordLength
 from nyxcore.services import account_tokens, recovery
 from nyxcore.services.account_tokens import Purpose
@@ -38,16 +38,6 @@ class ResetForm(FlaskForm):  # type: ignore[misc]
     )
 
 
-def _reset_limit() -> str:
-    limit: str = current_app.config["RATELIMIT_PASSWORD_RESET"]
-    return limit
-
-
-def _link_limit() -> str:
-    limit: str = current_app.config["RATELIMIT_MAGIC_LINK"]
-    return limit
-
-
 def link_problem(exc: DomainError) -> tuple[str, int]:
     """The page for a dead reset link (404 unknown, 410 used or expired), offering a new one."""
     abandon_changes()
@@ -62,7 +52,7 @@ def link_problem(exc: DomainError) -> tuple[str, int]:
 
 
 @bp.route("/forgot", methods=["GET", "POST"])
-@limiter.limit(_reset_limit, methods=["POST"])
+@limiter.limit(configured_limit("RATELIMIT_PASSWORD_RESET"), methods=["POST"])
 def forgot() -> tuple[str, int]:
     """Ask for a reset link. The same page whether or not an account uses the address."""
     form = ForgotForm()
@@ -73,7 +63,7 @@ def forgot() -> tuple[str, int]:
 
 
 @bp.route("/reset/<reset_token>", methods=["GET", "POST"])
-@limiter.shared_limit(_link_limit, scope="account-link")
+@limiter.shared_limit(configured_limit("RATELIMIT_MAGIC_LINK"), scope="account-link")
 def reset(reset_token: str) -> Response | tuple[str, int]:
     """The new-password form (GET never uses the link); POST sets it and signs everyone out."""
     form = ResetForm()

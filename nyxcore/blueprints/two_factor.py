@@ -8,7 +8,6 @@ import time
 from flask import (
     Blueprint,
     abort,
-    current_app,
     make_response,
     redirect,
     render_template,
@@ -25,13 +24,15 @@ from wtforms.validators import DataRequired, Length
 from nyxcore import authz
 from nyxcore.blueprints.auth import _next_url
 from nyxcore.errors import DomainError
-from nyxcore.extensions import limiter
+from nyxcore.extensions import configured_limit, limiter
 from nyxcore.forms import add_domain_error
 from nyxcore.models import User
 from nyxcore.services import sessions, two_factor
 from nyxcore.web import form_page, form_status, notify
 
 bp = Blueprint("two_factor", __name__)
+# Each form that asks for the password again: a stolen session must not make it a guessing oracle.
+PASSWORD_CHECKS = configured_limit("RATELIMIT_LOGIN")
 # When the password was proved for the set-up on show: a wrong code shows the secret again only then.
 ENROLMENT_KEY = "two_factor_enrolment"
 ENROLMENT_SECONDS = 15 * 60
@@ -115,15 +116,9 @@ def settings() -> tuple[str, int]:
     return _settings_page()
 
 
-def _password_limit() -> str:
-    # Each form that asks for the password again: a stolen session must not make it a guessing oracle.
-    limit: str = current_app.config["RATELIMIT_LOGIN"]
-    return limit
-
-
 @bp.route("/account/two-factor/setup", methods=["GET", "POST"])
 @login_required  # type: ignore[untyped-decorator]
-@limiter.limit(_password_limit, methods=["POST"])
+@limiter.limit(PASSWORD_CHECKS, methods=["POST"])
 def setup() -> Response | tuple[str, int]:
     """POST: the password again, then a new secret. GET: its QR code, its text, and a code to confirm it."""
     if request.method == "GET":
@@ -175,7 +170,7 @@ def confirm() -> Response:
 
 @bp.post("/account/two-factor/recovery-codes")
 @login_required  # type: ignore[untyped-decorator]
-@limiter.limit(_password_limit)
+@limiter.limit(PASSWORD_CHECKS)
 def regenerate() -> Response | tuple[str, int]:
     """The password again, then 10 new recovery codes; the old ones stop working."""
     form = PasswordForm(prefix="codes")
@@ -191,7 +186,7 @@ def regenerate() -> Response | tuple[str, int]:
 
 @bp.post("/account/two-factor/disable")
 @login_required  # type: ignore[untyped-decorator]
-@limiter.limit(_password_limit)
+@limiter.limit(PASSWORD_CHECKS)
 def disable() -> Response | tuple[str, int]:
     """The password again, then two-factor off and the other sessions ended."""
     form = PasswordForm(prefix="disable")
@@ -203,13 +198,8 @@ def disable() -> Response | tuple[str, int]:
     return _settings_page(disable=form)
 
 
-def _two_factor_limit() -> str:
-    limit: str = current_app.config["RATELIMIT_TWO_FACTOR"]
-    return limit
-
-
 @bp.route("/auth/two-factor", methods=["GET", "POST"])
-@limiter.limit(_two_factor_limit, methods=["POST"])
+@limiter.limit(configured_limit("RATELIMIT_TWO_FACTOR"), methods=["POST"])
 def login() -> Response | tuple[str, int]:
     """The log-in code step: a TOTP or recovery code after the password, then the session starts."""
     user_id = authz.pending_second_factor()

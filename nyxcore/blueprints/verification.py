@@ -7,13 +7,13 @@ as another account is told the link is not theirs, and nothing changes.
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, redirect, render_template, url_for
+from flask import Blueprint, abort, redirect, render_template, url_for
 from flask_login import current_user, login_required
 from werkzeug.wrappers.response import Response
 
 from nyxcore import authz
 from nyxcore.errors import DomainError
-from nyxcore.extensions import limiter
+from nyxcore.extensions import configured_limit, limiter, per_account
 from nyxcore.forms import ConfirmForm
 from nyxcore.models import TenantMember
 from nyxcore.services import account_tokens, teams, verification
@@ -21,20 +21,6 @@ from nyxcore.services.account_tokens import Purpose
 from nyxcore.web import abandon_changes, notify
 
 bp = Blueprint("verification", __name__, url_prefix="/auth/verify")
-
-
-def _link_limit() -> str:
-    limit: str = current_app.config["RATELIMIT_MAGIC_LINK"]
-    return limit
-
-
-def _resend_limit() -> str:
-    limit: str = current_app.config["RATELIMIT_VERIFY_RESEND"]
-    return limit
-
-
-def _per_account() -> str:
-    return f"account:{current_user.get_id()}"
 
 
 def _refusal(title: str, message: str, status: int, *, again: bool) -> tuple[str, int]:
@@ -50,7 +36,7 @@ def _refusal(title: str, message: str, status: int, *, again: bool) -> tuple[str
 
 
 @bp.route("/<verify_token>", methods=["GET", "POST"])
-@limiter.shared_limit(_link_limit, scope="account-link")
+@limiter.shared_limit(configured_limit("RATELIMIT_MAGIC_LINK"), scope="account-link")
 def verify(verify_token: str) -> Response | tuple[str, int]:
     """Confirm the address (POST); signs in whoever holds the link if nobody is signed in here."""
     form = ConfirmForm()
@@ -87,7 +73,7 @@ def verify(verify_token: str) -> Response | tuple[str, int]:
 
 @bp.post("/resend")
 @login_required  # type: ignore[untyped-decorator]
-@limiter.limit(_resend_limit, key_func=_per_account)
+@limiter.limit(configured_limit("RATELIMIT_VERIFY_RESEND"), key_func=per_account)
 def resend() -> Response:
     """A new verification link for the signed-in account."""
     if not ConfirmForm().validate_on_submit():
