@@ -11,41 +11,18 @@ import hashlib
 import html
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
 from sqlalchemy import text
 
 from tests.conftest import PASSWORD
 from tests.helpers import count, dicts, scalar
-from tests.integration import worker as celery_worker
-from tests.integration.mailserver import MailServer, running_mail_server
+from tests.integration.mailserver import MailServer
 
+pytestmark = pytest.mark.usefixtures("real_delivery")  # tests/integration/conftest.py
 PUBLIC_URL = "http://nyxcore.test"
 NEW_PASSWORD = "a brand new passphrase"
-
-
-@pytest.fixture
-def mail_server() -> Iterator[MailServer]:
-    with running_mail_server() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _real_delivery(app_config: dict[str, Any], mail_server: MailServer) -> Iterator[None]:
-    """Every test here sends mail over SMTP to `mail_server`, queued on the real Redis broker."""
-    app_config.update(MAIL_BACKEND="smtp", SMTP_HOST=mail_server.host, SMTP_PORT=mail_server.port)
-    app_config["CELERY"] = {**app_config["CELERY"], **celery_worker.celery_config()}
-    yield
-    celery_worker.purge_queue()
-
-
-@pytest.fixture
-def worker(app: Flask) -> Iterator[Any]:
-    with celery_worker.running_worker(app) as running:
-        yield running
 
 
 def page(response: Any) -> str:
