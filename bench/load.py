@@ -214,6 +214,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1, help="repeat the sequence (noisy machines)")
     parser.add_argument("--timeout", type=int, default=10, help="wrk --timeout in seconds")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
+    parser.add_argument(
+        "--pages", default="", help="only these pages, e.g. hello,bare (the reference always runs)"
+    )
     parser.add_argument("--teams", type=int, default=50)
     parser.add_argument("--members", type=int, default=50, help="members per team (at least 3)")
     parser.add_argument("--notes", type=int, default=60, help="notes per team (the list shows 50)")
@@ -593,6 +596,8 @@ def ratio_verdicts(pages: list[Page], by_level: dict[int, dict[str, Series]]) ->
                 f"{_verdict(min(rate, cpu) >= RATIO_TARGET)}: {page.label} at c{level}: {rate:.3f} x the "
                 f"reference's requests/s, {cpu:.3f} x its CPU per request (target >= {RATIO_TARGET} in both)"
             )
+        if "hello" not in series or "bare" not in series:
+            continue
         hello, bare = series["hello"].median("cpu_ms"), series["bare"].median("cpu_ms")
         verdicts.append(
             f"{_verdict(hello <= HELLO_TARGET * bare)}: /bench/hello at c{level}: {hello:.2f} ms CPU per "
@@ -612,7 +617,7 @@ def report(pages: list[Page], by_level: dict[int, dict[str, Series]], args: argp
     )
     verdicts = ratio_verdicts(pages, by_level)
     queue = by_level.get(QUEUE_CONNECTIONS)
-    long_runs = [r for r in queue["team"].runs if r.seconds >= 59.5] if queue else []
+    long_runs = [r for r in queue["team"].runs if r.seconds >= 59.5] if queue and "team" in queue else []
     if queue and long_runs:
         errors = sum(r.errors for r in queue["team"].runs)
         verdicts.append(
@@ -707,7 +712,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"data: {args.teams} teams x {args.members} members, {args.notes} notes and "
                 f"{args.invitations} open invitations per team; signed-in pages as the owner of team 0"
             )
-            pages = pages_for(args, token)
+            wanted = {"reference", *filter(None, args.pages.split(","))}
+            pages = [page for page in pages_for(args, token) if not args.pages or page.name in wanted]
             servers = start_servers(database, run_id, args, out, admin)
             print(
                 f"servers: gunicorn {APP} and {BARE_APP}, each {args.workers} sync workers x 1 thread with "
