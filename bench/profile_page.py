@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--path", action="append", help="page to profile (repeatable; default /team/)")
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--top", type=int, default=0, help="also print the N functions of most cumulative CPU")
     parser.add_argument("--teams", type=int, default=50)
     parser.add_argument("--members", type=int, default=50)
     parser.add_argument("--notes", type=int, default=60)
@@ -85,7 +86,7 @@ def log_in(client: Any) -> None:
         raise RuntimeError(f"log in answered {response.status_code}")
 
 
-def profile_path(client: Any, counter: WireCounter, path: str, requests: int) -> None:
+def profile_path(client: Any, counter: WireCounter, path: str, requests: int, top: int = 0) -> None:
     for _ in range(20):  # warm: templates compiled, statements cached, pool open
         assert client.get(path).status_code == 200
     counter.take()
@@ -120,6 +121,8 @@ def profile_path(client: Any, counter: WireCounter, path: str, requests: int) ->
     )
     for package, ms in breakdown(profile, requests):
         print(f"  {package:<20} {ms:6.2f} ms")
+    if top:
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(top)
     started = time.thread_time()
     for _ in range(requests):
         client.get(path)
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             log_in(client)
             print(f"data: {args.teams} teams x {args.members} members; as the owner of team 0")
             for path in args.path:
-                profile_path(client, counter, path, args.requests)
+                profile_path(client, counter, path, args.requests, args.top)
         finally:
             with app.app_context():
                 db.engine.dispose()

@@ -96,7 +96,7 @@ def register_extensions(app: Flask) -> None:
     keyring.init_app(app)
     tasks.celery_init_app(app)
     with app.app_context():
-        database.configure_engine(db.engine)
+        database.configure_engine(db.engine, ping_idle_seconds=app.config.get("DATABASE_PING_IDLE_SECONDS", 10))
     tenancy.install_orm_scoping()
 
 

@@ -2,7 +2,7 @@
 
 A page that never touches the database begins no transaction and sends no COMMIT; Flask-Limiter
 runs only in the views that declare limits; the WSGI entry point freezes the app's objects out of
-the garbage collector's reach. (The session cookie that is not re-signed on every response is
+the garbage collector's reach; a pooled connection is pinged only when it sat idle. (The session cookie that is not re-signed on every response is
 pinned in test_auth.py, next to the server-side session's ending.)
 """
 
@@ -11,14 +11,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session
 
+from nyxcore.database import configure_engine
 from nyxcore.extensions import limiter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +98,33 @@ def test_the_wsgi_entry_point_freezes_the_app_out_of_the_collector():
         check=True,
     )
     assert int(done.stdout.strip().splitlines()[-1]) > 10_000
+
+
+def test_a_pooled_connection_is_pinged_only_after_sitting_idle(app_config, admin_engine):
+    engine = create_engine(app_config["SQLALCHEMY_DATABASE_URI"], **app_config["SQLALCHEMY_ENGINE_OPTIONS"])
+    configure_engine(engine, ping_idle_seconds=0.5)
+    pings: list[int] = []
+    ping = engine.dialect.do_ping
+
+    def counted_ping(dbapi_connection: object) -> bool:
+        pings.append(1)
+        return ping(dbapi_connection)
+
+    engine.dialect.do_ping = counted_ping  # type: ignore[method-assign]
+
+    def backend() -> int:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+    try:
+        first = backend()
+        assert backend() == first  # the same pooled connection, back a moment ago: no ping
+        assert pings == []
+        with admin_engine.begin() as admin:  # the connection dies while it waits in the pool
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        time.sleep(0.6)
+        replaced = backend()  # pinged, found dead, replaced: the caller never sees the error
+        assert replaced != first
+        assert pings == [1]
+    finally:
+        engine.dispose()
