@@ -14,8 +14,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, String, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased, joinedload
 
@@ -54,13 +55,8 @@ class MemberRow:
     inviter_name: str | None
 
 
-def list_members(actor: Actor, *, page: int, search: str = "", per_page: int = PER_PAGE) -> Page[MemberRow]:
-    """A page of the actor's team's members in join order, and how many match, in one statement.
-
-    The statement leaves the ORM's tenant scoping (built once, it carries no loader criteria) and
-    filters by the actor's team itself; row-level security applies to it as to every statement.
-    The order matches the (tenant_id, joined_at, id) index, so a page of a large team reads one page.
-    """
+def _member_rows(*, search: bool) -> Select[Any]:
+    """The member list's statement, built once per shape: every value is a parameter."""
     inviter = aliased(User)
     query = (
         select(
@@ -76,23 +72,41 @@ def list_members(actor: Actor, *, page: int, search: str = "", per_page: int = P
         )
         .join(User, User.id == TenantMember.user_id)
         .outerjoin(inviter, inviter.id == TenantMember.invited_by)
-        .where(TenantMember.tenant_id == actor.tenant_id)
+        .where(TenantMember.tenant_id == bindparam("tenant_id"))
         .execution_options(**{tenancy.ALL_TENANTS: True})
     )
-    search = search.strip().lower()
     if search:
-        pattern = like_pattern(search)
+        pattern = bindparam("pattern", type_=String)
         query = query.where(
             or_(func.lower(User.name).like(pattern, escape="\\"), User.email.like(pattern, escape="\\"))
         )
+    return (
+        query.order_by(TenantMember.joined_at, TenantMember.id)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+
+
+_MEMBER_ROWS = {searching: _member_rows(search=searching) for searching in (False, True)}
+
+
+def list_members(actor: Actor, *, page: int, search: str = "", per_page: int = PER_PAGE) -> Page[MemberRow]:
+    """A page of the actor's team's members in join order, and how many match, in one statement.
+
+    The statement leaves the ORM's tenant scoping (built once, it carries no loader criteria) and
+    filters by the actor's team itself; row-level security applies to it as to every statement.
+    The order matches the (tenant_id, joined_at, id) index, so a page of a large team reads one page.
+    """
+    search = search.strip().lower()
+    query = _MEMBER_ROWS[bool(search)]
     page = max(page, 1)
-    rows = db.session.execute(
-        query.order_by(TenantMember.joined_at, TenantMember.id).limit(per_page).offset((page - 1) * per_page)
-    ).all()
+    params = {"tenant_id": actor.tenant_id, "pattern": like_pattern(search)}
+    rows = db.session.execute(query, {**params, "limit": per_page, "offset": (page - 1) * per_page}).all()
     if rows:
         total = rows[0][-1]
     elif page > 1:  # past the end: the window had no row to carry the count
-        total = db.session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+        everyone = query.order_by(None).limit(None).offset(None).subquery()
+        total = db.session.scalar(select(func.count()).select_from(everyone), params) or 0
     else:
         total = 0
     return Page([MemberRow(*row[:-1]) for row in rows], page, per_page, total)

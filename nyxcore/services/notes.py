@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import joinedload
 
 from nyxcore.errors import InvalidInput, NotFound
@@ -32,14 +32,18 @@ class NoteLine:
     author_name: str | None
 
 
+_NOTE_LINES = (
+    select(Note.id, Note.title, Note.updated_at, User.name, func.count().over())
+    .outerjoin(User, User.id == Note.author_id)
+    .order_by(Note.updated_at.desc(), Note.id.desc())
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+
+
 def list_notes(*, page: int, per_page: int = PER_PAGE) -> Page[NoteLine]:
     """A page of the active team's notes, most recently changed first, and how many there are (one statement)."""
-    query = select(Note.id, Note.title, Note.updated_at, User.name, func.count().over()).outerjoin(
-        User, User.id == Note.author_id
-    )
-    rows = db.session.execute(
-        query.order_by(Note.updated_at.desc(), Note.id.desc()).limit(per_page).offset((page - 1) * per_page)
-    ).all()
+    rows = db.session.execute(_NOTE_LINES, {"limit": per_page, "offset": (page - 1) * per_page}).all()
     if rows:
         total = rows[0][-1]
     elif page > 1:  # past the end: the window had no row to carry the count
