@@ -9,7 +9,7 @@ teams x members, notes and open invitations; one invitation of team 0 has a toke
 script (only its SHA-256 is stored, as the app does). gunicorn then serves `bench.reference_app:app`
 (the app as wsgi.py builds it, plus the bench routes) with NYXCORE_ENV=production over PostgreSQL
 with row-level security: 2 sync workers of one thread, rate limits on (Redis storage), the default
-pool (DATABASE_POOL_SIZE 5, pre-ping on). Only SESSION_COOKIE_SECURE is off, so that the session
+pool (DATABASE_POOL_SIZE 5, a ping only after 10 s idle). Only SESSION_COOKIE_SECURE is off, so that the session
 cookie works over plain http; the magic-link limit is raised so that a single client address can
 load that page at all (see RESULTS.md).
 
