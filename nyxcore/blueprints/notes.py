@@ -35,7 +35,7 @@ class NoteForm(FlaskForm):  # type: ignore[misc]
 @bp.get("/")
 @role_required(notes.READ)
 def index() -> str:
-    page = notes.list_notes(page=page_number(request.args.get("page")))
+    page = notes.list_notes(acting(), page=page_number(request.args.get("page")))
     return render_template("notes/index.html", page=page, note_url=url_pattern("notes.show", "note_id"))
 
 

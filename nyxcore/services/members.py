@@ -56,8 +56,21 @@ class MemberRow:
 
 
 def _member_rows(*, search: bool) -> Select[Any]:
-    """The member list's statement, built once per shape: every value is a parameter."""
+    """The member list's statement, built once per shape: every value is a parameter.
+
+    The total is an uncorrelated sub-select (computed once, from the members alone unless searching),
+    not `count(*) OVER ()`: a window would join and check every member's user row before the LIMIT,
+    about 250 ms for a team of 50,000.
+    """
     inviter = aliased(User)
+    in_team = TenantMember.tenant_id == bindparam("tenant_id")
+    matches = or_(
+        func.lower(User.name).like(bindparam("pattern", type_=String), escape="\\"),
+        User.email.like(bindparam("pattern", type_=String), escape="\\"),
+    )
+    counted = select(func.count()).select_from(TenantMember).where(in_team)
+    if search:
+        counted = counted.join(User, User.id == TenantMember.user_id).where(matches)
     query = (
         select(
             TenantMember.id,
@@ -68,18 +81,15 @@ def _member_rows(*, search: bool) -> Select[Any]:
             User.email,
             User.two_factor_enabled_at.is_not(None),
             inviter.name,
-            func.count().over(),
+            counted.scalar_subquery(),
         )
         .join(User, User.id == TenantMember.user_id)
         .outerjoin(inviter, inviter.id == TenantMember.invited_by)
-        .where(TenantMember.tenant_id == bindparam("tenant_id"))
+        .where(in_team)
         .execution_options(**{tenancy.ALL_TENANTS: True})
     )
     if search:
-        pattern = bindparam("pattern", type_=String)
-        query = query.where(
-            or_(func.lower(User.name).like(pattern, escape="\\"), User.email.like(pattern, escape="\\"))
-        )
+        query = query.where(matches)
     return (
         query.order_by(TenantMember.joined_at, TenantMember.id)
         .limit(bindparam("limit"))
@@ -104,7 +114,7 @@ def list_members(actor: Actor, *, page: int, search: str = "", per_page: int = P
     rows = db.session.execute(query, {**params, "limit": per_page, "offset": (page - 1) * per_page}).all()
     if rows:
         total = rows[0][-1]
-    elif page > 1:  # past the end: the window had no row to carry the count
+    elif page > 1:  # past the end: no row carried the count
         everyone = query.order_by(None).limit(None).offset(None).subquery()
         total = db.session.scalar(select(func.count()).select_from(everyone), params) or 0
     else:

@@ -32,8 +32,11 @@ class NoteLine:
     author_name: str | None
 
 
+# The total is an uncorrelated sub-select, counted once from the notes alone: `count(*) OVER ()`
+# would join every note's author (a private row under RLS) before the LIMIT.
+_NOTE_COUNT = select(func.count()).select_from(Note).where(Note.tenant_id == bindparam("tenant_id"))
 _NOTE_LINES = (
-    select(Note.id, Note.title, Note.updated_at, User.name, func.count().over())
+    select(Note.id, Note.title, Note.updated_at, User.name, _NOTE_COUNT.scalar_subquery())
     .outerjoin(User, User.id == Note.author_id)
     .order_by(Note.updated_at.desc(), Note.id.desc())
     .limit(bindparam("limit"))
@@ -41,13 +44,14 @@ _NOTE_LINES = (
 )
 
 
-def list_notes(*, page: int, per_page: int = PER_PAGE) -> Page[NoteLine]:
-    """A page of the active team's notes, most recently changed first, and how many there are (one statement)."""
-    rows = db.session.execute(_NOTE_LINES, {"limit": per_page, "offset": (page - 1) * per_page}).all()
+def list_notes(actor: Actor, *, page: int, per_page: int = PER_PAGE) -> Page[NoteLine]:
+    """A page of the actor's team's notes, most recently changed first, and how many there are (one statement)."""
+    params = {"tenant_id": actor.tenant_id, "limit": per_page, "offset": (page - 1) * per_page}
+    rows = db.session.execute(_NOTE_LINES, params).all()
     if rows:
         total = rows[0][-1]
-    elif page > 1:  # past the end: the window had no row to carry the count
-        total = db.session.scalar(select(func.count()).select_from(Note)) or 0
+    elif page > 1:  # past the end: no row carried the count
+        total = db.session.scalar(_NOTE_COUNT, params) or 0
     else:
         total = 0
     return Page([NoteLine(*row[:-1]) for row in rows], page, per_page, total)

@@ -46,6 +46,7 @@ def test_the_member_list_filters_by_the_actors_team_itself(app, make_user, add_m
     assert visible == {both.user_id, other.user_id}  # the other team's members are visible here
     assert {row.user_id for row in listed.items} <= {both.user_id}  # the actor's own row at most
     assert other.user_id not in {row.user_id for row in listed.items}
+    assert listed.total <= 1  # the count is the actor's team's too
 
 
 def test_the_member_list_shows_names_not_hashes(app, team):
@@ -69,7 +70,7 @@ def test_the_notes_list_loads_titles_not_bodies(app, team):
     with app.app_context(), tenancy.tenant_context(user_id=owner.user_id, tenant_id=team.id):
         db.session.add(Note(tenant_id=team.id, author_id=owner.user_id, title="Runbook", body="secret steps"))
         db.session.flush()
-        page = notes.list_notes(page=1)
+        page = notes.list_notes(_actor(owner.user_id), page=1)
     assert [(line.title, line.author_name) for line in page.items] == [("Runbook", owner.name)]
     assert page.total == 1
     assert not hasattr(page.items[0], "body")
