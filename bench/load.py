@@ -1,32 +1,39 @@
-"""Throughput and latency of the main pages under the production configuration, driven by wrk (issue 8).
+"""Throughput and latency of the main pages under the production configuration, driven by wrk (issues 8, 15).
 
-    .venv/bin/python bench/load.py [--connections 64] [--threads 2] [--team-seconds 60] [--seconds 20]
+    .venv/bin/python bench/load.py [--connections 16,64] [--threads 2] [--team-seconds 60] [--seconds 20]
                                    [--rounds 1] [--warmup 3] [--timeout 10] [--workers 2]
                                    [--teams 50] [--members 50] [--notes 60] [--invitations 5]
 
 Creates its own database and roles (bench/_common.py), migrates it and seeds, through plain SQL,
 teams x members, notes and open invitations; one invitation of team 0 has a token known to this
 script (only its SHA-256 is stored, as the app does). gunicorn then serves `bench.reference_app:app`
-(the app as wsgi.py builds it, plus a reference route) with NYXCORE_ENV=production over PostgreSQL
+(the app as wsgi.py builds it, plus the bench routes) with NYXCORE_ENV=production over PostgreSQL
 with row-level security: 2 sync workers of one thread, rate limits on (Redis storage), the default
-pool (DATABASE_POOL_SIZE 5, pre-ping on). Only SESSION_COOKIE_SECURE is off, so that the session
+pool (DATABASE_POOL_SIZE 5, a ping only after 10 s idle). Only SESSION_COOKIE_SECURE is off, so that the session
 cookie works over plain http; the magic-link limit is raised so that a single client address can
 load that page at all (see RESULTS.md).
 
+A second gunicorn, with the same configuration file and workers, serves a five-line Flask app
+(bench/bare_app.py): its hello is the floor that `/bench/hello` through the whole app is compared with.
+
 wrk, in its own process, loads one URL at a time for a fixed time with the same connections and
-threads: the team page `/team/` and the NyxBook list `/notes/` as the owner of team 0 (the session
-cookie of one log in), the magic-link page `/invite/<token>` and `/bench/reference/<id>` (one
-indexed SELECT by primary key, a tiny template) and `/bench/hello` (no database) anonymously. The
-reference runs first and after each round, so machine noise falls on both sides of the ratios.
+threads, once at each --connections level (16: throughput; 64: queueing): the team page `/team/`
+and the NyxBook list `/notes/` as the owner of team 0 (the session cookie of one log in), the
+magic-link page `/invite/<token>`, the reference `/bench/ref50` (signed out, one indexed SELECT of 50
+notes of team 0 through the ORM in that team's context, a template file), `/bench/hello` (no
+database) and the bare Flask hello anonymously. The reference runs first and after each round, so
+machine noise falls on both sides of the ratios.
 After each run the script waits until the workers are idle: the requests wrk leaves in the listen
 backlog when it stops are still served, and would otherwise slow the start of the next run.
 Each run also records the CPU time per request of the gunicorn workers and their PostgreSQL
 backends (from /proc), steadier than requests/s on a shared machine.
 
 Prints requests/s, p50 and p99 latency, errors (non-2xx/3xx responses and socket errors) and the
-ratio to the reference for each page, then PASS or BELOW TARGET for each target: team page and
-NyxBook list >= 0.6 x the reference's requests/s; zero errors on the team page at 64 connections for
-60 s; p99 within 4 x p50 on every page; every response a 200 (no 429, no redirect to log in).
+ratios to the reference (requests/s and CPU per request) for each page and level, then PASS or
+BELOW TARGET for each target of issue 15: team page and NyxBook list >= 0.6 x the reference in
+requests/s and in CPU per request at every level; /bench/hello <= 1.2 x the bare Flask hello's CPU
+per request; zero errors on the team page at 64 connections for 60 s; p99 within 4 x p50 at 16
+connections; every response a 200 (no 429, no redirect to log in).
 Exits 0 unless the benchmark itself failed (2 when wrk is missing). Drops its database and roles.
 """
 
@@ -78,6 +85,9 @@ REDIS_URL = (
 )
 PASSWORD = "correct horse battery staple"  # noqa: S105 (the seeded users of a throwaway database)
 RATIO_TARGET = 0.6
+HELLO_TARGET = 1.2  # /bench/hello's CPU per request over the bare Flask hello's
+QUEUE_CONNECTIONS = 64  # the level at which the team page must run 60 s without an error
+BARE_APP = "bench.bare_app:app"
 TAIL_TARGET = 4.0  # p99 / p50
 IDLE_CPU_SECONDS = 0.025  # CPU of all gunicorn workers in 0.25 s below which they are idle (10% of a core)
 OUT = ROOT / "bench" / "out"
@@ -85,13 +95,7 @@ POOL_SIZE = os.environ.get("DATABASE_POOL_SIZE") or "5"  # the app's default; me
 INSTALL_WRK = "sudo apt-get install wrk   (Debian/Ubuntu package `wrk`)"
 
 
-def md5_uuid(name: str) -> uuid.UUID:
-    """The ids the seed gives rows: md5 of a name, as PostgreSQL's md5(...)::uuid computes them."""
-    return uuid.UUID(hashlib.md5(name.encode()).hexdigest())  # noqa: S324 (an id, not a secret)
-
-
 OWNER_EMAIL = "user0-0@bench.example"
-REFERENCE_USER = md5_uuid("user-0-0")
 
 SEED_STATEMENTS = (
     *SEED_TEAM_STATEMENTS,
@@ -146,11 +150,13 @@ class Page:
     shown_path: str  # what is printed (the magic-link token stays out of the output)
     signed_in: bool
     expect: str  # text the page must contain
+    server: str = "app"  # which gunicorn serves it: "app" or "bare"
 
 
 @dataclass
 class Run:
     page: str
+    connections: int
     seconds: float
     requests: int
     rate: float
@@ -198,7 +204,9 @@ class Series:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--connections", type=int, default=64, help="wrk -c (open connections)")
+    parser.add_argument(
+        "--connections", default="16,64", help="wrk -c (open connections), one run of everything per level"
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk -t (threads)")
     parser.add_argument("--team-seconds", type=int, default=60, help="length of a team page run")
     parser.add_argument("--seconds", type=int, default=20, help="length of every other run")
@@ -206,11 +214,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1, help="repeat the sequence (noisy machines)")
     parser.add_argument("--timeout", type=int, default=10, help="wrk --timeout in seconds")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
+    parser.add_argument(
+        "--pages", default="", help="only these pages, e.g. hello,bare (the reference always runs)"
+    )
     parser.add_argument("--teams", type=int, default=50)
     parser.add_argument("--members", type=int, default=50, help="members per team (at least 3)")
     parser.add_argument("--notes", type=int, default=60, help="notes per team (the list shows 50)")
     parser.add_argument("--invitations", type=int, default=5, help="open invitations per team (at least 1)")
     args = parser.parse_args(argv)
+    try:
+        args.levels = [int(level) for level in str(args.connections).split(",") if level.strip()]
+    except ValueError:
+        parser.error("--connections takes numbers separated by commas, e.g. 16,64")
+    if not args.levels or min(args.levels) < 1:
+        parser.error("--connections needs at least one level of at least 1")
     if min(args.team_seconds, args.seconds, args.timeout) < 1 or args.warmup < 0:
         parser.error("wrk takes whole seconds: --team-seconds, --seconds and --timeout at least 1")
     if args.members < 3 or args.invitations < 1 or args.teams < 1 or args.notes < 1:
@@ -294,21 +311,32 @@ def production_environment(database: BenchDatabase, run_id: str) -> dict[str, st
 
 
 class LoadServer(GunicornServer):
-    """GunicornServer (bench/_common.py) serving bench.reference_app:app instead of wsgi:app.
+    """GunicornServer (bench/_common.py) serving `app` (bench.reference_app:app) instead of wsgi:app.
 
     The same command otherwise: the project's gunicorn.conf.py when it exists, then, winning over
-    it, the bind address and `workers` sync workers of one thread each.
+    it, the bind address and `workers` sync workers of one thread each. The bare Flask app is served
+    by exactly this command too, so the two differ only in the app.
     """
 
-    def __init__(self, environment: Mapping[str, str], *, workers: int, log_dir: Path) -> None:
-        self.name = "load"
+    def __init__(
+        self,
+        environment: Mapping[str, str],
+        *,
+        workers: int,
+        log_dir: Path,
+        app: str = APP,
+        name: str = "load",
+        ready_path: str = "/api/v1/health",
+    ) -> None:
+        self.name = name
         self.port = free_port()
-        self.log_path = log_dir / "gunicorn.log"
+        self.ready_path = ready_path
+        self.log_path = log_dir / f"gunicorn-{name}.log"
         command = [sys.executable, "-m", "gunicorn"]
         if (ROOT / "gunicorn.conf.py").exists():
             command += ["--config", str(ROOT / "gunicorn.conf.py")]
         command += ["--bind", f"127.0.0.1:{self.port}", "--workers", str(workers)]
-        command += ["--worker-class", "sync", "--threads", "1", "--log-level", "warning", APP]
+        command += ["--worker-class", "sync", "--threads", "1", "--log-level", "warning", app]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command,
@@ -318,6 +346,22 @@ class LoadServer(GunicornServer):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until `ready_path` answers 200; raise with the server's log if it never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            try:
+                connection.request("GET", self.ready_path)
+                if connection.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            finally:
+                connection.close()
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn ({self.name}) did not start:\n{self.log_tail()}")
 
 
 def signed_in_cookie(port: int) -> str:
@@ -370,8 +414,8 @@ def run_wrk(
     script: Path,
     raw_output: Path | None,
 ) -> dict[str, Any]:
-    """wrk against one page for `seconds`; its summary, with the output saved to `raw_output`."""
-    command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s", "--latency"]
+    """wrk against one page for `seconds` at args.level connections; its summary, saved to `raw_output`."""
+    command = ["wrk", f"-t{min(args.threads, args.level)}", f"-c{args.level}", f"-d{seconds:g}s", "--latency"]
     command += ["--timeout", f"{args.timeout:g}s", "-s", str(script)]
     for name, value in headers_for(page, cookie).items():
         command += ["-H", f"{name}: {value}"]
@@ -408,6 +452,7 @@ def measure(
     socket_errors = sum(int(summary[k]) for k in ("connect", "read", "write", "timeout"))
     return Run(
         page=page.name,
+        connections=args.level,
         seconds=duration,
         requests=requests,
         rate=requests / duration,
@@ -430,8 +475,8 @@ def wrk_version() -> str:
 def pages_for(args: argparse.Namespace, token: str) -> list[Page]:
     """The URLs loaded, the reference first; each with the text that proves it rendered."""
     return [
-        Page("reference", "the reference", f"/bench/reference/{REFERENCE_USER}", "/bench/reference/<id>",
-             signed_in=False, expect="Bench User 0-0"),
+        Page("reference", "the reference", "/bench/ref50", "/bench/ref50", signed_in=False,
+             expect="Bench note 0-0"),
         Page("team", "team page /team/", "/team/", "/team/", signed_in=True,
              expect=f"Members ({args.members})"),
         Page("notes", "NyxBook list /notes/", "/notes/", "/notes/", signed_in=True, expect="Bench note 0-0"),
@@ -439,6 +484,8 @@ def pages_for(args: argparse.Namespace, token: str) -> list[Page]:
              expect="Join Bench team 0"),
         Page("hello", "hello page", "/bench/hello", "/bench/hello", signed_in=False,
              expect="Hello from NyxCore"),
+        Page("bare", "bare Flask hello", "/bench/hello", "bare Flask /bench/hello", signed_in=False,
+             expect="Hello from Flask", server="bare"),
     ]  # fmt: skip
 
 
@@ -460,29 +507,38 @@ def wait_until_idle(server: GunicornServer, *, limit: float = 60.0) -> float:
     return time.monotonic() - started
 
 
+@dataclass
+class Servers:
+    """The app's gunicorn and the bare Flask app's, with CPU meters of their workers (and the app's backends)."""
+
+    app: LoadServer
+    bare: LoadServer
+    meters: dict[str, tuple[CpuMeter, CpuMeter]]
+
+    def of(self, page: Page) -> LoadServer:
+        return self.bare if page.server == "bare" else self.app
+
+
 def run_sequence(
-    server: GunicornServer,
-    pages: list[Page],
-    cookie: str,
-    args: argparse.Namespace,
-    script: Path,
-    out: Path,
-    meters: tuple[CpuMeter, CpuMeter],
+    servers: Servers, pages: list[Page], cookie: str, args: argparse.Namespace, script: Path, out: Path
 ) -> dict[str, Series]:
-    """Warm every page up, then `rounds` rounds of every page, with the reference closing each round."""
-    port = server.port
+    """At args.level connections: warm every page up, then `rounds` rounds of every page, the reference closing each."""
     for page in pages:
         if args.warmup > 0:
-            run_wrk(port, page, cookie, args.warmup, args, script, None)
-            wait_until_idle(server)
+            run_wrk(servers.of(page).port, page, cookie, args.warmup, args, script, None)
+            wait_until_idle(servers.of(page))
     by_name = {page.name: page for page in pages}
     series = {page.name: Series() for page in pages}
     order = [page.name for page in pages] * args.rounds + ["reference"]
     for number, name in enumerate(order, 1):
         page = by_name[name]
-        seconds = args.team_seconds if name == "team" else args.seconds
-        raw_output = out / f"wrk-{number:02d}-{name}.txt"
-        run = measure(port, page, cookie, seconds, args, script, raw_output, meters)
+        server = servers.of(page)
+        long_run = name == "team" and args.level == QUEUE_CONNECTIONS
+        seconds = args.team_seconds if long_run else args.seconds
+        raw_output = out / f"wrk-c{args.level}-{number:02d}-{name}.txt"
+        run = measure(
+            server.port, page, cookie, seconds, args, script, raw_output, servers.meters[page.server]
+        )
         run.drain_seconds = wait_until_idle(server)
         series[name].runs.append(run)
         print_run(number, run, page)
@@ -495,7 +551,7 @@ def run_sequence(
 def print_run(number: int, run: Run, page: Page) -> None:
     statuses = ", ".join(f"{status}: {count}" for status, count in sorted(run.statuses.items()))
     print(
-        f"  run {number:>2}  {page.name:<9} {run.seconds:5.1f} s {run.rate:7.1f} req/s  "
+        f"  c{run.connections} run {number:>2}  {page.name:<9} {run.seconds:5.1f} s {run.rate:7.1f} req/s  "
         f"p50 {run.p50_ms:7.1f} ms  p99 {run.p99_ms:7.1f} ms  errors {run.errors} "
         f"(non-2xx/3xx {run.non_2xx_3xx}, socket {run.socket_errors})  CPU/request gunicorn "
         f"{run.app_cpu_ms:5.2f} ms + postgres {run.db_cpu_ms:5.2f} ms  [{statuses}]  "
@@ -508,66 +564,125 @@ def _ratio(numerator: float, denominator: float, digits: int = 2) -> str:
     return f"{numerator / denominator:.{digits}f}" if denominator else "-"
 
 
-def report(pages: list[Page], series: dict[str, Series], args: argparse.Namespace) -> list[str]:
-    """Print the table and the targets; return the verdict lines."""
+def print_table(level: int, pages: list[Page], series: dict[str, Series]) -> None:
     reference = series["reference"]
     print(
-        f"\n{'page':<10} {'URL':<26} {'runs':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8} "
-        f"{'errors':>6} {'ratio':>6} {'CPU ms/req':>10} {'CPU ratio':>9}"
+        f"\nc{level:<4} {'page':<10} {'URL':<24} {'runs':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'p99/p50':>8} {'errors':>6} {'ratio':>6} {'CPU ms/req':>10} {'CPU ratio':>9}"
     )
     for page in pages:
         s = series[page.name]
         p50, p99 = s.median("p50_ms"), s.median("p99_ms")
         print(
-            f"{page.name:<10} {page.shown_path:<26} {len(s.runs):>4} {s.rate:8.1f} {p50:8.1f} {p99:8.1f} "
-            f"{_ratio(p99, p50):>8} {s.errors:>6} {_ratio(s.rate, reference.rate, 3):>6} "
+            f"{'':<5} {page.name:<10} {page.shown_path:<24} {len(s.runs):>4} {s.rate:8.1f} {p50:8.1f} "
+            f"{p99:8.1f} {_ratio(p99, p50):>8} {s.errors:>6} {_ratio(s.rate, reference.rate, 3):>6} "
             f"{s.median('cpu_ms'):10.2f} {_ratio(reference.median('cpu_ms'), s.median('cpu_ms'), 3):>9}"
         )
+
+
+def _verdict(passed: bool) -> str:
+    return "PASS" if passed else "BELOW TARGET"
+
+
+def ratio_verdicts(pages: list[Page], by_level: dict[int, dict[str, Series]]) -> list[str]:
+    """Team page and NyxBook list against the reference, and /bench/hello against bare Flask, per level."""
+    verdicts = []
+    for level, series in by_level.items():
+        reference = series["reference"]
+        for page in (p for p in pages if p.name in ("team", "notes")):
+            rate = series[page.name].rate / reference.rate if reference.rate else 0.0
+            cpu = reference.median("cpu_ms") / series[page.name].median("cpu_ms")
+            verdicts.append(
+                f"{_verdict(min(rate, cpu) >= RATIO_TARGET)}: {page.label} at c{level}: {rate:.3f} x the "
+                f"reference's requests/s, {cpu:.3f} x its CPU per request (target >= {RATIO_TARGET} in both)"
+            )
+        if "hello" not in series or "bare" not in series:
+            continue
+        hello, bare = series["hello"].median("cpu_ms"), series["bare"].median("cpu_ms")
+        verdicts.append(
+            f"{_verdict(hello <= HELLO_TARGET * bare)}: /bench/hello at c{level}: {hello:.2f} ms CPU per "
+            f"request, {hello / bare:.2f} x the bare Flask hello's {bare:.2f} ms (target <= {HELLO_TARGET}; "
+            f"requests/s {_ratio(series['hello'].rate, series['bare'].rate)} x)"
+        )
+    return verdicts
+
+
+def report(pages: list[Page], by_level: dict[int, dict[str, Series]], args: argparse.Namespace) -> list[str]:
+    """Print the tables and the targets; return the verdict lines."""
+    for level, series in by_level.items():
+        print_table(level, pages, series)
     print(
         "(req/s: all requests / all seconds of that page's runs; p50, p99, CPU: median of its runs; "
         "ratio: req/s over the reference's; CPU ratio: the reference's CPU per request over the page's)"
     )
-    verdicts = []
-    for page in (p for p in pages if p.name in ("team", "notes")):
-        name = page.name
-        ratio = series[name].rate / reference.rate if reference.rate else 0.0
+    verdicts = ratio_verdicts(pages, by_level)
+    queue = by_level.get(QUEUE_CONNECTIONS)
+    long_runs = [r for r in queue["team"].runs if r.seconds >= 59.5] if queue and "team" in queue else []
+    if queue and long_runs:
+        errors = sum(r.errors for r in queue["team"].runs)
         verdicts.append(
-            f"{'PASS' if ratio >= RATIO_TARGET else 'BELOW TARGET'}: {page.label} at {ratio:.3f} x the "
-            f"reference's requests/s (target >= {RATIO_TARGET}; CPU-based "
-            f"{_ratio(reference.median('cpu_ms'), series[name].median('cpu_ms'), 3)})"
-        )
-    long_runs = [r for r in series["team"].runs if r.seconds >= 59.5]
-    errors = sum(r.errors for r in series["team"].runs)
-    if long_runs:
-        verdicts.append(
-            f"{'PASS' if errors == 0 else 'BELOW TARGET'}: {errors} errors on the team page at "
-            f"{args.connections} connections over {sum(r.seconds for r in series['team'].runs):.0f} s "
-            f"(target 0 for 60 s; all pages: {sum(s.errors for s in series.values())})"
+            f"{_verdict(errors == 0)}: {errors} errors on the team page at {QUEUE_CONNECTIONS} connections "
+            f"over {sum(r.seconds for r in queue['team'].runs):.0f} s (target 0 for 60 s)"
         )
     else:
-        verdicts.append(f"NOT MEASURED: zero errors for 60 s (the team page ran {args.team_seconds:g} s)")
-    empty = [run.page for s in series.values() for run in s.runs if not run.requests]
-    worst = max(
-        ((run.p99_ms / run.p50_ms, run.page) for s in series.values() for run in s.runs if run.p50_ms),
-        default=(0.0, "-"),
-    )
+        verdicts.append(f"NOT MEASURED: zero errors for 60 s at c{QUEUE_CONNECTIONS} (not run that long)")
+    every = [run for series in by_level.values() for s in series.values() for run in s.runs]
+    empty = sorted({f"{run.page} (c{run.connections})" for run in every if not run.requests})
     if empty:
         verdicts.append(f"BELOW TARGET: no response at all in a run of {', '.join(empty)}")
+    tails = [(run.p99_ms / run.p50_ms, run.page) for run in every if run.p50_ms and run.connections == 16]
+    if tails:
+        worst = max(tails)
+        verdicts.append(
+            f"{_verdict(worst[0] <= TAIL_TARGET)}: p99 within {TAIL_TARGET:g} x p50 in every run at c16 "
+            f"(worst {worst[0]:.2f} x, {worst[1]})"
+        )
+    else:
+        verdicts.append("NOT MEASURED: p99 within 4 x p50 at c16 (no run at 16 connections)")
+    other: dict[str, int] = {}
+    for run in every:
+        for status, count in run.statuses.items():
+            if status != "200" and count:
+                other[status] = other.get(status, 0) + count
     verdicts.append(
-        f"{'PASS' if worst[0] <= TAIL_TARGET else 'BELOW TARGET'}: p99 within {TAIL_TARGET:g} x p50 in "
-        f"every run (worst {worst[0]:.2f} x, {worst[1]})"
-    )
-    other = {
-        status: count
-        for s in series.values()
-        for status, count in s.statuses.items()
-        if status != "200" and count
-    }
-    verdicts.append(
-        f"{'PASS' if not other else 'BELOW TARGET'}: every response a 200 "
-        f"({other or 'none other'}; 429s: {sum(s.statuses.get('429', 0) for s in series.values())})"
+        f"{_verdict(not other)}: every response a 200 ({other or 'none other'}; 429s: {other.get('429', 0)})"
     )
     return verdicts
+
+
+def start_servers(
+    database: BenchDatabase, run_id: str, args: argparse.Namespace, out: Path, admin: Engine
+) -> Servers:
+    """The app and the bare Flask app, each under the same gunicorn command; both ready."""
+    environment = production_environment(database, run_id)
+    app = LoadServer(environment, workers=args.workers, log_dir=out)
+    bare = LoadServer(
+        environment, workers=args.workers, log_dir=out, app=BARE_APP, name="bare", ready_path="/bench/hello"
+    )
+    servers = Servers(app, bare, {})
+    try:
+        app.wait_ready()
+        bare.wait_ready()
+    except RuntimeError:
+        app.stop()
+        bare.stop()
+        raise
+    servers.meters = {
+        "app": (CpuMeter(app.worker_pids), CpuMeter(partial(backend_pids, admin, database))),
+        "bare": (CpuMeter(bare.worker_pids), CpuMeter(list)),
+    }
+    return servers
+
+
+def run_levels(
+    servers: Servers, pages: list[Page], cookie: str, args: argparse.Namespace, script: Path, out: Path
+) -> dict[int, dict[str, Series]]:
+    by_level = {}
+    for level in args.levels:
+        args.level = level
+        print(f"-- {level} connections", flush=True)
+        by_level[level] = run_sequence(servers, pages, cookie, args, script, out)
+    return by_level
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -582,10 +697,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True)
     script = out / "statuses.lua"
     script.write_text(WRK_SCRIPT)
-    print("Load on the main pages under the production configuration (issue 8)", flush=True)
+    print("Load on the main pages under the production configuration (issues 8 and 15)", flush=True)
     with throwaway_database("nyxcore_load") as database:
         admin = create_engine(database.admin_url)
-        server: LoadServer | None = None
+        servers: Servers | None = None
         try:
             print(
                 f"machine: {machine_description()}; PostgreSQL {server_version(admin)}; "
@@ -597,27 +712,26 @@ def main(argv: list[str] | None = None) -> int:
                 f"data: {args.teams} teams x {args.members} members, {args.notes} notes and "
                 f"{args.invitations} open invitations per team; signed-in pages as the owner of team 0"
             )
-            pages = pages_for(args, token)
-            server = LoadServer(production_environment(database, run_id), workers=args.workers, log_dir=out)
-            server.wait_ready()
+            wanted = {"reference", *filter(None, args.pages.split(","))}
+            pages = [page for page in pages_for(args, token) if not args.pages or page.name in wanted]
+            servers = start_servers(database, run_id, args, out, admin)
             print(
-                f"server: gunicorn {APP}, {args.workers} sync workers x 1 thread, NYXCORE_ENV=production "
-                f"(rate limits on, in Redis), pool_size {POOL_SIZE} (DATABASE_POOL_SIZE) with pre-ping"
+                f"servers: gunicorn {APP} and {BARE_APP}, each {args.workers} sync workers x 1 thread with "
+                f"gunicorn.conf.py, NYXCORE_ENV=production (rate limits on, in Redis), pool_size {POOL_SIZE}"
             )
-            cookie = signed_in_cookie(server.port)
+            cookie = signed_in_cookie(servers.app.port)
             for page in pages:
-                check_page(server.port, page, cookie)
-            meters = (CpuMeter(server.worker_pids), CpuMeter(partial(backend_pids, admin, database)))
+                check_page(servers.of(page).port, page, cookie)
             print(
-                f"wrk -t{args.threads} -c{args.connections} --latency --timeout {args.timeout:g}s "
-                f"-H 'User-Agent: {USER_AGENT}' [-H 'Cookie: session=...' on the signed-in pages]; "
-                f"team page {args.team_seconds:g} s, others {args.seconds:g} s, {args.rounds} round(s), "
-                f"{args.warmup:g} s unrecorded warm-up per page",
+                f"wrk -t{args.threads} -c{','.join(map(str, args.levels))} --latency --timeout {args.timeout:g}s "
+                f"-H 'User-Agent: {USER_AGENT}' [-H 'Cookie: session=...' on the signed-in pages]; team page "
+                f"{args.team_seconds:g} s at c{QUEUE_CONNECTIONS}, others {args.seconds:g} s, {args.rounds} "
+                f"round(s), {args.warmup:g} s unrecorded warm-up per page",
                 flush=True,
             )
-            series = run_sequence(server, pages, cookie, args, script, out, meters)
+            by_level = run_levels(servers, pages, cookie, args, script, out)
             connections = len(backend_pids(admin, database))
-            verdicts = report(pages, series, args)
+            verdicts = report(pages, by_level, args)
             print(
                 f"app-role connections to PostgreSQL after the runs: {connections} "
                 f"({args.workers} sync workers, one request at a time each; pool_size {POOL_SIZE} per process)"
@@ -625,13 +739,14 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 "load average at the end "
                 + " ".join(f"{x:.2f}" for x in os.getloadavg())
-                + f"; wrk outputs and the gunicorn log: {out.relative_to(ROOT)}"
+                + f"; wrk outputs and the gunicorn logs: {out.relative_to(ROOT)}"
             )
             for verdict in verdicts:
                 print(verdict)
         finally:
-            if server is not None:
-                server.stop()
+            if servers is not None:
+                servers.app.stop()
+                servers.bare.stop()
             admin.dispose()
             forget_rate_limits(run_id)
     return 0

@@ -1,13 +1,15 @@
-"""The app exactly as `wsgi:app` builds it, plus two bench-only routes for bench/load.py (issue 8).
+"""The app exactly as `wsgi:app` builds it, plus bench-only routes for bench/load.py (issues 8 and 15).
 
-    gunicorn bench.reference_app:app ...
+    gunicorn bench.reference_app:app ...   (from the checkout: it imports wsgi.py)
 
-- `GET /bench/reference/<uuid>`: one indexed SELECT by primary key (`users`, so that no tenant
-  context is needed) rendered through a tiny template. It goes through everything a real page
-  goes through (request hooks, the tenant-context event, the pool and its pre-ping, the commit at
-  the end, the security headers), so a page's throughput divided by this one's says what the page
-  itself costs on top of the stack.
-- `GET /bench/hello`: a constant string, no database: the floor of the stack.
+- `GET /bench/ref50`: the reference. Signed out, one indexed SELECT of 50 notes of team 0 through the
+  ORM inside that team's context (so the ORM scoping and row-level security apply), rendered into a
+  table from a template file (compiled once, cached by Jinja like every page's). It goes through
+  everything a real page goes through (request hooks, the tenant-context event, the pool, the
+  commit at the end, the security headers), so a page's throughput divided by this one's says what
+  the page itself costs on top of the stack for the same kind of work.
+- `GET /bench/hello`: a constant string, no database: the stack's fixed cost per request, compared
+  with a bare Flask app (bench/bare_app.py) under the same gunicorn configuration.
 
 Serving every URL from one app keeps the reference in the same processes and configuration as the
 pages it is compared with. Never deployed: wsgi.py does not import this module.
@@ -15,32 +17,41 @@ pages it is compared with. Never deployed: wsgi.py does not import this module.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
-from flask import abort, render_template_string
-from sqlalchemy import text
+from flask import Blueprint, render_template
+from sqlalchemy import select
 
-from nyxcore import create_app, tenancy
+from nyxcore import tenancy
 from nyxcore.extensions import db
+from nyxcore.models import Note
+from wsgi import app  # the app exactly as deployed
 
-REFERENCE_TEMPLATE = "<!doctype html><title>Reference</title><p>{{ name }} &lt;{{ email }}&gt;</p>"
+# The seed's team 0 (bench/_common.py: md5('team-0')::uuid).
+REFERENCE_TEAM = uuid.UUID(hashlib.md5(b"team-0").hexdigest())  # noqa: S324 (an id, not a secret)
+ROWS = 50
 
-app = create_app()
-
-
-@app.get("/bench/reference/<uuid:user_id>")
-def reference(user_id: uuid.UUID) -> str:
-    """One primary-key lookup and a tiny template (as that user: `users` is private under RLS)."""
-    with tenancy.tenant_context(user_id=user_id):
-        row = db.session.execute(
-            text("SELECT name, email FROM users WHERE id = :id"), {"id": user_id}
-        ).one_or_none()
-    if row is None:
-        abort(404)
-    return render_template_string(REFERENCE_TEMPLATE, name=row.name, email=row.email)
+bench = Blueprint("bench", __name__, url_prefix="/bench", template_folder="templates")
 
 
-@app.get("/bench/hello")
+@bench.get("/ref50")
+def ref50() -> str:
+    """50 notes of team 0, newest first, by the (tenant_id, updated_at) index, into a template file."""
+    with tenancy.tenant_context(tenant_id=REFERENCE_TEAM):
+        rows = db.session.execute(
+            select(Note.id, Note.title, Note.updated_at)
+            .where(Note.tenant_id == REFERENCE_TEAM)
+            .order_by(Note.updated_at.desc())
+            .limit(ROWS)
+        ).all()
+    return render_template("bench/ref50.html", rows=rows)
+
+
+@bench.get("/hello")
 def hello() -> str:
     """No database, no template."""
     return "Hello from NyxCore"
+
+
+app.register_blueprint(bench)

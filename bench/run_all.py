@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_all.py [name ...]     # e.g. `load` to run bench/load.py only
 
-Runs rls_overhead.py, load.py and email_pipeline.py (when it exists) with their default settings;
+Runs rls_overhead.py, load.py, size.py and email_pipeline.py (when it exists) with their default settings;
 their figures go to the terminal (record them in RESULTS.md). load.py needs wrk: when it is
 missing, it is skipped with the command that installs it, and the run ends with status 1.
 """
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-BENCHMARKS = ("rls_overhead", "load", "email_pipeline")
+BENCHMARKS = ("rls_overhead", "load", "size", "email_pipeline")
 NEEDS = {"load": "wrk"}
 INSTALL = {"wrk": "sudo apt-get install wrk   (Debian/Ubuntu package `wrk`)"}
 

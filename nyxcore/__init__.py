@@ -92,11 +92,29 @@ def register_extensions(app: Flask) -> None:
     login_manager.session_protection = "strong"
     csrf.init_app(app)
     limiter.init_app(app)
+    drop_idle_limiter_hook(app)
     keyring.init_app(app)
     tasks.celery_init_app(app)
     with app.app_context():
-        database.configure_engine(db.engine)
+        database.configure_engine(db.engine, ping_idle_seconds=app.config.get("DATABASE_PING_IDLE_SECONDS", 10))
     tenancy.install_orm_scoping()
+
+
+def drop_idle_limiter_hook(app: Flask) -> None:
+    """Flask-Limiter's before_request hook checks only app-wide (default, application, meta) limits.
+
+    NyxCore declares none: its limits decorate views (log in, sign-up, magic links, two-factor),
+    and those decorators check them themselves. Without app-wide limits the hook does nothing but
+    costs every request a resolution of the endpoint's limits, so it is removed.
+    """
+    from nyxcore.extensions import limiter
+
+    manager = limiter.limit_manager
+    if manager.default_limits or manager.application_limits or limiter._meta_limits:
+        return
+    hooks = app.before_request_funcs.get(None, [])
+    if limiter._check_request_limit in hooks:
+        hooks.remove(limiter._check_request_limit)
 
 
 def check_database_role(app: Flask) -> None:

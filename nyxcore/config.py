@@ -71,6 +71,7 @@ def load_config(
         "SQLALCHEMY_DATABASE_URI": database_url,
         "MIGRATION_DATABASE_URL": env.get("MIGRATION_DATABASE_URL") or database_url,
         "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(database_url, env),
+        "DATABASE_PING_IDLE_SECONDS": _int(env, "DATABASE_PING_IDLE_SECONDS", 10),
         "NYXCORE_APP_ROLE": env.get("NYXCORE_APP_ROLE", DEFAULT_APP_ROLE),
         "REDIS_URL": redis_url,
         "PUBLIC_URL": env.get("PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/"),
@@ -232,7 +233,9 @@ def trusted_networks(setting: str) -> tuple[IPv4Network | IPv6Network, ...]:
 def _engine_options(database_url: str, env: Mapping[str, str]) -> dict[str, Any]:
     if database_url.startswith("postgresql"):
         return {
-            "pool_pre_ping": True,
+            # No SELECT 1 before every checkout: database.configure_engine pings only a connection
+            # that sat idle in the pool longer than DATABASE_PING_IDLE_SECONDS.
+            "pool_pre_ping": False,
             "pool_size": _int(env, "DATABASE_POOL_SIZE", 5),
             "connect_args": {"connect_timeout": _int(env, "DATABASE_CONNECT_TIMEOUT", 5)},
         }

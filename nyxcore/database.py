@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import time
+import weakref
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Connection, Dialect, Engine
 
 from nyxcore import tenancy
 
+_CHECKED_IN_AT = "nyxcore_checked_in_at"
 
-def configure_engine(engine: Engine) -> None:
-    """Install the tenant-context events (PostgreSQL) or the SQLite transaction fixes."""
+
+def configure_engine(engine: Engine, *, ping_idle_seconds: float = 10.0) -> None:
+    """Install the tenant-context events and the idle ping (PostgreSQL) or the SQLite transaction fixes."""
     if engine.dialect.name == "postgresql":
         tenancy.install_engine_events(engine)
+        install_idle_ping(engine, ping_idle_seconds)
     elif engine.dialect.name == "sqlite" and not event.contains(engine, "connect", _sqlite_connect):
         # pysqlite's own transaction handling breaks SAVEPOINT; let SQLAlchemy emit BEGIN itself.
         event.listen(engine, "connect", _sqlite_connect)
@@ -29,3 +34,46 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
 
 def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN")
+
+
+def install_idle_ping(engine: Engine, idle_seconds: float) -> None:
+    """Check a pooled connection with a ping before use only if it sat idle longer than `idle_seconds`.
+
+    A pre-ping on every checkout is a round trip on every request. A connection handed back a moment
+    ago was alive a moment ago; one that waited longer (across a database restart, a firewall's idle
+    cut) is pinged, and a dead one is replaced before the request uses it: DisconnectionError makes
+    the pool discard it and connect again.
+    """
+    if engine in _PINGING:
+        return
+    _PINGING.add(engine)
+    ping = IdlePing(engine.dialect, idle_seconds)
+    event.listen(engine, "checkin", ping.checkin)
+    event.listen(engine, "checkout", ping.checkout)
+
+
+_PINGING: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+class IdlePing:
+    """The pool events of install_idle_ping: note when a connection comes back, ping it if it waited long."""
+
+    def __init__(self, dialect: Dialect, idle_seconds: float) -> None:
+        self.dialect = dialect
+        self.idle_seconds = idle_seconds
+
+    def checkin(self, dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    def checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        checked_in_at = record.info.get(_CHECKED_IN_AT)
+        if checked_in_at is None or time.monotonic() - checked_in_at <= self.idle_seconds:
+            return  # just connected, or back in the pool only a moment ago
+        try:
+            alive = self.dialect.do_ping(dbapi_connection)
+        except self.dialect.loaded_dbapi.Error as error:
+            if not self.dialect.is_disconnect(error, dbapi_connection, None):
+                raise
+            alive = False
+        if not alive:
+            raise exc.DisconnectionError("the pooled connection no longer answers")

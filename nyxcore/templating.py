@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
-from flask import Flask
+from flask import Flask, url_for
 
 from nyxcore import authz, navigation
+
+_SLOT = uuid.UUID(int=0)
+
+
+def url_pattern(endpoint: str, argument: str, **values: Any) -> str:
+    """`url_for(endpoint)` with the UUID `argument` left as `{}`, for `.format(id)` in each row of a table.
+
+    Routing once per page instead of once per row; the route stays the one source of the URL.
+    """
+    values[argument] = _SLOT
+    return url_for(endpoint, **values).replace(str(_SLOT), "{}")
 
 
 def format_time(value: datetime | None) -> str:

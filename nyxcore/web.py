@@ -45,6 +45,19 @@ ERROR_TITLES = {
     502: ("Service problem", "A service NyxCore relies on did not answer as expected. Try again later."),
 }
 _SKIP_CONTEXT_ENDPOINTS = {"static", "api.health"}
+# Added to every response that does not set them itself (one pass over the headers, not one per name).
+_SECURITY_HEADERS = (
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("X-Frame-Options", "DENY"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+)
+_SECURE_HEADERS = (*_SECURITY_HEADERS, ("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
 
 
 _KEEP = "nyxcore_keep_changes"  # on g: the view returned and did not abandon its changes
@@ -114,12 +127,16 @@ def register_request_hooks(app: Flask) -> None:
     @app.after_request
     def finish_transaction(response: Response) -> Response:
         # One commit per request, when its view returned; then the messages and queued mail.
+        # A request that never touched the database (no session, or no transaction begun) sends nothing.
+        used = db.session.registry.has()
         if g.pop(_KEEP, False):
-            db.session.commit()
+            if used and db.session().in_transaction():
+                db.session.commit()
             for message, category in g.pop(_NOTICES, []):
                 flash(message, category)
-            mail.dispatch_queued()
-        else:
+            if used:  # mail is queued on the session
+                mail.dispatch_queued()
+        elif used:
             db.session.rollback()
             mail.discard_queued()
         return response
@@ -127,24 +144,17 @@ def register_request_hooks(app: Flask) -> None:
     @app.after_request
     def security_headers(response: Response) -> Response:
         headers = response.headers
-        headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
-        )
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("Referrer-Policy", "same-origin")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        present = {name.lower() for name in headers.keys()}  # noqa: SIM118 (Headers iterates as pairs)
+        defaults = _SECURE_HEADERS if app.config["SESSION_COOKIE_SECURE"] else _SECURITY_HEADERS
+        headers.extend([(name, value) for name, value in defaults if name.lower() not in present])
         if (request.endpoint and request.endpoint.startswith("invite.")) or any(
             name.endswith("token") for name in request.view_args or {}
         ):
             # A token in the path (magic links, account links): send only the origin (which CSRF
             # checks over HTTPS need), never the path.
             headers["Referrer-Policy"] = "strict-origin"
-        if app.config["SESSION_COOKIE_SECURE"]:
-            headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
-        headers.setdefault("X-Request-ID", g.get("request_id", ""))
+        if "x-request-id" not in present:
+            headers["X-Request-ID"] = g.get("request_id", "")
         return response
 
     @app.teardown_request

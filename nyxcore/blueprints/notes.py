@@ -20,6 +20,7 @@ from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.navigation import NavEntry
 from nyxcore.pagination import page_number
 from nyxcore.services import notes
+from nyxcore.templating import url_pattern
 from nyxcore.web import form_page, notify
 
 bp = Blueprint("notes", __name__, url_prefix="/notes")
@@ -34,8 +35,8 @@ class NoteForm(FlaskForm):  # type: ignore[misc]
 @bp.get("/")
 @role_required(notes.READ)
 def index() -> str:
-    page = notes.list_notes(page=page_number(request.args.get("page")))
-    return render_template("notes/index.html", page=page)
+    page = notes.list_notes(acting(), page=page_number(request.args.get("page")))
+    return render_template("notes/index.html", page=page, note_url=url_pattern("notes.show", "note_id"))
 
 
 @bp.route("/new", methods=["GET", "POST"])

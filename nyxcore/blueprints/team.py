@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
+from markupsafe import Markup
 from werkzeug.wrappers.response import Response
 from wtforms import SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, Length
@@ -21,6 +22,7 @@ from nyxcore.pagination import page_number
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import audit as audit_events
 from nyxcore.services import invitations, members
+from nyxcore.templating import url_pattern
 from nyxcore.tenancy import Actor
 from nyxcore.web import form_status, notify
 
@@ -62,23 +64,36 @@ def _validated(form: FlaskForm) -> None:
 def overview() -> str:
     actor = acting()
     search = request.args.get("q", "")[:100]
-    page = members.list_members(page=_page_arg(), search=search)
+    page = members.list_members(actor, page=_page_arg(), search=search)
     # Admins see the first few pending invitations here; the invitations page has them all.
     pending: dict[str, Any] = {}
     if invitations.MANAGE.permits(actor.role, email_verified=actor.email_verified):
         pending = pending_invitations(actor, page=1, per_page=10)
         del pending["confirm_form"]  # the page has its own bare CSRF form
+    # What every row needs is worked out once per page: which rows the actor may manage, the
+    # <option>s for each current role, and the forms' URLs.
+    grantable = grantable_roles(actor.role)
     return render_template(
         "team/overview.html",
         tenant=actor.tenant,
         page=page,
         search=search,
-        role_form=RoleForm(),
-        grantable=grantable_roles(actor.role),
-        can_manage_member=lambda m: m.id != actor.member_id and can_manage_role(actor.role, m.role, m.role),
+        manageable={
+            m.id for m in page.items if m.id != actor.member_id and can_manage_role(actor.role, m.role, m.role)
+        },
+        role_options={role: role_options(grantable, selected=role) for role in TenantRole},
+        role_url=url_pattern("team.change_role", "member_id"),
+        remove_url=url_pattern("team.remove_member", "member_id"),
         confirm_form=ConfirmForm(),
         **pending,
     )
+
+
+def role_options(roles: list[TenantRole], *, selected: TenantRole) -> Markup:
+    """The <option>s of a role select with `selected` chosen."""
+    option = Markup('<option value="{}"{}>{}</option>')
+    chosen = Markup(" selected")
+    return Markup("").join(option.format(r.value, chosen if r is selected else "", r.label) for r in roles)
 
 
 @bp.post("/members/<uuid:member_id>/role")
@@ -116,8 +131,8 @@ def _render_settings(
 ) -> tuple[str, int]:
     transfer = TransferForm(prefix="transfer")
     transfer.member_id.choices = [
-        SelectChoice(str(m.id), f"{m.user.name} ({m.role.label})")
-        for m in members.list_members(page=1, per_page=500).items
+        SelectChoice(str(m.id), f"{m.name} ({m.role.label})")
+        for m in members.list_members(actor, page=1, per_page=500).items
         if m.id != actor.member_id
     ]
     form = form or SettingsForm(obj=actor.tenant)

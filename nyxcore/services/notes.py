@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import joinedload
 
 from nyxcore.errors import InvalidInput, NotFound
 from nyxcore.extensions import db
-from nyxcore.models import Note
+from nyxcore.models import Note, User
 from nyxcore.pagination import Page
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole
@@ -20,17 +22,39 @@ READ = Operation("notes.read", TenantRole.VIEWER)
 WRITE = Operation("notes.write", TenantRole.MEMBER)
 
 
-def list_notes(*, page: int, per_page: int = PER_PAGE) -> Page[Note]:
-    """A page of the active team's notes, most recently changed first, with authors (2 queries)."""
-    total = db.session.scalar(select(func.count()).select_from(Note)) or 0
-    notes = db.session.scalars(
-        select(Note)
-        .options(joinedload(Note.author))
-        .order_by(Note.updated_at.desc(), Note.id.desc())
-        .limit(per_page)
-        .offset((page - 1) * per_page)
-    ).all()
-    return Page(list(notes), page, per_page, total)
+@dataclass(frozen=True)
+class NoteLine:
+    """A note as the list shows it: its title, when it changed and who wrote it (no body)."""
+
+    id: uuid.UUID
+    title: str
+    updated_at: datetime
+    author_name: str | None
+
+
+# The total is an uncorrelated sub-select, counted once from the notes alone: `count(*) OVER ()`
+# would join every note's author (a private row under RLS) before the LIMIT.
+_NOTE_COUNT = select(func.count()).select_from(Note).where(Note.tenant_id == bindparam("tenant_id"))
+_NOTE_LINES = (
+    select(Note.id, Note.title, Note.updated_at, User.name, _NOTE_COUNT.scalar_subquery())
+    .outerjoin(User, User.id == Note.author_id)
+    .order_by(Note.updated_at.desc(), Note.id.desc())
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+
+
+def list_notes(actor: Actor, *, page: int, per_page: int = PER_PAGE) -> Page[NoteLine]:
+    """A page of the actor's team's notes, most recently changed first, and how many there are (one statement)."""
+    params = {"tenant_id": actor.tenant_id, "limit": per_page, "offset": (page - 1) * per_page}
+    rows = db.session.execute(_NOTE_LINES, params).all()
+    if rows:
+        total = rows[0][-1]
+    elif page > 1:  # past the end: no row carried the count
+        total = db.session.scalar(_NOTE_COUNT, params) or 0
+    else:
+        total = 0
+    return Page([NoteLine(*row[:-1]) for row in rows], page, per_page, total)
 
 
 def get_note(note_id: uuid.UUID) -> Note:

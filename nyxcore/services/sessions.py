@@ -12,7 +12,7 @@ import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, bindparam, select, update
 
 from nyxcore.errors import NotFound
 from nyxcore.extensions import db
@@ -64,13 +64,25 @@ def _live(user_id: uuid.UUID, now: datetime, idle: timedelta) -> list[ColumnElem
     ]
 
 
+# Built once: a request pays for its parameters only, not for building and keying the statement.
+_LIVE_SESSION = (
+    select(User, UserSession)
+    .join(UserSession, UserSession.user_id == User.id)
+    .where(
+        UserSession.token_hash == bindparam("token_hash"),
+        UserSession.user_id == bindparam("user_id"),
+        UserSession.revoked_at.is_(None),
+        UserSession.expires_at > bindparam("now"),
+        UserSession.last_seen_at > bindparam("idle_since"),
+    )
+)
+
+
 def load(user_id: uuid.UUID, token: str, *, idle: timedelta) -> User | None:
     """The user of a live session named by `token`, in one query; None when it has ended."""
     now = _now()
     row = db.session.execute(
-        select(User, UserSession)
-        .join(UserSession, UserSession.user_id == User.id)
-        .where(UserSession.token_hash == _hash(token), *_live(user_id, now, idle))
+        _LIVE_SESSION, {"token_hash": _hash(token), "user_id": user_id, "now": now, "idle_since": now - idle}
     ).one_or_none()
     if row is None:
         return None

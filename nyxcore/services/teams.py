@@ -7,7 +7,7 @@ import secrets
 import unicodedata
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import contains_eager
 
@@ -95,21 +95,22 @@ def _slug_candidates(base: str) -> list[str]:
     ]
 
 
+_MEMBERSHIPS = (
+    select(TenantMember)
+    .join(TenantMember.tenant)
+    .options(contains_eager(TenantMember.tenant))
+    .where(TenantMember.user_id == bindparam("user_id"))
+    .order_by(Tenant.name, Tenant.id)
+    .execution_options(**{tenancy.ALL_TENANTS: True})
+)
+
+
 def memberships_of(user_id: uuid.UUID) -> list[TenantMember]:
-    """Every team the user belongs to, with the team loaded, by team name (one query).
+    """Every team the user belongs to, with the team loaded, by team name (one query, built once).
 
     The request reads this once: it gives both the active membership and the team switcher.
     """
-    return list(
-        db.session.scalars(
-            select(TenantMember)
-            .join(TenantMember.tenant)
-            .options(contains_eager(TenantMember.tenant))
-            .where(TenantMember.user_id == user_id)
-            .order_by(Tenant.name, Tenant.id)
-            .execution_options(**{tenancy.ALL_TENANTS: True})
-        )
-    )
+    return list(db.session.scalars(_MEMBERSHIPS, {"user_id": user_id}))
 
 
 def choose_active(memberships: list[TenantMember], wanted_tenant_id: uuid.UUID | None) -> TenantMember | None:

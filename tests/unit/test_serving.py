@@ -48,6 +48,9 @@ def test_access_log_atoms_are_redacted_everywhere_a_token_can_hide():
     response = SimpleNamespace(status="404 NOT FOUND", headers=[("Location", f"/invite/{TOKEN}")], sent=12)
     request = SimpleNamespace(headers=[("REFERER", environ["HTTP_REFERER"])])
     logger = object.__new__(RedactingLogger)  # atoms() needs no handlers; __init__ would install them
+    logger.cfg = SimpleNamespace(
+        access_log_format='%(r)s %(U)s %(q)s %(s)s "%(f)s" %({Referer}i)s %({location}o)s %({http_referer}e)s'
+    )
 
     atoms = logger.atoms(response, request, environ, timedelta(milliseconds=3))
 
@@ -56,6 +59,36 @@ def test_access_log_atoms_are_redacted_everywhere_a_token_can_hide():
     assert atoms["U"] == "/invite/[redacted]"
     assert atoms["f"] == "https://nyxcore.example.com/invite/[redacted]"
     assert atoms["s"] == "404"
+    assert atoms["{location}o"] == "/invite/[redacted]"
+
+
+def test_access_log_makes_only_the_atoms_its_format_uses():
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": "/team/",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_USER_AGENT": "curl/8",
+        "HTTP_X_REQUEST_ID": "abc",
+        "wsgi.input": object(),
+    }
+    response = SimpleNamespace(status="200 OK", headers=[("Content-Type", "text/html")], sent=5)
+    request = SimpleNamespace(headers=[("USER-AGENT", "curl/8"), ("X-REQUEST-ID", "abc")])
+    logger = object.__new__(RedactingLogger)
+    logger.cfg = SimpleNamespace(access_log_format=read_gunicorn_conf_format())
+
+    atoms = logger.atoms(response, request, environ, timedelta(milliseconds=3))
+
+    assert set(atoms) == {"h", "r", "s", "b", "M", "f", "a", "{x-request-id}i"}
+    assert atoms["{x-request-id}i"] == "abc"
+    assert atoms["a"] == "curl/8"
+    assert atoms["M"] == 3
+
+
+def read_gunicorn_conf_format() -> str:
+    log_format = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["access_log_format"]
+    assert isinstance(log_format, str)
+    return log_format
 
 
 def read_gunicorn_conf(monkeypatch: pytest.MonkeyPatch, **environ: str) -> dict[str, object]:

@@ -170,17 +170,27 @@ def _invite_one(
 
 
 def list_pending(*, page: int, per_page: int = PER_PAGE) -> Page[Invitation]:
-    """The active team's open invitations (expired ones included), newest first, with inviter and email."""
-    query = select(Invitation).where(Invitation.consumed_at.is_(None), Invitation.revoked_at.is_(None))
-    total = db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    """The active team's open invitations (expired ones included), newest first, with inviter and email.
+
+    One statement: the page and, with `count(*) OVER ()`, how many there are.
+    """
+    query = select(Invitation, func.count().over()).where(
+        Invitation.consumed_at.is_(None), Invitation.revoked_at.is_(None)
+    )
     page = max(page, 1)
-    items = db.session.scalars(
+    rows = db.session.execute(
         query.options(joinedload(Invitation.inviter), joinedload(Invitation.outbox_email))
         .order_by(Invitation.created_at.desc(), Invitation.id.desc())
         .limit(per_page)
         .offset((page - 1) * per_page)
     ).all()
-    return Page(list(items), page, per_page, total)
+    if rows:
+        total = rows[0][1]
+    elif page > 1:  # past the end: the window had no row to carry the count
+        total = db.session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    else:
+        total = 0
+    return Page([row[0] for row in rows], page, per_page, total)
 
 
 def _managed_open_invitation(actor: Actor, invitation_id: uuid.UUID) -> Invitation:

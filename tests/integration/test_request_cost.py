@@ -1,0 +1,130 @@
+"""Every request's fixed cost (issue 15): a request pays only for what it uses.
+
+A page that never touches the database begins no transaction and sends no COMMIT; Flask-Limiter
+runs only in the views that declare limits; the WSGI entry point freezes the app's objects out of
+the garbage collector's reach; a pooled connection is pinged only when it sat idle. (The session cookie that is not re-signed on every response is
+pinned in test_auth.py, next to the server-side session's ending.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.orm import Session
+
+from nyxcore.database import configure_engine
+from nyxcore.extensions import limiter
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def transactions() -> Iterator[dict[str, int]]:
+    """Count the ORM sessions' transactions begun and committed inside the block."""
+    seen = {"begun": 0, "committed": 0}
+
+    def begun(*args: object) -> None:
+        seen["begun"] += 1
+
+    def committed(*args: object) -> None:
+        seen["committed"] += 1
+
+    event.listen(Session, "after_begin", begun)
+    event.listen(Session, "after_commit", committed)
+    try:
+        yield seen
+    finally:
+        event.remove(Session, "after_begin", begun)
+        event.remove(Session, "after_commit", committed)
+
+
+def test_a_page_without_the_database_begins_no_transaction(anonymous):
+    anonymous.get("/auth/login")
+    with transactions() as seen:
+        assert anonymous.get("/auth/login").status_code == 200
+    assert seen == {"begun": 0, "committed": 0}
+
+
+def test_a_signed_in_page_commits_once(as_member):
+    with transactions() as seen:
+        assert as_member.get("/team/").status_code == 200
+    assert seen == {"begun": 1, "committed": 1}
+
+
+def test_a_page_that_raises_commits_nothing(as_viewer):
+    with transactions() as seen:
+        assert as_viewer.get("/team/settings").status_code == 403
+    assert seen["committed"] == 0
+
+
+LIMITS_ON = {"RATELIMIT_ENABLED": True, "RATELIMIT_STORAGE_URI": "memory://", "RATELIMIT_MAGIC_LINK": "2 per minute"}
+
+
+@pytest.mark.own_app
+def test_the_limiter_checks_only_views_that_declare_limits(app_config, request):
+    app_config.update(LIMITS_ON, RATELIMIT_KEY_PREFIX=f"cost-{os.getpid()}-{id(request)}")
+    app = request.getfixturevalue("app")
+    assert limiter._check_request_limit not in app.before_request_funcs[None]
+    client = app.test_client()
+    assert client.get("/auth/login").status_code == 200
+    statuses = [client.get("/invite/not-a-real-token-but-long-enough").status_code for _ in range(3)]
+    assert statuses == [404, 404, 429]  # the magic-link view's own limit still counts
+
+
+@pytest.mark.own_app
+def test_an_app_wide_limit_keeps_the_limiter_on_every_request(app_config, request):
+    app_config.update(LIMITS_ON, RATELIMIT_DEFAULT="2 per minute")
+    app = request.getfixturevalue("app")
+    assert limiter._check_request_limit in app.before_request_funcs[None]
+
+
+def test_the_wsgi_entry_point_freezes_the_app_out_of_the_collector():
+    environ = {**os.environ, "NYXCORE_ENV": "testing", "DATABASE_URL": "sqlite://", "REDIS_URL": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", "import gc, wsgi; print(gc.get_freeze_count())"],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert int(done.stdout.strip().splitlines()[-1]) > 10_000
+
+
+def test_a_pooled_connection_is_pinged_only_after_sitting_idle(app_config, admin_engine):
+    engine = create_engine(app_config["SQLALCHEMY_DATABASE_URI"], **app_config["SQLALCHEMY_ENGINE_OPTIONS"])
+    configure_engine(engine, ping_idle_seconds=0.5)
+    pings: list[int] = []
+    ping = engine.dialect.do_ping
+
+    def counted_ping(dbapi_connection: object) -> bool:
+        pings.append(1)
+        return ping(dbapi_connection)
+
+    engine.dialect.do_ping = counted_ping  # type: ignore[method-assign]
+
+    def backend() -> int:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+    try:
+        first = backend()
+        assert backend() == first  # the same pooled connection, back a moment ago: no ping
+        assert pings == []
+        with admin_engine.begin() as admin:  # the connection dies while it waits in the pool
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        time.sleep(0.6)
+        replaced = backend()  # pinged, found dead, replaced: the caller never sees the error
+        assert replaced != first
+        assert pings == [1]
+    finally:
+        engine.dispose()
