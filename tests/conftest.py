@@ -193,6 +193,21 @@ def rolled_back(request: pytest.FixtureRequest) -> bool:
     return not (COMMITTED_FIXTURES.intersection(names) or request.node.get_closest_marker("committed"))
 
 
+_TABLES: dict[str, list[str]] = {}
+
+
+def _tables(conn: Any) -> list[str]:
+    """The test database's tables (every migration has run before any test: read them once)."""
+    key = str(conn.engine.url)
+    if key not in _TABLES:
+        _TABLES[key] = list(
+            conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+            ).scalars()
+        )
+    return _TABLES[key]
+
+
 @pytest.fixture(autouse=True)
 def _empty_tables(request: pytest.FixtureRequest) -> Iterator[None]:
     engine = request.getfixturevalue("admin_engine") if "database" in request.fixturenames else None
@@ -200,19 +215,21 @@ def _empty_tables(request: pytest.FixtureRequest) -> Iterator[None]:
     if engine is None:
         return
     with engine.begin() as conn:
-        tables = list(
-            conn.execute(
-                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
-            ).scalars()
-        )
+        tables = _tables(conn)
         if request.node.stash.get(ROLLED_BACK, False):
             # Nothing may survive the rollback; if something did, it went round the test's transaction.
-            left = [t for t in tables if conn.execute(text(f'SELECT EXISTS (SELECT 1 FROM "{t}")')).scalar()]
+            found = conn.execute(
+                text(" UNION ALL ".join(f"SELECT '{t}' WHERE EXISTS (SELECT 1 FROM \"{t}\")" for t in tables))
+            ).scalars()
+            left = list(found)
             if not left:
                 return
         else:
             left = []
-        conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+        # DELETE rather than TRUNCATE: 1 ms instead of 37 for these small tables (TRUNCATE makes new
+        # files for every table). As the superuser with foreign keys' triggers off, in any order.
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(text("; ".join(f'DELETE FROM "{t}"' for t in tables)))
     if left:
         pytest.fail(f"rows in {left} were committed on the rolled-back path: mark the test `committed`")
 
