@@ -271,7 +271,11 @@ def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R
                 flash("You are not in a team yet. Create one to continue.", "info")  # nothing to commit
                 return redirect(url_for("teams.new"))
             needed.check(actor)
-            if actor.tenant.require_two_factor and actor.user.two_factor_enabled_at is None:
+            if (
+                actor.tenant.require_two_factor
+                and actor.user.two_factor_enabled_at is None
+                and not needed.before_two_factor
+            ):
                 # Both read with the user and the membership: the team's requirement costs no query.
                 flash(f"{actor.tenant.name} requires two-factor authentication. Turn it on to continue.", "info")
                 return redirect(url_for("two_factor.settings"))

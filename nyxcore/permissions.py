@@ -32,11 +32,14 @@ class Operation:
 
     `needs_verified_email`: the operation sends mail to others or reaches outside (invitations,
     GitHub), so an account whose address is not proved yet may not do it, whatever its role.
+    `before_two_factor`: allowed to a member who has not turned on the two-factor authentication
+    their team requires (leaving the team), where every other page sends them to enrol first.
     """
 
     name: str
     minimum: TenantRole
     needs_verified_email: bool = False
+    before_two_factor: bool = False
 
     def __post_init__(self) -> None:
         if OPERATIONS.setdefault(self.name, self) != self:

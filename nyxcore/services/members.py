@@ -34,7 +34,7 @@ from nyxcore.tenancy import Actor
 PER_PAGE = 50
 VIEW = Operation("team.view", TenantRole.VIEWER)
 MANAGE = Operation("members.manage", TenantRole.ADMIN)
-LEAVE = Operation("team.leave", TenantRole.VIEWER)
+LEAVE = Operation("team.leave", TenantRole.VIEWER, before_two_factor=True)  # a team may not hold you hostage
 SETTINGS = Operation("team.settings", TenantRole.OWNER)
 TRANSFER = Operation("team.transfer", TenantRole.OWNER)
 DELETE = Operation("team.delete", TenantRole.OWNER)

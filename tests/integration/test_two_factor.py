@@ -24,11 +24,11 @@ from nyxcore.models import UserTwoFactor
 from nyxcore.roles import TenantRole
 from nyxcore.services import two_factor as two_factor_service
 from tests.conftest import PASSWORD
-from tests.helpers import count, rows, scalar
+from tests.helpers import count, role_of, rows, scalar
 
 SECRET = re.compile(r'id="two-factor-secret"[^>]*>([A-Z2-7]+)<')
 CODE = re.compile(r"<li><code>([a-z2-7]{5}-[a-z2-7]{5}-[a-z2-7]{5})</code></li>")
-O, A, M = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER
+O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 
 
 @dataclass
@@ -303,12 +303,22 @@ def test_a_required_team_sends_a_member_without_it_to_enrol_first(team, as_owner
         assert response.location == "/account/two-factor", path
     page = as_member.get("/account/two-factor").get_data(as_text=True)
     assert "requires two-factor authentication. Turn it on to continue." in page
+    assert 'action="/team/leave"' in page  # a team may require it, not hold the member hostage
     assert as_member.post_form("/teams/switch", {"tenant_id": str(team.accounts[M].team_id)}).status_code == 302
     assert as_member.get("/team/").status_code == 200  # their own team does not require it
     as_member.post_form("/teams/switch", {"tenant_id": str(team.id)})
     enrol(as_member, clock)
     assert as_member.get("/team/").status_code == 200
     assert as_member.post_form("/auth/logout").status_code == 302
+
+
+def test_a_member_without_it_may_still_leave_a_team_that_requires_it(team, as_owner, as_viewer, clock, admin_engine):
+    enrol(as_owner, clock)
+    as_owner.post_form("/team/two-factor", {"require": "y"})
+    assert as_viewer.get("/team/").location == "/account/two-factor"
+    left = as_viewer.post_form("/team/leave")
+    assert left.status_code == 302 and left.location != "/account/two-factor"
+    assert role_of(admin_engine, team.id, team.accounts[V].user_id) is None
 
 
 def test_admins_see_who_has_not_turned_it_on_and_members_do_not(team, as_owner, as_admin, as_member, clock):
