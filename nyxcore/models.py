@@ -185,7 +185,8 @@ class UserTwoFactor(UUIDPrimaryKey, Base):
 
     `enabled_at` is None while the enrolment is unconfirmed (not active). `last_used_step` is the
     TOTP time step of the last accepted code, so the same code is never accepted twice, and
-    `failed_attempts` counts wrong codes of the current pending log in.
+    `failed_attempts` counts wrong codes offered since the last right one, `last_failed_at` dates the
+    last of them: after MAX_FAILED_ATTEMPTS the code step is closed until that is LOCKOUT old.
     """
 
     __tablename__ = "user_two_factor"
@@ -199,6 +200,7 @@ class UserTwoFactor(UUIDPrimaryKey, Base):
     enabled_at: Mapped[datetime | None]
     last_used_step: Mapped[int | None] = mapped_column(BigInteger)
     failed_attempts: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    last_failed_at: Mapped[datetime | None]
 
 
 class RecoveryCode(UUIDPrimaryKey, Base):

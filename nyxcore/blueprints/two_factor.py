@@ -217,7 +217,8 @@ def login() -> Response | tuple[str, int]:
             return redirect(_next_url() or url_for("team.overview"))
     if outcome is two_factor.LoginCheck.EXHAUSTED:
         authz.forget_second_factor()
-        notify("Too many wrong codes. Log in with your password again.", "error")
+        minutes = int(two_factor.LOCKOUT.total_seconds() // 60)
+        notify(f"Too many wrong codes. Log in again in {minutes} minutes; until then no code is accepted.", "error")
         return redirect(url_for("auth.login", next=_next_url()))
     form.code.errors = [two_factor.WRONG_CODE + " Or enter one of your recovery codes."]
     # Not form_page: the count of wrong codes must be committed although the code was refused.

@@ -19,11 +19,11 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pyotp
 import segno
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 
 from nyxcore.crypto import DecryptionError, Sealed
 from nyxcore.errors import Conflict, InvalidInput, NotFound
@@ -39,6 +39,7 @@ SEE_MEMBERS = Operation("two_factor.see_members", TenantRole.ADMIN)  # who has n
 ISSUER = "NyxCore"
 RECOVERY_CODES = 10
 MAX_FAILED_ATTEMPTS = 5
+LOCKOUT = timedelta(minutes=15)  # after MAX_FAILED_ATTEMPTS wrong codes, the code step stays closed this long
 _CODE_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # base32: 5 bits a character, 75 bits a code
 WRONG_PASSWORD = "That password is not right."  # noqa: S105 (a message)
 WRONG_CODE = "That code is not valid. Enter the current 6-digit code from your authenticator app."
@@ -211,13 +212,12 @@ def recovery_codes_left(user: User) -> int:
 
 
 def begin_login(user: User) -> bool:
-    """After the password: True (and a fresh count of wrong codes) when the user must give a code."""
-    if user.two_factor_enabled_at is None:
-        return False
-    db.session.execute(
-        update(UserTwoFactor).where(UserTwoFactor.user_id == user.id).values(failed_attempts=0)
-    )
-    return True
+    """After the password: True when the user must give a code.
+
+    The count of wrong codes is not reset here: it belongs to the account, so a known password
+    buys MAX_FAILED_ATTEMPTS guesses per LOCKOUT, not per log in.
+    """
+    return user.two_factor_enabled_at is not None
 
 
 def user_for_login(user_id: uuid.UUID) -> User:
@@ -259,14 +259,19 @@ def _take_attempt(user_id: uuid.UUID) -> int | None:
     together, only as many as attempts are left get to check a code (reading the count first and
     adding to it after the check let all of them through).
     """
+    now = _now()
+    stale = or_(UserTwoFactor.last_failed_at.is_(None), UserTwoFactor.last_failed_at < now - LOCKOUT)
     taken = db.session.scalar(
         update(UserTwoFactor)
         .where(
             UserTwoFactor.user_id == user_id,
             UserTwoFactor.enabled_at.is_not(None),
-            UserTwoFactor.failed_attempts < MAX_FAILED_ATTEMPTS,
+            or_(UserTwoFactor.failed_attempts < MAX_FAILED_ATTEMPTS, stale),
         )
-        .values(failed_attempts=UserTwoFactor.failed_attempts + 1)
+        .values(
+            failed_attempts=case((stale, 1), else_=UserTwoFactor.failed_attempts + 1),
+            last_failed_at=now,
+        )
         .returning(UserTwoFactor.failed_attempts)
         .execution_options(synchronize_session=False)
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyotp
 import pytest
-from sqlalchemy import event, insert
+from sqlalchemy import event, insert, text
 
 from nyxcore import tenancy
 from nyxcore.crypto import KeyRing, Sealed, generate_key_setting
@@ -224,6 +224,25 @@ def test_five_wrong_codes_end_the_pending_log_in(make_client, make_user, clock):
     assert late.location.startswith("/auth/login") and client.get("/team/").status_code == 302
     # A replayed marker cookie gains nothing: the count is kept in the database.
     assert log_in_with_code(make_client(), account.email, clock.code(secret)).status_code == 302
+
+
+def test_wrong_codes_count_per_account_for_the_lockout_not_per_log_in(make_client, make_user, clock, admin_engine):
+    """A known password must not buy five more guesses per log in: the count outlives the log in."""
+    account = make_user()
+    secret, _ = enrolled(make_client, account, clock)
+    for wrong in (2, 3):  # two log ins, five wrong codes between them
+        client = make_client()
+        client.post_form("/auth/login", {"email": account.email, "password": PASSWORD})
+        for _ in range(wrong):
+            assert client.post_form("/auth/two-factor", {"code": "000000"}).status_code in (302, 400)
+    refused = log_in_with_code(make_client(), account.email, clock.code(secret))
+    assert refused.status_code == 302 and refused.location.startswith("/auth/login")
+    with admin_engine.begin() as conn:  # the lockout's fifteen minutes pass
+        conn.execute(
+            text("UPDATE user_two_factor SET last_failed_at = now() - interval '16 minutes' WHERE user_id = :u"),
+            {"u": account.user_id},
+        )
+    assert log_in_with_code(make_client(), account.email, clock.code(secret)).location == "/team/"
 
 
 def test_the_count_survives_a_replayed_marker(make_client, make_user, clock):
