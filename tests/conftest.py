@@ -155,6 +155,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "committed: run on committed data (another connection or thread reads what the app wrote)"
     )
     config.addinivalue_line("markers", "own_app: build an app for this test alone (it adds routes)")
+    # pytest-xdist registers it itself, but not when it is off (`pytest -p no:xdist`).
+    config.addinivalue_line("markers", "xdist_group(name): run on the same xdist worker as its group")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
