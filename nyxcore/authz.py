@@ -232,12 +232,16 @@ def end_this_session() -> None:
             sessions.end(current_user.id, token)
 
 
-def sign_in(user: User) -> None:
+def sign_in(user: User, *, second_factor_proved: bool = False) -> None:
     """Start a new server-side session for `user` in this browser (run as that user).
 
     Nothing from before carries over: a session already signed in here ends, and the Flask session
-    is cleared first.
+    is cleared first. A user with two-factor on is signed in only by the code step
+    (`second_factor_proved`); every other way in (a password, a link) goes through
+    `await_second_factor` instead, and one that forgot is refused here rather than let through.
     """
+    if user.two_factor_enabled_at is not None and not second_factor_proved:
+        raise RuntimeError("a user with two-factor on signs in through the code step only")
     end_this_session()
     session.clear()
     login_user(user)

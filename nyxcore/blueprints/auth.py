@@ -13,7 +13,7 @@ from nyxcore import authz
 from nyxcore.errors import DomainError
 from nyxcore.extensions import configured_limit, limiter
 from nyxcore.forms import MinPasswordLength, add_domain_error
-from nyxcore.services import accounts, two_factor
+from nyxcore.services import accounts
 from nyxcore.services import signup as signup_service
 from nyxcore.web import form_page, is_safe_next, notify
 
@@ -83,7 +83,7 @@ def login() -> Response | tuple[str, int]:
         else:
             with authz.acting_as(proved.user_id):
                 user = accounts.signed_in_user(proved, form.password.data)
-                if two_factor.begin_login(user):  # no session until the code step (blueprints/two_factor.py)
+                if user.two_factor_enabled_at is not None:  # no session until the code step (blueprints/two_factor.py)
                     authz.await_second_factor(user.id)
                     return redirect(url_for("two_factor.login", next=_next_url()))
                 authz.sign_in(user)

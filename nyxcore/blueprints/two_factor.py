@@ -27,7 +27,7 @@ from nyxcore.errors import DomainError
 from nyxcore.extensions import configured_limit, limiter
 from nyxcore.forms import add_domain_error
 from nyxcore.models import User
-from nyxcore.services import sessions, two_factor
+from nyxcore.services import accounts, sessions, two_factor
 from nyxcore.web import form_page, form_status, notify
 
 bp = Blueprint("two_factor", __name__)
@@ -97,7 +97,7 @@ def _proved_password(form: PasswordForm) -> bool:
     if not form.validate_on_submit():
         return False
     try:
-        two_factor.confirm_password(_user(), form.password.data)
+        accounts.prove_password(_user(), form.password.data)
     except DomainError as exc:
         add_domain_error(form, exc, "password")
         return False
@@ -213,7 +213,7 @@ def login() -> Response | tuple[str, int]:
         user = two_factor.user_for_login(user_id)
         outcome = two_factor.check_login_code(user, form.code.data)
         if outcome is two_factor.LoginCheck.ACCEPTED:
-            authz.sign_in(user)
+            authz.sign_in(user, second_factor_proved=True)
             return redirect(_next_url() or url_for("team.overview"))
     if outcome is two_factor.LoginCheck.EXHAUSTED:
         authz.forget_second_factor()

@@ -56,13 +56,14 @@ def verify(verify_token: str) -> Response | tuple[str, int]:
                 action = url_for("verification.verify", verify_token=verify_token)
                 return render_template("auth/verify.html", form=form, action=action), 200
             user = verification.verify(found)
+            # The link proves the address, not the second factor: with two-factor on, log in as usual.
             second_factor = not current_user.is_authenticated and user.two_factor_enabled_at is not None
             if not current_user.is_authenticated and not second_factor:
                 authz.sign_in(user)
                 membership = teams.choose_active(teams.memberships_of(user.id), None)
     except DomainError as exc:
         return _refusal("This verification link does not work", exc.message, exc.status_code, again=True)
-    if second_factor:  # the link proves the address, not the second factor: log in as usual
+    if second_factor:
         notify(f"Your address {user.email} is verified. Log in to continue.", "success")
         return redirect(url_for("auth.login"), 303)
     if membership is not None:

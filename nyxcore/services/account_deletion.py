@@ -22,7 +22,6 @@ from nyxcore.extensions import db
 from nyxcore.models import TenantMember, User
 from nyxcore.roles import TenantRole
 from nyxcore.services import accounts, members
-from nyxcore.services.account_settings import prove_password
 from nyxcore.tenancy import Actor
 
 
@@ -70,7 +69,7 @@ def confirm(user: User, *, email: str, password: str) -> None:
     """Raise InvalidInput unless the user typed their own address and proved their password."""
     if accounts.normalise_email(email) != user.email:
         raise InvalidInput("Type your e-mail address exactly as shown to confirm.", field="confirm_email")
-    prove_password(user, password, field="password")
+    accounts.prove_password(user, password)
 
 
 def leave_or_delete_team(actor: Actor) -> TeamStanding:

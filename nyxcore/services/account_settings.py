@@ -20,7 +20,6 @@ from nyxcore.services import account_tokens, accounts, sessions
 from nyxcore.services.account_tokens import Purpose
 
 NAME_MAX = 120
-WRONG_PASSWORD = "That is not your current password."  # noqa: S105 (a message, not a password)
 
 
 def rename(user: User, name: str) -> User:
@@ -33,13 +32,6 @@ def rename(user: User, name: str) -> User:
     return user
 
 
-def prove_password(user: User, password: str, *, field: str) -> None:
-    """Raise InvalidInput on `field` unless `password` is the user's current one (one Argon2id computation)."""
-    proved = accounts.check_password(email=user.email, password=password)
-    if proved is None or proved.user_id != user.id:
-        raise InvalidInput(WRONG_PASSWORD, field=field)
-
-
 def change_password(user: User, *, current: str, new: str, keep_token: str) -> int:
     """Set a new password once the current one is proved; every other session of the user ends.
 
@@ -48,7 +40,7 @@ def change_password(user: User, *, current: str, new: str, keep_token: str) -> i
     outlive it, and a verification link signs its holder in (a new one is a click away). Returns how many other sessions ended. Raises InvalidInput (on
     `current_password`) for a wrong password.
     """
-    prove_password(user, current, field="current_password")
+    accounts.prove_password(user, current, field="current_password")
     db.session.execute(
         update(User).where(User.id == user.id).values(password_hash=passwords.hash_password(new))
     )

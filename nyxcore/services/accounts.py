@@ -122,6 +122,19 @@ def check_password(*, email: str, password: str) -> ProvedPassword | None:
     return ProvedPassword(user_id, passwords.setting_needs_rehash(setting))
 
 
+WRONG_PASSWORD = "That is not your current password."  # noqa: S105 (a message, not a password)
+
+
+def prove_password(user: User, password: str, *, field: str = "password") -> None:
+    """Raise InvalidInput on `field` unless `password` is `user`'s own (one Argon2id computation).
+
+    For the forms that ask a signed-in user for their password again before a sensitive change.
+    """
+    proved = check_password(email=user.email, password=password or "")
+    if proved is None or proved.user_id != user.id:
+        raise InvalidInput(WRONG_PASSWORD, field=field)
+
+
 def signed_in_user(proved: ProvedPassword, password: str) -> User:
     """The user who just proved `password`, with their stored hash upgraded if its parameters are old.
 

@@ -22,8 +22,7 @@ def request_change(user: User, *, password: str, new_email: str) -> str:
 
     Raises InvalidInput (wrong password: field `password`; invalid or unchanged address: `email`).
     """
-    if accounts.check_password(email=user.email, password=password) is None:
-        raise InvalidInput("That is not your current password.", field="password")
+    accounts.prove_password(user, password)
     address = accounts.validated_email(new_email)
     if address == user.email:
         raise InvalidInput("That is already your address.", field="email")

@@ -31,7 +31,7 @@ from nyxcore.extensions import db, keyring
 from nyxcore.models import RecoveryCode, User, UserTwoFactor
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole
-from nyxcore.services import accounts, audit
+from nyxcore.services import audit
 from nyxcore.tenancy import Actor
 
 REQUIRE = Operation("team.require_two_factor", TenantRole.OWNER)  # the team setting
@@ -41,7 +41,6 @@ RECOVERY_CODES = 10
 MAX_FAILED_ATTEMPTS = 5
 LOCKOUT = timedelta(minutes=15)  # after MAX_FAILED_ATTEMPTS wrong codes, the code step stays closed this long
 _CODE_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # base32: 5 bits a character, 75 bits a code
-WRONG_PASSWORD = "That password is not right."  # noqa: S105 (a message)
 WRONG_CODE = "That code is not valid. Enter the current 6-digit code from your authenticator app."
 
 
@@ -80,13 +79,6 @@ def _secret(row: UserTwoFactor) -> str:
         return keyring.get().decrypt(sealed, seal_context(row.user_id)).decode()
     except (DecryptionError, UnicodeDecodeError) as exc:
         raise Conflict("The stored two-factor secret cannot be read; use a recovery code.") from exc
-
-
-def confirm_password(user: User, password: str) -> None:
-    """Raise InvalidInput (on `password`) unless `password` is the user's own."""
-    proved = accounts.check_password(email=user.email, password=password or "")
-    if proved is None or proved.user_id != user.id:
-        raise InvalidInput(WRONG_PASSWORD, field="password")
 
 
 def start_enrolment(user: User) -> None:
@@ -209,15 +201,6 @@ def recovery_codes_left(user: User) -> int:
         )
     )
     return left or 0
-
-
-def begin_login(user: User) -> bool:
-    """After the password: True when the user must give a code.
-
-    The count of wrong codes is not reset here: it belongs to the account, so a known password
-    buys MAX_FAILED_ATTEMPTS guesses per LOCKOUT, not per log in.
-    """
-    return user.two_factor_enabled_at is not None
 
 
 def user_for_login(user_id: uuid.UUID) -> User:

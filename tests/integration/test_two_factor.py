@@ -17,10 +17,10 @@ import pyotp
 import pytest
 from sqlalchemy import event, insert, text
 
-from nyxcore import tenancy
+from nyxcore import authz, tenancy
 from nyxcore.crypto import KeyRing, Sealed, generate_key_setting
 from nyxcore.extensions import db
-from nyxcore.models import UserTwoFactor
+from nyxcore.models import User, UserTwoFactor
 from nyxcore.roles import TenantRole
 from nyxcore.services import two_factor as two_factor_service
 from tests.conftest import PASSWORD
@@ -91,7 +91,7 @@ def test_enrolment_asks_for_the_password_first(client, make_user):
     client.login(account.email)
     wrong = client.post_form("/account/two-factor/setup", {"password": "not my password at all"})
     assert wrong.status_code == 400
-    assert "That password is not right." in wrong.get_data(as_text=True)
+    assert "That is not your current password." in wrong.get_data(as_text=True)
     assert SECRET.search(wrong.get_data(as_text=True)) is None
     assert client.post_form("/account/two-factor/setup", {}).status_code == 400
     assert client.get("/account/two-factor/setup").location == "/account/two-factor"  # nothing started
@@ -222,8 +222,9 @@ def test_five_wrong_codes_end_the_pending_log_in(make_client, make_user, clock):
     assert fifth.status_code == 302 and fifth.location.startswith("/auth/login")
     late = client.post_form("/auth/two-factor", {"code": clock.code(secret)})
     assert late.location.startswith("/auth/login") and client.get("/team/").status_code == 302
-    # A replayed marker cookie gains nothing: the count is kept in the database.
-    assert log_in_with_code(make_client(), account.email, clock.code(secret)).status_code == 302
+    # A new log in gains nothing either: the count is kept in the database, per account.
+    again = log_in_with_code(make_client(), account.email, clock.code(secret))
+    assert again.status_code == 302 and again.location.startswith("/auth/login")
 
 
 def test_wrong_codes_count_per_account_for_the_lockout_not_per_log_in(make_client, make_user, clock, admin_engine):
@@ -243,6 +244,19 @@ def test_wrong_codes_count_per_account_for_the_lockout_not_per_log_in(make_clien
             {"u": account.user_id},
         )
     assert log_in_with_code(make_client(), account.email, clock.code(secret)).location == "/team/"
+
+
+def test_nothing_but_the_code_step_signs_in_a_user_with_two_factor(app, make_user, admin_engine):
+    """authz.sign_in refuses such a user unless the code was proved: a new way in that forgets the
+    second factor fails loudly instead of letting the password (or a link) alone through."""
+    account = make_user()
+    with admin_engine.begin() as conn:
+        conn.execute(text("UPDATE users SET two_factor_enabled_at = now() WHERE id = :u"), {"u": account.user_id})
+    with app.test_request_context("/"), authz.acting_as(account.user_id):
+        user = db.session.get(User, account.user_id)
+        with pytest.raises(RuntimeError, match="code step"):
+            authz.sign_in(user)
+        authz.sign_in(user, second_factor_proved=True)
 
 
 def test_the_count_survives_a_replayed_marker(make_client, make_user, clock):
