@@ -122,13 +122,13 @@ max_client_conn = 500
 def pgbouncer(database: TestDatabase, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
     # PgBouncer refuses to run as root: then it runs as `postgres` (-u), in a folder that user owns.
     as_root = os.geteuid() == 0
-    run_as = "postgres" if as_root and "postgres" in {entry.pw_name for entry in pwd.getpwall()} else "nobody"
     directory = Path(tempfile.mkdtemp(prefix="nyxcore-pgbouncer-"))
     try:
         port = free_port()
         ini = write_pgbouncer_ini(directory, port=port, database=database)
         command = [PGBOUNCER, str(ini)]
         if as_root:
+            run_as = "postgres" if "postgres" in {entry.pw_name for entry in pwd.getpwall()} else "nobody"
             account = pwd.getpwnam(run_as)
             for path in (directory, *directory.iterdir()):
                 os.chown(path, account.pw_uid, account.pw_gid)
@@ -196,6 +196,14 @@ def make_teams(make_user: Any, add_member: Any) -> list[Person]:
 
 
 def visit(person: Person, url: str, problems: list[str], invitee: str) -> None:
+    """A client thread: `session`, with whatever goes wrong (a refused log-in, a timeout) recorded."""
+    try:
+        session(person, url, problems, invitee)
+    except Exception as exc:  # a thread's failure must reach the test, not stderr
+        problems.append(f"{person.email}: {exc!r}")
+
+
+def session(person: Person, url: str, problems: list[str], invitee: str) -> None:
     """One person's session: log in, make the team active, write notes and read the team's pages."""
     browser = Browser(url, timeout=90)
 
