@@ -97,4 +97,6 @@ def logout() -> Response:
     logout_user()
     session.clear()
     notify("You are logged out.", "info")
-    return redirect(url_for("auth.login"))
+    # "Log out and continue" (an invitation for another account) comes back to where it was.
+    target = request.form.get("next")
+    return redirect(target if target and is_safe_next(target) else url_for("auth.login"))
