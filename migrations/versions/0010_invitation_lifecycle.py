@@ -45,6 +45,7 @@ def upgrade() -> None:
     with op.batch_alter_table("outbox_emails", schema=None) as batch_op:
         batch_op.add_column(sa.Column("failure", sa.String(length=24), nullable=True))
         batch_op.add_column(sa.Column("retry_at", sa.DateTime(timezone=True), nullable=True))
+    _legacy_errors_to_kinds()
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
@@ -76,6 +77,28 @@ def upgrade() -> None:
     )
     op.execute(f"REVOKE ALL ON FUNCTION public.{DUE_FUNCTION} FROM PUBLIC")
     op.execute(f"GRANT EXECUTE ON FUNCTION public.{DUE_FUNCTION} TO {quoted_app}")
+
+
+def _legacy_errors_to_kinds() -> None:
+    """Exception texts stored before this revision become kinds; our own words (cancellations) stay."""
+    kinds = (
+        ("unreadable", "last_error LIKE 'cannot decrypt%'"),
+        ("deferred", "last_error LIKE 'SMTP 4%'"),
+        ("address_refused", "(last_error LIKE 'SMTP 55%' OR last_error = 'the mail server refused the recipient')"),
+        ("rejected", "last_error LIKE 'SMTP 5%'"),
+        ("unreachable", "(last_error LIKE '%Connection%' OR last_error LIKE '%Timeout%' OR last_error LIKE 'OSError%')"),
+        ("unknown", "TRUE"),
+    )
+    postgresql = op.get_bind().dialect.name == "postgresql"
+    if postgresql:  # the owner is held by the forced policies too: lift them for this one backfill
+        op.execute("ALTER TABLE outbox_emails NO FORCE ROW LEVEL SECURITY")
+    for kind, condition in kinds:
+        op.execute(
+            f"UPDATE outbox_emails SET failure = '{kind}', last_error = NULL "
+            f"WHERE last_error IS NOT NULL AND last_error NOT LIKE 'Not sent:%' AND failure IS NULL AND {condition}"
+        )
+    if postgresql:
+        op.execute("ALTER TABLE outbox_emails FORCE ROW LEVEL SECURITY")
 
 
 def downgrade() -> None:
