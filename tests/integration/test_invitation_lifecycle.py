@@ -425,6 +425,8 @@ def test_log_out_and_continue_returns_to_the_same_invitation(
     back = client.get(out.location)
     assert back.status_code == 200
     assert "You are logged out." in page(back) and "Sign up as right@example.com" in page(back)
-    # Only a path on this site: anything else lands on the login page as before.
+    # Only a path on this site: anything else is refused, and the session goes on.
     again = login_as(make_user())
-    assert again.post_form("/auth/logout", {"next": "//evil.example/x"}).location == "/auth/login"
+    assert again.post_form("/auth/logout", {"next": "//evil.example/x"}).status_code == 400
+    assert again.get("/account").status_code == 200
+    assert again.post_form("/auth/logout").location == "/auth/login"  # no next: as before
