@@ -84,7 +84,11 @@ def _legacy_errors_to_kinds() -> None:
     kinds = (
         ("unreadable", "last_error LIKE 'cannot decrypt%'"),
         ("deferred", "last_error LIKE 'SMTP 4%'"),
-        ("address_refused", "(last_error LIKE 'SMTP 55%' OR last_error = 'the mail server refused the recipient')"),
+        (
+            "address_refused",
+            "(last_error LIKE 'SMTP 550%' OR last_error LIKE 'SMTP 551%' OR last_error LIKE 'SMTP 553%' "
+            "OR last_error = 'the mail server refused the recipient')",
+        ),
         ("rejected", "last_error LIKE 'SMTP 5%'"),
         ("unreachable", "(last_error LIKE '%Connection%' OR last_error LIKE '%Timeout%' OR last_error LIKE 'OSError%')"),
         ("unknown", "TRUE"),
