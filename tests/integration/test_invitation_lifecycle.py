@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from nyxcore.roles import TenantRole
@@ -308,6 +308,25 @@ def _due_invitations(admin_engine: Engine, team: Any, n: int) -> None:
             admin_engine, team, f"due{i}@example.com",
             created_at="now() - interval '5 days'", expires_at="now() + interval '40 hours'",
         )
+
+
+def test_the_due_reminder_function_lists_ids_only_and_the_scan_is_the_owners_alone(
+    nyx_ops, database, admin_engine  # noqa: F811
+):
+    _due_invitations(admin_engine, nyx_ops, 2)
+    place_invitation(admin_engine, nyx_ops, "later@example.com")
+    engine = create_engine(database.app_url)  # the app role, with no tenant context
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT set_config('app.invitation_scan', 'on', true)"))
+            assert conn.execute(text("SELECT count(*) FROM invitations")).scalar_one() == 0
+            due = conn.execute(text("SELECT * FROM nyxcore_invitations_due_reminder('48 hours', 100)")).all()
+            assert [tuple(row._mapping) for row in due[:1]] == [("invitation_id", "tenant_id", "invited_by")]
+            assert len(due) == 2 and {row.tenant_id for row in due} == {nyx_ops.id}
+            assert conn.execute(text("SELECT current_setting('app.invitation_scan', true)")).scalar() == ""
+            assert conn.execute(text("SELECT count(*) FROM invitations")).scalar_one() == 0
+    finally:
+        engine.dispose()
 
 
 def _assert_each_reminded_once(admin_engine: Engine, n: int) -> None:
