@@ -205,6 +205,10 @@ def _celery_settings(env: Mapping[str, str], redis_url: str, eager: bool) -> dic
                 "task": "nyxcore.tasks.sweep_outbox",
                 "schedule": float(_int(env, "OUTBOX_SWEEP_SECONDS", 60)),
             },
+            "remind-expiring-invitations": {
+                "task": "nyxcore.tasks.remind_expiring_invitations",
+                "schedule": float(_int(env, "INVITATION_REMINDER_SECONDS", 900)),
+            },
         },
     }
 

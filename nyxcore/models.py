@@ -238,7 +238,12 @@ class OutboxEmail(UUIDPrimaryKey, Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     sent_at: Mapped[datetime | None]
-    last_error: Mapped[str | None] = mapped_column(String(500))
+    last_error: Mapped[str | None] = mapped_column(String(500))  # our own words (a cancellation), never an exception
+    failure: Mapped[str | None] = mapped_column(String(24))  # services/mail_failures.FailureKind of the last attempt
+    retry_at: Mapped[datetime | None]  # when the next attempt is due; None once sent or given up
+
+
+_OPEN_UNREMINDED = "consumed_at IS NULL AND revoked_at IS NULL AND reminded_at IS NULL"
 
 
 class Invitation(TenantScoped, Base):
@@ -254,6 +259,13 @@ class Invitation(TenantScoped, Base):
             postgresql_where=text("consumed_at IS NULL AND revoked_at IS NULL"),
             sqlite_where=text("consumed_at IS NULL AND revoked_at IS NULL"),
         ),
+        # The reminder task's scan: open invitations not reminded yet, by expiry.
+        Index(
+            "ix_invitations_reminder_due",
+            "expires_at",
+            postgresql_where=text(_OPEN_UNREMINDED),
+            sqlite_where=text(_OPEN_UNREMINDED),
+        ),
     )
 
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -266,6 +278,7 @@ class Invitation(TenantScoped, Base):
     consumed_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     revoked_at: Mapped[datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(String(32))
+    reminded_at: Mapped[datetime | None]  # the one reminder before expiry was claimed (tasks.remind_expiring_invitations)
     outbox_email_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("outbox_emails.id", ondelete="SET NULL")
     )

@@ -28,6 +28,7 @@ REVIEWED_EXCEPTIONS = {
     ("tenants", "invited_team", "SELECT"),  # the invitation page names the team
     ("invitations", "invitation_by_token", "SELECT"),  # the magic link
     ("invitations", "consume_invitation_by_token", "UPDATE"),  # accepting; a trigger allows nothing else
+    ("invitations", "reminder_scan", "SELECT"),  # owner only, inside nyxcore_invitations_due_reminder
     ("github_tokens", "key_rotation_scan", "SELECT"),  # owner only, inside its SECURITY DEFINER functions
     ("outbox_emails", "delivery", "ALL"),  # the worker, for the one message it delivers
     ("outbox_emails", "outbox_scan", "SELECT"),  # owner only, inside its SECURITY DEFINER functions

@@ -325,6 +325,7 @@ def url_values(app: Flask, team: Any, login_as: Any, admin_engine: Engine) -> di
     created = owner.post_form("/notes/new", {"title": "Fuzz note", "body": "Some text"})
     assert created.status_code == 302, created.get_data(as_text=True)
     _invite(owner, "fuzzed@example.com")  # pending in the team: resend and revoke
+    _invite(owner, "expired@example.com")  # expired below: renew
     # The magic link: the member may accept it, the admin (its inviter) is in that team already,
     # the others are signed in as someone else or signed out.
     admin = team.accounts[TenantRole.ADMIN]
@@ -332,6 +333,7 @@ def url_values(app: Flask, team: Any, login_as: Any, admin_engine: Engine) -> di
     with admin_engine.begin() as conn:  # a row in every other tenant table (a new feature's too)
         fill_tenant_tables(conn, team.id, team.accounts[TenantRole.OWNER].user_id)
         conn.execute(text("DELETE FROM github_tokens WHERE tenant_id = :t"), {"t": team.id})
+        conn.execute(text("UPDATE invitations SET expires_at = now() - interval '1 hour' WHERE email = 'expired@example.com'"))
     _connect_github(app, admin_engine, team.id)
     values = {"token": token, "filename": "nyxcore.css", **_account_links(owner, login_as, team, admin_engine)}
     values.update(_values_from_links(app, owner, values))
