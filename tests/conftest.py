@@ -177,7 +177,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 # `make test` spreads tests over the xdist workers one by one (--dist loadgroup), so that no long
 # file (the fuzzer's six visitors) holds one worker while the other idles. Tests that share a server
 # started once per module or package stay together on one worker, or each worker would start it.
-SHARED_SERVER_GROUPS = {"tests/e2e/": "e2e", "tests/integration/test_deployment.py": "deployment"}
+SHARED_SERVER_GROUPS = {
+    "tests/e2e/": "e2e",
+    "tests/integration/test_deployment.py": "deployment",
+    "tests/deployment/test_image.py": "deployment",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from tests.helpers import HOST, free_port
 
@@ -38,11 +39,19 @@ CELERY = [sys.executable, "-m", "celery", "-A", "worker"]
 START_TIMEOUT = 40.0
 STOP_TIMEOUT = 15.0
 
-__all__ = ["BIN", "CELERY", "GUNICORN", "HOST", "ROOT", "LiveServerError", "LiveServers", "Process", "free_port"]
+__all__ = ["BIN", "CELERY", "GUNICORN", "HOST", "ROOT", "LiveServerError", "LiveServers", "Process", "Running", "free_port"]
 
 
 class LiveServerError(AssertionError):
     """A process could not start, died, or did not become ready; the message carries its log."""
+
+
+class Running(Protocol):
+    """What a test watches while it waits: a Process here, or a container (tests/deployment/image.py)."""
+
+    def check_alive(self) -> None: ...
+
+    def log_tail(self, lines: int = 40) -> str: ...
 
 
 @dataclass
