@@ -172,6 +172,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             for item in uses_app:
                 path = "rolled back" if item.stash.get(ROLLED_BACK, False) else "committed"
                 terminalreporter.write_line(f"  {path:11}  {item.nodeid}")
+    # Figures a test file records as ("figures", {...}) in its reports' user_properties (the image
+    # test's timings and image size); the last per file. Reports from xdist workers carry them too.
+    figures: dict[str, dict[str, Any]] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "figures" and value:
+                    figures[report.nodeid.split("::")[0]] = value
+    for path, value in sorted(figures.items()):
+        terminalreporter.write_line(f"{path}: " + ", ".join(f"{key} {shown}" for key, shown in value.items()))
 
 
 # `make test` spreads tests over the xdist workers one by one (--dist loadgroup), so that no long

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 APP_ROLES = ("migrate", "web", "worker", "beat")
 UID = "10001"
 TEAM = "Image Works"
-# Printed at the end of the module's run (pytest -s, or in the report of a failure).
+# Timings (seconds) and the image's size: shown at the end of the run (tests/conftest.py's summary).
 TIMINGS: dict[str, float] = {}
 
 
@@ -123,6 +123,13 @@ def docker_run_options(service: dict[str, Any]) -> list[str]:
 # The image, and the stack of containers.
 
 
+@pytest.fixture(autouse=True)
+def _record_figures(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Put the figures so far into this test's (teardown) report, for the run's summary."""
+    yield
+    request.node.user_properties.append(("figures", dict(TIMINGS)))
+
+
 @pytest.fixture(scope="session")
 def nyxcore_image() -> BuiltImage:
     problem = engine_problem()
@@ -132,15 +139,15 @@ def nyxcore_image() -> BuiltImage:
             "(apt-get install docker.io; dockerd &)",
             pytrace=False,
         )
-    with timed(TIMINGS, "base image (stand-in: made or reused)"):
-        base = ensure_base_image()
-    TIMINGS["base image made now"] = float(base.made_now)
+    base = ensure_base_image()
+    kind = "official" if not base.stand_in else "stand-in made" if base.made_now else "stand-in reused"
+    TIMINGS[f"base image ({kind})"] = round(base.seconds, 1)
     built = build_image()
     TIMINGS["docker build"] = round(built.seconds, 1)
     TIMINGS["image size MB"] = round(built.size_bytes / 1e6, 1)
     print(
         f"\nnyxcore image {built.image[:19]}: {built.size_bytes / 1e6:.0f} MB, built in {built.seconds:.1f} s "
-        f"on {base.name} ({'stand-in' if base.stand_in else 'official'}, {base.seconds:.1f} s)"
+        f"on {base.name} ({kind}, {base.seconds:.1f} s)"
     )
     return built
 
