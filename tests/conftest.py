@@ -200,6 +200,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for prefix, group in SHARED_SERVER_GROUPS.items():
             if item.nodeid.startswith(prefix):
                 item.add_marker(pytest.mark.xdist_group(group))
+        if getattr(config.option, "loadgroup", False):  # an xdist worker, with --dist loadgroup
+            _suffix_group(item)
+
+
+def _suffix_group(item: pytest.Item) -> None:
+    """Give the item's node id the `@group` suffix --dist loadgroup schedules by.
+
+    pytest-xdist 3.8 does this itself by setting `item._nodeid`, which pytest 9 no longer reads (the
+    id is `item._id`, a NodeId): without this every group's tests were spread over the workers, and
+    each worker started the group's servers. Harmless once xdist does it again (the suffix is there).
+    """
+    marks = item.iter_markers("xdist_group")
+    groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks})
+    if groups and "@" not in item.nodeid and hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id  # pytest 9's structured node ids
+
+        item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 def rolled_back(request: pytest.FixtureRequest) -> bool:

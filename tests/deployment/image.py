@@ -335,8 +335,13 @@ class Container:
         )
         return result.stdout + result.stderr
 
+    def inspect(self) -> dict[str, Any]:
+        """`docker inspect`: the container as docker ran it (Config, HostConfig, State ...)."""
+        found: dict[str, Any] = json.loads(docker("inspect", "--format", "{{json .}}", self.id))
+        return found
+
     def state(self) -> dict[str, Any]:
-        state: dict[str, Any] = json.loads(docker("inspect", "--format", "{{json .State}}", self.id))
+        state: dict[str, Any] = self.inspect()["State"]
         return state
 
     def exec(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -384,7 +389,7 @@ class Containers:
         options: Sequence[str] = (),
         env: Mapping[str, str] = {},
         detach: bool = True,
-        timeout: float = 120,
+        timeout: float = 300,
     ) -> tuple[Container, str]:
         """Start `command` in a container of `image` (detached: returns at once; else: once it exits).
 
