@@ -223,7 +223,7 @@ def health_options(service: dict[str, Any], web_port: int) -> list[str]:
     every few seconds instead of compose's 15 s to 60 s, to have a result soon.
     """
     check = service["healthcheck"]
-    if check.get("disable"):
+    if check.get("disable") or check.get("test") == ["NONE"]:  # docker-compose 1.29 writes the latter
         return ["--no-healthcheck"]
     kind, *test = check["test"]
     # Compose writes $$ for a literal $; `config` leaves it escaped. A CMD becomes a shell command.
@@ -232,7 +232,7 @@ def health_options(service: dict[str, Any], web_port: int) -> list[str]:
     return [
         f"--health-cmd={command}",
         "--health-interval=5s",
-        f"--health-timeout={check['timeout']}",
+        f"--health-timeout={check.get('timeout', '30s')}",
         "--health-retries=3",
     ]
 
