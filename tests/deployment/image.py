@@ -12,10 +12,10 @@ Inside a build or a container run with `--network host`, pip reaches the package
 does, through a TLS proxy whose CA only the host trusts: the stand-in carries the host's CA bundle,
 sets PIP_CERT to it, and its /etc/pip.conf names the index the host's pip uses (when it is not PyPI).
 
-    base = ensure_base_image()                 # slow the first time on a machine (~1 min)
-    built = build_image(ROOT)                  # docker build --network host; the image id
-    with Containers(label) as containers:
-        web = containers.run("web", built.image, command, env_file=..., detach=True)
+    base = ensure_base_image()      # slow the first time on a machine (about 2 minutes)
+    built = build_image(ROOT)       # docker build --network host: the image id, its size
+    with Containers() as containers:   # removed together when the block ends
+        web, _ = containers.run("web", built.image, command, options=[...], env={...})
 """
 
 from __future__ import annotations
@@ -92,11 +92,8 @@ def engine_problem() -> str | None:
     except subprocess.TimeoutExpired:
         return "`docker info` did not answer within 30 s"
     if result.returncode != 0:
-        return (
-            result.stderr.decode(errors="replace").strip().splitlines()[-1:][0]
-            if result.stderr
-            else "no engine"
-        )
+        said = result.stderr.decode(errors="replace").strip().splitlines()
+        return said[-1] if said else "`docker info` failed"
     return None
 
 
