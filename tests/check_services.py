@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,26 @@ import redis
 
 PG_URL = os.environ.get("NYXCORE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("NYXCORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# debootstrap is in /usr/sbin, which a user's PATH may leave out.
+PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
+def docker_problems() -> list[str]:
+    """The image test (tests/deployment/test_image.py) builds and runs the Dockerfile."""
+    tools = {"docker": "docker.io", "docker-compose": "docker-compose", "debootstrap": "debootstrap"}
+    absent = [package for tool, package in tools.items() if not shutil.which(tool, path=PATH)]
+    if absent:
+        return [f"missing for the image test: apt-get install {' '.join(absent)} (or run .ci/run)."]
+    try:
+        answer = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        answer = None
+    if answer is None or answer.returncode != 0:
+        return [
+            "the Docker engine does not answer `docker info`.\n"
+            "  Start it:  nohup dockerd >/var/log/dockerd.log 2>&1 &   (as .ci/run does)"
+        ]
+    return []
 
 
 def main() -> int:
@@ -38,6 +59,7 @@ def main() -> int:
             "PgBouncer is not installed (tests/deployment/test_pgbouncer.py starts one).\n"
             "  Install it:  apt-get install -y pgbouncer   (.ci/run does)"
         )
+    problems += docker_problems()
     for problem in problems:
         print(f"make test: {problem}", file=sys.stderr)
     return 2 if problems else 0

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from nyxcore.crypto import generate_key_setting
 from tests.conftest import REDIS_URL, csrf_from
@@ -61,6 +61,7 @@ __all__ = [
     "LiveServers",
     "Process",
     "Reply",
+    "Running",
     "failed_logins",
     "free_port",
     "plain_status",
@@ -70,6 +71,14 @@ __all__ = [
 
 class LiveServerError(AssertionError):
     """A process could not start, died, or did not become ready; the message carries its log."""
+
+
+class Running(Protocol):
+    """What a test watches while it waits: a Process here, or a container (tests/deployment/image.py)."""
+
+    def check_alive(self) -> None: ...
+
+    def log_tail(self, lines: int = 40) -> str: ...
 
 
 @dataclass

@@ -30,7 +30,7 @@ from nyxcore.crypto import generate_key_setting
 from tests.conftest import REDIS_URL, TestDatabase
 from tests.helpers import HOST, free_port
 from tests.integration.mailserver import MailServer
-from tests.live import CELERY, GUNICORN, ROOT, LiveServers, Process, healthy
+from tests.live import CELERY, GUNICORN, ROOT, LiveServers, Running, healthy
 
 # Alone on its queue, the worker has no one to gossip or mingle with: leaving that out saves seconds.
 CELERY_WORKER = [
@@ -44,8 +44,8 @@ CELERY_WORKER = [
 class LiveApp:
     url: str  # http://127.0.0.1:<port>, also the app's PUBLIC_URL
     mail: MailServer
-    web: Process
-    worker: Process
+    web: Running
+    worker: Running
     queue: str
 
     @property

@@ -689,7 +689,9 @@ def test_compose_starts_services_in_order() -> None:
             "redis": {"condition": "service_healthy"},
             "migrate": {"condition": "service_completed_successfully"},
         }, name
-    assert services["nginx"]["depends_on"] == {"web": {"condition": "service_healthy", "restart": True}}
+    assert services["nginx"]["depends_on"] == {"web": {"condition": "service_healthy"}}
+    # nginx resolves `web` once: web keeps its address when it is recreated.
+    assert services["web"]["networks"]["default"]["ipv4_address"].startswith("172.30.80.")
 
 
 def test_compose_runs_the_migration_as_the_owner_and_checks_the_app_role_before_the_app() -> None:
