@@ -1,5 +1,7 @@
 """The data model: typed SQLAlchemy 2 models. Constraints live in the database, with names.
 
+The joining tables (verified domains, join requests) are in `models/joining.py`, imported at the end.
+
 Every tenant-owned table carries `tenant_id` (TenantScoped) with an index that starts with it;
 PostgreSQL row-level security on those tables is set up by the migrations.
 """
@@ -137,6 +139,8 @@ class Tenant(UUIDPrimaryKey, Base):
     created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     # Members without two-factor are sent to enrol before any page of the team (authz.role_required).
     require_two_factor: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    # The e-mail domains people may join from, space separated, lower case; empty: any (domain_policy).
+    allowed_email_domains: Mapped[str] = mapped_column(String(1000), server_default="", default="")
 
 
 class TenantMember(TenantScoped, Base):
@@ -333,3 +337,9 @@ class WardrobeItem(TenantScoped, Base):
     added_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+
+# Registered on the metadata with the rest: whatever imports the models sees these tables too.
+from nyxcore.models.joining import JoinRequest as JoinRequest  # noqa: E402
+from nyxcore.models.joining import TeamDomain as TeamDomain  # noqa: E402
