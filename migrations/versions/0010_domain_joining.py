@@ -72,7 +72,7 @@ def _team_domains() -> None:
     op.create_table(
         "team_domains",
         sa.Column("domain", sa.String(length=253), nullable=False),
-        sa.Column("join_mode", sa.String(length=16), nullable=False),
+        sa.Column("join_mode", sa.String(length=16), server_default="request", nullable=False),
         _role_column("join_role"),
         sa.Column("added_by", sa.Uuid(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),

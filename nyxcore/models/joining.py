@@ -41,7 +41,7 @@ class TeamDomain(TenantScoped, Base):
     )
 
     domain: Mapped[str] = mapped_column(String(253))
-    join_mode: Mapped[str] = mapped_column(String(16), default="request")
+    join_mode: Mapped[str] = mapped_column(String(16), server_default="request", default="request")
     join_role: Mapped[TenantRole] = _role_column(default=TenantRole.MEMBER)
     added_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -42,6 +42,11 @@ REVIEWED_EXCEPTIONS = {
     ("account_tokens", "token_by_hash", "SELECT"),  # a link's holder sees that one token
     ("account_tokens", "account_token_issue", "ALL"),  # owner only, inside nyxcore_issue_password_reset
     ("outbox_emails", "account_mail", "INSERT"),  # account mail (no team): insert only, never read
+    ("join_requests", "own_join_requests", "SELECT"),  # a requester sees their own requests' state
+    # owner only, inside nyxcore_joinable_teams (teams you can join: id and name, nothing else)
+    ("team_domains", "domain_discovery", "SELECT"),
+    ("tenants", "domain_discovery", "SELECT"),
+    ("tenant_members", "domain_discovery", "SELECT"),
 }
 # Tables whose owner is not held by RLS (FORCE), because SECURITY DEFINER functions read them as it.
 NOT_FORCED = {"users"}
