@@ -124,6 +124,7 @@ def join_or_ask(user: User, tenant_id: uuid.UUID) -> TenantMember | JoinRequest:
     except IntegrityError:  # uq_join_requests_open: a second click in another tab
         raise Conflict(f"You asked to join {tenant.name} already. Its admins will let you know.") from None
     audit.record(tenant_id, user.id, "join_request.created", target=user.email, role=team.join_role.value)
+    db.session.flush()  # now, while the caller is in the team's context (RLS WITH CHECK)
     return request
 
 
@@ -138,6 +139,7 @@ def _add_member(
     except IntegrityError:  # uq_tenant_members_tenant_id_user_id: they are in already
         raise Conflict(f"{email} is a member of {tenant.name} already.") from None
     audit.record(tenant.id, by, action, target=email, role=role.value)
+    db.session.flush()  # now, while the caller is in the team's context (RLS WITH CHECK)
     return membership
 
 

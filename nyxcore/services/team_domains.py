@@ -153,7 +153,7 @@ def _spend_check(claim: TeamDomain) -> None:
         update(TeamDomain)
         .where(
             TeamDomain.id == claim.id,
-            or_(TeamDomain.last_checked_at.is_(None), TeamDomain.last_checked_at < func.now() - interval),
+            or_(TeamDomain.last_checked_at.is_(None), TeamDomain.last_checked_at <= func.now() - interval),
         )
         .values(last_checked_at=func.now())
         .returning(TeamDomain.id)

@@ -9,12 +9,11 @@ exceptions, a tenant table without its tenant_id guard, a readable password hash
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -117,12 +116,6 @@ def world(admin_engine: Engine) -> World:
         team_b, user_b, token_b, outbox_b = _seed(conn, f"beta{uuid.uuid4().hex[:6]}")
     return World(team_a, team_b, user_a, user_b, token_b, outbox_b)
 
-
-@pytest.fixture
-def app_engine(database) -> Iterator[Engine]:
-    engine = create_engine(database.app_url)
-    yield engine
-    engine.dispose()
 
 
 def _context(conn: Connection, **settings: object) -> None:
