@@ -34,6 +34,10 @@ def test_someone_at_a_verified_domain_asks_to_join_and_an_admin_approves(
 
     owner.page.get_by_role("link", name="Domains").click()
     expect(owner.heading()).to_have_text("Domains")
+    owner.page.get_by_label("Domain", exact=True).fill("gmail.com")  # anyone has an address there
+    owner.page.get_by_role("button", name="Add domain").click()
+    expect(owner.page.get_by_role("alert")).to_contain_text("gmail.com is a public mail domain")
+    problems += owner.check_page("a11y-domains-errors")
     owner.page.get_by_label("Domain", exact=True).fill(DOMAIN)
     owner.page.get_by_role("button", name="Add domain").click()
     expect(owner.flash()).to_contain_text(f"{DOMAIN} added.")
