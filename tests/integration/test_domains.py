@@ -223,6 +223,23 @@ def test_acceptance_checks_the_policy_as_it_is_when_the_invitee_accepts(
     }
 
 
+def test_signing_up_through_an_invitation_checks_the_policy_and_makes_no_account(as_owner, anonymous):
+    from nyxcore.services.mail import ConsoleTransport
+
+    address = f"nia-{uuid.uuid4().hex[:6]}@elsewhere.example.net"
+    assert as_owner.post_form("/team/invitations", {"emails": address, "role": "member"}).status_code == 200
+    token = re.search(
+        r"/invite/([A-Za-z0-9_-]+)", next(m for m in ConsoleTransport.recent if m["to"] == address)["text"]
+    ).group(1)
+    set_policy(as_owner, "acme.example.com")
+    form = {"name": "Nia Newcomer", "password": "correct horse battery staple"}
+    for _ in range(2):  # the second try is refused the same way: the first made no account
+        refused = anonymous.post_form(f"/invite/{token}/signup", form)
+        assert refused.status_code == 403
+        assert f"{address} is not at a domain" in page(refused)
+    assert anonymous.get("/team/").status_code == 302  # not signed in
+
+
 # --- Teams you can join ---------------------------------------------------------------------------
 
 
