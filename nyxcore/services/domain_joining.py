@@ -79,14 +79,17 @@ def joinable_teams(user: User) -> list[JoinableTeam]:
             .execution_options(**{tenancy.ALL_TENANTS: True})
         )
     )
-    teams = {}
-    for team_id, name, mode, role in rows:
-        team_id = team_id if isinstance(team_id, uuid.UUID) else uuid.UUID(str(team_id))
-        if team_id not in teams:  # two verified domains cannot match one address; keep the first anyway
-            teams[team_id] = JoinableTeam(
-                team_id, name, JoinMode(mode), TenantRole(role), team_id in requested
-            )
-    return list(teams.values())
+    # One row per team: an address has one domain, and a verified domain belongs to one team.
+    return [
+        JoinableTeam(
+            uuid.UUID(str(team_id)),
+            name,
+            JoinMode(mode),
+            TenantRole(role),
+            uuid.UUID(str(team_id)) in requested,
+        )
+        for team_id, name, mode, role in rows
+    ]
 
 
 def find_joinable(user: User, tenant_id: uuid.UUID) -> JoinableTeam:
