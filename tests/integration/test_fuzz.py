@@ -334,10 +334,24 @@ def url_values(app: Flask, team: Any, login_as: Any, admin_engine: Engine) -> di
         fill_tenant_tables(conn, team.id, team.accounts[TenantRole.OWNER].user_id)
         conn.execute(text("DELETE FROM github_tokens WHERE tenant_id = :t"), {"t": team.id})
         conn.execute(text("UPDATE invitations SET expires_at = now() - interval '1 hour' WHERE email = 'expired@example.com'"))
+        _team_at_the_visitors_domain(conn)
     _connect_github(app, admin_engine, team.id)
     values = {"token": token, "filename": "nyxcore.css", **_account_links(owner, login_as, team, admin_engine)}
     values.update(_values_from_links(app, owner, values))
     return values
+
+
+def _team_at_the_visitors_domain(conn: Any) -> None:
+    """Another team that verified example.com (every visitor's domain): /teams/ offers to join it."""
+    other = uuid.uuid4()
+    conn.execute(text("INSERT INTO tenants (id, name, slug) VALUES (:t, 'Example Inc', :s)"), {"t": other, "s": f"ex-{other.hex[:8]}"})
+    conn.execute(
+        text(
+            "INSERT INTO team_domains (id, tenant_id, domain, join_mode, join_role, verified_at) "
+            "VALUES (:i, :t, 'example.com', 'request', 'member', now())"
+        ),
+        {"i": uuid.uuid4(), "t": other},
+    )
 
 
 def _values_from_links(app: Flask, client: Any, known: dict[str, str]) -> dict[str, str]:

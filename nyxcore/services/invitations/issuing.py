@@ -20,7 +20,7 @@ from nyxcore.models import Invitation, Tenant, TenantMember, User
 from nyxcore.pagination import Page
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
-from nyxcore.services import audit, mail
+from nyxcore.services import audit, domain_policy, mail
 from nyxcore.services.invitations import addresses, limits, tokens
 from nyxcore.services.invitations.addresses import InviteOutcome, InviteResult
 from nyxcore.services.invitations.display import utc
@@ -116,6 +116,7 @@ def invite_many(actor: Actor, raw_addresses: str, role: TenantRole) -> list[Invi
     MANAGE.check(actor)
     _check_role(actor, role)
     results, wanted = addresses.validate(addresses.entries_of(raw_addresses))
+    domain_policy.check_addresses(actor.tenant, wanted)  # InvalidInput naming each refused address
     members = _member_emails(actor.tenant_id, wanted) if wanted else set()
     open_invitations = _open_invitations_for(actor.tenant_id, wanted) if wanted else {}
     to_invite = _answer_known(wanted, members, open_invitations, results)
