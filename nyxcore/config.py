@@ -204,6 +204,8 @@ def _celery_settings(env: Mapping[str, str], redis_url: str, eager: bool) -> dic
             "sweep-outbox": {
                 "task": "nyxcore.tasks.sweep_outbox",
                 "schedule": float(_int(env, "OUTBOX_SWEEP_SECONDS", 60)),
+                # Mail unsent this long is enqueued again (a lost message, a killed worker).
+                "kwargs": {"older_than_seconds": float(_int(env, "OUTBOX_SWEEP_AGE_SECONDS", 60))},
             },
         },
     }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import secrets
 import signal
 import ssl
 import subprocess
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from nyxcore.crypto import generate_key_setting
+from tests.conftest import REDIS_URL
 from tests.helpers import HOST, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +41,18 @@ CELERY = [sys.executable, "-m", "celery", "-A", "worker"]
 START_TIMEOUT = 40.0
 STOP_TIMEOUT = 15.0
 
-__all__ = ["BIN", "CELERY", "GUNICORN", "HOST", "ROOT", "LiveServerError", "LiveServers", "Process", "free_port"]
+__all__ = [
+    "BIN",
+    "CELERY",
+    "GUNICORN",
+    "HOST",
+    "ROOT",
+    "LiveServerError",
+    "LiveServers",
+    "Process",
+    "free_port",
+    "production_environment",
+]
 
 
 class LiveServerError(AssertionError):
@@ -188,3 +202,19 @@ def http_status(url: str, *, timeout: float = 2.0, tls: bool = False) -> int:
 def healthy(base_url: str) -> Callable[[], bool]:
     """A condition for `wait_until`: the server at `base_url` answers /api/v1/health with 200."""
     return lambda: http_status(f"{base_url}/api/v1/health") == 200
+
+
+def production_environment(database_url: str, **overrides: str) -> dict[str, str]:
+    """A complete, valid production environment for gunicorn or `flask`, and nothing inherited."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "NYXCORE_ENV": "production",
+        "SECRET_KEY": secrets.token_urlsafe(36),  # 48 characters
+        "DATABASE_URL": database_url,
+        "REDIS_URL": REDIS_URL,
+        "NYXCORE_ENCRYPTION_KEYS": generate_key_setting("k1"),
+        "MAIL_BACKEND": "console",
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_THREADS": "4",
+        **overrides,
+    }

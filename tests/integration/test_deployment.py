@@ -41,11 +41,10 @@ from sqlalchemy.engine import make_url
 
 from nyxcore import create_app
 from nyxcore.config import load_config
-from nyxcore.crypto import generate_key_setting
 from nyxcore.dbroles import UnsafeAppRoleError, assert_app_role_safe, role_problems
 from tests.conftest import ADMIN_URL, PASSWORD, REDIS_URL, csrf_from
 from tests.helpers import free_port
-from tests.live import BIN, ROOT, LiveServers, http_status
+from tests.live import BIN, ROOT, LiveServers, http_status, production_environment
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     from tests.conftest import TestDatabase
@@ -139,22 +138,6 @@ def write_nginx_config(prefix: Path, *, upstream_port: int, http_port: int, http
 def nginx_command(files: NginxFiles, *extra: str) -> list[str]:
     # -e: the log nginx writes to before it has read the configuration (Debian's default is stderr).
     return [NGINX, "-p", str(files.prefix), "-e", str(files.startup_log), "-c", str(files.conf), *extra]
-
-
-def production_environment(database_url: str, **overrides: str) -> dict[str, str]:
-    """A complete, valid production environment for gunicorn or `flask`, and nothing inherited."""
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "NYXCORE_ENV": "production",
-        "SECRET_KEY": secrets.token_urlsafe(36),  # 48 characters
-        "DATABASE_URL": database_url,
-        "REDIS_URL": REDIS_URL,
-        "NYXCORE_ENCRYPTION_KEYS": generate_key_setting("k1"),
-        "MAIL_BACKEND": "console",
-        "GUNICORN_WORKERS": "1",
-        "GUNICORN_THREADS": "4",
-        **overrides,
-    }
 
 
 @dataclass
