@@ -6,7 +6,7 @@
 
 NyxCore runs as in production (gunicorn from gunicorn.conf.py with 2 workers x 4 threads, a Celery
 worker with 2 processes, beat) on a PostgreSQL cluster, Redis and SMTP server of its own, as the fault
-tests start them (tests/deployment/clusters.py). Each connection is a client of its own (its own
+tests start them (tests/deployment/own_services.py). Each connection is a client of its own (its own
 address in X-Forwarded-For, its own account and team) that loops over: the team page, the notes list,
 writing a note, the invitations page, inviting an address, and signing up a new account (a new client
 each time). Every status is counted; the RSS of the Celery worker's processes and of the gunicorn
@@ -33,7 +33,7 @@ from typing import Any
 
 from bench._common import child_pids, machine_description
 from tests.conftest import PASSWORD
-from tests.deployment.clusters import Stack, form_token, own_services, running_stack
+from tests.deployment.own_services import Stack, form_token, own_services, running_stack
 from tests.helpers import count
 
 # (weight, action): what one connection does next.
@@ -197,6 +197,7 @@ def report(
     with stack.services.admin_engine().connect() as conn:
         unsent = count(conn, "SELECT count(*) FROM outbox_emails WHERE sent_at IS NULL")
         given_up = count(conn, "SELECT count(*) FROM outbox_emails WHERE sent_at IS NULL AND attempts >= 12")
+        most_attempts = count(conn, "SELECT coalesce(max(attempts), 0) FROM outbox_emails")
     worker = growth(result["samples"], 1)
     web = growth(result["samples"], 2)
     print(f"machine: {machine_description()}; load average at the end {os.getloadavg()}")
@@ -208,7 +209,7 @@ def report(
         print(f"no answer: {dict(result['failures'])}")
     print(
         f"mail: {len(invited)} addresses mailed, {len(got)} received (waited {waited:.1f} s after the traffic), "
-        f"{duplicates} duplicates, outbox unsent {unsent} (given up {given_up})"
+        f"{duplicates} duplicates, outbox unsent {unsent} (given up {given_up}; most attempts {most_attempts})"
     )
     print(
         f"celery worker RSS: {worker[0] / 1024:.1f} MiB after 1 min -> {worker[1] / 1024:.1f} MiB ({worker[2]:+.1f}%)"

@@ -1,9 +1,12 @@
-"""Stop `make test` at once, with instructions, when PostgreSQL or Redis is not reachable."""
+"""Stop `make test` at once, with instructions, when PostgreSQL or Redis is not reachable, or a
+program the tests start (PgBouncer) is not installed."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from pathlib import Path
 
 import psycopg2
 import redis
@@ -29,6 +32,11 @@ def main() -> int:
             f"Redis is not reachable at {REDIS_URL} ({exc}).\n"
             '  Start it:  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no\n'
             "  or point NYXCORE_TEST_REDIS_URL at one."
+        )
+    if not (shutil.which("pgbouncer") or Path("/usr/sbin/pgbouncer").exists()):
+        problems.append(
+            "PgBouncer is not installed (tests/deployment/test_pgbouncer.py starts one).\n"
+            "  Install it:  apt-get install -y pgbouncer   (.ci/run does)"
         )
     for problem in problems:
         print(f"make test: {problem}", file=sys.stderr)

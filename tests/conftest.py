@@ -202,6 +202,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 SHARED_SERVER_GROUPS = {
     "tests/e2e/": "e2e",
     "tests/integration/test_deployment.py": "deployment",
+    "tests/deployment/test_instances.py": "instances",
+    "tests/deployment/test_pgbouncer.py": "pgbouncer",
     # Their own PostgreSQL cluster and Redis server, restarted under load: one worker runs them in turn.
     "tests/deployment/test_faults.py": "faults",
 }

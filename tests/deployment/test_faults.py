@@ -1,9 +1,9 @@
 """Faults survived with nothing lost: a worker killed mid-delivery, Redis restarted while invitations
 are made, PostgreSQL restarted under load, the SMTP server down for a while.
 
-NyxCore runs as in production (gunicorn from gunicorn.conf.py, a Celery worker and beat) on a
-PostgreSQL cluster, a Redis server and an SMTP server of this module's own (tests/deployment/
-clusters.py), so stopping them disturbs no other test. Beat sweeps the outbox every
+NyxCore runs as in production (gunicorn from gunicorn.conf.py, a Celery worker and beat, as
+tests/deployment/cluster.py starts them) on a PostgreSQL cluster, a Redis server and an SMTP server
+of this module's own (tests/deployment/own_services.py), so stopping them disturbs no other test. Beat sweeps the outbox every
 SWEEP_SECONDS for mail unsent after SWEEP_AGE_SECONDS: that, not a retry by the web process, is
 what brings back mail a fault held up. Each test leaves every service running as it found it.
 """
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.deployment.clusters import (
+from tests.deployment.own_services import (
     Load,
     Outcome,
     OwnServices,
@@ -200,7 +200,11 @@ def test_redis_restarted_while_100_invitations_are_made_loses_none_and_sends_eac
         thread.start()
     while len(made) < 20:
         time.sleep(0.02)
+    seen = services.mail.handler.data_received
+    services.mail.hold()  # a delivery in flight when Redis goes (kombu 5.7's worker died of that)
+    services.mail.wait_for_data(seen + 1, timeout=20)
     services.redis.restart(down_for=2.0)  # queued tasks and rate-limit counters are lost with it
+    services.mail.release()
     restarted_at = time.monotonic()
     for thread in threads:
         thread.join(timeout=120)

@@ -198,6 +198,18 @@ class TableChecksums:
         return changed
 
 
+def _values(position: int, odd: dict[str, str]) -> dict[str, str]:
+    """The values to send in the `position`-th argument or field of a request.
+
+    The input guard reads every argument and field of every request in one place (it runs before
+    any view): each route gets every refused value in its first argument or field and each later
+    one a single refused value, the kinds taken in turn, which halves the requests and still sends
+    a refused value in every argument and field. The odd values go everywhere: views read them.
+    """
+    refused = REFUSED if position == 0 else dict([list(REFUSED.items())[position % len(REFUSED)]])
+    return {**refused, **odd}
+
+
 # --- the visit -----------------------------------------------------------------------------------
 
 
@@ -227,11 +239,11 @@ class Fuzzer:
 
     def query_args(self, url: str, names: Iterable[str]) -> None:
         path, pairs = _split(url)
-        for name in names:
+        for position, name in enumerate(names):
             keys = [k for k, _ in pairs]
             base = pairs if name in keys else [*pairs, (name, "")]
             index = [k for k, _ in base].index(name)
-            for label, value in {**REFUSED, **ODD_QUERY}.items():
+            for label, value in _values(position, ODD_QUERY).items():
                 request = ("GET", path, _replaced(base, index, value))
                 self.send(f"GET {path}?{name}", label, request, refused=label in REFUSED)
             self.unchanged(f"GET {path}?{name}")
@@ -250,7 +262,7 @@ class Fuzzer:
         path, query = _split(form.action)
         target = f"{path}?{_encode(query)}" if query else path
         for index, (name, _) in enumerate(form.fields):
-            for label, value in {**REFUSED, **ODD}.items():
+            for label, value in _values(index, ODD).items():
                 request = (form.method, target, _replaced(form.fields, index, value))
                 self.send(f"{form.method} {form.action} {name}", label, request, refused=label in REFUSED)
             self.unchanged(f"{form.method} {form.action} field {name}")

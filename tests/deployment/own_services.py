@@ -36,9 +36,10 @@ from sqlalchemy.engine import Engine
 from bench._common import Browser, csrf_token_in
 from nyxcore import create_app
 from tests.conftest import PASSWORD, Account, TestDatabase, create_account, create_database, test_config
+from tests.deployment.cluster import CELERY_WORKER, Cluster, cluster_environment, running_cluster
 from tests.helpers import HOST, free_port
 from tests.integration.mailserver import MailServer, running_mail_server
-from tests.live import BIN, CELERY, LiveServers, Process, healthy, production_environment
+from tests.live import LiveServers, Process
 
 PG_BIN = Path(os.environ.get("NYXCORE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -171,37 +172,43 @@ def own_services(log_dir: Path) -> Iterator[OwnServices]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# NyxCore on them: gunicorn, a Celery worker and beat, as in production.
-
-WORKER = [*CELERY, "worker", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+# NyxCore on them: gunicorn, a Celery worker and beat (tests/deployment/cluster.py), as in production.
 
 
 @dataclass
 class Stack:
     services: OwnServices
+    cluster: Cluster
     environment: dict[str, str]
-    url: str
     port: int
-    web: Process
-    beat: Process
-    worker: Process
     accounts: list[Account]
-    log_dir: Path
     workers_started: int = 1
     browsers: list[Browser] = field(default_factory=list)
     _addresses: Iterator[int] = field(default_factory=lambda: iter(range(1, 60_000)))
+
+    @property
+    def web(self) -> Process:
+        return self.cluster.web[0]
+
+    @property
+    def worker(self) -> Process:
+        return self.cluster.workers[-1]
 
     def start_worker(self) -> Process:
         """A new Celery worker (prefork, 2 processes), once it consumes from the queue."""
         self.workers_started += 1
         name = f"worker-{self.workers_started}"
-        self.worker = _spawn_worker(self.services.servers, name, self.environment)
-        return self.worker
+        command = [*CELERY_WORKER, "--hostname", f"{name}-{self.cluster.queue}@%h"]
+        worker = self.cluster.servers.spawn(name, command, env=self.environment)
+        self.cluster.workers.append(worker)
+        self.cluster.wait_until(lambda: " ready." in worker.log(), f"the Celery {name}")
+        return worker
 
     def kill_worker(self) -> None:
         """SIGKILL to the worker and its pool processes: no shutdown, no acknowledgement, no QUIT."""
-        os.killpg(self.worker.group, signal.SIGKILL)
-        self.worker.popen.wait(timeout=10)
+        worker = self.cluster.workers.pop()
+        os.killpg(worker.group, signal.SIGKILL)
+        worker.popen.wait(timeout=10)
 
     def client_address(self) -> str:
         """A client address of its own (nginx's X-Forwarded-For), so per-client limits stay per client."""
@@ -221,39 +228,8 @@ class Stack:
             self.browsers.pop().close()
 
     def check_alive(self) -> None:
-        for process in (self.web, self.beat, self.worker):
+        for process in self.cluster.processes():
             process.check_alive()
-
-
-def stack_environment(services: OwnServices, port: int, **overrides: str) -> dict[str, str]:
-    """Production settings on the services; one environment for web, worker and beat (one key ring)."""
-    return production_environment(
-        services.database.app_url,
-        REDIS_URL=services.redis.url(),
-        NYXCORE_APP_ROLE=services.database.app_role,
-        PUBLIC_URL=f"http://{HOST}:{port}",
-        SESSION_COOKIE_SECURE="false",  # plain HTTP on loopback, no nginx
-        MAIL_BACKEND="smtp",
-        SMTP_HOST=services.mail.host,
-        SMTP_PORT=str(services.mail.port),
-        SMTP_TIMEOUT="5",
-        MAIL_FROM="NyxCore <no-reply@nyxcore.test>",
-        GUNICORN_BIND=f"{HOST}:{port}",
-        GUNICORN_WORKERS="2",
-        GUNICORN_THREADS="4",
-        PYTHONUNBUFFERED="1",
-        # The tests invite hundreds: the daily allowances are not what they test.
-        INVITATIONS_PER_TEAM_PER_HOUR="100000",
-        INVITATIONS_PER_USER_PER_DAY="100000",
-        INVITATIONS_PER_INSTANCE_PER_DAY="100000",
-        **overrides,
-    )
-
-
-def _spawn_worker(servers: LiveServers, name: str, environment: dict[str, str]) -> Process:
-    worker = servers.spawn(name, [*WORKER, "--concurrency", "2", "--hostname", f"{name}@%h"], env=environment)
-    servers.wait_until(lambda: " ready." in worker.log(), f"the Celery {name}", watch=[worker], timeout=60)
-    return worker
 
 
 def make_accounts(database: TestDatabase, count: int) -> list[Account]:
@@ -267,37 +243,23 @@ def make_accounts(database: TestDatabase, count: int) -> list[Account]:
 def running_stack(
     services: OwnServices, log_dir: Path, *, accounts: int = 4, **overrides: str
 ) -> Iterator[Stack]:
-    """gunicorn (gunicorn.conf.py), a Celery worker and beat on `services`, stopped when the block ends."""
-    port = free_port()
-    environment = stack_environment(services, port, **overrides)
-    servers = services.servers
-    schedule = log_dir / f"beat-schedule-{uuid.uuid4().hex[:6]}"
-    web = servers.spawn(
-        "gunicorn", [str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py"], env=environment
+    """gunicorn (gunicorn.conf.py, 2 workers x 4 threads), a Celery worker and beat on `services`."""
+    environment = cluster_environment(
+        services.database,
+        services.mail,
+        REDIS_URL=services.redis.url(),
+        SMTP_TIMEOUT="5",
+        GUNICORN_WORKERS="2",
+        GUNICORN_THREADS="4",
+        # The tests invite hundreds: the daily allowances are not what they test.
+        INVITATIONS_PER_TEAM_PER_HOUR="100000",
+        INVITATIONS_PER_USER_PER_DAY="100000",
+        INVITATIONS_PER_INSTANCE_PER_DAY="100000",
+        **overrides,
     )
-    beat = servers.spawn(
-        "beat", [*CELERY, "beat", "--loglevel", "INFO", "--schedule", str(schedule)], env=environment
-    )
-    worker = _spawn_worker(servers, "worker-1", environment)
-    url = f"http://{HOST}:{port}"
-    servers.wait_until(healthy(url), "gunicorn answers /api/v1/health", watch=[web, beat], timeout=60)
-    stack = Stack(
-        services,
-        environment,
-        url,
-        port,
-        web,
-        beat,
-        worker,
-        make_accounts(services.database, accounts),
-        log_dir,
-    )
-    try:
-        yield stack
-    finally:
-        for process in (stack.worker, beat, web):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.group, signal.SIGTERM)
+    with running_cluster(environment, log_dir, web=1, workers=1) as cluster:
+        port = int(cluster.urls[0].rsplit(":", 1)[1])
+        yield Stack(services, cluster, environment, port, make_accounts(services.database, accounts))
 
 
 # ---------------------------------------------------------------------------------------------------
