@@ -35,13 +35,15 @@ SWEEP_AGE_SECONDS = 4
 DELIVERY_TIMEOUT = 40.0
 
 
-@pytest.fixture(scope="module")
+# Session-scoped: --dist loadgroup keeps this module's tests on one xdist worker, but may run other
+# modules' tests between them, and a module-scoped cluster would then be started twice.
+@pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServices]:
     with own_services(tmp_path_factory.mktemp("faults")) as own:
         yield own
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(services: OwnServices, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(
         services,
