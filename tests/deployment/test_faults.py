@@ -35,8 +35,9 @@ SWEEP_AGE_SECONDS = 4
 DELIVERY_TIMEOUT = 40.0
 
 
-# Session-scoped: --dist loadgroup keeps this module's tests on one xdist worker, but may run other
-# modules' tests between them, and a module-scoped cluster would then be started twice.
+# Session-scoped: a worker that runs other tests between these starts the cluster once. (Under
+# `make test` on 2026-12-02 the "faults" xdist_group did not keep them on one worker: each worker that
+# ran one started a cluster of its own, about 30 s each. Correct, but slower; see the report.)
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServices]:
     with own_services(tmp_path_factory.mktemp("faults")) as own:
