@@ -52,7 +52,7 @@ def set_end_date(actor: Actor, member_id: uuid.UUID, last_day: date | None) -> T
     if member.id == actor.member_id:
         raise InvalidInput("You cannot give your own membership an end date. To go, leave the team.")
     if not can_manage_role(actor.role, member.role, member.role):
-        raise PermissionDenied(f"Your role cannot change a {member.role.label.lower()}'s membership.")
+        raise PermissionDenied(f"Your role cannot set an end date for someone with the {member.role.label} role.")
     if member.role is TenantRole.OWNER:
         raise InvalidInput("An owner's membership does not end. Make them an admin first.", field="ends_on")
     ends_at = _checked_end(last_day)
@@ -177,7 +177,9 @@ def end(tenant_id: uuid.UUID, member_id: uuid.UUID) -> bool:
     db.session.delete(member)
     db.session.flush()
     ends_on = notices.last_day(member.ends_at)
-    audit.record(tenant_id, None, "member.ended", target=member.user.email, role=member.role.value, ends_on=ends_on)
+    audit.record(
+        tenant_id, None, "member.ended", target=member.user.email, role=member.role.value, ends_on=ends_on, by="system"
+    )
     notices.leave(member.tenant, member.user_id, notices.ENDED, at=member.ends_at)
     # As when someone leaves, their own open invitations go; those revocations name them.
     invitations.revoke_ungrantable(Actor(user=member.user, membership=member), member.user_id, None)
