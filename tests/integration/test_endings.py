@@ -336,3 +336,26 @@ def test_an_ordinary_page_never_reads_notices(app, team, admin_engine, login_as,
     target = member_id(admin_engine, team.id, team.accounts[M].user_id)
     assert as_owner.post_form(f"/team/members/{target}/remove").status_code == 302
     assert statements_for(app, client, "/team/") == before
+
+
+def test_the_due_functions_give_ids_only_and_leave_the_scan_closed(app, team, admin_engine, database):
+    """Beat reaches every team through two SECURITY DEFINER functions: pairs of ids, nothing else."""
+    from sqlalchemy import create_engine
+
+    end_in(admin_engine, team.id, team.accounts[M].user_id, timedelta(days=3))
+    end_in(admin_engine, team.id, team.accounts[V].user_id, timedelta(minutes=-1))
+    member, viewer = (member_id(admin_engine, team.id, team.accounts[r].user_id) for r in (M, V))
+    engine = create_engine(database.app_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT set_config('app.membership_end_scan', 'on', true)"))
+            assert conn.execute(text("SELECT count(*) FROM tenant_members")).scalar_one() == 0  # the owner's alone
+        with engine.begin() as conn:
+            warn = conn.execute(text("SELECT * FROM nyxcore_memberships_to_warn('7 days', 10)")).all()
+            end = conn.execute(text("SELECT * FROM nyxcore_memberships_to_end(10)")).all()
+            assert [tuple(row) for row in warn] == [(team.id, member)]
+            assert [tuple(row) for row in end] == [(team.id, viewer)]
+            assert conn.execute(text("SELECT current_setting('app.membership_end_scan', true)")).scalar() == ""
+            assert conn.execute(text("SELECT count(*) FROM tenant_members")).scalar_one() == 0
+    finally:
+        engine.dispose()
