@@ -62,12 +62,14 @@ def take(user_id: uuid.UUID, tenant_id: uuid.UUID) -> str | None:
     request, and says so too. Run as the user (their own notices and memberships).
     """
     params = {"user_id": user_id, "tenant_id": tenant_id}
-    taken = db.session.execute(_TAKE, params).first()
-    if taken is not None:
-        return message(taken.team_name, taken.reason, taken.at)
     ended = db.session.execute(_ENDED, {**params, "now": _now()}).first()
+    # Used up either way: beside a membership that just ended, a notice is a stale one (an earlier
+    # removal, before they were let in again) and says nothing true now.
+    taken = db.session.execute(_TAKE, params).first()
     if ended is not None:
         return message(ended.name, ENDED, ended.ends_at)
+    if taken is not None:
+        return message(taken.team_name, taken.reason, taken.at)
     return None
 
 

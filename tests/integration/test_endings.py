@@ -359,3 +359,17 @@ def test_the_due_functions_give_ids_only_and_leave_the_scan_closed(app, team, ad
             assert conn.execute(text("SELECT count(*) FROM tenant_members")).scalar_one() == 0
     finally:
         engine.dispose()
+
+
+def test_a_stale_notice_from_an_earlier_removal_does_not_speak_for_a_new_ending(
+    team, admin_engine, as_owner, as_member, add_member
+):
+    member = team.accounts[M]
+    name = team_name(admin_engine, team.id)
+    assert as_owner.post_form(f"/team/members/{member_id(admin_engine, team.id, member.user_id)}/remove").status_code == 302
+    add_member(team.id, member, M)  # let in again before their next request
+    end_in(admin_engine, team.id, member.user_id, timedelta(minutes=-1))
+    first = page(as_member.get("/team/"))
+    assert f"Your membership of {name} ended on " in first
+    assert "You were removed" not in first
+    assert count(admin_engine, "SELECT count(*) FROM membership_notices") == 0
