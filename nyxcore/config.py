@@ -227,6 +227,16 @@ def _celery_settings(env: Mapping[str, str], redis_url: str, eager: bool) -> dic
                 "task": "nyxcore.tasks.remind_expiring_invitations",
                 "schedule": float(_int(env, "INVITATION_REMINDER_SECONDS", 900)),
             },
+            # Memberships that end (services/endings.py): requests treat them as gone at once; these
+            # mail the week's warning and remove the row (audit log, notice) soon after the end.
+            "warn-ending-memberships": {
+                "task": "nyxcore.tasks.warn_ending_memberships",
+                "schedule": float(_int(env, "MEMBERSHIP_ENDINGS_SECONDS", 300)),
+            },
+            "end-memberships": {
+                "task": "nyxcore.tasks.end_memberships",
+                "schedule": float(_int(env, "MEMBERSHIP_ENDINGS_SECONDS", 300)),
+            },
         },
     }
 
