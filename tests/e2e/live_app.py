@@ -46,10 +46,10 @@ CELERY_WORKER = [
 class LiveApp:
     url: str  # http://127.0.0.1:<port>, also the app's PUBLIC_URL
     mail: MailServer
-    dns: RunningDns
     web: Running
     worker: Running
     queue: str
+    dns: RunningDns | None = None  # the DNS server the app asks, where a test started one
 
     @property
     def invite_prefix(self) -> str:
