@@ -137,6 +137,8 @@ class Tenant(UUIDPrimaryKey, Base):
     created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     # Members without two-factor are sent to enrol before any page of the team (authz.role_required).
     require_two_factor: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    # Members plus open invitations may not exceed it (services/seats.py); None: unlimited.
+    seat_limit: Mapped[int | None] = mapped_column(Integer, CheckConstraint("seat_limit > 0", name="seat_limit_positive"))
 
 
 class TenantMember(TenantScoped, Base):
@@ -333,3 +335,7 @@ class WardrobeItem(TenantScoped, Base):
     added_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+# Models of one feature each, in their own modules; imported here so the metadata knows them.
+from nyxcore.models.joining import JoinLink as JoinLink  # noqa: E402
