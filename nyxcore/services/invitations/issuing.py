@@ -19,7 +19,7 @@ from nyxcore.models import Invitation, Tenant, TenantMember, User
 from nyxcore.pagination import Page
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
-from nyxcore.services import audit, mail
+from nyxcore.services import audit, mail, seats
 from nyxcore.services.invitations import addresses, limits, tokens
 from nyxcore.services.invitations.addresses import InviteOutcome, InviteResult
 from nyxcore.services.invitations.display import utc
@@ -113,6 +113,7 @@ def invite_many(actor: Actor, raw_addresses: str, role: TenantRole) -> list[Invi
     if not to_invite:
         return list(results.values())
     limits.check_rate(actor.tenant_id, len(to_invite))
+    seats.ensure_room(actor.tenant_id, len(to_invite), field="emails")
     limits.spend_daily_allowances(actor, len(to_invite))
     inviter, tenant = _actor_user(actor), _actor_tenant(actor)
     for email in to_invite:
