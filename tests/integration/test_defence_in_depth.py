@@ -42,6 +42,7 @@ REVIEWED_EXCEPTIONS = {
     ("account_tokens", "token_by_hash", "SELECT"),  # a link's holder sees that one token
     ("account_tokens", "account_token_issue", "ALL"),  # owner only, inside nyxcore_issue_password_reset
     ("outbox_emails", "account_mail", "INSERT"),  # account mail (no team): insert only, never read
+    ("join_links", "join_link_by_token", "SELECT"),  # a join link's holder finds its team (migration 0010)
 }
 # Tables whose owner is not held by RLS (FORCE), because SECURITY DEFINER functions read them as it.
 NOT_FORCED = {"users"}
