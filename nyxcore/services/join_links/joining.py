@@ -123,7 +123,8 @@ def visit(token: str, user: User | None) -> Visit:
             f"This join link for {link.tenant.name} is only for addresses at "
             f"{', '.join(link.allowed_domains.split())}; yours is not. Ask an admin of the team to invite you."
         )
-    # Where the team's own domain policy (issue 14, the domains work) is to be asked as well.
+    # The team's own domain policy (issue 14, built separately) is to be asked here too, after the
+    # link's domains: visit() answers the page and runs again inside join(), before any use is spent.
     if not JOIN.allows_verification(user.email_verified_at is not None):
         return Visit(link, Standing.UNVERIFIED)
     return Visit(link, Standing.READY)
