@@ -94,6 +94,7 @@ def load_config(
         "SHOW_DEV_OUTBOX": mode == "development",
         "CELERY": _celery_settings(env, redis_url, eager),
         **_quota_settings(env),
+        **_domain_settings(env),
     }
 
 
@@ -113,6 +114,17 @@ def _mail_settings(env: Mapping[str, str], production: bool) -> dict[str, Any]:
         "SMTP_STARTTLS": _bool(env.get("SMTP_STARTTLS"), default=False),
         "SMTP_TIMEOUT": _int(env, "SMTP_TIMEOUT", 10),
         "MAIL_FROM": env.get("MAIL_FROM", "NyxCore <no-reply@localhost>"),
+    }
+
+
+def _domain_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """Verified domains (services/team_domains.py): the DNS resolver asked, and how often."""
+    return {
+        # "host:port" (or "host") of the nameserver to ask for TXT records; empty: the system's.
+        "DNS_RESOLVER": env.get("DNS_RESOLVER", "").strip(),
+        "DNS_TIMEOUT_SECONDS": _int(env, "DNS_TIMEOUT_SECONDS", 5),
+        # A domain's record is looked up at most once in this many seconds (the "Check now" button).
+        "DOMAIN_CHECK_INTERVAL_SECONDS": _int(env, "DOMAIN_CHECK_INTERVAL_SECONDS", 30),
     }
 
 
@@ -204,6 +216,10 @@ def _celery_settings(env: Mapping[str, str], redis_url: str, eager: bool) -> dic
             "sweep-outbox": {
                 "task": "nyxcore.tasks.sweep_outbox",
                 "schedule": float(_int(env, "OUTBOX_SWEEP_SECONDS", 60)),
+            },
+            "remind-expiring-invitations": {
+                "task": "nyxcore.tasks.remind_expiring_invitations",
+                "schedule": float(_int(env, "INVITATION_REMINDER_SECONDS", 900)),
             },
         },
     }

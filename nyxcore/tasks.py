@@ -1,5 +1,5 @@
-"""Celery, set up as Flask's own Celery example does, and the tasks: deliver one outbox email, and
-sweep the outbox for mail an outage left behind.
+"""Celery, set up as Flask's own Celery example does, and the tasks: deliver one outbox email,
+sweep the outbox for mail an outage left behind, and remind invitees 48 hours before expiry.
 
 `celery_init_app` makes one Celery app per Flask app (`app.extensions["celery"]`); the tasks are
 `@shared_task`s, so each Celery app gets them with its own `FlaskTask` base. Tasks receive ids,
@@ -8,19 +8,23 @@ never content: the raw invite token never rests in Redis.
 
 from __future__ import annotations
 
+import logging
 import smtplib
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery, Task, shared_task
 from celery import current_app as current_celery_app
 from celery.signals import worker_process_shutdown, worker_shutdown
+from celery.utils.time import get_exponential_backoff_interval
 from flask import Flask, current_app
 
 from nyxcore import tenancy
 from nyxcore.extensions import db, keyring
-from nyxcore.services import mail
+from nyxcore.services import invitations, mail
+
+log = logging.getLogger("nyxcore.tasks")
 
 
 def celery_init_app(app: Flask) -> Celery:
@@ -73,20 +77,32 @@ def mail_settings(config: Any) -> mail.MailSettings:
     )
 
 
+# Retries back off exponentially (factor 2 s, full jitter, at most 10 minutes), as Celery's
+# autoretry would; computed here so that the outbox row can say when the next try is due.
+RETRY_BACKOFF, RETRY_BACKOFF_MAX = 2, 600
+
+
 @shared_task(  # type: ignore[untyped-decorator]
     name=mail.DELIVER_TASK,  # "nyxcore.tasks.deliver_outbox_email"
+    bind=True,
     acks_late=True,
-    autoretry_for=(smtplib.SMTPException, OSError),
-    retry_backoff=2,
-    retry_backoff_max=600,
-    retry_jitter=True,
     max_retries=mail.MAX_ATTEMPTS,
 )
-def deliver_outbox_email(outbox_id: str) -> bool:
-    """Send one outbox row (idempotent: a sent row is never sent again)."""
+def deliver_outbox_email(self: Task, outbox_id: str) -> bool:
+    """Send one outbox row (idempotent: a sent row is never sent again); retry a transient failure."""
     message_id = uuid.UUID(outbox_id)
-    with tenancy.tenant_context(outbox_id=message_id):  # RLS shows the worker this one message
-        return mail.deliver(keyring.get(), transport(), current_app.config["MAIL_FROM"], message_id)
+    retries: int = self.request.retries
+    countdown = get_exponential_backoff_interval(RETRY_BACKOFF, retries, RETRY_BACKOFF_MAX, full_jitter=True)
+    retry_at = datetime.now(UTC) + timedelta(seconds=countdown) if retries < self.max_retries else None
+    try:
+        with tenancy.tenant_context(outbox_id=message_id):  # RLS shows the worker this one message
+            return mail.deliver(
+                keyring.get(), transport(), current_app.config["MAIL_FROM"], message_id, retry_at
+            )
+    except (smtplib.SMTPException, OSError) as exc:
+        if retry_at is None:
+            raise
+        raise self.retry(exc=exc, countdown=countdown) from exc
 
 
 @shared_task(name="nyxcore.tasks.sweep_outbox")  # type: ignore[untyped-decorator]
@@ -99,6 +115,35 @@ def sweep_outbox(older_than_seconds: float = 60.0) -> int:
     for outbox_id in ids:
         deliver.delay(str(outbox_id))
     return len(ids)
+
+
+@shared_task(name="nyxcore.tasks.remind_expiring_invitations")  # type: ignore[untyped-decorator]
+def remind_expiring_invitations() -> int:
+    """Send the one reminder 48 hours before expiry of every invitation due one; returns how many.
+
+    Safe in any number of beat and worker processes at once, and across restarts: each reminder is
+    claimed by an atomic UPDATE (invitations.remind), committed with its outbox row, then dispatched.
+    """
+    due = invitations.due_reminders()
+    db.session.rollback()
+    sent = 0
+    for reminder in due:
+        # The task's entry point to each invitation's team, acting as its inviter.
+        with tenancy.tenant_context(user_id=reminder.invited_by, tenant_id=reminder.tenant_id):
+            try:
+                claimed = invitations.remind(reminder.invitation_id) is not None
+                if claimed:
+                    db.session.commit()
+                else:
+                    db.session.rollback()
+            except Exception:  # one bad invitation must not stop the others; the next run tries it again
+                db.session.rollback()
+                mail.discard_queued()
+                log.exception("reminder for invitation %s failed", reminder.invitation_id)
+                continue
+        mail.dispatch_queued()
+        sent += claimed
+    return sent
 
 
 def close_mail_connections(**_: Any) -> None:

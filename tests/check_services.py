@@ -1,15 +1,39 @@
-"""Stop `make test` at once, with instructions, when PostgreSQL or Redis is not reachable."""
+"""Stop `make test` at once, with instructions, when PostgreSQL or Redis is not reachable, or a
+program the tests start (PgBouncer) is not installed."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import psycopg2
 import redis
 
 PG_URL = os.environ.get("NYXCORE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("NYXCORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# debootstrap is in /usr/sbin, which a user's PATH may leave out.
+PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
+def docker_problems() -> list[str]:
+    """The image test (tests/deployment/test_image.py) builds and runs the Dockerfile."""
+    tools = {"docker": "docker.io", "docker-compose": "docker-compose", "debootstrap": "debootstrap"}
+    absent = [package for tool, package in tools.items() if not shutil.which(tool, path=PATH)]
+    if absent:
+        return [f"missing for the image test: apt-get install {' '.join(absent)} (or run .ci/run)."]
+    try:
+        answer = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        answer = None
+    if answer is None or answer.returncode != 0:
+        return [
+            "the Docker engine does not answer `docker info`.\n"
+            "  Start it:  nohup dockerd >/var/log/dockerd.log 2>&1 &   (as .ci/run does)"
+        ]
+    return []
 
 
 def main() -> int:
@@ -30,6 +54,12 @@ def main() -> int:
             '  Start it:  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no\n'
             "  or point NYXCORE_TEST_REDIS_URL at one."
         )
+    if not (shutil.which("pgbouncer") or Path("/usr/sbin/pgbouncer").exists()):
+        problems.append(
+            "PgBouncer is not installed (tests/deployment/test_pgbouncer.py starts one).\n"
+            "  Install it:  apt-get install -y pgbouncer   (.ci/run does)"
+        )
+    problems += docker_problems()
     for problem in problems:
         print(f"make test: {problem}", file=sys.stderr)
     return 2 if problems else 0

@@ -172,12 +172,28 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             for item in uses_app:
                 path = "rolled back" if item.stash.get(ROLLED_BACK, False) else "committed"
                 terminalreporter.write_line(f"  {path:11}  {item.nodeid}")
+    # Figures a test file records as ("figures", {...}) in its reports' user_properties (the image
+    # test's timings and image size); the last per file. Reports from xdist workers carry them too.
+    figures: dict[str, dict[str, Any]] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "figures" and value:
+                    figures[report.nodeid.split("::")[0]] = value
+    for path, value in sorted(figures.items()):
+        terminalreporter.write_line(f"{path}: " + ", ".join(f"{key} {shown}" for key, shown in value.items()))
 
 
 # `make test` spreads tests over the xdist workers one by one (--dist loadgroup), so that no long
 # file (the fuzzer's six visitors) holds one worker while the other idles. Tests that share a server
 # started once per module or package stay together on one worker, or each worker would start it.
-SHARED_SERVER_GROUPS = {"tests/e2e/": "e2e", "tests/integration/test_deployment.py": "deployment"}
+SHARED_SERVER_GROUPS = {
+    "tests/e2e/": "e2e",
+    "tests/integration/test_deployment.py": "deployment",
+    "tests/deployment/test_instances.py": "instances",
+    "tests/deployment/test_pgbouncer.py": "pgbouncer",
+    "tests/deployment/test_image.py": "deployment",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -186,6 +202,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for prefix, group in SHARED_SERVER_GROUPS.items():
             if item.nodeid.startswith(prefix):
                 item.add_marker(pytest.mark.xdist_group(group))
+        if getattr(config.option, "loadgroup", False):  # an xdist worker, with --dist loadgroup
+            _suffix_group(item)
+
+
+def _suffix_group(item: pytest.Item) -> None:
+    """Give the item's node id the `@group` suffix --dist loadgroup schedules by.
+
+    pytest-xdist 3.8 does this itself by setting `item._nodeid`, which pytest 9 no longer reads (the
+    id is `item._id`, a NodeId): without this every group's tests were spread over the workers, and
+    each worker started the group's servers. Harmless once xdist does it again (the suffix is there).
+    """
+    marks = item.iter_markers("xdist_group")
+    groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks})
+    if groups and "@" not in item.nodeid and hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id  # pytest 9's structured node ids
+
+        item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 def rolled_back(request: pytest.FixtureRequest) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 from flask_login import current_user, logout_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
@@ -18,6 +18,7 @@ from nyxcore.services import signup as signup_service
 from nyxcore.web import form_page, is_safe_next, notify
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
+_MAX_NEXT = 2048
 CHECK_INBOX_KEY = "signup_address"  # on the session: the address the check-inbox page names
 
 
@@ -93,8 +94,13 @@ def login() -> Response | tuple[str, int]:
 
 @bp.post("/logout")
 def logout() -> Response:
+    # "Log out and continue" (an invitation for another account) comes back to where it was: a path
+    # on this site. Anything else is refused before the session ends (nothing changed).
+    target = request.form.get("next")
+    if target is not None and (len(target) > _MAX_NEXT or not is_safe_next(target)):
+        abort(400)
     authz.end_this_session()  # the cookie, if replayed, signs in no one
     logout_user()
     session.clear()
     notify("You are logged out.", "info")
-    return redirect(url_for("auth.login"))
+    return redirect(target or url_for("auth.login"))

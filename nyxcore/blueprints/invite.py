@@ -60,6 +60,7 @@ def pending_invitations(
         "pending": invitations.list_pending(page=page, per_page=per_page),
         "confirm_form": ConfirmForm(),
         "delivery": invitations.delivery,
+        "lifecycle": invitations.lifecycle,
         "is_expired": invitations.is_expired,
         "can_manage": lambda invitation: can_manage_role(actor.role, invitation.role, invitation.role),
         "max_attempts": mail.MAX_ATTEMPTS,
@@ -89,6 +90,7 @@ def manage_invitations() -> tuple[str, int]:
         results=results,
         **pending_invitations(actor, page=page_number(request.args.get("page"))),
         pending_full_list=True,
+        closed=invitations.list_closed(),
     )
     return page, status
 
@@ -101,6 +103,21 @@ def resend(invitation_id: uuid.UUID) -> Response:
     invitation = invitations.resend(acting(), invitation_id)
     notify(
         f"A new invitation is on its way to {invitation.email}; the previous link no longer works.", "success"
+    )
+    return redirect(url_for("invite.invitations"))
+
+
+@bp.post("/team/invitations/<uuid:invitation_id>/renew")
+@role_required(invitations.MANAGE)
+def renew(invitation_id: uuid.UUID) -> Response:
+    """An expired invitation: a new link, a new expiry and a new email; the old link answers 410."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    invitation = invitations.renew(acting(), invitation_id)
+    notify(
+        f"The invitation for {invitation.email} was renewed: a new link is on its way, valid until "
+        f"{invitations.utc(invitation.expires_at)}; the expired link no longer works.",
+        "success",
     )
     return redirect(url_for("invite.invitations"))
 
@@ -133,6 +150,7 @@ def show(token: str) -> tuple[str, int]:
         signup_url=url_for("invite_signup.signup", token=token),
         login_url=url_for("auth.login", next=here, email=invitation.email),
         refusal=invitations.wrong_account_message(invitation, user) if wrong and user else None,
+        here=here,
         form=ConfirmForm(),
     )
     return page, 403 if wrong else 200

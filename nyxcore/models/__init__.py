@@ -1,5 +1,8 @@
 """The data model: typed SQLAlchemy 2 models. Constraints live in the database, with names.
 
+Some tables live in modules of their own, imported at the end: `two_factor.py` (TOTP secrets,
+recovery codes) and `joining.py` (verified domains, join requests).
+
 Every tenant-owned table carries `tenant_id` (TenantScoped) with an index that starts with it;
 PostgreSQL row-level security on those tables is set up by the migrations.
 """
@@ -12,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -137,6 +139,8 @@ class Tenant(UUIDPrimaryKey, Base):
     created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     # Members without two-factor are sent to enrol before any page of the team (authz.role_required).
     require_two_factor: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    # The e-mail domains people may join from, space separated, lower case; empty: any (domain_policy).
+    allowed_email_domains: Mapped[str] = mapped_column(String(1000), server_default="", default="")
     # Members plus open invitations may not exceed it (services/seats.py); None: unlimited.
     seat_limit: Mapped[int | None] = mapped_column(Integer, CheckConstraint("seat_limit > 0", name="seat_limit_positive"))
 
@@ -182,41 +186,6 @@ class UserSession(UUIDPrimaryKey, Base):
     user: Mapped[User] = relationship(lazy="raise")
 
 
-class UserTwoFactor(UUIDPrimaryKey, Base):
-    """A user's TOTP secret, sealed with the key ring (associated data: the user id), own rows only.
-
-    `enabled_at` is None while the enrolment is unconfirmed (not active). `last_used_step` is the
-    TOTP time step of the last accepted code, so the same code is never accepted twice, and
-    `failed_attempts` counts wrong codes offered since the last right one, `last_failed_at` dates the
-    last of them: after MAX_FAILED_ATTEMPTS the code step is closed until that is LOCKOUT old.
-    """
-
-    __tablename__ = "user_two_factor"
-    __table_args__ = (UniqueConstraint("user_id"),)
-
-    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    key_id: Mapped[str] = mapped_column(String(32))
-    nonce: Mapped[bytes] = mapped_column(LargeBinary)
-    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
-    enabled_at: Mapped[datetime | None]
-    last_used_step: Mapped[int | None] = mapped_column(BigInteger)
-    failed_attempts: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
-    last_failed_at: Mapped[datetime | None]
-
-
-class RecoveryCode(UUIDPrimaryKey, Base):
-    """A single-use two-factor recovery code; only its SHA-256 is kept."""
-
-    __tablename__ = "recovery_codes"
-    __table_args__ = (UniqueConstraint("user_id", "code_hash"),)
-
-    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    code_hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
-    used_at: Mapped[datetime | None]
-
-
 class OutboxEmail(UUIDPrimaryKey, Base):
     """A message waiting to be sent. Its body is sealed with the key ring and wiped once sent.
 
@@ -240,7 +209,12 @@ class OutboxEmail(UUIDPrimaryKey, Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     sent_at: Mapped[datetime | None]
-    last_error: Mapped[str | None] = mapped_column(String(500))
+    last_error: Mapped[str | None] = mapped_column(String(500))  # our own words (a cancellation), never an exception
+    failure: Mapped[str | None] = mapped_column(String(24))  # services/mail_failures.FailureKind of the last attempt
+    retry_at: Mapped[datetime | None]  # when the next attempt is due; None once sent or given up
+
+
+_OPEN_UNREMINDED = "consumed_at IS NULL AND revoked_at IS NULL AND reminded_at IS NULL"
 
 
 class Invitation(TenantScoped, Base):
@@ -256,6 +230,13 @@ class Invitation(TenantScoped, Base):
             postgresql_where=text("consumed_at IS NULL AND revoked_at IS NULL"),
             sqlite_where=text("consumed_at IS NULL AND revoked_at IS NULL"),
         ),
+        # The reminder task's scan: open invitations not reminded yet, by expiry.
+        Index(
+            "ix_invitations_reminder_due",
+            "expires_at",
+            postgresql_where=text(_OPEN_UNREMINDED),
+            sqlite_where=text(_OPEN_UNREMINDED),
+        ),
     )
 
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -268,6 +249,7 @@ class Invitation(TenantScoped, Base):
     consumed_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     revoked_at: Mapped[datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(String(32))
+    reminded_at: Mapped[datetime | None]  # the one reminder before expiry was claimed (tasks.remind_expiring_invitations)
     outbox_email_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("outbox_emails.id", ondelete="SET NULL")
     )
@@ -337,5 +319,10 @@ class WardrobeItem(TenantScoped, Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
-# Models of one feature each, in their own modules; imported here so the metadata knows them.
-from nyxcore.models.joining import JoinLink as JoinLink  # noqa: E402
+
+# Registered on the metadata with the rest: whatever imports the models sees these tables too.
+from nyxcore.models.join_links import JoinLink as JoinLink  # noqa: E402
+from nyxcore.models.joining import JoinRequest as JoinRequest  # noqa: E402
+from nyxcore.models.joining import TeamDomain as TeamDomain  # noqa: E402
+from nyxcore.models.two_factor import RecoveryCode as RecoveryCode  # noqa: E402
+from nyxcore.models.two_factor import UserTwoFactor as UserTwoFactor  # noqa: E402

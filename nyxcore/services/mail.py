@@ -12,7 +12,6 @@ import email.policy
 import email.utils
 import json
 import logging
-import smtplib
 import uuid
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import BaseHeader, HeaderRegistry
@@ -25,6 +24,7 @@ from sqlalchemy import ColumnElement, DateTime, Row, Uuid, bindparam, select, te
 from nyxcore.crypto import DecryptionError, KeyRing, Sealed
 from nyxcore.extensions import db
 from nyxcore.models import OutboxEmail
+from nyxcore.services.mail_failures import FailureKind, failure_kind
 
 # The transports moved to their own module; these names stay importable from here.
 from nyxcore.services.mail_transports import ConsoleTransport as ConsoleTransport
@@ -176,6 +176,8 @@ _MARK_SENT = (
         attempts=OutboxEmail.attempts + 1,
         sent_at=bindparam("sent_at", type_=DateTime(timezone=True)),
         last_error=None,
+        failure=None,
+        retry_at=None,
         key_id=None,
         nonce=None,
         body_ciphertext=None,
@@ -206,25 +208,41 @@ def _claim(outbox_id: uuid.UUID) -> Row[Any] | None:
     return outbox
 
 
-def _record_failure(outbox_id: uuid.UUID, attempts: ColumnElement[int] | int, error: str) -> None:
-    """Note a failed attempt on a row still unsent, and commit."""
+def _record_failure(
+    outbox_id: uuid.UUID,
+    attempts: ColumnElement[int] | int,
+    kind: FailureKind,
+    retry_at: datetime | None,
+    *,
+    give_up: bool = False,
+) -> None:
+    """Note a failed attempt on a row still unsent (its kind, never the exception text), and commit.
+
+    `give_up` wipes the body: the message will never be sent, and the sweep leaves it alone.
+    """
+    values: dict[str, Any] = {"attempts": attempts, "failure": kind.value, "retry_at": retry_at}
+    if give_up:
+        values.update(key_id=None, nonce=None, body_ciphertext=None)
     db.session.execute(
         update(OutboxEmail)
         .where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None))
-        .values(attempts=attempts, last_error=error[:500])
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
 
 
-def deliver(ring: KeyRing, transport: Transport, sender: str, outbox_id: uuid.UUID) -> bool:
+def deliver(
+    ring: KeyRing, transport: Transport, sender: str, outbox_id: uuid.UUID, retry_at: datetime | None = None
+) -> bool:
     """Send one outbox row unless it was sent already or another worker holds it; commits.
 
     Run it in the message's own context (`tenant_context(outbox_id=...)`): row-level security shows
     a worker that one row and no other.
 
-    Returns True when this call sent it. Raises the transport's error after recording it, so
-    the task can retry.
+    Returns True when this call sent it. A transient failure is recorded with `retry_at` (when the
+    caller will try again) and re-raised, so the task can retry; a permanent one (the server refused
+    the address or the message) is recorded as given up and not raised.
     """
     # The row stays locked until this transaction ends, so no other worker (nor a revoke) takes it
     # while its message is being sent. On PostgreSQL a sent message costs two statements: the claim,
@@ -239,30 +257,23 @@ def deliver(ring: KeyRing, transport: Transport, sender: str, outbox_id: uuid.UU
         transport.send(
             build_message(outbox_id, outbox.to_address, outbox.subject, sender, body["text"], body["html"])
         )
-    except DecryptionError as exc:
+    except DecryptionError:
         db.session.rollback()  # undo the claim: the body stays, for an operator to look at
         # It will never decrypt: stop retrying.
-        _record_failure(outbox_id, MAX_ATTEMPTS, f"cannot decrypt the stored body: {exc}")
+        _record_failure(outbox_id, MAX_ATTEMPTS, FailureKind.UNREADABLE, None)
         log.error("outbox email %s cannot be decrypted", outbox_id)
         return False
     except Exception as exc:
         db.session.rollback()  # undo the claim
-        _record_failure(outbox_id, OutboxEmail.attempts + 1, describe_error(exc))
+        kind = failure_kind(exc)
+        log.warning("outbox email %s not delivered: %s (%s)", outbox_id, kind.value, type(exc).__name__)
+        if kind.permanent:
+            _record_failure(outbox_id, OutboxEmail.attempts + 1, kind, None, give_up=True)
+            return False
+        _record_failure(outbox_id, OutboxEmail.attempts + 1, kind, retry_at)
         raise
     db.session.commit()
     return True
-
-
-def describe_error(exc: BaseException) -> str:
-    """A short reason for the admin's delivery column. SMTP replies carry no message content."""
-    if isinstance(exc, smtplib.SMTPResponseException):
-        reply = (
-            exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
-        )
-        return f"SMTP {exc.smtp_code}: {reply[:200]}"
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return "the mail server refused the recipient"
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def unsent_ids(*, older_than: timedelta, limit: int = 500) -> list[uuid.UUID]:

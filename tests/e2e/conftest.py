@@ -23,6 +23,7 @@ from playwright.sync_api import Browser, sync_playwright
 from tests.conftest import TestDatabase
 from tests.e2e.live_app import LiveApp, running_live_app
 from tests.e2e.ui import Person
+from tests.integration.dnsserver import running_dns_server
 from tests.integration.mailserver import running_mail_server
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -63,7 +64,11 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="package")
 def live_app(database: TestDatabase, artifacts: Path) -> Iterator[LiveApp]:
-    with running_mail_server() as mail, running_live_app(database, mail, log_dir=artifacts) as live:
+    with (
+        running_mail_server() as mail,
+        running_dns_server() as dns,
+        running_live_app(database, mail, dns, log_dir=artifacts) as live,
+    ):
         yield live
 
 

@@ -1,12 +1,13 @@
 """NyxCore as it runs in production, for browser tests: gunicorn and a Celery worker as processes.
 
-    with running_mail_server() as mail, running_live_app(database, mail, log_dir=...) as live:
+    with running_mail_server() as mail, running_dns_server() as dns, running_live_app(database, mail, dns, log_dir=...) as live:
         ...  # a browser talks to live.url; invitation mail reaches `mail` through the worker
 
 Both processes get the same environment, the way an operator's `.env` reaches `web` and `worker`:
 testing mode (plain-http cookies, no rate limits), the app role on the test database, the test
 Redis as broker with a queue of this run's own (CELERY_TASK_DEFAULT_QUEUE, so concurrent runs on
-one Redis never take each other's tasks), and SMTP to the given server. PUBLIC_URL is the server's
+one Redis never take each other's tasks), SMTP to the given server, and DNS (for verified domains)
+to the given DNS server. PUBLIC_URL is the server's
 own address, so the links in the emails open in the browser as they are. Both processes run
 under tests/live.py's harness, which stops their process groups when the block ends; the queue is
 then deleted.
@@ -29,8 +30,9 @@ import redis
 from nyxcore.crypto import generate_key_setting
 from tests.conftest import REDIS_URL, TestDatabase
 from tests.helpers import HOST, free_port
+from tests.integration.dnsserver import RunningDns
 from tests.integration.mailserver import MailServer
-from tests.live import CELERY, GUNICORN, ROOT, LiveServers, Process, healthy
+from tests.live import CELERY, GUNICORN, ROOT, LiveServers, Running, healthy
 
 # Alone on its queue, the worker has no one to gossip or mingle with: leaving that out saves seconds.
 CELERY_WORKER = [
@@ -44,8 +46,9 @@ CELERY_WORKER = [
 class LiveApp:
     url: str  # http://127.0.0.1:<port>, also the app's PUBLIC_URL
     mail: MailServer
-    web: Process
-    worker: Process
+    dns: RunningDns
+    web: Running
+    worker: Running
     queue: str
 
     @property
@@ -88,7 +91,7 @@ class LiveApp:
         return self.link_to(address, "/invite/")
 
 
-def environment(database: TestDatabase, mail: MailServer, *, port: int, queue: str) -> dict[str, str]:
+def environment(database: TestDatabase, mail: MailServer, dns: RunningDns, *, port: int, queue: str) -> dict[str, str]:
     """What gunicorn and the worker are given: a clean environment, not the caller's."""
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -110,6 +113,7 @@ def environment(database: TestDatabase, mail: MailServer, *, port: int, queue: s
         "SMTP_HOST": mail.host,
         "SMTP_PORT": str(mail.port),
         "MAIL_FROM": "NyxCore <no-reply@nyxcore.test>",
+        "DNS_RESOLVER": dns.address,
         "PUBLIC_URL": f"http://{HOST}:{port}",
         "RATELIMIT_ENABLED": "false",
     }
@@ -130,11 +134,13 @@ def delete_queue(queue: str) -> None:
 
 
 @contextmanager
-def running_live_app(database: TestDatabase, mail: MailServer, *, log_dir: Path) -> Iterator[LiveApp]:
+def running_live_app(
+    database: TestDatabase, mail: MailServer, dns: RunningDns, *, log_dir: Path
+) -> Iterator[LiveApp]:
     """gunicorn (2 workers) and a Celery worker on the test database, stopped when the block ends."""
     port = free_port()
     queue = f"nyxcore-e2e-{uuid.uuid4().hex[:12]}"
-    env = environment(database, mail, port=port, queue=queue)
+    env = environment(database, mail, dns, port=port, queue=queue)
     url = f"http://{HOST}:{port}"
     try:
         with LiveServers(log_dir) as servers:
@@ -146,6 +152,6 @@ def running_live_app(database: TestDatabase, mail: MailServer, *, log_dir: Path)
             servers.wait_until(healthy(url), "gunicorn answers /api/v1/health", watch=[web, worker])
             # Celery logs "<name>@<host> ready." once it consumes from its queue.
             servers.wait_until(lambda: " ready." in worker.log(), "the Celery worker", watch=[web, worker])
-            yield LiveApp(url=url, mail=mail, web=web, worker=worker, queue=queue)
+            yield LiveApp(url=url, mail=mail, dns=dns, web=web, worker=worker, queue=queue)
     finally:
         delete_queue(queue)

@@ -83,6 +83,15 @@ def test_main_pages_have_no_serious_accessibility_violations(
     problems += owner.check_page("a11y-team-settings")
     owner.goto("/notes/00000000-0000-0000-0000-000000000000", status=404)
     problems += owner.check_page("a11y-not-found")
+    owner.goto("/team/invitations")  # linus pending, grace in the accepted list
+    expect(owner.page.get_by_role("heading", name="Accepted or revoked in the last 14 days")).to_be_visible()
+    problems += owner.check_page("a11y-invitations-closed")
+    # Someone else's invitation: "Log out and continue" comes back to it, signed out.
+    linus_link = live_app.magic_link("linus@example.com")
+    owner.goto(linus_link, status=403)
+    owner.page.get_by_role("button", name="Log out and continue").click()
+    expect(owner.page).to_have_url(linus_link)
+    expect(owner.page.get_by_role("link", name="Sign up as linus@example.com")).to_be_visible()
 
     assert problems == [], "\n".join(problems)
     for someone in (visitor, owner):

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
 
 from tests.integration import worker as celery_worker
 from tests.integration.mailserver import MailServer, running_mail_server
@@ -31,6 +33,14 @@ def real_delivery(app_config: dict[str, Any], mail_server: MailServer) -> Iterat
     app_config["CELERY"] = {**app_config["CELERY"], **celery_worker.celery_config()}
     yield
     celery_worker.purge_queue()  # what a test queued without starting a worker
+
+
+@pytest.fixture
+def app_engine(database: Any) -> Iterator[Engine]:
+    """A plain engine as the app role: row-level security applies, the app's own scoping does not (raw SQL)."""
+    engine = create_engine(database.app_url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

@@ -9,12 +9,11 @@ exceptions, a tenant table without its tenant_id guard, a readable password hash
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -28,6 +27,7 @@ REVIEWED_EXCEPTIONS = {
     ("tenants", "invited_team", "SELECT"),  # the invitation page names the team
     ("invitations", "invitation_by_token", "SELECT"),  # the magic link
     ("invitations", "consume_invitation_by_token", "UPDATE"),  # accepting; a trigger allows nothing else
+    ("invitations", "reminder_scan", "SELECT"),  # owner only, inside nyxcore_invitations_due_reminder
     ("github_tokens", "key_rotation_scan", "SELECT"),  # owner only, inside its SECURITY DEFINER functions
     ("outbox_emails", "delivery", "ALL"),  # the worker, for the one message it delivers
     ("outbox_emails", "outbox_scan", "SELECT"),  # owner only, inside its SECURITY DEFINER functions
@@ -42,7 +42,12 @@ REVIEWED_EXCEPTIONS = {
     ("account_tokens", "token_by_hash", "SELECT"),  # a link's holder sees that one token
     ("account_tokens", "account_token_issue", "ALL"),  # owner only, inside nyxcore_issue_password_reset
     ("outbox_emails", "account_mail", "INSERT"),  # account mail (no team): insert only, never read
-    ("join_links", "join_link_by_token", "SELECT"),  # a join link's holder finds its team (migration 0010)
+    ("join_requests", "own_join_requests", "SELECT"),  # a requester sees their own requests' state
+    # owner only, inside nyxcore_joinable_teams (teams you can join: id and name, nothing else)
+    ("team_domains", "domain_discovery", "SELECT"),
+    ("tenants", "domain_discovery", "SELECT"),
+    ("tenant_members", "domain_discovery", "SELECT"),
+    ("join_links", "join_link_by_token", "SELECT"),  # a join link's holder finds its team (migration 0012)
 }
 # Tables whose owner is not held by RLS (FORCE), because SECURITY DEFINER functions read them as it.
 NOT_FORCED = {"users"}
@@ -113,12 +118,6 @@ def world(admin_engine: Engine) -> World:
         team_b, user_b, token_b, outbox_b = _seed(conn, f"beta{uuid.uuid4().hex[:6]}")
     return World(team_a, team_b, user_a, user_b, token_b, outbox_b)
 
-
-@pytest.fixture
-def app_engine(database) -> Iterator[Engine]:
-    engine = create_engine(database.app_url)
-    yield engine
-    engine.dispose()
 
 
 def _context(conn: Connection, **settings: object) -> None:

@@ -8,7 +8,6 @@ No Docker engine is needed: the Dockerfile is linted with hadolint and the compo
 
 from __future__ import annotations
 
-import email.message
 import http.client
 import http.cookiejar
 import ipaddress
@@ -19,9 +18,6 @@ import shutil
 import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,11 +37,10 @@ from sqlalchemy.engine import make_url
 
 from nyxcore import create_app
 from nyxcore.config import load_config
-from nyxcore.crypto import generate_key_setting
 from nyxcore.dbroles import UnsafeAppRoleError, assert_app_role_safe, role_problems
 from tests.conftest import ADMIN_URL, PASSWORD, REDIS_URL, csrf_from
 from tests.helpers import free_port
-from tests.live import BIN, ROOT, LiveServers, http_status
+from tests.live import BIN, ROOT, Browser, LiveServers, failed_logins, plain_status, production_environment
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     from tests.conftest import TestDatabase
@@ -139,81 +134,6 @@ def write_nginx_config(prefix: Path, *, upstream_port: int, http_port: int, http
 def nginx_command(files: NginxFiles, *extra: str) -> list[str]:
     # -e: the log nginx writes to before it has read the configuration (Debian's default is stderr).
     return [NGINX, "-p", str(files.prefix), "-e", str(files.startup_log), "-c", str(files.conf), *extra]
-
-
-def production_environment(database_url: str, **overrides: str) -> dict[str, str]:
-    """A complete, valid production environment for gunicorn or `flask`, and nothing inherited."""
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "NYXCORE_ENV": "production",
-        "SECRET_KEY": secrets.token_urlsafe(36),  # 48 characters
-        "DATABASE_URL": database_url,
-        "REDIS_URL": REDIS_URL,
-        "NYXCORE_ENCRYPTION_KEYS": generate_key_setting("k1"),
-        "MAIL_BACKEND": "console",
-        "GUNICORN_WORKERS": "1",
-        "GUNICORN_THREADS": "4",
-        **overrides,
-    }
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: email.message.Message
-    body: str
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-class Browser:
-    """Talks to nginx as a browser would: TLS (self-signed, so unverified), cookies, no auto-redirects."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.cookies = http.cookiejar.CookieJar()
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        self.opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=context),
-            urllib.request.HTTPCookieProcessor(self.cookies),
-            _NoRedirects(),
-        )
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        form: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Reply:
-        data = urllib.parse.urlencode(form).encode() if form is not None else None
-        # The base is always the test's own https://127.0.0.1:<port>.
-        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})  # noqa: S310
-        try:
-            with self.opener.open(request, timeout=15) as response:
-                return Reply(response.status, response.headers, response.read().decode())
-        except urllib.error.HTTPError as error:
-            with error:
-                return Reply(error.code, error.headers, error.read().decode())
-
-    def get(self, path: str, headers: dict[str, str] | None = None) -> Reply:
-        return self.request("GET", path, headers=headers)
-
-    def post(self, path: str, form: dict[str, str], headers: dict[str, str] | None = None) -> Reply:
-        return self.request("POST", path, form=form, headers=headers)
-
-    def post_from_page(self, path: str, form: dict[str, str], **headers: str) -> Reply:
-        """Post a form from the page at `path`, with the Referer a browser sends (same origin)."""
-        return self.post(path, form, headers={"Referer": self.base + path, **headers})
-
-
-def plain_status(port: int, path: str, *, tls: bool = False) -> int:
-    return http_status(f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}", timeout=5)
 
 
 def read_until(path: Path, needle: str, timeout: float = 10) -> str:
@@ -427,45 +347,10 @@ def test_repeated_failed_logins_get_429_from_the_app_whatever_x_forwarded_for_cl
         client.close()
 
 
-def _direct_login_attempts(port: int, *, source: str, attempts: int) -> list[int]:
-    """Failed logins sent straight to gunicorn from `source`, each claiming another X-Forwarded-For."""
-
-    def exchange(method: str, path: str, body: str = "", headers: dict[str, str] | None = None) -> Any:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response, response.read().decode()
-        finally:
-            conn.close()
-
-    page, html = exchange("GET", "/auth/login")
-    # The session cookie is Secure; a client that talks plain HTTP to gunicorn can still send it.
-    cookie = page.getheader("Set-Cookie").split(";", 1)[0]
-    form = urllib.parse.urlencode(
-        {"csrf_token": csrf_from(html), "email": "nobody@example.com", "password": "not the password"}
-    )
-    statuses = []
-    for attempt in range(attempts):
-        response, _ = exchange(
-            "POST",
-            "/auth/login",
-            form,
-            {
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Cookie": cookie,
-                "X-Forwarded-For": f"198.51.100.{attempt}",
-                "X-Forwarded-Proto": "https",
-            },
-        )
-        statuses.append(response.status)
-    return statuses
-
-
 def test_forwarded_headers_from_a_peer_that_is_not_a_trusted_proxy_are_ignored(stack: Stack) -> None:
     # Straight to gunicorn from 127.0.0.2 (TRUSTED_PROXIES is 127.0.0.1, nginx's address): a rotating
     # X-Forwarded-For must not make one client look like many to the per-client login limit.
-    assert _direct_login_attempts(stack.upstream_port, source="127.0.0.2", attempts=7) == [400] * 5 + [429] * 2
+    assert failed_logins([stack.upstream_port], source="127.0.0.2", attempts=7) == [400] * 5 + [429] * 2
 
 
 def test_a_chunked_body_over_the_limit_is_refused_with_413_before_it_is_read(stack: Stack) -> None:
@@ -804,7 +689,9 @@ def test_compose_starts_services_in_order() -> None:
             "redis": {"condition": "service_healthy"},
             "migrate": {"condition": "service_completed_successfully"},
         }, name
-    assert services["nginx"]["depends_on"] == {"web": {"condition": "service_healthy", "restart": True}}
+    assert services["nginx"]["depends_on"] == {"web": {"condition": "service_healthy"}}
+    # nginx resolves `web` once: web keeps its address when it is recreated.
+    assert services["web"]["networks"]["default"]["ipv4_address"].startswith("172.30.80.")
 
 
 def test_compose_runs_the_migration_as_the_owner_and_checks_the_app_role_before_the_app() -> None:

@@ -198,6 +198,18 @@ class TableChecksums:
         return changed
 
 
+def _values(position: int, odd: dict[str, str]) -> dict[str, str]:
+    """The values to send in the `position`-th argument or field of a request.
+
+    The input guard reads every argument and field of every request in one place (it runs before
+    any view): each route gets every refused value in its first argument or field and each later
+    one a single refused value, the kinds taken in turn, which halves the requests and still sends
+    a refused value in every argument and field. The odd values go everywhere: views read them.
+    """
+    refused = REFUSED if position == 0 else dict([list(REFUSED.items())[position % len(REFUSED)]])
+    return {**refused, **odd}
+
+
 # --- the visit -----------------------------------------------------------------------------------
 
 
@@ -227,11 +239,11 @@ class Fuzzer:
 
     def query_args(self, url: str, names: Iterable[str]) -> None:
         path, pairs = _split(url)
-        for name in names:
+        for position, name in enumerate(names):
             keys = [k for k, _ in pairs]
             base = pairs if name in keys else [*pairs, (name, "")]
             index = [k for k, _ in base].index(name)
-            for label, value in {**REFUSED, **ODD_QUERY}.items():
+            for label, value in _values(position, ODD_QUERY).items():
                 request = ("GET", path, _replaced(base, index, value))
                 self.send(f"GET {path}?{name}", label, request, refused=label in REFUSED)
             self.unchanged(f"GET {path}?{name}")
@@ -250,7 +262,7 @@ class Fuzzer:
         path, query = _split(form.action)
         target = f"{path}?{_encode(query)}" if query else path
         for index, (name, _) in enumerate(form.fields):
-            for label, value in {**REFUSED, **ODD}.items():
+            for label, value in _values(index, ODD).items():
                 request = (form.method, target, _replaced(form.fields, index, value))
                 self.send(f"{form.method} {form.action} {name}", label, request, refused=label in REFUSED)
             self.unchanged(f"{form.method} {form.action} field {name}")
@@ -313,6 +325,7 @@ def url_values(app: Flask, team: Any, login_as: Any, admin_engine: Engine) -> di
     created = owner.post_form("/notes/new", {"title": "Fuzz note", "body": "Some text"})
     assert created.status_code == 302, created.get_data(as_text=True)
     _invite(owner, "fuzzed@example.com")  # pending in the team: resend and revoke
+    _invite(owner, "expired@example.com")  # expired below: renew
     # The magic link: the member may accept it, the admin (its inviter) is in that team already,
     # the others are signed in as someone else or signed out.
     admin = team.accounts[TenantRole.ADMIN]
@@ -320,6 +333,8 @@ def url_values(app: Flask, team: Any, login_as: Any, admin_engine: Engine) -> di
     with admin_engine.begin() as conn:  # a row in every other tenant table (a new feature's too)
         fill_tenant_tables(conn, team.id, team.accounts[TenantRole.OWNER].user_id)
         conn.execute(text("DELETE FROM github_tokens WHERE tenant_id = :t"), {"t": team.id})
+        conn.execute(text("UPDATE invitations SET expires_at = now() - interval '1 hour' WHERE email = 'expired@example.com'"))
+        _team_at_the_visitors_domain(conn)
     _connect_github(app, admin_engine, team.id)
     values = {
         "token": token,
@@ -329,6 +344,19 @@ def url_values(app: Flask, team: Any, login_as: Any, admin_engine: Engine) -> di
     }
     values.update(_values_from_links(app, owner, values))
     return values
+
+
+def _team_at_the_visitors_domain(conn: Any) -> None:
+    """Another team that verified example.com (every visitor's domain): /teams/ offers to join it."""
+    other = uuid.uuid4()
+    conn.execute(text("INSERT INTO tenants (id, name, slug) VALUES (:t, 'Example Inc', :s)"), {"t": other, "s": f"ex-{other.hex[:8]}"})
+    conn.execute(
+        text(
+            "INSERT INTO team_domains (id, tenant_id, domain, join_mode, join_role, verified_at) "
+            "VALUES (:i, :t, 'example.com', 'request', 'member', now())"
+        ),
+        {"i": uuid.uuid4(), "t": other},
+    )
 
 
 def _values_from_links(app: Flask, client: Any, known: dict[str, str]) -> dict[str, str]:

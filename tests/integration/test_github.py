@@ -777,6 +777,8 @@ def test_the_listing_function_reveals_team_ids_and_nothing_else(database, admin_
         "nyxcore_count_unsent_outbox",
         "nyxcore_users_with_stale_two_factor",  # user ids only, for key rotation (migration 0006)
         "nyxcore_issue_password_reset",  # a reset link for an anonymous request: an id or NULL
+        "nyxcore_invitations_due_reminder",  # invitation, team and inviter ids only (migration 0010)
+        "nyxcore_joinable_teams",  # teams the acting user may join by domain: id, name, mode, role (0011)
     }
     for function in functions:
         assert function.prosecdef

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -50,13 +49,6 @@ def seeded(admin_engine: Engine) -> Seeded:
         team_b, user_b = _seed_team(conn, "beta")
     return Seeded(team_a, team_b, user_a, user_b)
 
-
-@pytest.fixture
-def app_engine(database) -> Iterator[Engine]:
-    """A plain engine as the app role, with none of the app's own scoping: raw SQL only."""
-    engine = create_engine(database.app_url)
-    yield engine
-    engine.dispose()
 
 
 def _as_team(conn: Connection, team: uuid.UUID | None, user: uuid.UUID | None = None) -> None:

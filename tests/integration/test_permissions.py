@@ -28,6 +28,8 @@ NOT_TEAM_ROUTES = {
     "auth.logout": "any signed-in user",
     "teams.new": "any signed-in user (also one in no team)",
     "teams.switch": "any signed-in user; the service checks the membership",
+    "joining.index": "any signed-in user: their teams, and those their verified address's domain may join",
+    "joining.join": "any signed-in user; the service finds the team joinable by their domain, else 404",
     "invite.show": "the magic link works for whoever holds it",
     "invite.accept": "the magic link works for whoever holds it",
     "invite.dev_outbox": "development only, any signed-in user's own mail",

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
 
 from nyxcore.extensions import db
@@ -119,13 +119,6 @@ QUERIES = [
     TenantQuery("github token", "github_tokens", "/github/", "FROM github_tokens"),
 ]
 
-
-@pytest.fixture
-def app_engine(database: Any) -> Iterator[Engine]:
-    """A plain engine as the app role: RLS applies, the app's own scoping does not."""
-    engine = create_engine(database.app_url)
-    yield engine
-    engine.dispose()
 
 
 def _seed(admin_engine: Engine, table: str) -> None:

@@ -9,6 +9,8 @@ One job per module; this package re-exports what blueprints, other services and 
 - `issuing`: invite, list, resend, revoke (the admin's side);
 - `states`: an invitation's state from its own columns;
 - `display`: what the pages say (delivery, why a link is gone, wrong account);
+- `reminding`: the one reminder 48 hours before expiry (a beat task);
+- `history`: invitations accepted or revoked lately;
 - `accepting`: where a link's visitor stands, and the atomic accept;
 - `signing_up`: a new account made through the link, joining the team in one step.
 """
@@ -29,19 +31,25 @@ from nyxcore.services.invitations.addresses import (
 )
 from nyxcore.services.invitations.display import (
     Delivery,
+    Lifecycle,
     delivery,
     gone_message,
+    lifecycle,
+    utc,
     wrong_account_message,
 )
+from nyxcore.services.invitations.history import list_closed
 from nyxcore.services.invitations.issuing import (
     MANAGE,
     PER_PAGE,
     invite_many,
     list_pending,
+    renew,
     resend,
     revoke,
     revoke_ungrantable,
 )
+from nyxcore.services.invitations.reminding import REMINDER_LEAD, DueReminder, due_reminders, remind
 from nyxcore.services.invitations.signing_up import sign_up_and_accept
 from nyxcore.services.invitations.states import (
     INVITER_LOST_ROLE,
@@ -58,31 +66,40 @@ __all__ = [
     "MANAGE",
     "MAX_ADDRESSES",
     "PER_PAGE",
+    "REMINDER_LEAD",
     "RESENT",
     "REVOKED",
     "TOKEN_BYTES",
     "Acceptance",
     "Accepted",
     "Delivery",
+    "DueReminder",
     "InvitationState",
     "InviteOutcome",
     "InviteResult",
+    "Lifecycle",
     "Standing",
     "WrongAccount",
     "accept",
     "acceptance",
     "delivery",
+    "due_reminders",
     "find_by_token",
     "gone_message",
     "hash_token",
     "invite_many",
     "is_expired",
+    "lifecycle",
+    "list_closed",
     "list_pending",
     "parse_addresses",
+    "remind",
+    "renew",
     "resend",
     "revoke",
     "revoke_ungrantable",
     "sign_up_and_accept",
     "state_of",
+    "utc",
     "wrong_account_message",
 ]

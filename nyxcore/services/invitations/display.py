@@ -4,27 +4,60 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Literal
 
 from nyxcore.models import Invitation, OutboxEmail, User
 from nyxcore.roles import TenantRole, grantable_roles
-from nyxcore.services import mail
-from nyxcore.services.invitations.states import InvitationState, aware
+from nyxcore.services import mail, mail_failures
+from nyxcore.services.invitations.states import InvitationState, aware, is_expired, now
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """The state of an invitation's email, for the admin's pending list."""
+    """The state of an invitation's email, for the admin's pending list; `reason` is in words."""
 
     state: Literal["queued", "sent", "failed", "not queued"]
     at: datetime | None = None
-    error: str | None = None
+    reason: str | None = None
+    attempts: int = 0
+    retry_at: datetime | None = None
     gave_up: bool = False
+
+    @property
+    def summary(self) -> str:
+        """What went wrong, how often, and what happens next: "the mail server could not be reached;
+        next try at 14:05 UTC (2 attempts)". Empty unless an attempt failed."""
+        if self.reason is None:
+            return ""
+        tries = f" ({self.attempts} attempt{'s' if self.attempts != 1 else ''})" if self.attempts else ""
+        if self.gave_up:
+            return f"{self.reason}{tries}; no more tries"
+        if self.retry_at is not None:
+            return f"{self.reason}; next try at {clock(self.retry_at)}{tries}"
+        return f"{self.reason}; it will be tried again{tries}"
+
+
+class Lifecycle(StrEnum):
+    """Where an invitation stands, as its admins see it."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    FAILED = "failed"  # delivery gave up
+    ACCEPTED = "accepted"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
 
 
 def utc(moment: datetime) -> str:
     """`moment` as the pages show it: `2026-01-31 09:00 UTC`."""
     return aware(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def clock(moment: datetime) -> str:
+    """`14:05 UTC` today, the full `utc` form on another day."""
+    moment = aware(moment).astimezone(UTC)
+    return moment.strftime("%H:%M UTC") if moment.date() == now().date() else utc(moment)
 
 
 def article(role: TenantRole) -> str:
@@ -33,19 +66,41 @@ def article(role: TenantRole) -> str:
 
 
 def delivery(invitation: Invitation) -> Delivery:
-    """Queued, sent (when), or failed (why, and whether the outbox gave up). Needs outbox_email loaded."""
+    """Queued, sent (when), or failed (why in words, attempts, next try, or given up). Needs outbox_email loaded."""
     outbox: OutboxEmail | None = invitation.outbox_email
     if outbox is None:
         return Delivery("not queued")
     if outbox.sent_at is not None:
-        return Delivery("sent", at=outbox.sent_at)
-    if outbox.last_error:
-        return Delivery(
-            "failed",
-            error=outbox.last_error,
-            gave_up=outbox.attempts >= mail.MAX_ATTEMPTS or outbox.body_ciphertext is None,
-        )
-    return Delivery("queued", at=outbox.created_at)
+        return Delivery("sent", at=outbox.sent_at, attempts=outbox.attempts)
+    gave_up = outbox.attempts >= mail.MAX_ATTEMPTS or outbox.body_ciphertext is None
+    if outbox.failure is None and outbox.last_error is None:
+        return Delivery("queued", at=outbox.created_at)
+    # last_error alone: cancelled, in our own words (services/mail.cancel_unsent).
+    reason = mail_failures.words(outbox.failure) if outbox.failure else outbox.last_error
+    return Delivery(
+        "failed",
+        reason=reason,
+        attempts=outbox.attempts,
+        retry_at=None if gave_up else outbox.retry_at,
+        gave_up=gave_up,
+    )
+
+
+def lifecycle(invitation: Invitation) -> Lifecycle:
+    """Accepted, revoked (replaced ones too), expired, failed (delivery gave up), sent or queued.
+
+    An open invitation needs outbox_email loaded; a failure still being retried is queued.
+    """
+    if invitation.consumed_at is not None:
+        return Lifecycle.ACCEPTED
+    if invitation.revoked_at is not None:
+        return Lifecycle.REVOKED
+    if is_expired(invitation):
+        return Lifecycle.EXPIRED
+    sent = delivery(invitation)
+    if sent.state == "sent":
+        return Lifecycle.SENT
+    return Lifecycle.FAILED if sent.gave_up else Lifecycle.QUEUED
 
 
 def gone_message(invitation: Invitation, state: InvitationState) -> str:
@@ -83,7 +138,9 @@ def inviter_lost_role_message(invitation: Invitation) -> str:
 
 
 def wrong_account_message(invitation: Invitation, user: User) -> str:
+    """Not for this account. The invited address is not shown: the visitor is not signed in as it."""
     return (
-        f"This invitation is for {invitation.email}, but you are logged in as {user.email}. "
-        f"Log out, then open the link again and log in or sign up as {invitation.email}."
+        f"This invitation to {invitation.tenant.name} is not for this account: it was sent to another "
+        f"e-mail address than {user.email}. Log out and continue, then log in or sign up with the "
+        f"address the invitation was sent to."
     )

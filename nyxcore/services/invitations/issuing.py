@@ -7,6 +7,7 @@ handed only the outbox id after the commit.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from flask import current_app
 from sqlalchemy import func, select
@@ -19,7 +20,7 @@ from nyxcore.models import Invitation, Tenant, TenantMember, User
 from nyxcore.pagination import Page
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
-from nyxcore.services import audit, mail, seats
+from nyxcore.services import audit, domain_policy, mail, seats
 from nyxcore.services.invitations import addresses, limits, tokens
 from nyxcore.services.invitations.addresses import InviteOutcome, InviteResult
 from nyxcore.services.invitations.display import utc
@@ -37,10 +38,15 @@ def _check_role(actor: Actor, role: TenantRole) -> None:
         raise PermissionDenied(f"Your role cannot invite someone as {role.label.lower()}.", field="role")
 
 
-def _issue(inviter: User, tenant: Tenant, email: str, role: TenantRole) -> Invitation:
-    """Write an invitation and queue its email, in the current transaction. Raises Conflict if one is open."""
+def _issue(
+    inviter: User, tenant: Tenant, email: str, role: TenantRole, *, reminding_until: datetime | None = None
+) -> Invitation:
+    """Write an invitation and queue its email, in the current transaction. Raises Conflict if one is open.
+
+    With `reminding_until` it is the reminder: the same expiry, marked reminded, the reminder email.
+    """
     token = tokens.new_token()
-    expires_at = now() + current_app.config["INVITATION_TTL"]
+    expires_at = reminding_until or now() + current_app.config["INVITATION_TTL"]
     invitation = Invitation(
         tenant_id=tenant.id,
         token_hash=tokens.hash_token(token),
@@ -48,13 +54,16 @@ def _issue(inviter: User, tenant: Tenant, email: str, role: TenantRole) -> Invit
         role=role,
         invited_by=inviter.id,
         expires_at=expires_at,
+        reminded_at=now() if reminding_until else None,
     )
     try:
         with db.session.begin_nested():
             db.session.add(invitation)
     except IntegrityError as exc:  # uq_invitations_open_email: a concurrent request invited them first
         raise Conflict(f"{email} already has an open invitation.", field="emails") from exc
-    outbox = queue_invitation_email(inviter, tenant, token, email, role, expires_at)
+    outbox = queue_invitation_email(
+        inviter, tenant, token, email, role, expires_at, reminder=reminding_until is not None
+    )
     invitation.outbox_email_id = outbox.id
     db.session.flush()
     return invitation
@@ -107,6 +116,7 @@ def invite_many(actor: Actor, raw_addresses: str, role: TenantRole) -> list[Invi
     MANAGE.check(actor)
     _check_role(actor, role)
     results, wanted = addresses.validate(addresses.entries_of(raw_addresses))
+    domain_policy.check_addresses(actor.tenant, wanted)  # InvalidInput naming each refused address
     members = _member_emails(actor.tenant_id, wanted) if wanted else set()
     open_invitations = _open_invitations_for(actor.tenant_id, wanted) if wanted else {}
     to_invite = _answer_known(wanted, members, open_invitations, results)
@@ -225,13 +235,30 @@ def resend(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
 
     Raises NotFound (not in this team), Conflict (already used or revoked), PermissionDenied, RateLimited.
     """
+    return _replace(actor, invitation_id, "invitation.resent")
+
+
+def renew(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
+    """Replace an expired invitation: a new token, a new expiry and a new email; the old link answers 410.
+
+    Raises NotFound (not in this team), Conflict (used, revoked, or not expired: resend that one),
+    PermissionDenied, RateLimited.
+    """
+    return _replace(actor, invitation_id, "invitation.renewed", expired_only=True)
+
+
+def _replace(actor: Actor, invitation_id: uuid.UUID, action: str, *, expired_only: bool = False) -> Invitation:
     MANAGE.check(actor)
     limits.check_rate(actor.tenant_id, 1)  # first: the team lock is always taken before invitation rows
     old = _managed_open_invitation(actor, invitation_id)
-    limits.spend_daily_allowances(actor, 1)  # once the invitation is known to be resendable
+    if expired_only and aware(old.expires_at) > now():
+        raise Conflict(f"The invitation for {old.email} has not expired; resend it to send a new link.")
+    if aware(old.expires_at) <= now():  # an expired invitation held no seat; its replacement takes one
+        seats.ensure_room(actor.tenant_id)
+    limits.spend_daily_allowances(actor, 1)  # once the invitation is known to be replaceable
     _void(old, RESENT, "the invitation was replaced")
     new = _issue(_actor_user(actor), _actor_tenant(actor), old.email, old.role)
-    audit.record(actor.tenant_id, actor.user_id, "invitation.resent", target=new.email, role=new.role.value)
+    audit.record(actor.tenant_id, actor.user_id, action, target=new.email, role=new.role.value)
     return new
 
 

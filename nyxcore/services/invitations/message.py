@@ -14,9 +14,17 @@ from nyxcore.services.invitations.display import article
 
 
 def queue_invitation_email(
-    inviter: User, tenant: Tenant, token: str, email: str, role: TenantRole, expires_at: datetime
+    inviter: User,
+    tenant: Tenant,
+    token: str,
+    email: str,
+    role: TenantRole,
+    expires_at: datetime,
+    *,
+    reminder: bool = False,
 ) -> OutboxEmail:
-    """Render the email carrying `token`'s link and add it to the outbox; enqueued after commit."""
+    """Render the email carrying `token`'s link (or the reminder before expiry) and add it to the
+    outbox; enqueued after commit."""
     # Both names are anyone's choice and the mail goes out from the operator's address: shown, never linked.
     inviter_name, team_name = mail_names.for_mail(inviter.name), mail_names.for_mail(tenant.name)
     context = {
@@ -27,8 +35,11 @@ def queue_invitation_email(
         "link": f"{current_app.config['PUBLIC_URL']}/invite/{token}",
         "expires_at": expires_at,
         "email": email,
+        "reminder": reminder,
     }
     subject = f"{inviter_name} invited you to {team_name} on NyxCore"
+    if reminder:
+        subject = f"Reminder: {subject}"
     return mail.queue_email(
         keyring.get(),
         tenant_id=tenant.id,

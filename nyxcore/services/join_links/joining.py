@@ -24,7 +24,7 @@ from nyxcore.extensions import db
 from nyxcore.models import JoinLink, TenantMember, User
 from nyxcore.permissions import VERIFY_FIRST, Operation
 from nyxcore.roles import TenantRole
-from nyxcore.services import audit, seats
+from nyxcore.services import audit, domain_policy, seats
 from nyxcore.services.invitations import tokens
 from nyxcore.services.invitations.display import utc
 from nyxcore.services.invitations.states import now
@@ -123,8 +123,9 @@ def visit(token: str, user: User | None) -> Visit:
             f"This join link for {link.tenant.name} is only for addresses at "
             f"{', '.join(link.allowed_domains.split())}; yours is not. Ask an admin of the team to invite you."
         )
-    # The team's own domain policy (issue 14, built separately) is to be asked here too, after the
-    # link's domains: visit() answers the page and runs again inside join(), before any use is spent.
+    # The team's own policy too: visit() answers the page and runs again inside join(), before any
+    # use is spent.
+    domain_policy.check_address(link.tenant, user.email)
     if not JOIN.allows_verification(user.email_verified_at is not None):
         return Visit(link, Standing.UNVERIFIED)
     return Visit(link, Standing.READY)
