@@ -246,6 +246,19 @@ def test_an_allowed_domain_joins(team, as_admin, login_as, make_user, admin_engi
     assert members_of(admin_engine, team.id) == 5
 
 
+def test_the_teams_domain_policy_applies_to_join_links_too(team, as_admin, login_as, make_user, admin_engine):
+    _, token = make_link(as_admin)  # the link itself is for any domain
+    with admin_engine.begin() as conn:
+        conn.execute(text("UPDATE tenants SET allowed_email_domains = 'nyx.example' WHERE id = :t"), {"t": team.id})
+    outsider = make_user(email="eve@elsewhere.example")
+    client = login_as(outsider)
+    for response in (client.get(f"/join/{token}"), client.post_form(f"/join/{token}")):
+        assert response.status_code == 403
+        assert "eve@elsewhere.example is not at a domain" in page(response)
+    assert (members_of(admin_engine, team.id), join_links(admin_engine)[0]["uses"]) == (4, 0)
+    assert login_as(make_user(email="ida@nyx.example")).post_form(f"/join/{token}").status_code == 303
+
+
 def test_unknown_or_malformed_links_are_404(client, login_as, make_user):
     signed_in = login_as(make_user())
     for visitor in (client, signed_in):
