@@ -303,12 +303,13 @@ def csrf_token_in(page: str) -> str:
 class Browser:
     """One HTTP client: its own connection (kept alive when the server allows) and session cookies."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, headers: Mapping[str, str] | None = None) -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         self.cookies: dict[str, str] = {}
+        self.headers = {"User-Agent": USER_AGENT, **(headers or {})}  # sent with every request
 
     def request(self, method: str, path: str, form: Mapping[str, str] | None = None) -> tuple[int, bytes]:
-        headers = {"User-Agent": USER_AGENT}
+        headers = dict(self.headers)
         if self.cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         body = None

@@ -28,7 +28,7 @@ from nyxcore.extensions import login_manager
 from nyxcore.models import AccountToken, TenantMember, User
 from nyxcore.permissions import Operation, operation
 from nyxcore.roles import TenantRole
-from nyxcore.services import account_tokens, invitations, sessions, teams
+from nyxcore.services import account_tokens, invitations, notices, sessions, teams
 from nyxcore.services.account_tokens import Purpose
 from nyxcore.tenancy import Actor
 
@@ -105,11 +105,22 @@ def bind_request_actor() -> None:
     user: User = current_user._get_current_object()
     stack.enter_context(tenancy.tenant_context(user_id=user.id))
     g.my_teams = teams.memberships_of(user.id)
-    membership = teams.choose_active(g.my_teams, _session_tenant_id())
+    wanted = _session_tenant_id()
+    membership = teams.choose_active(g.my_teams, wanted)
+    if wanted is not None and (membership is None or membership.tenant_id != wanted):
+        tell_of_lost_team(wanted)  # only now: a page whose team is still active asks nothing
     if membership is None:
         session.pop(ACTIVE_TENANT_KEY, None)
         return
     activate_team(membership)
+
+
+def tell_of_lost_team(tenant_id: uuid.UUID) -> bool:
+    """Say, once, why the signed-in user is no longer in team `tenant_id`, if that was noted."""
+    message = notices.take(current_user.id, tenant_id)
+    if message is not None:
+        flash(message, "info")  # shown now; the notice is used up with this request's commit
+    return message is not None
 
 
 def unbind_request_actor() -> None:

@@ -194,6 +194,10 @@ BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     "interval_start": 0,
     "interval_step": 0.1,
     "interval_max": 0.2,
+    # No copy of a taken task kept in Redis for redelivery an hour later: the outbox sweep re-sends
+    # what a dead worker held (OUTBOX_SWEEP_AGE_SECONDS), and with it on, kombu 5.7's worker died of
+    # an AttributeError when Redis restarted while it held a task (tests/deployment/test_faults.py).
+    "ack_emulation": False,
 }
 
 
@@ -216,10 +220,22 @@ def _celery_settings(env: Mapping[str, str], redis_url: str, eager: bool) -> dic
             "sweep-outbox": {
                 "task": "nyxcore.tasks.sweep_outbox",
                 "schedule": float(_int(env, "OUTBOX_SWEEP_SECONDS", 60)),
+                # Mail unsent this long is enqueued again (a lost message, a killed worker).
+                "kwargs": {"older_than_seconds": float(_int(env, "OUTBOX_SWEEP_AGE_SECONDS", 60))},
             },
             "remind-expiring-invitations": {
                 "task": "nyxcore.tasks.remind_expiring_invitations",
                 "schedule": float(_int(env, "INVITATION_REMINDER_SECONDS", 900)),
+            },
+            # Memberships that end (services/endings.py): requests treat them as gone at once; these
+            # mail the week's warning and remove the row (audit log, notice) soon after the end.
+            "warn-ending-memberships": {
+                "task": "nyxcore.tasks.warn_ending_memberships",
+                "schedule": float(_int(env, "MEMBERSHIP_ENDINGS_SECONDS", 300)),
+            },
+            "end-memberships": {
+                "task": "nyxcore.tasks.end_memberships",
+                "schedule": float(_int(env, "MEMBERSHIP_ENDINGS_SECONDS", 300)),
             },
         },
     }

@@ -1,5 +1,6 @@
 """Celery, set up as Flask's own Celery example does, and the tasks: deliver one outbox email,
-sweep the outbox for mail an outage left behind, and remind invitees 48 hours before expiry.
+sweep the outbox for mail an outage left behind, remind invitees 48 hours before expiry, and warn
+about and end memberships that end.
 
 `celery_init_app` makes one Celery app per Flask app (`app.extensions["celery"]`); the tasks are
 `@shared_task`s, so each Celery app gets them with its own `FlaskTask` base. Tasks receive ids,
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +24,7 @@ from flask import Flask, current_app
 
 from nyxcore import tenancy
 from nyxcore.extensions import db, keyring
-from nyxcore.services import invitations, mail
+from nyxcore.services import endings, invitations, mail
 
 log = logging.getLogger("nyxcore.tasks")
 
@@ -144,6 +146,39 @@ def remind_expiring_invitations() -> int:
         mail.dispatch_queued()
         sent += claimed
     return sent
+
+
+@shared_task(name="nyxcore.tasks.warn_ending_memberships")  # type: ignore[untyped-decorator]
+def warn_ending_memberships() -> int:
+    """Mail each member whose membership ends within a week, once; returns how many were warned."""
+    return _in_each_team(endings.due_for_warning(), endings.warn)
+
+
+@shared_task(name="nyxcore.tasks.end_memberships")  # type: ignore[untyped-decorator]
+def end_memberships() -> int:
+    """Remove the memberships past their end date; returns how many this run removed."""
+    return _in_each_team(endings.due_for_ending(), endings.end)
+
+
+def _in_each_team(due: list[tuple[uuid.UUID, uuid.UUID]], act: Callable[[uuid.UUID, uuid.UUID], bool]) -> int:
+    """`act(team, membership)` for each due pair, in that team's context, one commit each.
+
+    One that fails is rolled back and logged; the others go on, and the next run tries it again.
+    """
+    db.session.rollback()  # the listing ran with no team: each pair gets a transaction of its own
+    done = 0
+    for tenant_id, member_id in due:
+        with tenancy.tenant_context(tenant_id=tenant_id):
+            try:
+                done += bool(act(tenant_id, member_id))
+                db.session.commit()
+            except Exception:
+                db.session.rollback()
+                mail.discard_queued()
+                log.exception("membership %s of team %s: %s failed", member_id, tenant_id, act.__name__)
+                continue
+        mail.dispatch_queued()  # after the commit: the ids only
+    return done
 
 
 def close_mail_connections(**_: Any) -> None:

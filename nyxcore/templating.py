@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask, url_for
 
 from nyxcore import authz, navigation
+from nyxcore.services import notices
 
 _SLOT = uuid.UUID(int=0)
 
@@ -38,3 +39,5 @@ def init_app(app: Flask) -> None:
         }
 
     app.jinja_env.filters["time"] = format_time
+    app.jinja_env.filters["last_day"] = notices.last_day  # a membership's end: "31 Jan 2027"
+    app.jinja_env.filters["last_date"] = notices.last_date

@@ -180,8 +180,11 @@ def _before_cursor_execute(
 
 
 def _forget_applied(conn: Connection, *args: Any) -> None:
-    # The settings end with the transaction (or with the savepoint they were made in).
-    conn.info.pop(_APPLIED, None)
+    # The settings end with the transaction (or with the savepoint they were made in). A connection
+    # the database dropped has nothing to forget (the pool clears its info when it reconnects), and
+    # asking for its info would raise instead of letting the rollback finish.
+    if not conn.invalidated:
+        conn.info.pop(_APPLIED, None)
 
 
 def install_engine_events(engine: Engine) -> None:

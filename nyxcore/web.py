@@ -9,6 +9,7 @@ session and Celery only once the transaction is committed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -19,12 +20,13 @@ from flask import Flask, flash, g, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.wrappers.response import Response
 
 from nyxcore import authz
 from nyxcore.errors import DomainError
-from nyxcore.extensions import db
+from nyxcore.extensions import db, login_manager
 from nyxcore.services import mail
 
 log = logging.getLogger("nyxcore.request")
@@ -43,7 +45,10 @@ ERROR_TITLES = {
     429: ("Too many requests", "You are going too fast. Wait a little and try again."),
     500: ("Something went wrong", "An unexpected error occurred. It has been logged; please try again."),
     502: ("Service problem", "A service NyxCore relies on did not answer as expected. Try again later."),
+    503: ("Briefly unavailable", "NyxCore cannot reach its database just now. Try again in a few seconds."),
 }
+# Seconds a 503 (the database unreachable: restarting, failing over) asks the client to wait.
+RETRY_AFTER_SECONDS = 5
 _SKIP_CONTEXT_ENDPOINTS = {"static", "api.health"}
 # Added to every response that does not set them itself (one pass over the headers, not one per name).
 _SECURITY_HEADERS = (
@@ -191,7 +196,9 @@ def register_error_handlers(app: Flask) -> None:
         return render_error(exc.code)
 
     @app.errorhandler(InternalServerError)
-    def internal_error(exc: InternalServerError) -> tuple[Any, int]:
+    def internal_error(exc: InternalServerError) -> tuple[Any, ...]:
+        if database_unreachable(exc.original_exception):
+            return database_unavailable(exc.original_exception)
         # No rollback here: it would expire what the layout shows; after_request rolls back (it raised).
         log.error("unhandled error", exc_info=exc.original_exception or exc)
         if not db.session.is_active:
@@ -199,3 +206,27 @@ def register_error_handlers(app: Flask) -> None:
             db.session.rollback()
             g.actor, g.my_teams = None, []
         return render_error(500)
+
+
+def database_unreachable(error: BaseException | None) -> bool:
+    """Whether `error` says the database connection is gone (a restart, a failover), not a bug."""
+    if isinstance(error, OperationalError | InterfaceError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def database_unavailable(error: BaseException | None) -> tuple[Any, ...]:
+    """A clean 503 for a request the database dropped: no traceback, a Retry-After, logged briefly.
+
+    SQLAlchemy has already invalidated the pool's connections to the old server, so the next
+    requests connect afresh: once the database answers again, service resumes by itself.
+    """
+    log.warning("database unreachable: %s", type(error).__name__)
+    with contextlib.suppress(SQLAlchemyError):  # the connection is gone: rolling back may fail too
+        db.session.rollback()
+    # The layout must not query the database again: no teams, and an anonymous user (or Flask-Login's
+    # context processor would call the user loader once more).
+    g.actor, g.my_teams = None, []
+    login_manager._update_request_context_with_user()
+    body, status = render_error(503)
+    return body, status, {"Retry-After": str(RETRY_AFTER_SECONDS)}

@@ -75,18 +75,19 @@ def _url(base: str, *, user: str | None = None, database: str | None = None) -> 
     return url.render_as_string(hide_password=False)
 
 
-@pytest.fixture(scope="session")
-def database() -> Iterator[TestDatabase]:
+def create_database(admin_url: str = ADMIN_URL) -> TestDatabase:
+    """A new database on the server of `admin_url` (a superuser), owned by a new owner role, with a
+    new app role, and every migration run; `drop_database` removes it all again."""
     suffix = uuid.uuid4().hex[:8]
     info = TestDatabase(
         name=f"nyxcore_test_{suffix}",
-        admin_url=_url(ADMIN_URL, database=f"nyxcore_test_{suffix}"),
-        owner_url=_url(ADMIN_URL, user=f"nyxcore_owner_{suffix}", database=f"nyxcore_test_{suffix}"),
-        app_url=_url(ADMIN_URL, user=f"nyxcore_app_{suffix}", database=f"nyxcore_test_{suffix}"),
+        admin_url=_url(admin_url, database=f"nyxcore_test_{suffix}"),
+        owner_url=_url(admin_url, user=f"nyxcore_owner_{suffix}", database=f"nyxcore_test_{suffix}"),
+        app_url=_url(admin_url, user=f"nyxcore_app_{suffix}", database=f"nyxcore_test_{suffix}"),
         owner_role=f"nyxcore_owner_{suffix}",
         app_role=f"nyxcore_app_{suffix}",
     )
-    server = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    server = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with server.connect() as conn:
             conn.execute(text(f"CREATE ROLE {info.owner_role} LOGIN NOSUPERUSER NOBYPASSRLS"))
@@ -95,14 +96,25 @@ def database() -> Iterator[TestDatabase]:
             # A test database need not survive a crash: commits return without waiting for the WAL
             # flush (0.1 ms instead of 2 ms each here). Nothing else about PostgreSQL changes.
             conn.execute(text(f"ALTER DATABASE {info.name} SET synchronous_commit = off"))
+    finally:
+        server.dispose()
+    try:
         app = create_app(test_config(info))
         with app.app_context():
             from flask_migrate import upgrade
 
             upgrade()
             _db.engine.dispose()
-        yield info
-    finally:
+    except BaseException:
+        drop_database(info, admin_url)
+        raise
+    return info
+
+
+def drop_database(info: TestDatabase, admin_url: str = ADMIN_URL) -> None:
+    """Drop what `create_database` made (its connections are ended first)."""
+    server = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
         with server.connect() as conn:
             conn.execute(
                 text(
@@ -113,7 +125,17 @@ def database() -> Iterator[TestDatabase]:
             conn.execute(text(f"DROP DATABASE IF EXISTS {info.name}"))
             conn.execute(text(f"DROP ROLE IF EXISTS {info.app_role}"))
             conn.execute(text(f"DROP ROLE IF EXISTS {info.owner_role}"))
+    finally:
         server.dispose()
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[TestDatabase]:
+    info = create_database()
+    try:
+        yield info
+    finally:
+        drop_database(info)
 
 
 def test_config(info: TestDatabase, **overrides: Any) -> dict[str, Any]:
@@ -193,6 +215,8 @@ SHARED_SERVER_GROUPS = {
     "tests/deployment/test_instances.py": "instances",
     "tests/deployment/test_pgbouncer.py": "pgbouncer",
     "tests/deployment/test_image.py": "deployment",
+    # Their own PostgreSQL cluster and Redis server, restarted under load: one worker runs them in turn.
+    "tests/deployment/test_faults.py": "faults",
 }
 
 
@@ -439,19 +463,24 @@ def make_user(app: Flask) -> Any:
         n = next(counter)
         name = name or f"User {n}"
         email = email or f"user{n}-{uuid.uuid4().hex[:6]}@example.com"
-        user_id, team_id = uuid.uuid4(), uuid.uuid4()
-        with (
-            app.app_context(),
-            tenancy.tenant_context(user_id=user_id, tenant_id=team_id),
-            mock.patch.object(passwords, "hash_password", _hash_once),
-        ):
-            user, membership = accounts.register_user(
-                user_id=user_id, team_id=team_id, name=name, email=email, password=password, verified=verified
-            )
-            _db.session.commit()
-            return Account(user.id, user.email, user.name, membership.tenant_id)
+        return create_account(app, name, email, password, verified=verified)
 
     return build
+
+
+def create_account(app: Flask, name: str, email: str, password: str = PASSWORD, *, verified: bool = True) -> Account:
+    """A user and their personal team made through the service in `app`'s database, committed."""
+    user_id, team_id = uuid.uuid4(), uuid.uuid4()
+    with (
+        app.app_context(),
+        tenancy.tenant_context(user_id=user_id, tenant_id=team_id),
+        mock.patch.object(passwords, "hash_password", _hash_once),
+    ):
+        user, membership = accounts.register_user(
+            user_id=user_id, team_id=team_id, name=name, email=email, password=password, verified=verified
+        )
+        _db.session.commit()
+        return Account(user.id, user.email, user.name, membership.tenant_id)
 
 
 @pytest.fixture

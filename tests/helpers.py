@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Row, text
+from sqlalchemy import Row, event, text
 from sqlalchemy.engine import Connection, Engine
 
 HOST = "127.0.0.1"
@@ -83,3 +83,22 @@ def role_of(bind: Engine | Connection, team_id: uuid.UUID, user_id: uuid.UUID) -
         bind, "SELECT role FROM tenant_members WHERE tenant_id = :t AND user_id = :u", t=team_id, u=user_id
     )
     return role
+
+
+def statements_for(app: Any, client: Any, path: str) -> int:
+    """How many SQL statements the app sends to answer GET `path` for `client` (which must get a 200)."""
+    from nyxcore.extensions import db
+
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert client.get(path).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return len(statements)

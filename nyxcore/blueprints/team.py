@@ -10,19 +10,19 @@ from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from markupsafe import Markup
 from werkzeug.wrappers.response import Response
-from wtforms import SelectChoice, SelectField, StringField
-from wtforms.validators import DataRequired, Length
+from wtforms import DateField, SelectChoice, SelectField, StringField
+from wtforms.validators import DataRequired, Length, Optional
 
 from nyxcore.authz import acting, role_required
 from nyxcore.blueprints.invite import pending_invitations
 from nyxcore.blueprints.seats import seat_limit_form
-from nyxcore.errors import DomainError
+from nyxcore.errors import DomainError, InvalidInput
 from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.navigation import NavEntry
 from nyxcore.pagination import page_number
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import audit as audit_events
-from nyxcore.services import invitations, members, seats
+from nyxcore.services import endings, invitations, members, notices, seats
 from nyxcore.templating import url_pattern
 from nyxcore.tenancy import Actor
 from nyxcore.web import form_status, notify
@@ -35,6 +35,11 @@ ROLE_CHOICES = [SelectChoice(role.value, role.label) for role in TenantRole]
 
 class RoleForm(FlaskForm):  # type: ignore[misc]
     role = SelectField("Role", choices=ROLE_CHOICES, validators=[DataRequired()])
+
+
+class EndDateForm(FlaskForm):  # type: ignore[misc]
+    # Empty clears the end date.
+    ends_on = DateField("Last day", validators=[Optional()])
 
 
 class TransferForm(FlaskForm):  # type: ignore[misc]
@@ -86,6 +91,7 @@ def overview() -> str:
         role_options={role: role_options(grantable, selected=role) for role in TenantRole},
         role_url=url_pattern("team.change_role", "member_id"),
         remove_url=url_pattern("team.remove_member", "member_id"),
+        end_url=url_pattern("team.set_end", "member_id"),
         confirm_form=ConfirmForm(),
         **pending,
     )
@@ -117,14 +123,29 @@ def remove_member(member_id: uuid.UUID) -> Response:
     return redirect(url_for("team.overview"))
 
 
+@bp.post("/members/<uuid:member_id>/end")
+@role_required(endings.SET_END)
+def set_end(member_id: uuid.UUID) -> Response:
+    """Give a membership its last day, or clear it (an empty date)."""
+    form = EndDateForm()
+    if not form.validate_on_submit():
+        if form.ends_on.errors:
+            raise InvalidInput("Give the last day as a date, for example 2027-01-31.")
+        abort(400)
+    member = endings.set_end_date(acting(), member_id, form.ends_on.data)
+    if member.ends_at is None:
+        notify(f"{member.user.name}'s membership no longer ends.", "success")
+    else:
+        notify(f"{member.user.name} stays in the team until {notices.last_day(member.ends_at)}.", "success")
+    return redirect(url_for("team.overview"))
+
+
 @bp.post("/leave")
 @role_required(members.LEAVE)
 def leave() -> Response:
     _validated(ConfirmForm())
-    actor = acting()
-    name = actor.tenant.name
-    members.leave_team(actor)
-    notify(f"You left {name}.", "info")
+    # "You left <team>." is said by the notice the next request (the redirect) takes: services/notices.py.
+    members.leave_team(acting())
     return redirect(url_for("main.index"))
 
 

@@ -51,7 +51,10 @@ def new() -> Response | tuple[str, int]:
 @bp.post("/switch")
 @login_required  # type: ignore[untyped-decorator]
 def switch() -> Response:
-    """Make another of the user's teams active; a team they are not in answers 404."""
+    """Make another of the user's teams active; a team they are not in answers 404.
+
+    A team they lost since the page was shown says why (once), and they stay where they are.
+    """
     form = SwitchTeamForm()
     if not form.validate_on_submit():
         abort(400)
@@ -61,6 +64,8 @@ def switch() -> Response:
         abort(404)
     membership = next((m for m in authz.my_teams() if m.tenant_id == wanted), None)
     if membership is None:
+        if authz.tell_of_lost_team(wanted):
+            return redirect(url_for("main.index"))
         abort(404)
     authz.activate_team(membership)
     notify(f"Switched to {membership.tenant.name}.", "info")

@@ -151,6 +151,7 @@ class TenantMember(TenantScoped, Base):
         UniqueConstraint("tenant_id", "user_id"),
         Index("ix_tenant_members_tenant_id_joined_at", "tenant_id", "joined_at", "id"),
         Index("ix_tenant_members_user_id", "user_id"),
+        Index("ix_tenant_members_ends_at", "ends_at", postgresql_where=text("ends_at IS NOT NULL")),
     )
 
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -158,10 +159,23 @@ class TenantMember(TenantScoped, Base):
     invited_at: Mapped[datetime | None]
     invited_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     joined_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    ends_at: Mapped[datetime | None]  # services/endings.py: gone at ends_at, warned once before
+    end_warned_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship(foreign_keys=[user_id], lazy="raise")
     inviter: Mapped[User | None] = relationship(foreign_keys=[invited_by], lazy="raise")
     tenant: Mapped[Tenant] = relationship(lazy="raise")
+
+
+class MembershipNotice(TenantScoped, Base):
+    """Why someone lost a team, shown to them once on their next request (services/endings.py)."""
+
+    __tablename__ = "membership_notices"
+    __table_args__ = (UniqueConstraint("tenant_id", "user_id"),)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    team_name: Mapped[str] = mapped_column(String(80))  # the team is no longer theirs to read
+    reason: Mapped[str] = mapped_column(Enum("removed", "ended", "left", name="notice_reason", native_enum=False, create_constraint=True, length=16))
+    at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class UserSession(UUIDPrimaryKey, Base):

@@ -27,7 +27,7 @@ from nyxcore.models import Tenant, TenantMember, User
 from nyxcore.pagination import Page, like_pattern
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role
-from nyxcore.services import audit, invitations, seats
+from nyxcore.services import audit, invitations, notices, seats
 from nyxcore.services.teams import validate_slug
 from nyxcore.tenancy import Actor
 
@@ -53,6 +53,7 @@ class MemberRow:
     email: str
     two_factor: bool
     inviter_name: str | None
+    ends_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ def _member_rows(*, search: bool) -> Select[Any]:
             User.email,
             User.two_factor_enabled_at.is_not(None),
             inviter.name,
+            TenantMember.ends_at,
             *counts,
         )
         .join(User, User.id == TenantMember.user_id)
@@ -201,6 +203,8 @@ def change_role(actor: Actor, member_id: uuid.UUID, new_role: TenantRole) -> Ten
     if old_role is TenantRole.OWNER:
         _ensure_other_owner_remains(actor.tenant_id, member)
     member.role = new_role
+    if new_role is TenantRole.OWNER:  # an owner's membership does not end (services/endings.py)
+        member.ends_at = member.end_warned_at = None
     db.session.flush()
     audit.record(
         actor.tenant_id,
@@ -231,6 +235,7 @@ def remove_member(actor: Actor, member_id: uuid.UUID) -> User:
     db.session.delete(member)
     db.session.flush()
     audit.record(actor.tenant_id, actor.user_id, "member.removed", target=user.email, role=member.role.value)
+    notices.leave(actor.tenant, member.user_id, notices.REMOVED)
     invitations.revoke_ungrantable(actor, member.user_id, None)
     return user
 
@@ -244,6 +249,7 @@ def leave_team(actor: Actor) -> None:
     db.session.delete(actor.membership)
     db.session.flush()
     audit.record(actor.tenant_id, actor.user_id, "member.left", target=None, role=role.value)
+    notices.leave(actor.tenant, actor.user_id, notices.LEFT)
     invitations.revoke_ungrantable(actor, actor.user_id, None)
 
 

@@ -6,8 +6,9 @@ import re
 import secrets
 import unicodedata
 import uuid
+from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import contains_eager
 
@@ -99,7 +100,11 @@ _MEMBERSHIPS = (
     select(TenantMember)
     .join(TenantMember.tenant)
     .options(contains_eager(TenantMember.tenant))
-    .where(TenantMember.user_id == bindparam("user_id"))
+    .where(
+        TenantMember.user_id == bindparam("user_id"),
+        # A membership past its end is gone from this moment, before the beat task removes it.
+        or_(TenantMember.ends_at.is_(None), TenantMember.ends_at > bindparam("now")),
+    )
     .order_by(Tenant.name, Tenant.id)
     .execution_options(**{tenancy.ALL_TENANTS: True})
 )
@@ -109,8 +114,9 @@ def memberships_of(user_id: uuid.UUID) -> list[TenantMember]:
     """Every team the user belongs to, with the team loaded, by team name (one query, built once).
 
     The request reads this once: it gives both the active membership and the team switcher.
+    Memberships past their end date are left out.
     """
-    return list(db.session.scalars(_MEMBERSHIPS, {"user_id": user_id}))
+    return list(db.session.scalars(_MEMBERSHIPS, {"user_id": user_id, "now": datetime.now(UTC)}))
 
 
 def choose_active(memberships: list[TenantMember], wanted_tenant_id: uuid.UUID | None) -> TenantMember | None:

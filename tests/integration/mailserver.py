@@ -6,11 +6,14 @@
         link = server.links(message, "http://nyxcore.test/invite/")[0]
 
 `server.refuse_next(n)` makes the next n deliveries fail with a temporary error (451), the way a
-greylisting or overloaded server does, so that retries can be tested.
+greylisting or overloaded server does, so that retries can be tested. `server.hold()` keeps every
+message's DATA unanswered until `server.release()` (a slow server: a worker is caught mid-delivery),
+and `server.stop()` / `server.start()` take the server away and bring it back on the same port.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -35,9 +38,17 @@ class CollectingHandler:
         self.attempts = 0
         self.refusals = 0
         self.refusal_reply = "451 4.3.0 Try again later"
+        self.data_received = 0  # DATA commands whose message arrived, answered or still held
         self._arrived = threading.Condition()
+        self._released = threading.Event()
+        self._released.set()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self._arrived:
+            self.data_received += 1
+            self._arrived.notify_all()
+        while not self._released.is_set():  # held: the client waits for the reply to its DATA
+            await asyncio.sleep(0.02)
         with self._arrived:
             self.attempts += 1
             if self.refusals > 0:
@@ -53,6 +64,36 @@ class CollectingHandler:
 class MailServer:
     def __init__(self, host: str, port: int, handler: CollectingHandler) -> None:
         self.host, self.port, self.handler = host, port, handler
+        self.controller: Controller | None = None
+
+    def start(self) -> None:
+        """Listen (again, on the same port, with the messages kept so far)."""
+        if self.controller is None:
+            self.controller = Controller(self.handler, hostname=self.host, port=self.port)
+            self.controller.start()
+
+    def stop(self) -> None:
+        """Stop listening (connections are refused) until `start`."""
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def hold(self) -> None:
+        """Leave every DATA from now on unanswered until `release` (each message is kept once released)."""
+        self.handler._released.clear()
+
+    def release(self) -> None:
+        self.handler._released.set()
+
+    def wait_for_data(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until `count` messages in all have reached DATA (held or not)."""
+        deadline = time.monotonic() + timeout
+        with self.handler._arrived:
+            while self.handler.data_received < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no DATA number {count} within {timeout}s")
+                self.handler._arrived.wait(left)
 
     @property
     def messages(self) -> list[EmailMessage]:
@@ -110,9 +151,10 @@ def running_mail_server(host: str = HOST) -> Iterator[MailServer]:
     """An SMTP server on a free loopback port for the duration of the block."""
     handler = CollectingHandler()
     port = free_port(host)
-    controller = Controller(handler, hostname=host, port=port)
-    controller.start()
+    server = MailServer(host, port, handler)
+    server.start()
     try:
-        yield MailServer(host, port, handler)
+        yield server
     finally:
-        controller.stop()
+        server.release()
+        server.stop()

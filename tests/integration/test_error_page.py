@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy.exc import OperationalError
 
 from nyxcore.authz import acting, role_required
 from nyxcore.extensions import db
@@ -33,3 +34,25 @@ def test_a_failed_flush_still_gets_the_error_page(app: Flask, team: Any, login_a
     page = response.get_data(as_text=True)
     assert "Something went wrong" in page
     assert client.get("/team/").status_code == 200  # the next request starts clean
+
+
+@pytest.mark.own_app  # it adds a route
+def test_a_lost_database_connection_gets_a_clean_503_with_retry_after(
+    app: Flask, team: Any, login_as: Any
+) -> None:
+    """What a request in flight sees when PostgreSQL restarts (tests/deployment/test_faults.py does it
+    for real): no 500, no traceback, and the page asks nothing more of the database."""
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.get("/database-gone")
+    @role_required(notes.READ)
+    def database_gone() -> str:
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+    client = login_as(team.accounts[TenantRole.MEMBER], team.id)
+    response = client.get("/database-gone")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    page = response.get_data(as_text=True)
+    assert "Briefly unavailable" in page and "Traceback" not in page and "SELECT 1" not in page
+    assert client.get("/team/").status_code == 200

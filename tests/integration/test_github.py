@@ -779,6 +779,8 @@ def test_the_listing_function_reveals_team_ids_and_nothing_else(database, admin_
         "nyxcore_issue_password_reset",  # a reset link for an anonymous request: an id or NULL
         "nyxcore_invitations_due_reminder",  # invitation, team and inviter ids only (migration 0010)
         "nyxcore_joinable_teams",  # teams the acting user may join by domain: id, name, mode, role (0011)
+        "nyxcore_memberships_to_warn",  # (team id, membership id) pairs only, for beat (migration 0012)
+        "nyxcore_memberships_to_end",  # the same
     }
     for function in functions:
         assert function.prosecdef

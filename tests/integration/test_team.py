@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 
 from nyxcore import tenancy
 from nyxcore.errors import Conflict
@@ -16,7 +16,7 @@ from nyxcore.extensions import db
 from nyxcore.models import TenantMember
 from nyxcore.roles import TenantRole
 from nyxcore.services import members
-from tests.helpers import count, dicts, member_id, role_of, rows, scalar
+from tests.helpers import count, dicts, member_id, role_of, rows, scalar, statements_for
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 
@@ -303,22 +303,6 @@ def _seed_members(admin_engine, team_id: uuid.UUID, count: int) -> None:
         )
 
 
-def _queries_for(app, client, path: str) -> int:
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        statements.append(statement)
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        assert client.get(path).status_code == 200
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    return len(statements)
-
-
 def test_team_page_query_count_does_not_grow_with_members(app, make_user, login_as, admin_engine, capsys):
     small, large = make_user(name="Small"), make_user(name="Large")
     _seed_members(admin_engine, small.team_id, 9)
@@ -326,8 +310,8 @@ def test_team_page_query_count_does_not_grow_with_members(app, make_user, login_
     small_client, large_client = login_as(small), login_as(large)
     small_client.get("/team/")
     large_client.get("/team/")
-    small_count = _queries_for(app, small_client, "/team/")
-    large_count = _queries_for(app, large_client, "/team/")
+    small_count = statements_for(app, small_client, "/team/")
+    large_count = statements_for(app, large_client, "/team/")
     with capsys.disabled():
         print(f"\nteam page SQL statements: 10 members -> {small_count}, 500 members -> {large_count}")
     assert small_count == large_count
