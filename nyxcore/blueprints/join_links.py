@@ -106,7 +106,7 @@ def revoke(link_id: uuid.UUID) -> Response:
 def _presenting(token: str) -> Iterator[None]:
     """Act as the holder of a join link: with its hash, then in its team (as authz.presenting_invitation).
 
-    The hash alone lets row-level security show the link (migration 0012, `join_link_by_token`);
+    The hash alone lets row-level security show the link (migration 0013, `join_link_by_token`);
     the team's context then lets the join read the team and write the new member's row.
     """
     user_id = current_user.id if current_user.is_authenticated else None

@@ -9,8 +9,8 @@
 - `tenants.seat_limit`: members plus open invitations may not exceed it (services/seats.py); NULL
   is unlimited.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-02
 """
 
@@ -19,8 +19,8 @@ from alembic import op
 
 from nyxcore import rls
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
