@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 
 from flask import Flask, g, has_request_context
 
-# Magic-link paths carry the raw token, also percent-encoded inside a `next=` query parameter;
+# Magic-link and join-link paths carry the raw token, also percent-encoded inside a `next=` query parameter;
 # GitHub tokens have well-known prefixes.
 _REDACTIONS = (
-    (re.compile(r"(/invite/)[A-Za-z0-9_\-]{16,}"), r"\1[redacted]"),
+    (re.compile(r"(/invite/|/join/)[A-Za-z0-9_\-]{16,}"), r"\1[redacted]"),
     # Account links: password reset, e-mail verification, e-mail change.
     (re.compile(r"(/auth/reset/|/auth/verify/|/account/email/confirm/)[A-Za-z0-9_\-]{16,}"), r"\1[redacted]"),
-    (re.compile(r"(%2Finvite%2F)[A-Za-z0-9_\-]{16,}", re.IGNORECASE), r"\1[redacted]"),
+    (re.compile(r"(%2Finvite%2F|%2Fjoin%2F)[A-Za-z0-9_\-]{16,}", re.IGNORECASE), r"\1[redacted]"),
     (re.compile(r"\b(gh[pousr]_|github_pat_)[A-Za-z0-9_]{10,}"), r"\1[redacted]"),
 )
 

@@ -15,13 +15,14 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from nyxcore.authz import acting, role_required
 from nyxcore.blueprints.invite import pending_invitations
+from nyxcore.blueprints.seats import seat_limit_form
 from nyxcore.errors import DomainError, InvalidInput
 from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.navigation import NavEntry
 from nyxcore.pagination import page_number
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import audit as audit_events
-from nyxcore.services import endings, invitations, members, notices
+from nyxcore.services import endings, invitations, members, notices, seats
 from nyxcore.templating import url_pattern
 from nyxcore.tenancy import Actor
 from nyxcore.web import form_status, notify
@@ -82,6 +83,7 @@ def overview() -> str:
         "team/overview.html",
         tenant=actor.tenant,
         page=page,
+        seats=seats.SeatUsage(page.members, page.open_invitations, actor.tenant.seat_limit),
         search=search,
         manageable={
             m.id for m in page.items if m.id != actor.member_id and can_manage_role(actor.role, m.role, m.role)
@@ -159,7 +161,13 @@ def _render_settings(
     form = form or SettingsForm(obj=actor.tenant)
     delete_form = delete_form or DeleteForm(prefix="delete")
     status = form_status(form, delete_form)
-    page = render_template("team/settings.html", form=form, transfer=transfer, delete_form=delete_form)
+    page = render_template(
+        "team/settings.html",
+        form=form,
+        transfer=transfer,
+        delete_form=delete_form,
+        seat_form=seat_limit_form(actor.tenant.seat_limit),
+    )
     return page, status
 
 

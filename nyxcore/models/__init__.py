@@ -141,6 +141,8 @@ class Tenant(UUIDPrimaryKey, Base):
     require_two_factor: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
     # The e-mail domains people may join from, space separated, lower case; empty: any (domain_policy).
     allowed_email_domains: Mapped[str] = mapped_column(String(1000), server_default="", default="")
+    # Members plus open invitations may not exceed it (services/seats.py); None: unlimited.
+    seat_limit: Mapped[int | None] = mapped_column(Integer, CheckConstraint("seat_limit > 0", name="seat_limit_positive"))
 
 
 class TenantMember(TenantScoped, Base):
@@ -333,6 +335,7 @@ class WardrobeItem(TenantScoped, Base):
 
 
 # Registered on the metadata with the rest: whatever imports the models sees these tables too.
+from nyxcore.models.join_links import JoinLink as JoinLink  # noqa: E402
 from nyxcore.models.joining import JoinRequest as JoinRequest  # noqa: E402
 from nyxcore.models.joining import TeamDomain as TeamDomain  # noqa: E402
 from nyxcore.models.two_factor import RecoveryCode as RecoveryCode  # noqa: E402

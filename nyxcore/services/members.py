@@ -12,7 +12,7 @@ behind.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +27,7 @@ from nyxcore.models import Tenant, TenantMember, User
 from nyxcore.pagination import Page, like_pattern
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role
-from nyxcore.services import audit, invitations, notices
+from nyxcore.services import audit, invitations, notices, seats
 from nyxcore.services.teams import validate_slug
 from nyxcore.tenancy import Actor
 
@@ -56,6 +56,22 @@ class MemberRow:
     ends_at: datetime | None
 
 
+@dataclass(frozen=True)
+class MemberPage(Page[MemberRow]):
+    """A page of members, and what the seat count needs, read by the same statement."""
+
+    members: int = 0  # all the team's members, whatever the search
+    open_invitations: int = 0  # invitations holding a seat (services/seats.py)
+
+
+def _count_columns(in_team: Any, matches: Any, *, search: bool) -> list[Any]:
+    """How many members match, then the seat count's parts: open invitations (and all the members)."""
+    everyone = select(func.count()).select_from(TenantMember).where(in_team)
+    counted = everyone.join(User, User.id == TenantMember.user_id).where(matches) if search else everyone
+    columns = [counted.scalar_subquery(), seats.open_invitations(bindparam("tenant_id"))]
+    return [*columns, everyone.scalar_subquery()] if search else columns
+
+
 def _member_rows(*, search: bool) -> Select[Any]:
     """The member list's statement, built once per shape: every value is a parameter.
 
@@ -69,9 +85,7 @@ def _member_rows(*, search: bool) -> Select[Any]:
         func.lower(User.name).like(bindparam("pattern", type_=String), escape="\\"),
         User.email.like(bindparam("pattern", type_=String), escape="\\"),
     )
-    counted = select(func.count()).select_from(TenantMember).where(in_team)
-    if search:
-        counted = counted.join(User, User.id == TenantMember.user_id).where(matches)
+    counts = _count_columns(in_team, matches, search=search)
     query = (
         select(
             TenantMember.id,
@@ -83,7 +97,7 @@ def _member_rows(*, search: bool) -> Select[Any]:
             User.two_factor_enabled_at.is_not(None),
             inviter.name,
             TenantMember.ends_at,
-            counted.scalar_subquery(),
+            *counts,
         )
         .join(User, User.id == TenantMember.user_id)
         .outerjoin(inviter, inviter.id == TenantMember.invited_by)
@@ -100,10 +114,17 @@ def _member_rows(*, search: bool) -> Select[Any]:
 
 
 _MEMBER_ROWS = {searching: _member_rows(search=searching) for searching in (False, True)}
+# Past the last page no row carries the counts: they are asked alone.
+_COUNTS = {
+    searching: select(*_MEMBER_ROWS[searching].selected_columns[len(fields(MemberRow)) :]).execution_options(
+        **{tenancy.ALL_TENANTS: True}
+    )
+    for searching in (False, True)
+}
 
 
-def list_members(actor: Actor, *, page: int, search: str = "", per_page: int = PER_PAGE) -> Page[MemberRow]:
-    """A page of the actor's team's members in join order, and how many match, in one statement.
+def list_members(actor: Actor, *, page: int, search: str = "", per_page: int = PER_PAGE) -> MemberPage:
+    """A page of the actor's team's members in join order, how many match, and the seats, in one statement.
 
     The statement leaves the ORM's tenant scoping (built once, it carries no loader criteria) and
     filters by the actor's team itself; row-level security applies to it as to every statement.
@@ -114,14 +135,17 @@ def list_members(actor: Actor, *, page: int, search: str = "", per_page: int = P
     page = max(page, 1)
     params = {"tenant_id": actor.tenant_id, "pattern": like_pattern(search)}
     rows = db.session.execute(query, {**params, "limit": per_page, "offset": (page - 1) * per_page}).all()
+    width = len(fields(MemberRow))
     if rows:
-        total = rows[0][-1]
-    elif page > 1:  # past the end: no row carried the count
-        everyone = query.order_by(None).limit(None).offset(None).subquery()
-        total = db.session.scalar(select(func.count()).select_from(everyone), params) or 0
+        counts = tuple(rows[0][width:])
+    elif page > 1 or search:  # past the end, or nobody matches: no row carried the counts
+        counts = tuple(db.session.execute(_COUNTS[bool(search)], params).one())
     else:
-        total = 0
-    return Page([MemberRow(*row[:-1]) for row in rows], page, per_page, total)
+        counts = (0, 0, 0)
+    total, invited = counts[0], counts[1]
+    everyone = counts[2] if search else total
+    items = [MemberRow(*row[:width]) for row in rows]
+    return MemberPage(items, page, per_page, total, members=everyone, open_invitations=invited)
 
 
 def get_member(member_id: uuid.UUID) -> TenantMember:

@@ -50,6 +50,7 @@ REVIEWED_EXCEPTIONS = {
     ("tenant_members", "membership_end_scan", "SELECT"),  # owner only, inside its SECURITY DEFINER functions
     ("membership_notices", "own_notices", "SELECT"),  # why someone lost a team, read by them once
     ("membership_notices", "take_own_notices", "DELETE"),  # and used up; the team writes them
+    ("join_links", "join_link_by_token", "SELECT"),  # a join link's holder finds its team (migration 0013)
 }
 # Tables whose owner is not held by RLS (FORCE), because SECURITY DEFINER functions read them as it.
 NOT_FORCED = {"users"}

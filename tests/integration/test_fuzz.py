@@ -336,7 +336,12 @@ def url_values(app: Flask, team: Any, login_as: Any, admin_engine: Engine) -> di
         conn.execute(text("UPDATE invitations SET expires_at = now() - interval '1 hour' WHERE email = 'expired@example.com'"))
         _team_at_the_visitors_domain(conn)
     _connect_github(app, admin_engine, team.id)
-    values = {"token": token, "filename": "nyxcore.css", **_account_links(owner, login_as, team, admin_engine)}
+    values = {
+        "token": token,
+        "join_token": _join_link(login_as(admin, admin.team_id)),  # the others may join the admin's team
+        "filename": "nyxcore.css",
+        **_account_links(owner, login_as, team, admin_engine),
+    }
     values.update(_values_from_links(app, owner, values))
     return values
 
@@ -381,6 +386,14 @@ def _invite(client: Any, email: str) -> str:
     sent = next(m for m in ConsoleTransport.recent if m["to"] == email)
     link = re.search(r"/invite/([A-Za-z0-9_-]+)", sent["text"])
     assert link, "no magic link in the invitation email"
+    return link.group(1)
+
+
+def _join_link(client: Any) -> str:
+    """Make a join link for the client's active team; the token the page shows once."""
+    made = client.post_form("/team/join-links", {"role": "member", "days": "7", "max_uses": "50"})
+    link = re.search(r"/join/([A-Za-z0-9_-]{43})", made.get_data(as_text=True))
+    assert made.status_code == 200 and link, "no join link shown"
     return link.group(1)
 
 

@@ -53,6 +53,8 @@ NOT_TEAM_ROUTES = {
     "verification.resend": "any signed-in user, for their own address",
     "account_email.change": "any signed-in user, for their own address",
     "account_email.confirm": "the confirmation link works for whoever holds it",
+    "join_links.show": "a join link works for whoever holds it (the team and role, changes nothing)",
+    "join_links.join": "a join link works for any signed-in, verified holder; the service checks the link",
 }
 # Routes that end the visitor's session: posted last, so that the forms before them are tried signed in.
 SIGNS_OUT = ("auth.logout", "account.sign_out_everywhere")

@@ -28,6 +28,8 @@ TOKEN = "Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eHF1dXg"  # the shape of a real one
         f"/auth/signup?next=/invite/{TOKEN}&email=a%40example.com",
         f"/auth/login?next=%2Finvite%2F{TOKEN}",
         f"/auth/login?next=%2finvite%2f{TOKEN}",
+        f"GET /join/{TOKEN} HTTP/1.1",
+        f"/auth/login?next=%2Fjoin%2F{TOKEN}",
     ],
 )
 def test_redact_masks_invite_tokens_plain_and_percent_encoded(text):

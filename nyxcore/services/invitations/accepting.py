@@ -23,7 +23,7 @@ from nyxcore.errors import Gone, PermissionDenied
 from nyxcore.extensions import db
 from nyxcore.models import Invitation, TenantMember, User
 from nyxcore.roles import grantable_roles
-from nyxcore.services import accounts, audit, domain_policy, verification
+from nyxcore.services import accounts, audit, domain_policy, seats, verification
 from nyxcore.services.invitations.display import (
     gone_message,
     inviter_lost_role_message,
@@ -138,6 +138,7 @@ def accept(token: str, user: User) -> Accepted:
     if result.standing is Standing.ALREADY_MEMBER:
         return _already_member(invitation, user)
     domain_policy.check_address(invitation.tenant, user.email)  # the policy as it is now
+    seats.ensure_room(invitation.tenant_id, accepting=True)  # locks the team first, as a removal does
     # Checked again in this transaction, under a lock, just before the consuming UPDATE: a removal
     # or demotion of the inviter cannot slip in between.
     if not _inviter_may_grant(invitation, lock=True):

@@ -20,7 +20,7 @@ from nyxcore.models import Invitation, Tenant, TenantMember, User
 from nyxcore.pagination import Page
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
-from nyxcore.services import audit, domain_policy, mail
+from nyxcore.services import audit, domain_policy, mail, seats
 from nyxcore.services.invitations import addresses, limits, tokens
 from nyxcore.services.invitations.addresses import InviteOutcome, InviteResult
 from nyxcore.services.invitations.display import utc
@@ -123,6 +123,7 @@ def invite_many(actor: Actor, raw_addresses: str, role: TenantRole) -> list[Invi
     if not to_invite:
         return list(results.values())
     limits.check_rate(actor.tenant_id, len(to_invite))
+    seats.ensure_room(actor.tenant_id, len(to_invite), field="emails")
     limits.spend_daily_allowances(actor, len(to_invite))
     inviter, tenant = _actor_user(actor), _actor_tenant(actor)
     for email in to_invite:
@@ -252,6 +253,8 @@ def _replace(actor: Actor, invitation_id: uuid.UUID, action: str, *, expired_onl
     old = _managed_open_invitation(actor, invitation_id)
     if expired_only and aware(old.expires_at) > now():
         raise Conflict(f"The invitation for {old.email} has not expired; resend it to send a new link.")
+    if aware(old.expires_at) <= now():  # an expired invitation held no seat; its replacement takes one
+        seats.ensure_room(actor.tenant_id)
     limits.spend_daily_allowances(actor, 1)  # once the invitation is known to be replaceable
     _void(old, RESENT, "the invitation was replaced")
     new = _issue(_actor_user(actor), _actor_tenant(actor), old.email, old.role)
