@@ -9,7 +9,6 @@ Every way in passes the team's domain policy, and the requester hears the outcom
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from nyxcore.extensions import db
 from nyxcore.models import JoinRequest, Tenant, TenantMember, User
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole
-from nyxcore.services import account_mail, audit, domain_policy
+from nyxcore.services import account_mail, audit, domain_policy, seats
 from nyxcore.services.team_domains import JoinMode
 from nyxcore.tenancy import Actor
 
@@ -134,6 +133,7 @@ def join_or_ask(user: User, tenant_id: uuid.UUID) -> TenantMember | JoinRequest:
 def _add_member(
     tenant: Tenant, user_id: uuid.UUID, role: TenantRole, *, by: uuid.UUID, action: str, email: str
 ) -> TenantMember:
+    seats.ensure_room(tenant.id)  # locks the team: joins and approvals take seats one at a time
     membership = TenantMember(tenant_id=tenant.id, user_id=user_id, role=role)
     membership.tenant = tenant
     try:
@@ -144,6 +144,13 @@ def _add_member(
     audit.record(tenant.id, by, action, target=email, role=role.value)
     db.session.flush()  # now, while the caller is in the team's context (RLS WITH CHECK)
     return membership
+
+
+def _is_member(tenant_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    found = db.session.scalar(
+        select(TenantMember.id).where(TenantMember.tenant_id == tenant_id, TenantMember.user_id == user_id)
+    )
+    return found is not None
 
 
 def open_requests(actor: Actor) -> list[JoinRequest]:
@@ -183,7 +190,7 @@ def decide(actor: Actor, request_id: uuid.UUID, *, approve: bool) -> JoinRequest
     request.outcome = APPROVED if approve else DECLINED
     if approve:
         domain_policy.check_address(actor.tenant, request.email)
-        with contextlib.suppress(Conflict):  # they joined another way meanwhile: settled all the same
+        if not _is_member(actor.tenant_id, request.user_id):  # joined another way meanwhile: settled
             _add_member(
                 actor.tenant,
                 request.user_id,

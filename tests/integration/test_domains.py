@@ -387,3 +387,26 @@ def test_the_discovery_function_gives_an_outsider_the_teams_id_and_name_and_noth
     with app_engine.begin() as conn:
         conn.execute(text("SELECT set_config('app.user_id', :u, true)"), {"u": str(bo.user_id)})
         assert conn.execute(text("SELECT count(*) FROM nyxcore_joinable_teams()")).scalar_one() == 0
+
+
+def test_joining_and_approvals_by_domain_take_seats_like_every_other_way_in(
+    as_owner, team, make_user, login_as, dns, admin_engine
+):
+    # The team fixture has four members: a limit of four leaves no seat.
+    assert as_owner.post_form("/team/settings/seats", {"seats-seat_limit": "4"}).status_code == 302
+    domain = verified_domain(as_owner, dns, mode="direct")
+    ada = make_user(name="Ada", email=f"ada@{domain}")
+    refused = login_as(ada).post_form(f"/teams/{team.id}/join")
+    assert refused.status_code == 409 and "4 seats and 4 are taken" in page(refused)
+    assert role_of(admin_engine, team.id, ada.user_id) is None
+
+    bo = make_user(name="Bo", email=f"bo@{domain}")
+    with admin_engine.begin() as conn:  # the domain now asks: Bo's request waits for an admin
+        conn.execute(text("UPDATE team_domains SET join_mode = 'request' WHERE tenant_id = :t"), {"t": team.id})
+    assert login_as(bo).post_form(f"/teams/{team.id}/join").status_code == 302
+    request_id = scalar(admin_engine, "SELECT id FROM join_requests WHERE user_id = :u", u=bo.user_id)
+    admin = login_as(team.accounts[TenantRole.ADMIN], team.id)
+    approving = admin.post_form(f"/team/join-requests/{request_id}/approve")
+    assert approving.status_code == 409 and "4 seats and 4 are taken" in page(approving)
+    assert role_of(admin_engine, team.id, bo.user_id) is None
+    assert scalar(admin_engine, "SELECT decided_at FROM join_requests WHERE id = :r", r=request_id) is None
