@@ -25,7 +25,7 @@ from nyxcore.roles import TenantRole
 from tests.conftest import team_name
 from tests.deployment.cluster import Cluster, cluster_environment, log_in, post_from, running_cluster
 from tests.helpers import count, member_id
-from tests.integration.mailserver import MailServer, running_mail_server
+from tests.integration.mailserver import MailServer
 from tests.live import Browser, failed_logins
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
@@ -36,12 +36,6 @@ pytestmark = pytest.mark.committed  # other processes read what the fixtures cre
 LOGIN_LIMIT = 5
 INVITATIONS = 200
 BATCH = 50  # the invite form's most addresses at once (services/invitations/addresses.py)
-
-
-@pytest.fixture(scope="module")
-def mail() -> Iterator[MailServer]:
-    with running_mail_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 from nyxcore.roles import TenantRole
 from tests.deployment.cluster import Cluster, cluster_environment, log_in, post_from, running_cluster
 from tests.helpers import HOST, free_port, rows
-from tests.integration.mailserver import MailServer, running_mail_server
+from tests.integration.mailserver import MailServer
 from tests.live import Browser, LiveServers
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
@@ -143,12 +143,6 @@ def pgbouncer(database: TestDatabase, tmp_path_factory: pytest.TempPathFactory) 
             yield bouncer
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def mail() -> Iterator[MailServer]:
-    with running_mail_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
