@@ -1,5 +1,6 @@
 """Stop `make test` at once, with instructions, when PostgreSQL or Redis is not reachable, or a
-program the tests start (PgBouncer) is not installed."""
+program the tests start (Chromium, nginx, PgBouncer, initdb, redis-server, the Docker engine) is not
+installed."""
 
 from __future__ import annotations
 
@@ -36,6 +37,30 @@ def docker_problems() -> list[str]:
     return []
 
 
+# Programs the tests start, by the Debian package that has them, and which tests need them.
+PROGRAMS = {
+    "chromium": ("chromium", "the browser tests (tests/e2e)"),
+    "nginx": ("nginx-light", "the deployment tests (nginx in front of gunicorn)"),
+    "pgbouncer": ("pgbouncer", "tests/deployment/test_pgbouncer.py"),
+    "redis-server": ("redis-server", "the fault tests (a Redis of their own)"),
+}
+PG_BIN = Path(os.environ.get("NYXCORE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def program_problems() -> list[str]:
+    problems = [
+        f"{program} is not installed ({used_by}).\n  Install it:  apt-get install -y {package}   (.ci/run does)"
+        for program, (package, used_by) in PROGRAMS.items()
+        if not shutil.which(program, path=PATH)
+    ]
+    if not (PG_BIN / "initdb").exists():
+        problems.append(
+            f"{PG_BIN}/initdb is missing (the fault tests start a PostgreSQL cluster of their own).\n"
+            "  Install postgresql-15, or set NYXCORE_PG_BIN to the folder of initdb and pg_ctl."
+        )
+    return problems
+
+
 def main() -> int:
     problems = []
     try:
@@ -54,11 +79,7 @@ def main() -> int:
             '  Start it:  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no\n'
             "  or point NYXCORE_TEST_REDIS_URL at one."
         )
-    if not (shutil.which("pgbouncer") or Path("/usr/sbin/pgbouncer").exists()):
-        problems.append(
-            "PgBouncer is not installed (tests/deployment/test_pgbouncer.py starts one).\n"
-            "  Install it:  apt-get install -y pgbouncer   (.ci/run does)"
-        )
+    problems += program_problems()
     problems += docker_problems()
     for problem in problems:
         print(f"make test: {problem}", file=sys.stderr)
