@@ -209,10 +209,16 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def database_unreachable(error: BaseException | None) -> bool:
-    """Whether `error` says the database connection is gone (a restart, a failover), not a bug."""
-    if isinstance(error, OperationalError | InterfaceError):
+    """Whether `error` says the database connection is gone (a restart, a failover), not a bug.
+
+    An error the server answered with carries a SQLSTATE (a deadlock 40P01, a statement timeout
+    57014: psycopg2 raises those as OperationalError too); those are faults to log, not an outage.
+    A lost or refused connection has none.
+    """
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
+    no_answer = getattr(getattr(error, "orig", None), "pgcode", None) is None
+    return isinstance(error, OperationalError | InterfaceError) and no_answer
 
 
 def database_unavailable(error: BaseException | None) -> tuple[Any, ...]:

@@ -21,7 +21,7 @@ from nyxcore.errors import Conflict, InvalidInput, NotFound
 from nyxcore.extensions import db
 from nyxcore.models import TenantMember, User
 from nyxcore.roles import TenantRole
-from nyxcore.services import accounts, members
+from nyxcore.services import accounts, members, seats
 from nyxcore.tenancy import Actor
 
 
@@ -80,7 +80,7 @@ def leave_or_delete_team(actor: Actor) -> TeamStanding:
     meanwhile is counted. Raises Conflict when they turn out to be the last owner of a team with
     other members.
     """
-    members.lock_team(actor.tenant_id)
+    seats.lock_team(actor.tenant_id)
     now = standing(actor)
     if now.only_member and actor.role is TenantRole.OWNER:
         members.delete_team(actor, confirm_name=now.name)

@@ -22,7 +22,7 @@ from nyxcore.extensions import db
 from nyxcore.models import JoinRequest, Tenant, TenantMember, User
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole
-from nyxcore.services import account_mail, audit, domain_policy, seats
+from nyxcore.services import account_mail, audit, domain_policy, mail_names, seats, teams
 from nyxcore.services.team_domains import JoinMode
 from nyxcore.tenancy import Actor
 
@@ -146,13 +146,6 @@ def _add_member(
     return membership
 
 
-def _is_member(tenant_id: uuid.UUID, user_id: uuid.UUID) -> bool:
-    found = db.session.scalar(
-        select(TenantMember.id).where(TenantMember.tenant_id == tenant_id, TenantMember.user_id == user_id)
-    )
-    return found is not None
-
-
 def open_requests(actor: Actor) -> list[JoinRequest]:
     """The team's undecided requests, oldest first."""
     DECIDE.check(actor)
@@ -190,7 +183,7 @@ def decide(actor: Actor, request_id: uuid.UUID, *, approve: bool) -> JoinRequest
     request.outcome = APPROVED if approve else DECLINED
     if approve:
         domain_policy.check_address(actor.tenant, request.email)
-        if not _is_member(actor.tenant_id, request.user_id):  # joined another way meanwhile: settled
+        if teams.membership_of(actor.tenant_id, request.user_id) is None:  # joined another way meanwhile: settled
             _add_member(
                 actor.tenant,
                 request.user_id,
@@ -202,13 +195,13 @@ def decide(actor: Actor, request_id: uuid.UUID, *, approve: bool) -> JoinRequest
     else:
         audit.record(actor.tenant_id, actor.user_id, "join_request.declined", target=request.email)
     db.session.flush()
-    subject = f"You joined {actor.tenant.name}" if approve else f"Your request to join {actor.tenant.name}"
+    team = mail_names.for_mail(actor.tenant.name)  # a name its owner chose: no live links in mail
+    subject = f"You joined {team}" if approve else f"Your request to join {team}"
     account_mail.queue_account_email(
         request.email,
         "join_request_decided",
         subject,
-        name=request.name,
-        team_name=actor.tenant.name,
+        team_name=team,
         approved=approve,
         role=request.role.label.lower(),
         teams_link=account_mail.link("/teams/"),

@@ -158,17 +158,6 @@ def get_member(member_id: uuid.UUID) -> TenantMember:
     return member
 
 
-def lock_team(tenant_id: uuid.UUID) -> Tenant:
-    """Lock the team's row until the transaction ends, serialising changes to its members. Raises NotFound."""
-    # NO KEY UPDATE still serialises these changes, but does not block the FOR KEY SHARE that a new
-    # membership's foreign key takes: an accept holding the inviter's row (FOR SHARE) while it inserts
-    # would otherwise deadlock with a removal of that inviter that holds the team.
-    tenant = db.session.scalar(select(Tenant).where(Tenant.id == tenant_id).with_for_update(key_share=True))
-    if tenant is None:
-        raise NotFound("This team no longer exists.")
-    return tenant
-
-
 def _owner_count() -> int:
     return (
         db.session.scalar(
@@ -180,7 +169,7 @@ def _owner_count() -> int:
 
 def _ensure_other_owner_remains(tenant_id: uuid.UUID, member: TenantMember) -> None:
     """Lock the team and refuse if `member` is its last owner. Call before demoting or removing them."""
-    lock_team(tenant_id)
+    seats.lock_team(tenant_id)
     db.session.refresh(member, ["role"])  # it may have changed while we waited for the lock
     if member.role is TenantRole.OWNER and _owner_count() <= 1:
         raise Conflict(LAST_OWNER)
@@ -259,7 +248,7 @@ def transfer_ownership(actor: Actor, member_id: uuid.UUID) -> TenantMember:
     member = get_member(member_id)
     if member.id == actor.member_id:
         raise InvalidInput("Choose another member to transfer ownership to.", field="member_id")
-    lock_team(actor.tenant_id)
+    seats.lock_team(actor.tenant_id)
     member.role = TenantRole.OWNER
     actor.membership.role = TenantRole.ADMIN
     db.session.flush()
@@ -275,7 +264,7 @@ def update_settings(actor: Actor, *, name: str, slug: str) -> Tenant:
     if not name:
         raise InvalidInput("Give the team a name.", field="name")
     slug = validate_slug(slug)
-    tenant = lock_team(actor.tenant_id)
+    tenant = seats.lock_team(actor.tenant_id)
     changes = {
         k: [old, new]
         for k, old, new in (("name", tenant.name, name), ("slug", tenant.slug, slug))
@@ -296,7 +285,7 @@ def update_settings(actor: Actor, *, name: str, slug: str) -> Tenant:
 def delete_team(actor: Actor, *, confirm_name: str) -> str:
     """Delete the team and everything in it (owners), confirmed by typing its exact name."""
     DELETE.check(actor)
-    tenant = lock_team(actor.tenant_id)
+    tenant = seats.lock_team(actor.tenant_id)
     if confirm_name.strip() != tenant.name:
         raise InvalidInput("Type the team's name exactly to confirm.", field="confirm_name")
     name = tenant.name

@@ -62,9 +62,13 @@ def _members(tenant_id: uuid.UUID) -> ScalarSelect[int]:
     return select(func.count()).select_from(TenantMember).where(TenantMember.tenant_id == tenant_id).scalar_subquery()
 
 
-def _lock(tenant_id: uuid.UUID) -> Tenant:
-    # FOR NO KEY UPDATE, as members.lock_team: it serialises the ways in and does not block the
-    # FOR KEY SHARE a new membership's foreign key takes.
+def lock_team(tenant_id: uuid.UUID) -> Tenant:
+    """Lock the team's row until the transaction ends, serialising changes to its members and every
+    way in (so seats are counted one change at a time). Raises NotFound."""
+    # NO KEY UPDATE still serialises these changes, but does not block the FOR KEY SHARE that a new
+    # membership's foreign key takes: an accept holding the inviter's row (FOR SHARE) while it inserts
+    # would otherwise deadlock with a removal of that inviter that holds the team. populate_existing:
+    # the seat limit read is the one under the lock, not an earlier load of the row.
     tenant = db.session.scalar(
         select(Tenant)
         .where(Tenant.id == tenant_id)
@@ -84,7 +88,7 @@ def ensure_room(tenant_id: uuid.UUID, wanted: int = 1, *, accepting: bool = Fals
     acceptances win and the rest are refused. Teams without a limit are locked all the same, so a
     limit set meanwhile is seen.
     """
-    tenant = _lock(tenant_id)
+    tenant = lock_team(tenant_id)
     if tenant.seat_limit is None:
         return
     members, invited = db.session.execute(select(_members(tenant_id), open_invitations(tenant_id))).one()
@@ -115,7 +119,7 @@ def set_limit(actor: Actor, limit: int | None) -> Tenant:
     SETTINGS.check(actor)
     if limit is not None and not 1 <= limit <= MAX_SEATS:
         raise InvalidInput(f"Enter a number of seats from 1 to {MAX_SEATS:,}, or leave it empty.", field="seat_limit")
-    tenant = _lock(actor.tenant_id)
+    tenant = lock_team(actor.tenant_id)
     if limit is not None:
         members = db.session.scalar(select(_members(actor.tenant_id))) or 0
         if limit < members:

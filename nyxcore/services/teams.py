@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import contains_eager
+from sqlalchemy.orm import contains_eager, joinedload
 
 from nyxcore import tenancy
 from nyxcore.errors import Conflict, InvalidInput
@@ -125,3 +125,17 @@ def choose_active(memberships: list[TenantMember], wanted_tenant_id: uuid.UUID |
         if membership.tenant_id == wanted_tenant_id:
             return membership
     return min(memberships, key=lambda m: (m.joined_at, str(m.id)), default=None)
+
+
+def membership_of(tenant_id: uuid.UUID, user_id: uuid.UUID) -> TenantMember | None:
+    """The user's membership of the team, with the team loaded, or None.
+
+    A user sees their own memberships and their teams everywhere (RLS own_memberships,
+    member_teams), and an admin the members of the active team, so this needs no tenant switch.
+    """
+    return db.session.scalar(
+        select(TenantMember)
+        .options(joinedload(TenantMember.tenant))
+        .where(TenantMember.tenant_id == tenant_id, TenantMember.user_id == user_id)
+        .execution_options(**{tenancy.ALL_TENANTS: True})
+    )

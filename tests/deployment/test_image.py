@@ -53,13 +53,8 @@ from tests.deployment.image import (
 from tests.e2e.live_app import LiveApp, delete_queue
 from tests.helpers import free_port
 from tests.integration.mailserver import MailServer, running_mail_server
-from tests.integration.test_deployment import (
-    Browser,
-    nginx_command,
-    plain_status,
-    write_nginx_config,
-)
-from tests.live import ROOT, LiveServers
+from tests.integration.test_deployment import nginx_command, write_nginx_config
+from tests.live import ROOT, Browser, LiveServers, plain_status
 
 if TYPE_CHECKING:
     from tests.conftest import TestDatabase

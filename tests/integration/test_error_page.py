@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from nyxcore.authz import acting, role_required
@@ -13,6 +14,7 @@ from nyxcore.extensions import db
 from nyxcore.models import Note
 from nyxcore.roles import TenantRole
 from nyxcore.services import notes
+from nyxcore.web import database_unreachable
 
 
 @pytest.mark.own_app  # it adds a route
@@ -56,3 +58,19 @@ def test_a_lost_database_connection_gets_a_clean_503_with_retry_after(
     page = response.get_data(as_text=True)
     assert "Briefly unavailable" in page and "Traceback" not in page and "SELECT 1" not in page
     assert client.get("/team/").status_code == 200
+
+
+def test_only_a_lost_or_refused_connection_reads_as_the_database_unreachable(database):
+    engine = create_engine(database.admin_url)
+    try:
+        with engine.connect() as conn:  # the server answers: a statement timeout (SQLSTATE 57014)
+            conn.execute(text("SET statement_timeout = 1"))
+            with pytest.raises(OperationalError) as timed_out:
+                conn.execute(text("SELECT pg_sleep(1)"))
+    finally:
+        engine.dispose()
+    assert not database_unreachable(timed_out.value)  # a fault to log as a 500, not an outage
+    refused = create_engine("postgresql://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 2})
+    with pytest.raises(OperationalError) as no_server:
+        refused.connect()
+    assert database_unreachable(no_server.value)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyotp
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import insert, text
 
 from nyxcore import authz, tenancy
 from nyxcore.crypto import KeyRing, Sealed, generate_key_setting
@@ -24,7 +24,7 @@ from nyxcore.models import User, UserTwoFactor
 from nyxcore.roles import TenantRole
 from nyxcore.services import two_factor as two_factor_service
 from tests.conftest import PASSWORD
-from tests.helpers import count, role_of, rows, scalar
+from tests.helpers import count, role_of, rows, scalar, statements_for
 
 SECRET = re.compile(r'id="two-factor-secret"[^>]*>([A-Z2-7]+)<')
 CODE = re.compile(r"<li><code>([a-z2-7]{5}-[a-z2-7]{5}-[a-z2-7]{5})</code></li>")
@@ -364,26 +364,12 @@ def test_admins_see_who_has_not_turned_it_on_and_members_do_not(team, as_owner, 
 
 def test_the_requirement_costs_the_team_page_no_statement(app, team, as_owner, clock):
     enrol(as_owner, clock)
-    before = _statements(app, as_owner, "/team/")
+    as_owner.get("/team/")  # a first visit may write last_seen_at
+    before = statements_for(app, as_owner, "/team/")
     as_owner.post_form("/team/two-factor", {"require": "y"})
-    assert _statements(app, as_owner, "/team/") == before
+    as_owner.get("/team/")
+    assert statements_for(app, as_owner, "/team/") == before
 
-
-def _statements(app: Any, client: Any, path: str) -> int:
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        seen.append(statement)
-
-    with app.app_context():
-        engine = db.engine
-    client.get(path)  # a first visit may write last_seen_at
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        assert client.get(path).status_code == 200
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    return len(seen)
 
 
 # --- regenerate, secrecy, rotation ----------------------------------------------------------------------

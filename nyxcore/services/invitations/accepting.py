@@ -10,20 +10,18 @@ context): the inviter's membership and the new member's row are that team's rows
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import joinedload
 
 from nyxcore import tenancy
 from nyxcore.errors import Gone, PermissionDenied
 from nyxcore.extensions import db
 from nyxcore.models import Invitation, TenantMember, User
 from nyxcore.roles import grantable_roles
-from nyxcore.services import accounts, audit, domain_policy, seats, verification
+from nyxcore.services import accounts, audit, domain_policy, seats, teams, verification
 from nyxcore.services.invitations.display import (
     gone_message,
     inviter_lost_role_message,
@@ -80,17 +78,6 @@ def _inviter_may_grant(invitation: Invitation, *, lock: bool) -> bool:
     return invitation.role in grantable_roles(db.session.scalar(query))
 
 
-def _membership(tenant_id: uuid.UUID, user_id: uuid.UUID) -> TenantMember | None:
-    # A user sees their own memberships and their teams everywhere (RLS own_memberships,
-    # member_teams), so this needs no tenant switch.
-    return db.session.scalar(
-        select(TenantMember)
-        .options(joinedload(TenantMember.tenant))
-        .where(TenantMember.tenant_id == tenant_id, TenantMember.user_id == user_id)
-        .execution_options(**{tenancy.ALL_TENANTS: True})
-    )
-
-
 def _addressed_to(invitation: Invitation, user: User) -> bool:
     return accounts.normalise_email(user.email) == accounts.normalise_email(invitation.email)
 
@@ -110,7 +97,7 @@ def acceptance(token: str, user: User | None) -> Acceptance:
         if (
             user is not None
             and invitation.consumed_by == user.id
-            and _membership(invitation.tenant_id, user.id)
+            and teams.membership_of(invitation.tenant_id, user.id)
         ):
             return Acceptance(invitation, Standing.ALREADY_MEMBER)
         raise Gone(gone_message(invitation, state))
@@ -118,7 +105,7 @@ def acceptance(token: str, user: User | None) -> Acceptance:
         return Acceptance(invitation, Standing.SIGNED_OUT)
     if not _addressed_to(invitation, user):
         return Acceptance(invitation, Standing.WRONG_ACCOUNT)
-    if _membership(invitation.tenant_id, user.id) is not None:
+    if teams.membership_of(invitation.tenant_id, user.id) is not None:
         return Acceptance(invitation, Standing.ALREADY_MEMBER)
     return Acceptance(invitation, Standing.READY)
 
@@ -198,7 +185,7 @@ def _consume(invitation: Invitation, user: User) -> TenantMember:
 
 
 def _already_member(invitation: Invitation, user: User) -> Accepted:
-    membership = _membership(invitation.tenant_id, user.id)
+    membership = teams.membership_of(invitation.tenant_id, user.id)
     if membership is None:  # removed again in the meantime
         raise Gone(gone_message(invitation, state_of(invitation)))
     return Accepted(membership, joined=False)

@@ -10,7 +10,6 @@ concurrent joins exactly `max_uses` win, and a join that fails spends nothing.
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -24,7 +23,7 @@ from nyxcore.extensions import db
 from nyxcore.models import JoinLink, TenantMember, User
 from nyxcore.permissions import VERIFY_FIRST, Operation
 from nyxcore.roles import TenantRole
-from nyxcore.services import audit, domain_policy, seats
+from nyxcore.services import audit, domain_policy, seats, teams
 from nyxcore.services.invitations import tokens
 from nyxcore.services.invitations.display import utc
 from nyxcore.services.invitations.states import now
@@ -95,15 +94,6 @@ def _domain_allowed(link: JoinLink, user: User) -> bool:
     return user.email.rsplit("@", 1)[-1].lower() in link.allowed_domains.split()
 
 
-def _membership(tenant_id: uuid.UUID, user_id: uuid.UUID) -> TenantMember | None:
-    return db.session.scalar(
-        select(TenantMember)
-        .options(joinedload(TenantMember.tenant))
-        .where(TenantMember.tenant_id == tenant_id, TenantMember.user_id == user_id)
-        .execution_options(**{tenancy.ALL_TENANTS: True})
-    )
-
-
 def visit(token: str, user: User | None) -> Visit:
     """What the visitor of a join link may do; changes nothing (mail scanners and previews follow links).
 
@@ -112,7 +102,7 @@ def visit(token: str, user: User | None) -> Visit:
     the link's state.
     """
     link = find_by_token(token)
-    if user is not None and (membership := _membership(link.tenant_id, user.id)) is not None:
+    if user is not None and (membership := teams.membership_of(link.tenant_id, user.id)) is not None:
         return Visit(link, Standing.ALREADY_MEMBER, membership)
     if state_of(link) is not LinkState.OPEN:
         raise Gone(gone_message(link))
@@ -151,7 +141,7 @@ def join(token: str, user: User) -> Joined:
         db.session.refresh(link, ["uses", "revoked_at", "expires_at"])  # what the winners committed
         raise Gone(gone_message(link)) from None
     except IntegrityError:  # uq_tenant_members_tenant_id_user_id: they joined in a concurrent request
-        again = _membership(link.tenant_id, user.id)
+        again = teams.membership_of(link.tenant_id, user.id)
         if again is None:
             raise
         return Joined(again, joined=False)
