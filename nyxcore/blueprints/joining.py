@@ -44,7 +44,7 @@ def join(tenant_id: uuid.UUID) -> Response:
     user: User = current_user._get_current_object()
     team = domain_joining.find_joinable(user, tenant_id)
     with authz.acting_as(user.id, tenant_id=team.tenant_id):
-        outcome = domain_joining.join_or_ask(user, team.tenant_id)
+        outcome = domain_joining.join_or_ask(user, team)
     if isinstance(outcome, TenantMember):
         authz.activate_team(outcome)
         notify(f"You joined {team.name} as {outcome.role.label.lower()}.", "success")

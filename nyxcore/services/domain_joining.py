@@ -99,14 +99,14 @@ def find_joinable(user: User, tenant_id: uuid.UUID) -> JoinableTeam:
     return found
 
 
-def join_or_ask(user: User, tenant_id: uuid.UUID) -> TenantMember | JoinRequest:
-    """Join team `tenant_id` (a direct domain) or ask to (a request domain), as the acting `user`.
+def join_or_ask(user: User, team: JoinableTeam) -> TenantMember | JoinRequest:
+    """Join `team` (a direct domain) or ask to (a request domain), as the acting `user`.
 
-    Run in that team's context. Returns the new membership or the open request. Raises NotFound
-    (not joinable), PermissionDenied (the team's domain policy keeps the address out), Conflict
-    (asked already).
+    `team` comes from find_joinable, which the caller has just asked. Run in that team's context.
+    Returns the new membership or the open request. Raises NotFound (the team is gone),
+    PermissionDenied (the team's domain policy keeps the address out), Conflict (asked already).
     """
-    team = find_joinable(user, tenant_id)
+    tenant_id = team.tenant_id
     tenant = db.session.get(Tenant, tenant_id)
     if tenant is None:
         raise NotFound("There is no such team you can join.")
