@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     CheckConstraint,
+    ColumnElement,
     DateTime,
     Enum,
     ForeignKey,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     Uuid,
     false,
     func,
+    or_,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -165,6 +167,11 @@ class TenantMember(TenantScoped, Base):
     user: Mapped[User] = relationship(foreign_keys=[user_id], lazy="raise")
     inviter: Mapped[User | None] = relationship(foreign_keys=[invited_by], lazy="raise")
     tenant: Mapped[Tenant] = relationship(lazy="raise")
+
+    @classmethod
+    def live_at(cls, moment: Any) -> ColumnElement[bool]:
+        """SQL: not past its end at `moment`; THE test of "in the team" and "holds a seat" (endings.py)."""
+        return or_(cls.ends_at.is_(None), cls.ends_at > moment)
 
 
 class MembershipNotice(TenantScoped, Base):

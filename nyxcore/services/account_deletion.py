@@ -49,7 +49,9 @@ class TeamStanding:
 def standing(actor: Actor) -> TeamStanding:
     """The actor's standing in the active team (one query)."""
     total, owners = db.session.execute(
-        select(func.count(), func.count().filter(TenantMember.role == TenantRole.OWNER)).select_from(TenantMember)
+        select(func.count(), func.count().filter(TenantMember.role == TenantRole.OWNER))
+        .select_from(TenantMember)
+        .where(TenantMember.live_at(func.now()))
     ).one()
     return TeamStanding(actor.tenant_id, actor.tenant.name, actor.role, int(total), int(owners))
 

@@ -22,7 +22,7 @@ from nyxcore.extensions import db
 from nyxcore.models import JoinRequest, Tenant, TenantMember, User
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole
-from nyxcore.services import account_mail, audit, domain_policy, mail_names, seats, teams
+from nyxcore.services import account_mail, audit, domain_policy, endings, mail_names, seats, teams
 from nyxcore.services.team_domains import JoinMode
 from nyxcore.tenancy import Actor
 
@@ -134,6 +134,7 @@ def _add_member(
     tenant: Tenant, user_id: uuid.UUID, role: TenantRole, *, by: uuid.UUID, action: str, email: str
 ) -> TenantMember:
     seats.ensure_room(tenant.id)  # locks the team: joins and approvals take seats one at a time
+    endings.end_if_over(tenant.id, user_id)  # a membership that ended: this is a fresh join
     membership = TenantMember(tenant_id=tenant.id, user_id=user_id, role=role)
     membership.tenant = tenant
     try:

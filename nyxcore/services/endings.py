@@ -1,15 +1,16 @@
 """Memberships that end: an end date set by an admin, a warning mail before it, removal at it.
 
 The end date is the membership's last day: it ends at the following midnight UTC (`ends_at`). From
-that moment the request path treats it as gone (teams.memberships_of leaves it out), whether or not
-the beat task has run yet. The beat tasks (tasks.py) find due memberships in every team
-(`due_for_warning`, `due_for_ending`: ids only) and handle each in its own team's context:
+that moment it is gone (`TenantMember.live_at`: no longer in the team, no longer a seat), whether or
+not the beat task has run yet; joining again first ends it (`end_if_over`). The beat tasks
+(tasks.py) find due memberships in every team (`due_for_warning`, `due_for_ending`: ids only) and
+handle each in its own team's context:
 
 - `warn` claims the warning with one `UPDATE ... WHERE end_warned_at IS NULL ... RETURNING` and
   queues the mail in the same transaction, so any number of beat or worker processes, restarted or
   running side by side, send it once;
-- `end` locks the membership and removes it (audit logged as the system's doing, with a notice for
-  the person, services/notices.py); a second process finds nothing left to remove.
+- `end` locks the membership and removes it (services/departures.py: audit logged as the system's
+  doing, with a notice for the person); a second process finds nothing left to remove.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from nyxcore.extensions import db, keyring
 from nyxcore.models import Tenant, TenantMember, User
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role
-from nyxcore.services import audit, invitations, mail, mail_names, members, notices
+from nyxcore.services import audit, departures, mail, mail_names, members, notices
 from nyxcore.tenancy import Actor
 
 SET_END = Operation("members.set_end", TenantRole.ADMIN)
@@ -99,7 +100,7 @@ def _due(function: str, limit: int, *, warning: bool) -> list[tuple[uuid.UUID, u
         )
         return [(uuid.UUID(str(t)), uuid.UUID(str(m))) for t, m in rows]
     now = datetime.now(UTC)
-    due = TenantMember.ends_at <= now
+    due = ~TenantMember.live_at(now)
     if warning:
         due = TenantMember.end_warned_at.is_(None) & (TenantMember.ends_at > now) & (
             TenantMember.ends_at <= now + WARN_BEFORE
@@ -158,8 +159,9 @@ def _queue_warning(user: User, tenant: Tenant, ends_at: datetime) -> None:
 def end(tenant_id: uuid.UUID, member_id: uuid.UUID) -> bool:
     """Remove one membership past its end (run by the beat task in the team's context).
 
-    Audit logged as the system's doing; the person is told on their next request; the invitations
-    they sent are revoked as when anyone leaves. False when it is gone already (another process).
+    Audit logged as the system's doing, and so are the revocations of the open invitations the
+    person sent (services/departures.py); they are told on their next request. False when it is
+    gone already (another process) or has not ended.
     """
     member = db.session.scalar(
         select(TenantMember)
@@ -167,20 +169,35 @@ def end(tenant_id: uuid.UUID, member_id: uuid.UUID) -> bool:
         .where(
             TenantMember.id == member_id,
             TenantMember.tenant_id == tenant_id,
-            TenantMember.ends_at <= datetime.now(UTC),
+            ~TenantMember.live_at(datetime.now(UTC)),
             TenantMember.role != TenantRole.OWNER,  # never set for owners; a team keeps its owners
         )
         .with_for_update(of=TenantMember)
     )
     if member is None or member.ends_at is None:
         return False
-    db.session.delete(member)
-    db.session.flush()
-    ends_on = notices.last_day(member.ends_at)
-    audit.record(
-        tenant_id, None, "member.ended", target=member.user.email, role=member.role.value, ends_on=ends_on, by="system"
+    departures.remove(
+        member.tenant,
+        member,
+        by=None,
+        action="member.ended",
+        reason=notices.ENDED,
+        target=member.user.email,
+        at=member.ends_at,
+        ends_on=notices.last_day(member.ends_at),
     )
-    notices.leave(member.tenant, member.user_id, notices.ENDED, at=member.ends_at)
-    # As when someone leaves, their own open invitations go; those revocations name them.
-    invitations.revoke_ungrantable(Actor(user=member.user, membership=member), member.user_id, None)
     return True
+
+
+def end_if_over(tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    """End `user_id`'s membership of the team now if its end date has passed and the beat task has
+    not removed it yet, so that joining again is a fresh join. Run in the team's context."""
+    ended = db.session.scalar(
+        select(TenantMember.id).where(
+            TenantMember.tenant_id == tenant_id,
+            TenantMember.user_id == user_id,
+            ~TenantMember.live_at(datetime.now(UTC)),
+        )
+    )
+    if ended is not None:
+        end(tenant_id, ended)

@@ -5,8 +5,8 @@ the team's row (`SELECT ... FOR NO KEY UPDATE`), so two concurrent requests (two
 each other) are serialised and the second one sees the first one's result.
 
 Whoever is removed, leaves or gets a lower role loses the open invitations they sent and can no
-longer grant (invitations.revoke_ungrantable): a departing owner cannot leave an owner invitation
-behind.
+longer grant (voiding.revoke_ungrantable): a departing owner cannot leave an owner invitation
+behind. Removing and leaving go through services/departures.py, as an ended membership does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, String, bindparam, func, or_, select
+from sqlalchemy import Select, String, and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased, joinedload
 
@@ -27,7 +27,7 @@ from nyxcore.models import Tenant, TenantMember, User
 from nyxcore.pagination import Page, like_pattern
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role
-from nyxcore.services import audit, invitations, notices, seats
+from nyxcore.services import audit, departures, notices, seats, voiding
 from nyxcore.services.teams import validate_slug
 from nyxcore.tenancy import Actor
 
@@ -80,7 +80,7 @@ def _member_rows(*, search: bool) -> Select[Any]:
     about 250 ms for a team of 50,000.
     """
     inviter = aliased(User)
-    in_team = TenantMember.tenant_id == bindparam("tenant_id")
+    in_team = and_(TenantMember.tenant_id == bindparam("tenant_id"), TenantMember.live_at(func.now()))
     matches = or_(
         func.lower(User.name).like(bindparam("pattern", type_=String), escape="\\"),
         User.email.like(bindparam("pattern", type_=String), escape="\\"),
@@ -149,9 +149,11 @@ def list_members(actor: Actor, *, page: int, search: str = "", per_page: int = P
 
 
 def get_member(member_id: uuid.UUID) -> TenantMember:
-    """A member of the active team with their user; another team's or unknown id raises NotFound."""
+    """A member of the active team with their user; another team's, an ended or an unknown id raises NotFound."""
     member = db.session.scalar(
-        select(TenantMember).options(joinedload(TenantMember.user)).where(TenantMember.id == member_id)
+        select(TenantMember)
+        .options(joinedload(TenantMember.user))
+        .where(TenantMember.id == member_id, TenantMember.live_at(func.now()))
     )
     if member is None:
         raise NotFound("There is no such member in this team.")
@@ -203,7 +205,7 @@ def change_role(actor: Actor, member_id: uuid.UUID, new_role: TenantRole) -> Ten
         old=old_role.value,
         new=new_role.value,
     )
-    invitations.revoke_ungrantable(actor, member.user_id, new_role)
+    voiding.revoke_ungrantable(actor.tenant_id, actor.user_id, member.user_id, new_role)
     return member
 
 
@@ -221,25 +223,20 @@ def remove_member(actor: Actor, member_id: uuid.UUID) -> User:
     if member.role is TenantRole.OWNER:
         _ensure_other_owner_remains(actor.tenant_id, member)
     user = member.user
-    db.session.delete(member)
-    db.session.flush()
-    audit.record(actor.tenant_id, actor.user_id, "member.removed", target=user.email, role=member.role.value)
-    notices.leave(actor.tenant, member.user_id, notices.REMOVED)
-    invitations.revoke_ungrantable(actor, member.user_id, None)
+    departures.remove(
+        actor.tenant, member, by=actor.user_id, action="member.removed", reason=notices.REMOVED, target=user.email
+    )
     return user
 
 
 def leave_team(actor: Actor) -> None:
     """The actor leaves the active team, revoking their open invitations; the last owner may not."""
     LEAVE.check(actor)
-    role = actor.role
-    if role is TenantRole.OWNER:
+    if actor.role is TenantRole.OWNER:
         _ensure_other_owner_remains(actor.tenant_id, actor.membership)
-    db.session.delete(actor.membership)
-    db.session.flush()
-    audit.record(actor.tenant_id, actor.user_id, "member.left", target=None, role=role.value)
-    notices.leave(actor.tenant, actor.user_id, notices.LEFT)
-    invitations.revoke_ungrantable(actor, actor.user_id, None)
+    departures.remove(
+        actor.tenant, actor.membership, by=actor.user_id, action="member.left", reason=notices.LEFT, target=None
+    )
 
 
 def transfer_ownership(actor: Actor, member_id: uuid.UUID) -> TenantMember:
@@ -253,7 +250,7 @@ def transfer_ownership(actor: Actor, member_id: uuid.UUID) -> TenantMember:
     actor.membership.role = TenantRole.ADMIN
     db.session.flush()
     audit.record(actor.tenant_id, actor.user_id, "team.ownership_transferred", target=member.user.email)
-    invitations.revoke_ungrantable(actor, actor.user_id, actor.role)
+    voiding.revoke_ungrantable(actor.tenant_id, actor.user_id, actor.user_id, actor.role)
     return member
 
 

@@ -49,7 +49,7 @@ _ENDED = (
     .where(
         TenantMember.user_id == bindparam("user_id"),
         TenantMember.tenant_id == bindparam("tenant_id"),
-        TenantMember.ends_at <= bindparam("now"),
+        ~TenantMember.live_at(bindparam("now")),
     )
     .execution_options(**{tenancy.ALL_TENANTS: True})
 )

@@ -58,8 +58,14 @@ def open_invitations(tenant_id: ColumnElement[Any] | uuid.UUID) -> ScalarSelect[
     )
 
 
-def _members(tenant_id: uuid.UUID) -> ScalarSelect[int]:
-    return select(func.count()).select_from(TenantMember).where(TenantMember.tenant_id == tenant_id).scalar_subquery()
+def members(tenant_id: ColumnElement[Any] | uuid.UUID) -> ScalarSelect[int]:
+    """How many of the team's members hold a seat: those whose membership has not ended."""
+    return (
+        select(func.count())
+        .select_from(TenantMember)
+        .where(TenantMember.tenant_id == tenant_id, TenantMember.live_at(func.now()))
+        .scalar_subquery()
+    )
 
 
 def lock_team(tenant_id: uuid.UUID) -> Tenant:
@@ -91,8 +97,8 @@ def ensure_room(tenant_id: uuid.UUID, wanted: int = 1, *, accepting: bool = Fals
     tenant = lock_team(tenant_id)
     if tenant.seat_limit is None:
         return
-    members, invited = db.session.execute(select(_members(tenant_id), open_invitations(tenant_id))).one()
-    used = members if accepting else members + invited
+    taken, invited = db.session.execute(select(members(tenant_id), open_invitations(tenant_id))).one()
+    used = taken if accepting else taken + invited
     if used + wanted <= tenant.seat_limit:
         return
     if accepting:
@@ -121,10 +127,10 @@ def set_limit(actor: Actor, limit: int | None) -> Tenant:
         raise InvalidInput(f"Enter a number of seats from 1 to {MAX_SEATS:,}, or leave it empty.", field="seat_limit")
     tenant = lock_team(actor.tenant_id)
     if limit is not None:
-        members = db.session.scalar(select(_members(actor.tenant_id))) or 0
-        if limit < members:
+        taken = db.session.scalar(select(members(actor.tenant_id))) or 0
+        if limit < taken:
             raise Conflict(
-                f"The team has {members} members, more than {limit} seats. Remove members first.",
+                f"The team has {taken} members, more than {limit} seats. Remove members first.",
                 field="seat_limit",
             )
     old = tenant.seat_limit

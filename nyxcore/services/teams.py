@@ -8,7 +8,7 @@ import unicodedata
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import contains_eager, joinedload
 
@@ -102,8 +102,7 @@ _MEMBERSHIPS = (
     .options(contains_eager(TenantMember.tenant))
     .where(
         TenantMember.user_id == bindparam("user_id"),
-        # A membership past its end is gone from this moment, before the beat task removes it.
-        or_(TenantMember.ends_at.is_(None), TenantMember.ends_at > bindparam("now")),
+        TenantMember.live_at(bindparam("now")),
     )
     .order_by(Tenant.name, Tenant.id)
     .execution_options(**{tenancy.ALL_TENANTS: True})
@@ -128,7 +127,7 @@ def choose_active(memberships: list[TenantMember], wanted_tenant_id: uuid.UUID |
 
 
 def membership_of(tenant_id: uuid.UUID, user_id: uuid.UUID) -> TenantMember | None:
-    """The user's membership of the team, with the team loaded, or None.
+    """The user's membership of the team, with the team loaded, or None (also when it has ended).
 
     A user sees their own memberships and their teams everywhere (RLS own_memberships,
     member_teams), and an admin the members of the active team, so this needs no tenant switch.
@@ -136,6 +135,10 @@ def membership_of(tenant_id: uuid.UUID, user_id: uuid.UUID) -> TenantMember | No
     return db.session.scalar(
         select(TenantMember)
         .options(joinedload(TenantMember.tenant))
-        .where(TenantMember.tenant_id == tenant_id, TenantMember.user_id == user_id)
+        .where(
+            TenantMember.tenant_id == tenant_id,
+            TenantMember.user_id == user_id,
+            TenantMember.live_at(datetime.now(UTC)),
+        )
         .execution_options(**{tenancy.ALL_TENANTS: True})
     )

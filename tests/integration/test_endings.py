@@ -19,7 +19,9 @@ from nyxcore import tenancy
 from nyxcore.extensions import db
 from nyxcore.roles import TenantRole
 from nyxcore.services import endings, notices
-from tests.helpers import count, dicts, member_id, scalar, scalar_or_none, statements_for
+from tests.helpers import count, dicts, member_id, role_of, scalar, scalar_or_none, statements_for
+from tests.integration.test_invitation_lifecycle import place_invitation
+from tests.integration.test_join_links import make_link, set_seats
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 
@@ -379,3 +381,71 @@ def test_a_stale_notice_from_an_earlier_removal_does_not_speak_for_a_new_ending(
     assert f"Your membership of {name} ended on " in first
     assert "You were removed" not in first
     assert count(admin_engine, "SELECT count(*) FROM membership_notices") == 0
+
+
+# --- an ended membership is gone everywhere: seats, "already a member", joining again ----------------
+
+
+def test_an_ended_membership_holds_no_seat_before_the_task_ran(team, admin_engine, as_owner):
+    end_in(admin_engine, team.id, team.accounts[M].user_id, timedelta(minutes=-1))
+    assert set_seats(as_owner, "3").status_code == 302  # 4 rows, 3 memberships that count
+    assert "Seats: 3 of 3 used" in page(as_owner.get("/team/"))
+    assert team.accounts[M].email not in page(as_owner.get("/team/"))
+
+
+def test_joining_again_by_link_after_the_end_is_a_fresh_join(app, team, admin_engine, as_admin, as_member):
+    member = team.accounts[M]
+    end_in(admin_engine, team.id, member.user_id, timedelta(minutes=-1))
+    _, token = make_link(as_admin, role="viewer")
+    assert "already a member" not in page(as_member.get(f"/join/{token}"))
+    assert as_member.post_form(f"/join/{token}").status_code == 303
+    assert "You joined as viewer" in page(as_member.get("/team/"))
+    assert f"<h1>{team_name(admin_engine, team.id)}</h1>" in page(as_member.get("/team/"))  # not bounced
+    assert ends_at(admin_engine, team.id, member.user_id) is None
+    assert role_of(admin_engine, team.id, member.user_id) == "viewer"
+    assert scalar(admin_engine, "SELECT uses FROM join_links") == 1
+    events = dicts(admin_engine, "SELECT action, actor_id FROM audit_events WHERE action IN ('member.ended', 'join_link.joined')")
+    assert sorted((e["action"], e["actor_id"]) for e in events) == [  # the old membership ended, by the system
+        ("join_link.joined", member.user_id),
+        ("member.ended", None),
+    ]
+    assert run_task(app, "end_memberships") == 0
+
+
+def test_an_ended_member_may_be_invited_and_accept_again(team, admin_engine, as_admin, as_member):
+    member = team.accounts[M]
+    end_in(admin_engine, team.id, member.user_id, timedelta(minutes=-1))
+    invited = as_admin.post_form("/team/invitations", {"emails": member.email, "role": "member"})
+    assert "Already a member" not in page(invited)
+    assert count(admin_engine, "SELECT count(*) FROM invitations WHERE email = :e", e=member.email) == 1
+    link = place_invitation(admin_engine, team, "second@example.com")  # a link this test can follow
+    with admin_engine.begin() as conn:  # point the written link at the member's address instead
+        conn.execute(text("DELETE FROM invitations WHERE email = :e"), {"e": member.email})
+        conn.execute(text("UPDATE invitations SET email = :e"), {"e": member.email})
+    assert as_member.post_form(link).status_code == 302
+    assert ends_at(admin_engine, team.id, member.user_id) is None
+    assert f"<h1>{team_name(admin_engine, team.id)}</h1>" in page(as_member.get("/team/"))
+
+
+def test_an_ending_revokes_the_members_invitations_in_the_systems_name(app, team, admin_engine):
+    admin = team.accounts[A]
+    place_invitation(admin_engine, team, "guest@example.com")  # sent by the admin
+    end_in(admin_engine, team.id, admin.user_id, timedelta(minutes=-1))
+    assert run_task(app, "end_memberships") == 1
+    (revoked,) = dicts(admin_engine, "SELECT actor_id, target, details FROM audit_events WHERE action = 'invitation.revoked'")
+    assert revoked["actor_id"] is None and revoked["details"]["by"] == "system"
+    assert revoked["target"] == "guest@example.com"
+    assert count(admin_engine, "SELECT count(*) FROM invitations WHERE revoked_at IS NULL") == 0
+
+
+def test_a_removal_and_a_departure_name_the_person_who_acted(team, admin_engine, as_owner, as_admin):
+    place_invitation(admin_engine, team, "guest@example.com")  # sent by the admin, who then leaves
+    assert as_admin.post_form("/team/leave").status_code == 302
+    target = member_id(admin_engine, team.id, team.accounts[M].user_id)
+    assert as_owner.post_form(f"/team/members/{target}/remove").status_code == 302
+    events = dicts(admin_engine, "SELECT action, actor_id FROM audit_events WHERE action NOT LIKE 'team.%'")
+    assert sorted((e["action"], e["actor_id"]) for e in events) == [
+        ("invitation.revoked", team.accounts[A].user_id),
+        ("member.left", team.accounts[A].user_id),
+        ("member.removed", team.accounts[O].user_id),
+    ]

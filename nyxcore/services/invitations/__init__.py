@@ -47,7 +47,6 @@ from nyxcore.services.invitations.issuing import (
     renew,
     resend,
     revoke,
-    revoke_ungrantable,
 )
 from nyxcore.services.invitations.reminding import REMINDER_LEAD, DueReminder, due_reminders, remind
 from nyxcore.services.invitations.signing_up import sign_up_and_accept
@@ -97,7 +96,6 @@ __all__ = [
     "renew",
     "resend",
     "revoke",
-    "revoke_ungrantable",
     "sign_up_and_accept",
     "state_of",
     "utc",

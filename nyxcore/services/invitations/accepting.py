@@ -21,7 +21,7 @@ from nyxcore.errors import Gone, PermissionDenied
 from nyxcore.extensions import db
 from nyxcore.models import Invitation, TenantMember, User
 from nyxcore.roles import grantable_roles
-from nyxcore.services import accounts, audit, domain_policy, seats, teams, verification
+from nyxcore.services import accounts, audit, domain_policy, endings, seats, teams, verification
 from nyxcore.services.invitations.display import (
     gone_message,
     inviter_lost_role_message,
@@ -71,7 +71,9 @@ def _inviter_may_grant(invitation: Invitation, *, lock: bool) -> bool:
     if invitation.invited_by is None:
         return False
     query = select(TenantMember.role).where(
-        TenantMember.tenant_id == invitation.tenant_id, TenantMember.user_id == invitation.invited_by
+        TenantMember.tenant_id == invitation.tenant_id,
+        TenantMember.user_id == invitation.invited_by,
+        TenantMember.live_at(func.now()),
     )
     if lock:
         query = query.with_for_update(read=True)
@@ -130,6 +132,7 @@ def accept(token: str, user: User) -> Accepted:
     # or demotion of the inviter cannot slip in between.
     if not _inviter_may_grant(invitation, lock=True):
         raise Gone(inviter_lost_role_message(invitation))
+    endings.end_if_over(invitation.tenant_id, user.id)  # a membership that ended: this is a fresh join
     try:
         membership = _consume(invitation, user)
     except _NotConsumed:

@@ -20,12 +20,12 @@ from nyxcore.models import Invitation, Tenant, TenantMember, User
 from nyxcore.pagination import Page
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
-from nyxcore.services import audit, domain_policy, mail, seats
+from nyxcore.services import audit, domain_policy, seats, voiding
 from nyxcore.services.invitations import addresses, limits, tokens
 from nyxcore.services.invitations.addresses import InviteOutcome, InviteResult
 from nyxcore.services.invitations.display import utc
 from nyxcore.services.invitations.message import queue_invitation_email
-from nyxcore.services.invitations.states import INVITER_LOST_ROLE, RESENT, REVOKED, aware, now
+from nyxcore.services.invitations.states import RESENT, REVOKED, aware, now
 from nyxcore.tenancy import Actor
 
 PER_PAGE = 50
@@ -38,12 +38,13 @@ def _check_role(actor: Actor, role: TenantRole) -> None:
         raise PermissionDenied(f"Your role cannot invite someone as {role.label.lower()}.", field="role")
 
 
-def _issue(
+def issue_invitation(
     inviter: User, tenant: Tenant, email: str, role: TenantRole, *, reminding_until: datetime | None = None
 ) -> Invitation:
-    """Write an invitation and queue its email, in the current transaction. Raises Conflict if one is open.
+    """Write an invitation from `inviter` and queue its email, in the current transaction; no checks.
 
-    With `reminding_until` it is the reminder: the same expiry, marked reminded, the reminder email.
+    For the invitation services alone (invite, resend, renew, and the reminder: with `reminding_until`
+    the same expiry, marked reminded, the reminder email). Raises Conflict if one is open.
     """
     token = tokens.new_token()
     expires_at = reminding_until or now() + current_app.config["INVITATION_TTL"]
@@ -100,7 +101,7 @@ def _member_emails(tenant_id: uuid.UUID, emails: list[str]) -> set[str]:
         db.session.scalars(
             select(User.email)
             .join(TenantMember, TenantMember.user_id == User.id)
-            .where(TenantMember.tenant_id == tenant_id, User.email.in_(emails))
+            .where(TenantMember.tenant_id == tenant_id, TenantMember.live_at(func.now()), User.email.in_(emails))
         )
     )
 
@@ -168,9 +169,9 @@ def _invite_one(
 ) -> InviteResult:
     """Invite one address, replacing its `expired` invitation if it has one; audit logged."""
     if expired is not None:
-        _void(expired, RESENT, "the invitation expired and was replaced")
+        voiding.void(expired, RESENT, "the invitation expired and was replaced")
     try:
-        invitation = _issue(inviter, tenant, email, role)
+        invitation = issue_invitation(inviter, tenant, email, role)
     except Conflict:  # another admin invited them a moment ago; the rest of the list goes on
         return InviteResult(email, InviteOutcome.ALREADY_INVITED, "Invited just now by someone else.")
     audit.record(actor.tenant_id, actor.user_id, "invitation.created", target=email, role=role.value)
@@ -222,14 +223,6 @@ def _managed_open_invitation(actor: Actor, invitation_id: uuid.UUID) -> Invitati
     return invitation
 
 
-def _void(invitation: Invitation, reason: str, why: str) -> None:
-    invitation.revoked_at = now()
-    invitation.revoked_reason = reason
-    if invitation.outbox_email_id is not None:
-        mail.cancel_unsent(invitation.outbox_email_id, f"Not sent: {why} before delivery.")
-    db.session.flush()  # frees uq_invitations_open_email for a new invitation to the same address
-
-
 def resend(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
     """Void an open invitation (its link answers 410 "replaced") and send a fresh one to the same address.
 
@@ -256,8 +249,8 @@ def _replace(actor: Actor, invitation_id: uuid.UUID, action: str, *, expired_onl
     if aware(old.expires_at) <= now():  # an expired invitation held no seat; its replacement takes one
         seats.ensure_room(actor.tenant_id)
     limits.spend_daily_allowances(actor, 1)  # once the invitation is known to be replaceable
-    _void(old, RESENT, "the invitation was replaced")
-    new = _issue(_actor_user(actor), _actor_tenant(actor), old.email, old.role)
+    voiding.void(old, RESENT, "the invitation was replaced")
+    new = issue_invitation(_actor_user(actor), _actor_tenant(actor), old.email, old.role)
     audit.record(actor.tenant_id, actor.user_id, action, target=new.email, role=new.role.value)
     return new
 
@@ -266,44 +259,6 @@ def revoke(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
     """Revoke an open invitation; its unsent email is cancelled. Raises NotFound, Conflict, PermissionDenied."""
     MANAGE.check(actor)
     invitation = _managed_open_invitation(actor, invitation_id)
-    _void(invitation, REVOKED, "the invitation was revoked")
-    _record_revoked(actor, invitation)
+    voiding.void(invitation, REVOKED, "the invitation was revoked")
+    voiding.record_revoked(actor.tenant_id, actor.user_id, invitation)
     return invitation
-
-
-def _record_revoked(actor: Actor, invitation: Invitation, **details: str) -> None:
-    audit.record(
-        actor.tenant_id,
-        actor.user_id,
-        "invitation.revoked",
-        target=invitation.email,
-        role=invitation.role.value,
-        **details,
-    )
-
-
-def revoke_ungrantable(
-    actor: Actor, inviter_id: uuid.UUID, inviter_role: TenantRole | None
-) -> list[Invitation]:
-    """Revoke the open invitations `inviter_id` sent in the actor's team that `inviter_role` cannot grant.
-
-    Call after a member was removed (`inviter_role` None) or given a lower role, once that change is
-    flushed. Unsent mail is cancelled; each revocation is audit logged as the actor's doing.
-    """
-    still_grantable = grantable_roles(inviter_role)
-    lost = db.session.scalars(
-        select(Invitation)
-        .where(
-            Invitation.tenant_id == actor.tenant_id,
-            Invitation.invited_by == inviter_id,
-            Invitation.consumed_at.is_(None),
-            Invitation.revoked_at.is_(None),
-            Invitation.role.not_in(still_grantable),
-        )
-        .order_by(Invitation.created_at, Invitation.id)
-        .with_for_update()
-    ).all()
-    for invitation in lost:
-        _void(invitation, INVITER_LOST_ROLE, "the inviter can no longer grant its role")
-        _record_revoked(actor, invitation, reason=INVITER_LOST_ROLE)
-    return list(lost)

@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from nyxcore.models import Invitation
+from nyxcore.services.voiding import INVITER_LOST_ROLE as INVITER_LOST_ROLE  # a revoked_reason
 
 RESENT = "resent"  # revoked_reason of an invitation replaced by a newer one
 REVOKED = "revoked"
-INVITER_LOST_ROLE = "inviter_lost_role"  # revoked_reason: its inviter may no longer grant its role
 
 
 class InvitationState(StrEnum):

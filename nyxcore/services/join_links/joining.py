@@ -23,7 +23,7 @@ from nyxcore.extensions import db
 from nyxcore.models import JoinLink, TenantMember, User
 from nyxcore.permissions import VERIFY_FIRST, Operation
 from nyxcore.roles import TenantRole
-from nyxcore.services import audit, domain_policy, seats, teams
+from nyxcore.services import audit, domain_policy, endings, seats, teams
 from nyxcore.services.invitations import tokens
 from nyxcore.services.invitations.display import utc
 from nyxcore.services.invitations.states import now
@@ -91,7 +91,7 @@ def gone_message(link: JoinLink) -> str:
 def _domain_allowed(link: JoinLink, user: User) -> bool:
     if not link.allowed_domains:
         return True
-    return user.email.rsplit("@", 1)[-1].lower() in link.allowed_domains.split()
+    return domain_policy.domain_of(user.email) in link.allowed_domains.split()
 
 
 def visit(token: str, user: User | None) -> Visit:
@@ -135,6 +135,7 @@ def join(token: str, user: User) -> Joined:
         raise EmailNotVerified(VERIFY_FIRST)
     link = found.link
     seats.ensure_room(link.tenant_id)  # locks the team: joins of one team are counted one at a time
+    endings.end_if_over(link.tenant_id, user.id)  # a membership that ended: this is a fresh join
     try:
         membership = _spend_use(link, user)
     except _NotSpent:
