@@ -126,26 +126,13 @@ def remind_expiring_invitations() -> int:
     Safe in any number of beat and worker processes at once, and across restarts: each reminder is
     claimed by an atomic UPDATE (invitations.remind), committed with its outbox row, then dispatched.
     """
-    due = invitations.due_reminders()
-    db.session.rollback()
-    sent = 0
-    for reminder in due:
-        # The task's entry point to each invitation's team, acting as its inviter.
-        with tenancy.tenant_context(user_id=reminder.invited_by, tenant_id=reminder.tenant_id):
-            try:
-                claimed = invitations.remind(reminder.invitation_id) is not None
-                if claimed:
-                    db.session.commit()
-                else:
-                    db.session.rollback()
-            except Exception:  # one bad invitation must not stop the others; the next run tries it again
-                db.session.rollback()
-                mail.discard_queued()
-                log.exception("reminder for invitation %s failed", reminder.invitation_id)
-                continue
-        mail.dispatch_queued()
-        sent += claimed
-    return sent
+    due = [(reminder.tenant_id, reminder.invitation_id) for reminder in invitations.due_reminders()]
+    return _in_each_team(due, _remind)
+
+
+def _remind(tenant_id: uuid.UUID, invitation_id: uuid.UUID) -> bool:
+    """Claim and queue one invitation's reminder; False when it was not due any more."""
+    return invitations.remind(invitation_id) is not None
 
 
 @shared_task(name="nyxcore.tasks.warn_ending_memberships")  # type: ignore[untyped-decorator]
@@ -161,21 +148,22 @@ def end_memberships() -> int:
 
 
 def _in_each_team(due: list[tuple[uuid.UUID, uuid.UUID]], act: Callable[[uuid.UUID, uuid.UUID], bool]) -> int:
-    """`act(team, membership)` for each due pair, in that team's context, one commit each.
+    """`act(team, row id)` for each due pair (a membership, an invitation), as the system in that team's
+    context, one commit each; returns how many acted.
 
     One that fails is rolled back and logged; the others go on, and the next run tries it again.
     """
     db.session.rollback()  # the listing ran with no team: each pair gets a transaction of its own
     done = 0
-    for tenant_id, member_id in due:
+    for tenant_id, row_id in due:
         with tenancy.tenant_context(tenant_id=tenant_id):
             try:
-                done += bool(act(tenant_id, member_id))
+                done += bool(act(tenant_id, row_id))
                 db.session.commit()
             except Exception:
                 db.session.rollback()
                 mail.discard_queued()
-                log.exception("membership %s of team %s: %s failed", member_id, tenant_id, act.__name__)
+                log.exception("%s of %s in team %s failed", act.__name__, row_id, tenant_id)
                 continue
         mail.dispatch_queued()  # after the commit: the ids only
     return done

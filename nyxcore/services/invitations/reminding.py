@@ -2,7 +2,7 @@
 
 The beat task (tasks.remind_expiring_invitations) lists the due invitations of every team through
 `nyxcore_invitations_due_reminder` (migration 0010: ids only), then calls `remind` for each in its
-team's context, acting as its inviter. `remind` claims the reminder with one conditional
+team's context, as the system (tasks._in_each_team). `remind` claims the reminder with one conditional
 `UPDATE ... WHERE reminded_at IS NULL ... RETURNING`: of any number of beat or worker processes
 running it at once, exactly one sends it, and a restart never sends it twice.
 
@@ -23,7 +23,7 @@ from nyxcore import tenancy
 from nyxcore.extensions import db
 from nyxcore.models import Invitation, Tenant, User
 from nyxcore.services import audit, mail
-from nyxcore.services.invitations.issuing import _issue
+from nyxcore.services.invitations.issuing import issue_invitation
 from nyxcore.services.invitations.states import RESENT, aware, now
 
 REMINDER_LEAD = timedelta(hours=48)
@@ -68,7 +68,7 @@ def due_reminders(*, lead: timedelta = REMINDER_LEAD, limit: int = 500) -> list[
 def remind(invitation_id: uuid.UUID) -> Invitation | None:
     """Claim the reminder of an open invitation of the active team and queue it (a fresh link, same expiry).
 
-    The system's own action, run by the beat task in the invitation's team as its inviter. Returns the
+    The system's own action, run by the beat task in the invitation's team (the mail names the inviter). Returns the
     replacing invitation, or None when it was claimed elsewhere, accepted, revoked or expired meanwhile;
     then nothing changed. Flushes; the caller commits and then dispatches the mail.
     """
@@ -99,6 +99,9 @@ def remind(invitation_id: uuid.UUID) -> Invitation | None:
         return None
     if claimed.outbox_email_id is not None:  # the first email, if still unsent, would carry a dead link
         mail.cancel_unsent(claimed.outbox_email_id, "Not sent: replaced by the reminder before delivery.")
-    invitation = _issue(inviter, tenant, claimed.email, claimed.role, reminding_until=aware(claimed.expires_at))
-    audit.record(claimed.tenant_id, None, "invitation.reminded", target=claimed.email, role=claimed.role.value)
+    until = aware(claimed.expires_at)
+    invitation = issue_invitation(inviter, tenant, claimed.email, claimed.role, reminding_until=until)
+    audit.record(
+        claimed.tenant_id, None, "invitation.reminded", target=claimed.email, role=claimed.role.value, by="system"
+    )
     return invitation
