@@ -26,19 +26,19 @@ MAX_LENGTH = 1000  # tenants.allowed_email_domains
 _SEPARATORS = re.compile(r"[\s,;]+")
 
 
-def normalise_domain(raw: str) -> str:
+def normalise_domain(raw: str, *, field: str = "domain") -> str:
     """The domain of `raw` ("Example.COM", "@example.com", "ada@example.com") as addresses store it.
 
     Lower case, IDN in the form that address validation gives (so it compares with stored addresses).
-    Raises InvalidInput for what is not a domain with at least one dot.
+    Raises InvalidInput on `field` for what is not a domain with at least one dot.
     """
     entry = raw.strip().rstrip(".").rsplit("@", 1)[-1]
     try:
         domain = domain_of(accounts.validated_email(f"postmaster@{entry}"))
     except InvalidInput:
-        raise InvalidInput(f"{raw.strip() or 'That'} is not a domain name.", field="domain") from None
+        raise InvalidInput(f"{raw.strip() or 'That'} is not a domain name.", field=field) from None
     if "." not in domain:
-        raise InvalidInput(f"{raw.strip()} is not a domain name.", field="domain")
+        raise InvalidInput(f"{raw.strip()} is not a domain name.", field=field)
     return domain
 
 
@@ -85,18 +85,19 @@ def check_addresses(tenant: Tenant, emails: list[str]) -> None:
         )
 
 
-def parse_allowlist(raw: str) -> list[str]:
+def parse_allowlist(raw: str, *, field: str = "domain") -> list[str]:
     """The distinct domains of a space, comma or newline separated list, normalised, in order given.
 
-    Raises InvalidInput naming the first entry that is not a domain, or for more than MAX_DOMAINS.
+    The one parser of domain lists: the team's allowlist and a join link's domains. Raises
+    InvalidInput on `field` naming the first entry that is not a domain, or for more than MAX_DOMAINS.
     """
     domains: list[str] = []
     for entry in _SEPARATORS.split(raw):
-        if entry and (domain := normalise_domain(entry)) not in domains:
+        if entry and (domain := normalise_domain(entry, field=field)) not in domains:
             domains.append(domain)
     if len(domains) > MAX_DOMAINS or len(" ".join(domains)) > MAX_LENGTH:
         raise InvalidInput(
-            f"List at most {MAX_DOMAINS} domains, {MAX_LENGTH} characters in all.", field="domain"
+            f"List at most {MAX_DOMAINS} domains, {MAX_LENGTH} characters in all.", field=field
         )
     return domains
 

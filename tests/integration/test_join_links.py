@@ -118,7 +118,7 @@ def test_an_admin_makes_a_link_sees_it_once_and_only_its_hash_is_kept(team, as_a
         ({"days": "soon"}, "Not a valid integer value"),
         ({"max_uses": "0"}, "1 to 1000 times"),
         ({"max_uses": ""}, "how many people"),
-        ({"domains": "not a domain!"}, "is not an e-mail domain"),
+        ({"domains": "not a domain!"}, "is not a domain name"),
     ],
 )
 def test_a_bad_link_is_refused_on_its_field_and_nothing_is_made(team, as_owner, admin_engine, fields, field_message):
@@ -244,6 +244,16 @@ def test_an_allowed_domain_joins(team, as_admin, login_as, make_user, admin_engi
     client = login_as(make_user(email="ada@NYX.example".lower()))
     assert client.post_form(f"/join/{token}").status_code == 303
     assert members_of(admin_engine, team.id) == 5
+
+
+def test_a_links_domains_are_read_as_the_teams_allowlist_is_idns_too(team, as_admin, as_owner, login_as, make_user, admin_engine):
+    """One parser for both lists: an internationalised domain is accepted and compared the same way."""
+    _, token = make_link(as_admin, domains="@Bücher.Example, nyx.example")
+    assert token is not None
+    assert as_owner.post_form("/team/domains/allowlist", {"allowed_domains": "Bücher.Example nyx.example"}).status_code == 302
+    stored = scalar(admin_engine, "SELECT allowed_email_domains FROM tenants WHERE id = :t", t=team.id)
+    assert join_links(admin_engine)[0]["allowed_domains"] == stored
+    assert login_as(make_user(email="ada@bücher.example")).post_form(f"/join/{token}").status_code == 303
 
 
 def test_the_teams_domain_policy_applies_to_join_links_too(team, as_admin, login_as, make_user, admin_engine):

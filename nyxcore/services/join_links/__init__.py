@@ -21,7 +21,6 @@ from nyxcore.services.join_links.joining import (
 from nyxcore.services.join_links.links import (
     LINK_MAX_DAYS,
     MANAGE,
-    MAX_DOMAINS,
     MAX_USES,
     ROLES,
     CreatedLink,
@@ -29,7 +28,6 @@ from nyxcore.services.join_links.links import (
     LinkState,
     create,
     list_links,
-    parse_domains,
     revoke,
     state_of,
 )
@@ -38,7 +36,6 @@ __all__ = [
     "JOIN",
     "LINK_MAX_DAYS",
     "MANAGE",
-    "MAX_DOMAINS",
     "MAX_USES",
     "ROLES",
     "CreatedLink",
@@ -52,7 +49,6 @@ __all__ = [
     "gone_message",
     "join",
     "list_links",
-    "parse_domains",
     "revoke",
     "state_of",
     "visit",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,7 +15,7 @@ from nyxcore.extensions import db
 from nyxcore.models import JoinLink, User
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole
-from nyxcore.services import audit
+from nyxcore.services import audit, domain_policy
 from nyxcore.services.invitations import tokens
 from nyxcore.services.invitations.display import utc
 from nyxcore.services.invitations.states import aware, now
@@ -27,9 +26,7 @@ MANAGE = Operation("join_links.manage", TenantRole.ADMIN, needs_verified_email=T
 ROLES = (TenantRole.MEMBER, TenantRole.VIEWER)
 LINK_MAX_DAYS = 30
 MAX_USES = 1000
-MAX_DOMAINS = 20
 LISTED = 100
-_DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$")
 
 
 class LinkState(StrEnum):
@@ -83,21 +80,6 @@ def state_of(link: JoinLink) -> LinkState:
     return _state(link.revoked_at, link.expires_at, link.uses, link.max_uses)
 
 
-def parse_domains(raw: str) -> list[str]:
-    """E-mail domains from a comma or space separated list, lower-cased, without '@'. Raises InvalidInput."""
-    found: list[str] = []
-    for entry in re.split(r"[\s,;]+", raw.strip().lower()):
-        domain = entry.removeprefix("@").rstrip(".")
-        if not domain or domain in found:
-            continue
-        if not _DOMAIN.match(domain):
-            raise InvalidInput(f"“{entry[:80]}” is not an e-mail domain such as example.com.", field="domains")
-        found.append(domain)
-    if len(found) > MAX_DOMAINS:
-        raise InvalidInput(f"List at most {MAX_DOMAINS} domains.", field="domains")
-    return found
-
-
 def _validate(role: TenantRole, days: int, max_uses: int) -> None:
     if role not in ROLES:
         raise InvalidInput("A join link makes people members or viewers, never admins or owners.", field="role")
@@ -111,7 +93,7 @@ def create(actor: Actor, *, role: TenantRole, days: int, max_uses: int, domains:
     """Make a join link for the actor's team; audit logged. Raises InvalidInput."""
     MANAGE.check(actor)
     _validate(role, days, max_uses)
-    allowed = parse_domains(domains)
+    allowed = domain_policy.parse_allowlist(domains, field="domains")  # the team policy's parser: IDNs alike
     token = tokens.new_token()
     link = JoinLink(
         tenant_id=actor.tenant_id,
