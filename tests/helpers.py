@@ -85,8 +85,9 @@ def role_of(bind: Engine | Connection, team_id: uuid.UUID, user_id: uuid.UUID) -
     return role
 
 
-def statements_for(app: Any, client: Any, path: str) -> int:
-    """How many SQL statements the app sends to answer GET `path` for `client` (which must get a 200)."""
+def statements_for(app: Any, client: Any, path: str, *, mentioning: str = "") -> int:
+    """How many SQL statements (those `mentioning` a text, if given) the app sends to answer GET
+    `path` for `client` (which must get a 200)."""
     from nyxcore.extensions import db
 
     statements: list[str] = []
@@ -101,4 +102,4 @@ def statements_for(app: Any, client: Any, path: str) -> int:
         assert client.get(path).status_code == 200
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    return len(statements)
+    return sum(mentioning in statement for statement in statements)

@@ -25,6 +25,7 @@ from nyxcore.authz import acting, role_required
 from nyxcore.errors import DomainError
 from nyxcore.extensions import configured_limit, limiter, login_manager
 from nyxcore.forms import ConfirmForm, add_domain_error
+from nyxcore.models import JoinLink
 from nyxcore.roles import TenantRole
 from nyxcore.services import account_mail, invitations, join_links
 from nyxcore.services.join_links import Standing
@@ -103,18 +104,19 @@ def revoke(link_id: uuid.UUID) -> Response:
 
 
 @contextmanager
-def _presenting(token: str) -> Iterator[None]:
+def _presenting(token: str) -> Iterator[JoinLink]:
     """Act as the holder of a join link: with its hash, then in its team (as authz.presenting_invitation).
 
     The hash alone lets row-level security show the link (migration 0013, `join_link_by_token`);
-    the team's context then lets the join read the team and write the new member's row.
+    the team's context then lets the join read the team and write the new member's row. Yields the
+    link, found once per request. Raises NotFound.
     """
     user_id = current_user.id if current_user.is_authenticated else None
     token_hash = invitations.hash_token(token)  # the same SHA-256 as a magic link's
     with authz.acting_as(user_id, invite_token_hash=token_hash):
-        tenant_id = join_links.find_by_token(token).tenant_id
-    with authz.acting_as(user_id, tenant_id=tenant_id, invite_token_hash=token_hash):
-        yield
+        link = join_links.find_by_token(token)
+    with authz.acting_as(user_id, tenant_id=link.tenant_id, invite_token_hash=token_hash):
+        yield join_links.with_team(link)
 
 
 @bp.get("/join/<join_token>")
@@ -122,8 +124,8 @@ def _presenting(token: str) -> Iterator[None]:
 def show(join_token: str) -> tuple[str, int]:
     """The team and role a join link gives, and what the visitor can do. Never uses it."""
     user = current_user._get_current_object() if current_user.is_authenticated else None
-    with _presenting(join_token):
-        visit = join_links.visit(join_token, user)
+    with _presenting(join_token) as link:
+        visit = join_links.visit(link, user)
     here = url_for("join_links.show", join_token=join_token)
     page = render_template(
         "join_links/join.html",
@@ -142,12 +144,12 @@ def join(join_token: str) -> Response:
     """Join the link's team as the signed-in user, then make it the active team."""
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    with _presenting(join_token):
+    with _presenting(join_token) as link:
         if not current_user.is_authenticated:
-            join_links.visit(join_token, None)  # unknown or dead links answer 404/410 before any log in
+            join_links.visit(link, None)  # unknown or dead links answer 404/410 before any log in
             response: Response = login_manager.unauthorized()
             return response
-        joined = join_links.join(join_token, current_user._get_current_object())
+        joined = join_links.join(link, current_user._get_current_object())
     authz.activate_team(joined.membership)
     team = joined.membership.tenant.name
     if joined.joined:

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from nyxcore.roles import TenantRole
-from tests.helpers import count, dicts, scalar
+from tests.helpers import count, dicts, scalar, statements_for
 
 A, M, V = TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 LINK = re.compile(r"http://nyxcore\.test/join/([A-Za-z0-9_-]{43})")
@@ -191,6 +191,12 @@ def test_a_verified_user_sees_the_team_and_role_then_joins_with_one_use(team, as
     assert "already a member" in page(client.get("/team/"))
     assert "already a member" in page(client.get(f"/join/{token}"))
     assert join_links(admin_engine)[0]["uses"] == 1
+
+
+def test_showing_a_link_looks_it_up_once(app, team, as_admin, login_as, make_user):
+    _, token = make_link(as_admin)
+    client = login_as(make_user())
+    assert statements_for(app, client, f"/join/{token}", mentioning="FROM join_links") == 1
 
 
 def test_anonymous_visitors_are_sent_to_log_in_and_come_back(team, as_admin, anonymous, admin_engine):

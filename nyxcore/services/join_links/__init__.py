@@ -17,6 +17,7 @@ from nyxcore.services.join_links.joining import (
     gone_message,
     join,
     visit,
+    with_team,
 )
 from nyxcore.services.join_links.links import (
     LINK_MAX_DAYS,
@@ -52,4 +53,5 @@ __all__ = [
     "revoke",
     "state_of",
     "visit",
+    "with_team",
 ]

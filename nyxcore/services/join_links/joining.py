@@ -15,12 +15,12 @@ from enum import StrEnum
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from nyxcore import tenancy
 from nyxcore.errors import EmailNotVerified, Gone, NotFound, PermissionDenied
 from nyxcore.extensions import db
-from nyxcore.models import JoinLink, TenantMember, User
+from nyxcore.models import JoinLink, Tenant, TenantMember, User
 from nyxcore.permissions import VERIFY_FIRST, Operation
 from nyxcore.roles import TenantRole
 from nyxcore.services import audit, domain_policy, endings, seats, teams
@@ -59,21 +59,29 @@ class Joined:
 
 
 def find_by_token(token: str) -> JoinLink:
-    """The join link a token stands for, in any state, with its team. Raises NotFound.
+    """The join link a token stands for, in any state, its team not loaded yet (`with_team`). Raises NotFound.
 
     Run it with the token's hash in the tenant context: row-level security shows a join link only
-    to the request that presents its token, or in its own team.
+    to the request that presents its token, or in its own team; the team itself only in its context.
     """
     if not _TOKEN_SHAPE.match(token):
         raise NotFound(_UNKNOWN_LINK)
     link = db.session.scalar(
         select(JoinLink)
-        .options(joinedload(JoinLink.tenant))
         .where(JoinLink.token_hash == tokens.hash_token(token))
         .execution_options(**{tenancy.ALL_TENANTS: True})
     )
     if link is None:
         raise NotFound(_UNKNOWN_LINK)
+    return link
+
+
+def with_team(link: JoinLink) -> JoinLink:
+    """`link` with its team loaded, by primary key; run in that team's context. Raises NotFound."""
+    tenant = db.session.get(Tenant, link.tenant_id)
+    if tenant is None:  # deleted meanwhile
+        raise NotFound(_UNKNOWN_LINK)
+    set_committed_value(link, "tenant", tenant)
     return link
 
 
@@ -94,14 +102,13 @@ def _domain_allowed(link: JoinLink, user: User) -> bool:
     return domain_policy.domain_of(user.email) in link.allowed_domains.split()
 
 
-def visit(token: str, user: User | None) -> Visit:
-    """What the visitor of a join link may do; changes nothing (mail scanners and previews follow links).
+def visit(link: JoinLink, user: User | None) -> Visit:
+    """What the visitor of `link` (from find_by_token) may do; changes nothing (mail scanners and
+    previews follow links).
 
-    Raises NotFound (unknown token), Gone (expired, revoked, used up: the message says which), and
-    PermissionDenied when the visitor's e-mail domain may not use it. A member is told so whatever
-    the link's state.
+    Raises Gone (expired, revoked, used up: the message says which), and PermissionDenied when the
+    visitor's e-mail domain may not use it. A member is told so whatever the link's state.
     """
-    link = find_by_token(token)
     if user is not None and (membership := teams.membership_of(link.tenant_id, user.id)) is not None:
         return Visit(link, Standing.ALREADY_MEMBER, membership)
     if state_of(link) is not LinkState.OPEN:
@@ -121,19 +128,18 @@ def visit(token: str, user: User | None) -> Visit:
     return Visit(link, Standing.READY)
 
 
-def join(token: str, user: User) -> Joined:
-    """Make `user` a member of the link's team with its role, spending one use, atomically; audit logged.
+def join(link: JoinLink, user: User) -> Joined:
+    """Make `user` a member of `link`'s team with its role, spending one use, atomically; audit logged.
 
-    Raises NotFound, Gone (also for the losers of concurrent joins of a link's last uses),
+    Raises Gone (also for the losers of concurrent joins of a link's last uses),
     PermissionDenied (domain), EmailNotVerified, Conflict (no free seat). A member already gets their
     membership back with `joined=False` and no use is spent.
     """
-    found = visit(token, user)
+    found = visit(link, user)
     if found.membership is not None:
         return Joined(found.membership, joined=False)
     if found.standing is Standing.UNVERIFIED:
         raise EmailNotVerified(VERIFY_FIRST)
-    link = found.link
     seats.ensure_room(link.tenant_id)  # locks the team: joins of one team are counted one at a time
     endings.end_if_over(link.tenant_id, user.id)  # a membership that ended: this is a fresh join
     try:
