@@ -170,9 +170,7 @@ def wait_for_mail(
     wanted = set(addresses)
     started = time.monotonic()
     while True:
-        got = collections.Counter(
-            str(m["To"]) for m in stack.services.mail.messages if str(m["To"]) in wanted
-        )
+        got = stack.services.mail.deliveries(wanted.__contains__)
         if len(got) == len(wanted) or time.monotonic() - started > timeout:
             return time.monotonic() - started, got
         time.sleep(1.0)

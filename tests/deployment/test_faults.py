@@ -35,9 +35,9 @@ SWEEP_AGE_SECONDS = 4
 DELIVERY_TIMEOUT = 40.0
 
 
-# Session-scoped: a worker that runs other tests between these starts the cluster once. (Under
-# `make test` on 2026-12-02 the "faults" xdist_group did not keep them on one worker: each worker that
-# ran one started a cluster of its own, about 30 s each. Correct, but slower; see the report.)
+# Session-scoped, and the file is one xdist group ("faults", tests/conftest.py SHARED_SERVER_GROUPS,
+# which `_suffix_group` makes --dist loadgroup honour): one worker starts the cluster once and runs
+# these tests in turn, whatever else it runs in between.
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServices]:
     with own_services(tmp_path_factory.mktemp("faults")) as own:
@@ -83,7 +83,7 @@ def invite(stack: Stack, browser: object, token: str, emails: list[str]) -> Outc
 def deliveries(services: OwnServices, emails: list[str]) -> collections.Counter[str]:
     """How many messages the SMTP server accepted for each of `emails`."""
     wanted = set(emails)
-    return collections.Counter(str(m["To"]) for m in services.mail.messages if str(m["To"]) in wanted)
+    return services.mail.deliveries(wanted.__contains__)
 
 
 def wait_delivered(

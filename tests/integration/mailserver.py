@@ -14,10 +14,11 @@ and `server.stop()` / `server.start()` take the server away and bring it back on
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -99,6 +100,10 @@ class MailServer:
     def messages(self) -> list[EmailMessage]:
         with self.handler._arrived:
             return list(self.handler.messages)
+
+    def deliveries(self, wanted: Callable[[str], bool] = lambda _: True) -> collections.Counter[str]:
+        """How many messages were accepted for each recipient (`To`) that `wanted` keeps (all by default)."""
+        return collections.Counter(to for m in self.messages if wanted(to := str(m["To"])))
 
     @property
     def attempts(self) -> int:
