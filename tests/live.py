@@ -105,6 +105,43 @@ class Process:
             raise LiveServerError(f"{self.name} exited with status {self.popen.returncode}:\n{self.log_tail()}")
 
 
+class Watched(Protocol):
+    """What `wait_until` watches: a Process here, a docker Container (tests/deployment/image.py)."""
+
+    name: str
+
+    def check_alive(self) -> None: ...
+
+    def log_tail(self, lines: int = 40) -> str: ...
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    what: str,
+    *,
+    watch: Iterable[Watched] = (),
+    timeout: float = START_TIMEOUT,
+    log: Callable[[], str] | None = None,
+) -> None:
+    """Poll `condition` until it holds; fail early if a watched process exits, and at `timeout`.
+
+    OSError from the condition (a port not listening yet) counts as "not yet". The error shows
+    `log()`, or the tail of each watched process's log.
+    """
+    watched = list(watch)
+    deadline = time.monotonic() + timeout
+    while True:
+        for process in watched:
+            process.check_alive()
+        with contextlib.suppress(OSError):
+            if condition():
+                return
+        if time.monotonic() > deadline:
+            shown = log() if log else "\n\n".join(f"{p.name}:\n{p.log_tail()}" for p in watched)
+            raise LiveServerError(f"{what}: not ready after {timeout:g} s\n{shown[-4000:]}")
+        time.sleep(0.05)
+
+
 def stop_process_group(
     group: int, timeout: float = STOP_TIMEOUT, *, leader: subprocess.Popen[bytes] | None = None
 ) -> None:
@@ -173,22 +210,8 @@ class LiveServers:
         timeout: float = START_TIMEOUT,
         log: Callable[[], str] | None = None,
     ) -> None:
-        """Poll `condition` until it holds; fail early if a watched process exits, and at `timeout`.
-
-        OSError from the condition (a port not listening yet) counts as "not yet".
-        """
-        watched = list(watch)
-        deadline = time.monotonic() + timeout
-        while True:
-            for process in watched:
-                process.check_alive()
-            with contextlib.suppress(OSError):
-                if condition():
-                    return
-            if time.monotonic() > deadline:
-                shown = log() if log else "\n\n".join(f"{p.name}:\n{p.log_tail()}" for p in watched)
-                raise LiveServerError(f"{what}: not ready after {timeout:g} s\n{shown[-4000:]}")
-            time.sleep(0.05)
+        """Poll `condition` until it holds; fail early if a watched process exits, and at `timeout`."""
+        wait_until(condition, what, watch=watch, timeout=timeout, log=log)
 
     def stop(self) -> None:
         """Stop every process group started here, the last started first."""

@@ -361,6 +361,11 @@ class Container:
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.logs().splitlines()[-lines:])
 
+    @property
+    def name(self) -> str:
+        """As a Process is named (tests/live.py wait_until shows it)."""
+        return self.role
+
 
 @dataclass
 class Containers:
@@ -424,21 +429,6 @@ class Containers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 docker("stop", "--time", "10", *ids, check=False, timeout=60)
                 docker("rm", "--force", *ids, check=False, timeout=60)
-
-
-def wait_for(condition: Any, what: str, *, timeout: float, watch: Sequence[Container] = ()) -> None:
-    """Poll `condition` until it is true; fail early when a watched container has exited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for container in watch:
-            container.check_alive()
-        with contextlib.suppress(OSError):
-            if condition():
-                return
-        if time.monotonic() > deadline:
-            logs = "\n\n".join(f"{c.role}:\n{c.logs()[-2000:]}" for c in watch)
-            raise LiveServerError(f"{what}: not within {timeout:g} s\n{logs}")
-        time.sleep(0.1)
 
 
 @contextlib.contextmanager

@@ -48,13 +48,12 @@ from tests.deployment.image import (
     ensure_base_image,
     image_config,
     timed,
-    wait_for,
 )
 from tests.e2e.live_app import LiveApp, delete_queue
 from tests.helpers import free_port
 from tests.integration.mailserver import MailServer, running_mail_server
 from tests.integration.test_deployment import nginx_command, write_nginx_config
-from tests.live import ROOT, Browser, LiveServers, plain_status
+from tests.live import ROOT, Browser, LiveServers, plain_status, wait_until
 
 if TYPE_CHECKING:
     from tests.conftest import TestDatabase
@@ -279,7 +278,7 @@ def stack(
                     "beat": lambda: "beat: Starting" in started["beat"].logs(),
                 }
                 for role, condition in ready.items():
-                    wait_for(condition, role, timeout=START_TIMEOUT, watch=list(started.values()))
+                    wait_until(condition, role, timeout=START_TIMEOUT, watch=list(started.values()))
             files = write_nginx_config(
                 prefix / "nginx",
                 upstream_port=plan.web_port,
@@ -401,7 +400,7 @@ def test_the_health_checks_pass_as_docker_runs_them_and_fail_when_the_app_does_n
     deadline = time.monotonic() + START_TIMEOUT
     for role in ("web", "worker", "beat"):
         container = stack.containers[role]
-        wait_for(
+        wait_until(
             lambda c=container: c.state()["Health"]["Status"] == "healthy",
             f"{role} healthy",
             timeout=max(deadline - time.monotonic(), 1),
