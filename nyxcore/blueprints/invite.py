@@ -61,7 +61,6 @@ def pending_invitations(
         "confirm_form": ConfirmForm(),
         "delivery": invitations.delivery,
         "lifecycle": invitations.lifecycle,
-        "is_expired": invitations.is_expired,
         "can_manage": lambda invitation: can_manage_role(actor.role, invitation.role, invitation.role),
         "max_attempts": mail.MAX_ATTEMPTS,
     }

@@ -25,7 +25,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from nyxcore.roles import TenantRole
-from nyxcore.services.invitations import tokens
+from nyxcore.services import invitations
+from nyxcore.services.invitations import display, tokens
 from tests.helpers import count, dicts, free_port, scalar
 from tests.integration.mailserver import MailServer
 from tests.integration.test_invitations import (
@@ -105,7 +106,7 @@ def wait_until(condition: Any, timeout: float = 10.0) -> Any:
 
 
 @pytest.mark.usefixtures("real_delivery")  # queued on Redis, and no worker: the states are set below
-def test_each_state_is_shown_to_admins(nyx_ops, login_as, admin_engine, as_admin):  # noqa: F811
+def test_each_state_is_shown_to_admins(nyx_ops, login_as, admin_engine, as_admin, monkeypatch):  # noqa: F811
     admin = as_admin
     invite(admin, "queued@example.com, sent@example.com, refused@example.com, retrying@example.com")
     invite(admin, "stale@example.com, accepted@example.com, revoked@example.com")
@@ -138,7 +139,17 @@ def test_each_state_is_shown_to_admins(nyx_ops, login_as, admin_engine, as_admin
     revoked = invitation_id(admin_engine, "revoked@example.com")
     assert admin.post_form(f"/team/invitations/{revoked}/revoke").status_code == 302
 
+    read: list[str] = []  # the real delivery(), counted: each row reads its outbox state once
+    real_delivery = display.delivery
+
+    def counted(invitation: Any) -> Any:
+        read.append(invitation.email)
+        return real_delivery(invitation)
+
+    monkeypatch.setattr(display, "delivery", counted)
+    monkeypatch.setattr(invitations, "delivery", counted)
     body = page(admin.get("/team/invitations"))
+    assert sorted(read) == sorted(set(read)) and len(read) == 5
     assert "Pending invitations (5)" in body
     assert row_text(body, "queued@example.com").endswith("Queued Resend the invitation to queued@example.com "
                                                          "Revoke the invitation to queued@example.com")
@@ -152,6 +163,7 @@ def test_each_state_is_shown_to_admins(nyx_ops, login_as, admin_engine, as_admin
         in row_text(body, "retrying@example.com")
     )
     assert "Expired Renew it to send a new link." in row_text(body, "stale@example.com")
+    assert row_text(body, "stale@example.com").count("Expired") == 1  # in the State column alone
     assert "Renew the invitation" in row_text(body, "stale@example.com")
     assert "Accepted" in row_text(body, "accepted@example.com", "closed-invitation")
     assert "Revoked" in row_text(body, "revoked@example.com", "closed-invitation")

@@ -89,10 +89,11 @@ def delivery(invitation: Invitation) -> Delivery:
     )
 
 
-def lifecycle(invitation: Invitation) -> Lifecycle:
+def lifecycle(invitation: Invitation, sent: Delivery | None = None) -> Lifecycle:
     """Accepted, revoked (replaced ones too), expired, failed (delivery gave up), sent or queued.
 
-    An open invitation needs outbox_email loaded; a failure still being retried is queued.
+    An open invitation needs outbox_email loaded, or its `delivery` given as `sent` (the pending
+    list has it already); a failure still being retried is queued.
     """
     if invitation.consumed_at is not None:
         return Lifecycle.ACCEPTED
@@ -100,7 +101,7 @@ def lifecycle(invitation: Invitation) -> Lifecycle:
         return Lifecycle.REVOKED
     if is_expired(invitation):
         return Lifecycle.EXPIRED
-    sent = delivery(invitation)
+    sent = sent or delivery(invitation)
     if sent.state == "sent":
         return Lifecycle.SENT
     return Lifecycle.FAILED if sent.gave_up else Lifecycle.QUEUED
