@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Row, select, text
+from sqlalchemy import DateTime, Row, bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 
 from nyxcore import tenancy
@@ -49,10 +49,13 @@ _SQLITE_JOINABLE = text(
     JOIN team_domains AS d ON d.domain = substr(u.email, instr(u.email, '@') + 1) AND d.verified_at IS NOT NULL
     JOIN tenants AS t ON t.id = d.tenant_id
     WHERE u.id = :user_id AND u.email_verified_at IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM tenant_members AS m WHERE m.tenant_id = t.id AND m.user_id = u.id)
+      AND NOT EXISTS (
+          SELECT 1 FROM tenant_members AS m
+          WHERE m.tenant_id = t.id AND m.user_id = u.id AND (m.ends_at IS NULL OR m.ends_at > :now)
+      )
     ORDER BY t.name, t.id
     """
-)
+).bindparams(bindparam("now", type_=DateTime(timezone=True)))  # stored as the model stores times
 
 
 def _rows(user: User) -> list[Row[tuple[uuid.UUID, str, str, str]]]:
@@ -62,7 +65,7 @@ def _rows(user: User) -> list[Row[tuple[uuid.UUID, str, str, str]]]:
             text("SELECT team_id, team_name, join_mode, join_role FROM nyxcore_joinable_teams()")
         )
     else:  # SQLite (development): no row-level security, the same question in plain SQL
-        result = db.session.execute(_SQLITE_JOINABLE, {"user_id": user.id.hex})
+        result = db.session.execute(_SQLITE_JOINABLE, {"user_id": user.id.hex, "now": datetime.now(UTC)})
     return list(result.tuples())
 
 

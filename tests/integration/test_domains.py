@@ -259,6 +259,24 @@ def test_a_verified_address_at_a_direct_domain_joins_at_once_with_the_domains_ro
     assert "member.joined_by_domain" in page(as_owner.get("/team/audit"))
 
 
+def test_someone_whose_membership_ended_may_join_again_by_domain(
+    as_owner, team, make_user, add_member, login_as, dns, admin_engine
+):
+    domain = verified_domain(as_owner, dns, mode="direct", role="viewer")
+    ada = make_user(name="Ada", email=f"ada@{domain}")
+    add_member(team.id, ada, TenantRole.MEMBER)
+    with admin_engine.begin() as conn:  # ended a minute ago; the beat task has not removed it yet
+        conn.execute(
+            text("UPDATE tenant_members SET ends_at = now() - interval '1 minute' WHERE user_id = :u AND tenant_id = :t"),
+            {"u": ada.user_id, "t": team.id},
+        )
+    client = login_as(ada)
+    assert "Join at once as viewer" in page(client.get("/teams/"))
+    assert client.post_form(f"/teams/{team.id}/join").status_code == 302
+    assert role_of(admin_engine, team.id, ada.user_id) == "viewer"  # a fresh membership, the old one ended by the system first
+    assert count(admin_engine, "SELECT count(*) FROM audit_events WHERE action = 'member.ended'") == 1
+
+
 def test_only_a_verified_address_at_a_verified_domain_sees_the_team(as_owner, team, make_user, login_as, dns):
     domain = verified_domain(as_owner, dns, mode="direct")
     pending = new_domain()
