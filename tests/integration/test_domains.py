@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import re
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from nyxcore.roles import TenantRole
 from tests.helpers import count, dicts, role_of, rows, scalar
 from tests.integration.dnsserver import running_dns_server, silent_dns_server
 from tests.integration.mailserver import MailServer
+from tests.integration.test_endings import end_in
 
 _RECORD = re.compile(r'<code class="record">(nyxcore-verification=[0-9a-f]+)</code>')
 _CHECK = re.compile(r'action="/team/domains/([0-9a-f-]{36})/check"')
@@ -265,11 +267,7 @@ def test_someone_whose_membership_ended_may_join_again_by_domain(
     domain = verified_domain(as_owner, dns, mode="direct", role="viewer")
     ada = make_user(name="Ada", email=f"ada@{domain}")
     add_member(team.id, ada, TenantRole.MEMBER)
-    with admin_engine.begin() as conn:  # ended a minute ago; the beat task has not removed it yet
-        conn.execute(
-            text("UPDATE tenant_members SET ends_at = now() - interval '1 minute' WHERE user_id = :u AND tenant_id = :t"),
-            {"u": ada.user_id, "t": team.id},
-        )
+    end_in(admin_engine, team.id, ada.user_id, timedelta(minutes=-1))  # the beat task has not removed it yet
     client = login_as(ada)
     assert "Join at once as viewer" in page(client.get("/teams/"))
     assert client.post_form(f"/teams/{team.id}/join").status_code == 302
