@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nyxcore.roles import TenantRole
-from tests.helpers import rows, scalar
+from tests.helpers import rows, scalar, statements_for
 from tests.integration.test_notes import create_note
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
@@ -178,3 +178,17 @@ def test_a_wrong_time_zone_is_named_and_changes_nothing(team, admin_engine, as_o
     assert scalar(admin_engine, "SELECT time_zone FROM users WHERE id = :u", u=owner) == "Europe/Berlin"
     assert as_owner.post_form("/account/time-zone", {"time_zone": ""}).status_code == 302
     assert scalar(admin_engine, "SELECT time_zone FROM users WHERE id = :u", u=owner) is None
+
+
+def test_a_page_of_the_log_costs_the_same_few_statements_however_long_the_log(app, team, admin_engine, as_owner):
+    """Members for the filter, the page of events with their actors, the names of the people they name."""
+    for n in range(3):
+        add_event(admin_engine, team.id, datetime.now(UTC), action="member.removed", target=f"p{n}@example.com")
+    as_owner.get("/team/audit")  # warm: the first request of a client loads more than a page does
+    few = statements_for(app, as_owner, "/team/audit")
+    for n in range(200):
+        add_event(admin_engine, team.id, datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n),
+                  action="member.removed", target=f"q{n}@example.com")
+    many = statements_for(app, as_owner, "/team/audit?kind=member.removed&before=" + str(
+        scalar(admin_engine, "SELECT id FROM audit_events WHERE target = 'q150@example.com'")))
+    assert few == many <= 5  # user and session, memberships, people, events, names; no count(*) of the log
