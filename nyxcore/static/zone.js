@@ -20,8 +20,12 @@
     return;
   }
   // Shown in another zone than the browser's: show the page again, once, now that the server knows it.
-  if (document.cookie.split("; ").indexOf(cookie) !== -1 && !sessionStorage.getItem("nyxcore_tz_reloaded")) {
-    sessionStorage.setItem("nyxcore_tz_reloaded", "1");
-    location.reload();
+  try {
+    if (document.cookie.split("; ").indexOf(cookie) !== -1 && !sessionStorage.getItem("nyxcore_tz_reloaded")) {
+      sessionStorage.setItem("nyxcore_tz_reloaded", "1"); // never a loop, whatever the server makes of it
+      location.reload();
+    }
+  } catch (e) {
+    // no sessionStorage (a private window may refuse it): the zone applies from the next page on
   }
 })();
