@@ -64,6 +64,6 @@ def test_the_rate_limit_page_says_when_to_try_again(app_config: dict[str, Any], 
     page = tries[-1].get_data(as_text=True)
     match = re.search(r"Try again in (\d+) seconds? \(at (\d\d:\d\d:\d\d), Asia/Kolkata\)\.", page)
     assert match, page
-    assert 1 <= int(match.group(1)) <= 60
+    assert 1 <= int(match.group(1)) <= 62  # a minute's window, rounded up by the storage's whole seconds
     assert abs(int(tries[-1].headers["Retry-After"]) - int(match.group(1))) <= 1
     assert quoted_id(tries[-1]) == tries[-1].headers["X-Request-ID"]
