@@ -7,12 +7,13 @@ named on the page (400) and nothing is listed until it is fixed.
 from __future__ import annotations
 
 import uuid
+from datetime import date
 from typing import Any
 
 from flask import render_template, request
 from flask_wtf import FlaskForm
-from wtforms import DateField, SelectChoice, SelectField
-from wtforms.validators import Optional
+from wtforms import DateField, Field, SelectChoice, SelectField
+from wtforms.validators import Optional, ValidationError
 
 from nyxcore.services import audit
 from nyxcore.services.audit_words import KINDS
@@ -33,19 +34,29 @@ _FIXES = {
 FILTER_ARGS = ("person", "kind", "since", "until")
 
 
+# Days a log can hold, far from the ends of the calendar (a zone's offset there would overflow).
+EARLIEST, LATEST = date(1970, 1, 2), date(9998, 12, 31)
+
+
+def plausible_day(form: FlaskForm, field: Field) -> None:
+    if field.data is not None and not EARLIEST <= field.data <= LATEST:
+        raise ValidationError(f"Give a day between {EARLIEST.year} and {LATEST.year}.")
+
+
 class AuditFilterForm(FlaskForm):  # type: ignore[misc]
     person = SelectField("Person", choices=[SelectChoice("", "Anyone")], default="")
     kind = SelectField("Action", choices=KIND_CHOICES, default="")
-    since = DateField("From", validators=[Optional()])
-    until = DateField("To (inclusive)", validators=[Optional()])
+    since = DateField("From", validators=[Optional(), plausible_day])
+    until = DateField("To (inclusive)", validators=[Optional(), plausible_day])
 
 
 def _read_filter(form: AuditFilterForm) -> audit.EventFilter | None:
     """The filter the URL asks for, or None with the reasons on the form's fields."""
     valid = form.validate()
     for name, message in _FIXES.items():
-        if form[name].errors:
-            form[name].errors = [message]
+        field = form[name]
+        if field.errors and (field.data is None or isinstance(field, SelectField)):
+            field.errors = [message]  # not one of the choices, or no date at all
     if valid and form.since.data and form.until.data and form.until.data < form.since.data:
         form.until.errors = ["The last day is before the first day."]
         valid = False

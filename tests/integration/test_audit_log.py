@@ -122,6 +122,8 @@ def test_bad_filter_values_are_named_and_never_a_500(team, as_owner):
         "kind=member.exploded": "Choose an action from the list.",
         "since=2026-03-02&until=2026-03-01": "The last day is before the first day.",
         "before=nonsense": "That page link is broken.",
+        "until=9999-12-31": "Give a day between 1970 and 9998.",  # the next day would overflow
+        "since=0001-01-01": "Give a day between 1970 and 9998.",
         "kind=domain.added&before=%00": "Bad request",  # the input guard refuses control characters first
     }
     for query, message in cases.items():
