@@ -24,10 +24,15 @@ $(VENV)/.test-installed: requirements/test.txt $(VENV)/.app-installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/test.txt
 	touch $@
 
-run: $(VENV)/.app-installed  ## Start the development server on http://127.0.0.1:5000 (SQLite, console mail)
+# `make run PORT=5001` when 5000 is taken (AirPlay on macOS); links in mail follow the port unless
+# PUBLIC_URL is set in the environment.
+PORT ?= 5000
+PUBLIC_URL ?= http://127.0.0.1:$(PORT)
+
+run: $(VENV)/.app-installed  ## Start the development server on http://127.0.0.1:$PORT (default 5000; SQLite, console mail)
 	mkdir -p instance
 	NYXCORE_ENV=development $(FLASK) db upgrade
-	NYXCORE_ENV=development $(FLASK) run --host 127.0.0.1 --port 5000 --debug
+	NYXCORE_ENV=development PUBLIC_URL='$(PUBLIC_URL)' $(FLASK) run --host 127.0.0.1 --port '$(PORT)' --debug
 
 lint: $(VENV)/.test-installed  ## ruff, mypy --strict on nyxcore/, and the import-linter contracts (pyproject.toml)
 	$(BIN)/ruff check nyxcore tests bench migrations wsgi.py worker.py

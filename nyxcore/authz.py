@@ -105,7 +105,7 @@ def bind_request_actor() -> None:
     user: User = current_user._get_current_object()
     stack.enter_context(tenancy.tenant_context(user_id=user.id))
     g.my_teams = teams.memberships_of(user.id)
-    wanted = _session_tenant_id()
+    wanted = _session_tenant_id() or user.last_tenant_id  # a new session starts in the team last used
     membership = teams.choose_active(g.my_teams, wanted)
     if wanted is not None and (membership is None or membership.tenant_id != wanted):
         tell_of_lost_team(wanted)  # only now: a page whose team is still active asks nothing
@@ -113,6 +113,7 @@ def bind_request_actor() -> None:
         session.pop(ACTIVE_TENANT_KEY, None)
         return
     activate_team(membership)
+    teams.remember_active(user, membership.tenant_id)
 
 
 def tell_of_lost_team(tenant_id: uuid.UUID) -> bool:

@@ -6,9 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from flask import Flask, url_for
+from flask import Flask, g, request, url_for
+from flask_login import current_user
 
-from nyxcore import authz, navigation
+from nyxcore import authz, navigation, timezones
 from nyxcore.services import notices
 
 _SLOT = uuid.UUID(int=0)
@@ -27,6 +28,23 @@ def format_time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value else ""
 
 
+ZONE_COOKIE = "nyxcore_tz"  # the zone the browser reports (static/zone.js sets it)
+
+
+def viewer_zone() -> timezones.ViewerZone:
+    """The zone this request shows times in: the account's setting, else the browser's, else UTC (once per request)."""
+    zone: timezones.ViewerZone | None = g.get("viewer_zone")
+    if zone is None:
+        profile = current_user.time_zone if current_user.is_authenticated else None
+        zone = g.viewer_zone = timezones.viewer_zone(profile, request.cookies.get(ZONE_COOKIE))
+    return zone
+
+
+def local_time(value: datetime | None) -> str:
+    """A moment in the viewer's zone ("2026-12-02 09:14"); the page says which zone that is."""
+    return viewer_zone().local(value).strftime("%Y-%m-%d %H:%M") if value else ""
+
+
 def init_app(app: Flask) -> None:
     @app.context_processor
     def inject() -> dict[str, Any]:
@@ -36,8 +54,10 @@ def init_app(app: Flask) -> None:
             "needs_verification": authz.needs_verification,
             "my_teams": authz.my_teams,
             "nav_entries": navigation.visible_entries,
+            "viewer_zone": viewer_zone,
         }
 
     app.jinja_env.filters["time"] = format_time
+    app.jinja_env.filters["local_time"] = local_time
     app.jinja_env.filters["last_day"] = notices.last_day  # a membership's end: "31 Jan 2027"
     app.jinja_env.filters["last_date"] = notices.last_date

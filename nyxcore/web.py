@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,8 +28,9 @@ from werkzeug.wrappers.response import Response
 
 from nyxcore import authz
 from nyxcore.errors import DomainError
-from nyxcore.extensions import db, login_manager
+from nyxcore.extensions import db, limiter, login_manager
 from nyxcore.services import mail
+from nyxcore.templating import viewer_zone
 
 log = logging.getLogger("nyxcore.request")
 
@@ -119,12 +122,20 @@ def wants_json() -> bool:
     return request.path.startswith("/api/")
 
 
+def current_request_id() -> str:
+    """This request's id (the proxy's X-Request-ID, else a fresh one), also for a request refused before the hooks ran."""
+    if "request_id" not in g:
+        g.request_id = request.headers.get("X-Request-ID", "")[:64] or secrets.token_hex(8)
+    request_id: str = g.request_id
+    return request_id
+
+
 def register_request_hooks(app: Flask) -> None:
     """Bind the tenant context per request, commit once at the end, and add security headers."""
 
     @app.before_request
     def bind_context() -> None:
-        g.request_id = request.headers.get("X-Request-ID", "")[:64] or secrets.token_hex(8)
+        current_request_id()
         g.started_at = time.perf_counter()
         if request.endpoint not in _SKIP_CONTEXT_ENDPOINTS:
             authz.bind_request_actor()
@@ -159,7 +170,7 @@ def register_request_hooks(app: Flask) -> None:
             # checks over HTTPS need), never the path.
             headers["Referrer-Policy"] = "strict-origin"
         if "x-request-id" not in present:
-            headers["X-Request-ID"] = g.get("request_id", "")
+            headers["X-Request-ID"] = current_request_id()
         return response
 
     @app.teardown_request
@@ -168,12 +179,35 @@ def register_request_hooks(app: Flask) -> None:
 
 
 def render_error(status: int, message: str | None = None) -> tuple[Any, int]:
+    """The one error page (or JSON under /api/), with the request id to quote."""
     title, default_message = ERROR_TITLES.get(status, ("Error", "The request failed."))
+    request_id = current_request_id()
     if wants_json():
-        return jsonify(error=title, message=message or default_message), status
+        return jsonify(error=title, message=message or default_message, request_id=request_id), status
     return render_template(
-        "errors/error.html", status=status, title=title, message=message or default_message
+        "errors/error.html", status=status, title=title, message=message or default_message, request_id=request_id
     ), status
+
+
+def too_many_requests() -> tuple[Any, ...]:
+    """The 429 page for a Flask-Limiter limit: when to try again, in words and as Retry-After."""
+    wait = _seconds_until_reset()
+    if wait is None:  # the limit's storage could not say: the page stays general
+        return render_error(429)
+    again = viewer_zone().local(datetime.fromtimestamp(time.time() + wait, UTC)).strftime("%H:%M:%S")
+    span = f"{wait} second{'s' if wait != 1 else ''}" if wait < 120 else f"about {math.ceil(wait / 60)} minutes"
+    message = f"You are going too fast. Try again in {span} (at {again}, {viewer_zone().name})."
+    body, status = render_error(429, message)
+    return body, status, {"Retry-After": str(wait)}
+
+
+def _seconds_until_reset() -> int | None:
+    try:
+        current = limiter.current_limit
+        reset_at = current.reset_at if current is not None else None
+    except Exception:  # whatever the limit's storage raises, the 429 page must still answer
+        return None
+    return None if reset_at is None else max(1, math.ceil(reset_at - time.time()))
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -190,9 +224,11 @@ def register_error_handlers(app: Flask) -> None:
         )
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> tuple[Any, int] | HTTPException:
+    def http_error(exc: HTTPException) -> tuple[Any, ...] | HTTPException:
         if exc.code is None or exc.code < 400:
             return exc
+        if exc.code == 429:
+            return too_many_requests()
         return render_error(exc.code)
 
     @app.errorhandler(InternalServerError)

@@ -17,7 +17,7 @@ from werkzeug.wrappers.response import Response
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
-from nyxcore import authz, user_agents
+from nyxcore import authz, timezones, user_agents
 from nyxcore.errors import DomainError
 from nyxcore.extensions import configured_limit, limiter
 from nyxcore.forms import ConfirmForm, MinPasswordLength, add_domain_error
@@ -34,6 +34,10 @@ log = logging.getLogger("nyxcore.account")
 
 class NameForm(FlaskForm):  # type: ignore[misc]
     name = StringField("Name", validators=[DataRequired(), Length(max=account_settings.NAME_MAX)])
+
+
+class ZoneForm(FlaskForm):  # type: ignore[misc]
+    time_zone = StringField("Time zone", validators=[Length(max=timezones.ZONE_MAX)])
 
 
 class PasswordForm(FlaskForm):  # type: ignore[misc]
@@ -73,18 +77,23 @@ def _signed_out(message: str) -> Response:
 
 
 def _render_account(
-    *, name_form: NameForm | None = None, password_form: PasswordForm | None = None
+    *,
+    name_form: NameForm | None = None,
+    password_form: PasswordForm | None = None,
+    zone_form: ZoneForm | None = None,
 ) -> tuple[str, int]:
     user = _me()
     # formdata=None: a form that was not the one posted starts from the account, not the request.
     name_form = name_form or NameForm(formdata=None, obj=user)
     password_form = password_form or PasswordForm(formdata=None)
-    status = form_status(name_form, password_form)
+    zone_form = zone_form or ZoneForm(formdata=None, obj=user)
+    status = form_status(name_form, password_form, zone_form)
     page = render_template(
         "account/index.html",
         user=user,
         name_form=name_form,
         password_form=password_form,
+        zone_form=zone_form,
         sessions=account_settings.session_summaries(user, current_token=_token(), idle=_idle()),
     )
     return page, status
@@ -94,6 +103,24 @@ def _render_account(
 @login_required  # type: ignore[untyped-decorator]
 def index() -> tuple[str, int]:
     return _render_account()
+
+
+@bp.post("/time-zone")
+@login_required  # type: ignore[untyped-decorator]
+def set_time_zone() -> Response | tuple[str, int]:
+    form = ZoneForm()
+    if form.validate_on_submit():
+        try:
+            zone = account_settings.set_time_zone(_me(), form.time_zone.data or "")
+        except DomainError as exc:
+            add_domain_error(form, exc, "time_zone")
+        else:
+            notify(
+                f"Times are shown in {zone}." if zone else "Times are shown in your browser's time zone.",
+                "success",
+            )
+            return redirect(url_for("account.index"))
+    return _render_account(zone_form=form)
 
 
 @bp.post("/name")

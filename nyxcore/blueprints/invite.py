@@ -10,6 +10,7 @@ over HTTPS the CSRF check needs the origin in the Referer of the accept form.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
@@ -29,6 +30,7 @@ from nyxcore.pagination import page_number
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import invitations, mail
 from nyxcore.services.invitations import InviteOutcome, Standing
+from nyxcore.templating import viewer_zone
 from nyxcore.tenancy import Actor
 from nyxcore.web import form_status, notify
 
@@ -83,15 +85,28 @@ def manage_invitations() -> tuple[str, int]:
         else:
             form.emails.data = "\n".join(r.address for r in results if r.outcome is InviteOutcome.INVALID)
     status = form_status(form)
-    page = render_template(
-        "invite/invitations.html",
-        form=form,
-        results=results,
-        **pending_invitations(actor, page=page_number(request.args.get("page"))),
+    page = render_template("invite/invitations.html", form=form, results=results, **_live_pending(actor))
+    return page, status
+
+
+@bp.get("/team/invitations/delivery")
+@role_required(invitations.MANAGE)
+def delivery_state() -> str:
+    """The invitations' table alone, which static/refresh.js swaps in while a mail is still queued."""
+    return render_template("invite/_pending_live.html", **_live_pending(acting()))
+
+
+def _live_pending(actor: Actor) -> dict[str, Any]:
+    """The full pending list, whether mail is still queued (the page then refreshes it), and when this was read."""
+    context = pending_invitations(actor, page=page_number(request.args.get("page")))
+    zone = viewer_zone()
+    context.update(
         pending_full_list=True,
         closed=invitations.list_closed(),
+        waiting=any(invitations.lifecycle(inv) == "queued" for inv in context["pending"].items),
+        checked_at=f"{zone.local(datetime.now(UTC)):%H:%M:%S} ({zone.name})",
     )
-    return page, status
+    return context
 
 
 @bp.post("/team/invitations/<uuid:invitation_id>/resend")

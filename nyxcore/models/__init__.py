@@ -95,6 +95,11 @@ class User(UUIDPrimaryKey, Base):
     # When the address was proved (a verification link, a password reset, an accepted invitation,
     # a confirmed change); None until then. Accounts older than migration 0008 count as verified.
     email_verified_at: Mapped[datetime | None]
+    # An IANA zone the person chose on /account for the times they are shown (None: the browser's, else UTC).
+    time_zone: Mapped[str | None] = mapped_column(String(64))
+    # The team they were last active in, picked again when they log in if they are still a member
+    # (authz.bind_request_actor); no foreign key: a deleted team's id is simply never matched.
+    last_tenant_id: Mapped[uuid.UUID | None]
 
     # Flask-Login's user protocol, kept here so the model needs no Flask import.
     is_active = True

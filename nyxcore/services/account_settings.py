@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import update
 
-from nyxcore import passwords, user_agents
+from nyxcore import passwords, timezones, user_agents
 from nyxcore.errors import InvalidInput
 from nyxcore.extensions import db
 from nyxcore.models import User
@@ -30,6 +30,21 @@ def rename(user: User, name: str) -> User:
     user.name = name
     db.session.flush()
     return user
+
+
+def set_time_zone(user: User, name: str) -> str | None:
+    """Show the user times in the IANA zone `name` ("" goes back to the browser's). Raises InvalidInput."""
+    name = name.strip()
+    zone = timezones.zone_named(name) if name else None
+    if name and zone is None:
+        raise InvalidInput(
+            f"\u201c{name[: timezones.ZONE_MAX]}\u201d is not a time zone name. "
+            "Use one such as Europe/Berlin or America/New_York.",
+            field="time_zone",
+        )
+    user.time_zone = zone.key if zone is not None else None
+    db.session.flush()
+    return user.time_zone
 
 
 def change_password(user: User, *, current: str, new: str, keep_token: str) -> int:

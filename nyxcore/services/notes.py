@@ -15,6 +15,7 @@ from nyxcore.models import Note, User
 from nyxcore.pagination import Page
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole
+from nyxcore.services import audit
 from nyxcore.tenancy import Actor
 
 PER_PAGE = 50
@@ -78,6 +79,9 @@ def create_note(actor: Actor, *, title: str, body: str) -> Note:
     note = Note(tenant_id=actor.tenant_id, author_id=actor.user_id, title=_clean(title), body=body)
     db.session.add(note)
     db.session.flush()
+    audit.record(
+        actor.tenant_id, actor.user_id, "note.created", target=note.title
+    )  # the title, never the body
     return note
 
 
@@ -85,9 +89,11 @@ def update_note(actor: Actor, note_id: uuid.UUID, *, title: str, body: str) -> N
     """Change a note's title and text. Raises PermissionDenied, NotFound, InvalidInput."""
     WRITE.check(actor)
     note = get_note(note_id)
+    old_title = note.title
     note.title, note.body = _clean(title), body
     note.updated_at = func.now()
     db.session.flush()
+    audit.record(actor.tenant_id, actor.user_id, "note.edited", target=note.title, old=old_title)
     return note
 
 
@@ -97,4 +103,5 @@ def delete_note(actor: Actor, note_id: uuid.UUID) -> str:
     note = get_note(note_id)
     db.session.delete(note)
     db.session.flush()
+    audit.record(actor.tenant_id, actor.user_id, "note.deleted", target=note.title)
     return note.title

@@ -126,6 +126,16 @@ def choose_active(memberships: list[TenantMember], wanted_tenant_id: uuid.UUID |
     return min(memberships, key=lambda m: (m.joined_at, str(m.id)), default=None)
 
 
+def remember_active(user: User, tenant_id: uuid.UUID) -> None:
+    """Keep `tenant_id` as the user's last active team, picked again at their next log in.
+
+    Written (and flushed now, in the user's own context) only when it changed: a page costs nothing.
+    """
+    if user.last_tenant_id != tenant_id:
+        user.last_tenant_id = tenant_id
+        db.session.flush()
+
+
 def membership_of(tenant_id: uuid.UUID, user_id: uuid.UUID) -> TenantMember | None:
     """The user's membership of the team, with the team loaded, or None (also when it has ended).
 

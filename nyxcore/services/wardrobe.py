@@ -12,6 +12,7 @@ from nyxcore.models import WardrobeItem
 from nyxcore.pagination import Page, like_pattern
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole
+from nyxcore.services import audit
 from nyxcore.tenancy import Actor
 
 USE = Operation("wardrobe.use", TenantRole.MEMBER)  # every Wardrobe route, reads included
@@ -63,15 +64,18 @@ def add_item(actor: Actor, *, name: str, category: str, size: str, notes: str) -
     )
     db.session.add(item)
     db.session.flush()
+    audit.record(actor.tenant_id, actor.user_id, "wardrobe.added", target=item.name)
     return item
 
 
 def update_item(actor: Actor, item_id: uuid.UUID, *, name: str, category: str, size: str, notes: str) -> WardrobeItem:
     """Change an item's name, category, size and notes."""
     item = get_item(actor, item_id)
+    old_name = item.name
     item.name, item.category, item.size, item.notes = _name(name), category.strip(), size.strip(), notes
     item.updated_at = func.now()
     db.session.flush()
+    audit.record(actor.tenant_id, actor.user_id, "wardrobe.edited", target=item.name, old=old_name)
     return item
 
 
@@ -80,4 +84,5 @@ def delete_item(actor: Actor, item_id: uuid.UUID) -> str:
     item = get_item(actor, item_id)
     db.session.delete(item)
     db.session.flush()
+    audit.record(actor.tenant_id, actor.user_id, "wardrobe.removed", target=item.name)
     return item.name

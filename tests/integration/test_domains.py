@@ -258,7 +258,7 @@ def test_a_verified_address_at_a_direct_domain_joins_at_once_with_the_domains_ro
     overview = page(ada.get("/team/"))
     assert "You joined" in overview and "Ada" in overview
     assert "Join at once" not in page(ada.get("/teams/"))  # a member no longer sees it to join
-    assert "member.joined_by_domain" in page(as_owner.get("/team/audit"))
+    assert "Ada joined as a viewer through their e-mail domain." in page(as_owner.get("/team/audit"))
 
 
 def test_someone_whose_membership_ended_may_join_again_by_domain(

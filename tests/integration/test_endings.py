@@ -204,7 +204,7 @@ def test_the_audit_log_names_the_system_for_an_ending(app, team, admin_engine, a
     end_in(admin_engine, team.id, team.accounts[M].user_id, timedelta(minutes=-1))
     run_task(app, "end_memberships")
     audit = page(as_owner.get("/team/audit"))
-    assert "member.ended" in audit
+    assert "ended " in audit and "membership (member) after their last day" in audit
     assert "NyxCore <span class=\"muted\">(automatic)</span>" in audit
 
 

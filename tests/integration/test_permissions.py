@@ -41,6 +41,7 @@ NOT_TEAM_ROUTES = {
     "two_factor.login": "before the session: the password was proved, the code is awaited",
     "account.index": "any signed-in user's own account (also one in no team)",
     "account.rename": "any signed-in user's own account",
+    "account.set_time_zone": "any signed-in user's own account",
     "account.change_password": "any signed-in user's own account; the current password is proved",
     "account.revoke_session": "any signed-in user's own sessions; another id is a 404",
     "account.sign_out_everywhere": "any signed-in user's own sessions",

@@ -324,9 +324,8 @@ def test_audit_log_is_admin_only_and_records_changes(team, admin_engine, as_owne
         f"/team/members/{member_id(admin_engine, team.id, team.accounts[V].user_id)}/role", {"role": "member"}
     )
     page = client.get("/team/audit").get_data(as_text=True)
-    assert "member.role_changed" in page
+    assert "Olive Owner changed Viewer Person&#39;s role from viewer to member." in page  # in words
     assert "viewer: " not in page
-    assert team.accounts[V].email in page
     assert as_member.get("/team/audit").status_code == 403
 
 

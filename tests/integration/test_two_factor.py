@@ -323,7 +323,7 @@ def test_only_an_owner_with_two_factor_can_require_it(team, as_owner, as_admin, 
     assert "Require two-factor authentication" in settings and 'value="y" checked' not in settings
     assert as_owner.post_form("/team/two-factor", {"require": "y"}).location == "/team/settings"
     assert 'value="y" checked' in as_owner.get("/team/settings").get_data(as_text=True)
-    assert "team.two_factor_required" in as_owner.get("/team/audit").get_data(as_text=True)
+    assert "required two-factor authentication of every member." in as_owner.get("/team/audit").get_data(as_text=True)
 
 
 def test_a_required_team_sends_a_member_without_it_to_enrol_first(team, as_owner, as_member, clock):

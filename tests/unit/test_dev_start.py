@@ -42,3 +42,19 @@ def test_development_server_serves_login_on_sqlite(tmp_path):
             assert "<h1>Log in</h1>" in response.read().decode()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=5) as response:
             assert b'"database":"ok"' in response.read().replace(b" ", b"")
+
+
+def test_make_run_takes_port_and_derives_public_url_from_it():
+    """`make run PORT=...` serves on that port and mails links to it, unless PUBLIC_URL is set."""
+
+    def run_command(*args: str, **env: str) -> str:
+        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        dry = subprocess.run(["make", "-n", "run", *args], cwd=ROOT, env=base, capture_output=True, text=True, timeout=60)
+        assert dry.returncode == 0, dry.stderr
+        return next(line for line in dry.stdout.splitlines() if " run --host" in line)
+
+    assert "PUBLIC_URL='http://127.0.0.1:5000'" in run_command() and "--port '5000'" in run_command()
+    chosen = run_command("PORT=5123")
+    assert "PUBLIC_URL='http://127.0.0.1:5123'" in chosen and "--port '5123'" in chosen
+    own = run_command("PORT=5123", PUBLIC_URL="https://dev.example")
+    assert "PUBLIC_URL='https://dev.example'" in own and "--port '5123'" in own
