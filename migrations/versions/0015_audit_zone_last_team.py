@@ -6,8 +6,8 @@
   team one left (only while still a member of it). No foreign key: a deleted team's id never matches
   a membership, and deleting a team touches no user row.
 
-Revision ID: 0019
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-02
 """
 
@@ -17,8 +17,8 @@ from flask import current_app
 
 from nyxcore.dbroles import restrict_private_columns
 
-revision = "0019"
-down_revision = "0013"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
