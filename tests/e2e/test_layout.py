@@ -36,18 +36,26 @@ WORD = "Pneumonoultramicroscopicsilicovolcanoconiosis" * 7
 SIGNED_OUT = [("login", "/auth/login"), ("signup", "/auth/signup"), ("forgot", "/auth/forgot")]
 NO_SUCH_NOTE = "/notes/00000000-0000-0000-0000-000000000000"
 
-# The widest element of a page that scrolls sideways (the deepest one reaching furthest right).
+# What makes a page scroll sideways: of the elements whose box or content (a word that does not
+# wrap overflows its box) reaches past the window, the deepest, and of those the one reaching furthest.
 OVERFLOW = """() => {
   const root = document.documentElement;
   if (root.scrollWidth <= root.clientWidth) return null;
-  let widest = root, right = 0;
-  for (const el of document.body.querySelectorAll('*')) {
+  const reach = el => {  // content spills out of a box only where its overflow is visible
     const box = el.getBoundingClientRect();
-    if (box.width > 0 && box.right >= right) { right = box.right; widest = el; }
-  }
+    return box.left + (getComputedStyle(el).overflowX === 'visible' ? Math.max(box.width, el.scrollWidth) : box.width);
+  };
+  const depth = el => { let n = 0; for (let e = el; e; e = e.parentElement) n++; return n; };
+  const past = [...document.body.querySelectorAll('*')]
+    .filter(el => el.getClientRects().length > 0 && reach(el) > root.clientWidth + 1)
+    .map(el => [depth(el), reach(el), el])
+    .sort((a, b) => b[0] - a[0] || b[1] - a[1]);
+  if (!past.length) return `${root.scrollWidth} px wide in ${root.clientWidth}`;
+  const [, right, widest] = past[0];
   const name = widest.tagName.toLowerCase() + (widest.id ? '#' + widest.id : '')
-    + (widest.className && typeof widest.className === 'string' ? '.' + widest.className.trim().split(/\\s+/).join('.') : '');
-  return `${root.scrollWidth} px wide in ${root.clientWidth}: widest ${name} (right edge ${Math.round(right)} px) "${(widest.textContent || '').trim().slice(0, 60)}"`;
+    + (typeof widest.className === 'string' && widest.className.trim() ? '.' + widest.className.trim().split(/\\s+/).join('.') : '');
+  return `${root.scrollWidth} px wide in ${root.clientWidth}: widest ${name} (reaching ${Math.round(right)} px) `
+    + JSON.stringify((widest.textContent || '').trim().slice(0, 60));
 }"""
 # Controls smaller than `min` px either way among `selector`'s matches that are shown.
 SMALL_TARGETS = """([selector, min]) => [...document.querySelectorAll(selector)]

@@ -42,6 +42,9 @@ def switched_to(client, tenant_id: uuid.UUID, from_page: str | None) -> str:
         ("/no/such/page", "/team/"),
         ("//evil.example/notes/", "/team/"),
         ("/notes/%00", "/notes/"),
+        ("/notes/\u2603?x=1#y", "/notes/"),
+        ("notes/", "/notes/"),  # routing reads it from the root
+        ("/" + "a" * 5000, "/team/"),
         ("", "/team/"),
         (None, "/team/"),  # a form from before the switcher said where it was
     ],
