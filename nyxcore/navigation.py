@@ -1,7 +1,8 @@
 """The top bar: each blueprint module declares its own entries (`NAV = (NavEntry(...),)`).
 
 An entry is shown exactly when its endpoint's view would let the current user in: the view's
-`role_required` operation decides, so the bar never offers a page that answers 403.
+`role_required` operation decides, so the bar never offers a page that answers 403. The entries
+also name the sections that switching team keeps you in (`page_after_switch`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flask import Flask, current_app
+from werkzeug.exceptions import HTTPException
 
 from nyxcore import authz
 from nyxcore.permissions import Operation
@@ -48,3 +50,37 @@ def visible_entries() -> list[NavEntry]:
         for entry in entries
         if (needed := required_operation(app, entry.endpoint)) is None or authz.permits(needed)
     ]
+
+
+def page_after_switch(path: str) -> str:
+    """The endpoint to open after switching team from the page at `path`: that page when it names no
+    object (the other team's NyxBook list for the NyxBook list), else the top-bar section whose
+    address starts it (a note's page: NyxBook); the team page when the new role may see neither,
+    or when `path` is outside the team's pages (the account, an unknown address)."""
+    app = current_app
+    same = _object_free_page(app, path)
+    sections = sorted(
+        (
+            (rule.rule, entry.endpoint)
+            for entry in app.extensions.get(_EXTENSION, [])
+            for rule in app.url_map.iter_rules(entry.endpoint)
+        ),
+        key=lambda section: len(section[0]),
+        reverse=True,
+    )
+    candidates = [same] if same else []
+    candidates += [endpoint for prefix, endpoint in sections if path.startswith(prefix)]
+    for endpoint in candidates:
+        needed = required_operation(app, endpoint)
+        if needed is not None and authz.permits(needed):
+            return endpoint
+    return "team.overview"
+
+
+def _object_free_page(app: Flask, path: str) -> str | None:
+    """The endpoint that shows `path` on a GET without naming an object (no URL arguments), or None."""
+    try:
+        endpoint, arguments = app.url_map.bind("").match(path, method="GET")
+    except HTTPException:  # no such page, not a GET, or a redirect (a missing slash)
+        return None
+    return None if arguments else str(endpoint)

@@ -52,7 +52,7 @@ ERROR_TITLES = {
 }
 # Seconds a 503 (the database unreachable: restarting, failing over) asks the client to wait.
 RETRY_AFTER_SECONDS = 5
-_SKIP_CONTEXT_ENDPOINTS = {"static", "api.health"}
+_SKIP_CONTEXT_ENDPOINTS = {"static", "api.health", "main.favicon"}
 # Added to every response that does not set them itself (one pass over the headers, not one per name).
 _SECURITY_HEADERS = (
     (

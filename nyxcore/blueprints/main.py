@@ -1,4 +1,4 @@
-"""The front door."""
+"""The front door, and the icon browsers ask for at /favicon.ico."""
 
 from __future__ import annotations
 
@@ -14,3 +14,9 @@ def index() -> Response:
     if current_user.is_authenticated:
         return redirect(url_for("team.overview"))
     return redirect(url_for("auth.login"))
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    """Browsers ask for /favicon.ico whatever the page links: send them to the SVG icon (no 404 per page)."""
+    return redirect(url_for("static", filename="favicon.svg"), 301)

@@ -11,7 +11,7 @@ from werkzeug.wrappers.response import Response
 from wtforms import HiddenField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
-from nyxcore import authz
+from nyxcore import authz, navigation
 from nyxcore.errors import DomainError
 from nyxcore.forms import add_domain_error
 from nyxcore.services import teams
@@ -27,6 +27,7 @@ class NewTeamForm(FlaskForm):  # type: ignore[misc]
 
 class SwitchTeamForm(FlaskForm):  # type: ignore[misc]
     tenant_id = HiddenField(validators=[DataRequired()])
+    from_page = HiddenField()  # the path of the page the switcher was on; only matched against routes
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -53,7 +54,8 @@ def new() -> Response | tuple[str, int]:
 def switch() -> Response:
     """Make another of the user's teams active; a team they are not in answers 404.
 
-    A team they lost since the page was shown says why (once), and they stay where they are.
+    A team they lost since the page was shown says why (once), and they stay where they are. The
+    new team opens on the same kind of page as the one switched from (navigation.page_after_switch).
     """
     form = SwitchTeamForm()
     if not form.validate_on_submit():
@@ -69,4 +71,4 @@ def switch() -> Response:
         abort(404)
     authz.activate_team(membership)
     notify(f"Switched to {membership.tenant.name}.", "info")
-    return redirect(url_for("team.overview"))
+    return redirect(url_for(navigation.page_after_switch(form.from_page.data or "")))

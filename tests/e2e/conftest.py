@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, sync_playwright
@@ -87,12 +88,13 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def person(
     request: pytest.FixtureRequest, browser: Browser, live_app: LiveApp, artifacts: Path
-) -> Iterator[Callable[[str], Person]]:
-    """`person("owner")`: someone with a browser context of their own (cookies, one page)."""
+) -> Iterator[Callable[..., Person]]:
+    """`person("owner")`: someone with a browser context of their own (cookies, one page); keywords
+    go to Playwright's new_context (`person("owner-phone", viewport={"width": 390, "height": 844})`)."""
     people: list[Person] = []
 
-    def open_browser(name: str) -> Person:
-        people.append(Person.open(name, browser, live_app, artifacts))
+    def open_browser(name: str, **options: Any) -> Person:
+        people.append(Person.open(name, browser, live_app, artifacts, **options))
         return people[-1]
 
     yield open_browser

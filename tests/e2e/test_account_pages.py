@@ -41,7 +41,8 @@ def test_account_pages_are_accessible_and_an_account_can_be_deleted(
     laptop = person("ada-laptop")
     laptop.log_in("ada@example.com")
 
-    ada.page.get_by_role("link", name="Ada Lovelace").click()  # the name in the top bar
+    ada.open_menu()
+    ada.page.get_by_role("link", name="Ada Lovelace").click()  # the name in the top bar's menu
     expect(ada.heading()).to_have_text("Your account")
     sessions = ada.page.get_by_role("table", name="Your signed-in browsers, this one first")
     expect(sessions.get_by_role("row")).to_have_count(3)  # the header and two browsers
@@ -55,6 +56,7 @@ def test_account_pages_are_accessible_and_an_account_can_be_deleted(
     ada.page.get_by_label("Name", exact=True).fill("Ada King")
     ada.page.get_by_role("button", name="Change name").click()
     expect(ada.flash()).to_have_text("Your name was changed.")
+    ada.open_menu()
     expect(ada.page.get_by_role("link", name="Ada King")).to_be_visible()
 
     # The last owner of a team with Grace in it: told what to do, and offered no delete button.

@@ -51,6 +51,7 @@ def test_someone_at_a_verified_domain_asks_to_join_and_an_admin_approves(
 
     ada = person("domain-asker")
     ada.sign_up("Ada Asker", f"ada@{DOMAIN}")
+    ada.open_menu()
     ada.page.get_by_role("link", name="Your teams").click()
     joinable = ada.page.get_by_role("table", name="Teams at your address's domain")
     expect(joinable.get_by_role("row").filter(has_text=TEAM)).to_be_visible()

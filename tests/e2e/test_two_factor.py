@@ -29,6 +29,7 @@ def test_enrol_log_out_and_log_in_with_a_code(person: Callable[[str], Person]) -
     problems: list[str] = []
     ada = person("ada")
     ada.sign_up("Ada Lovelace", "ada@example.com")
+    ada.open_menu()
     ada.page.get_by_role("link", name="Ada Lovelace").click()  # the account page
     ada.page.get_by_role("link", name="Turn on two-factor authentication").click()
     expect(ada.heading()).to_have_text("Two-factor authentication")

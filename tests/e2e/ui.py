@@ -34,8 +34,9 @@ class Person:
     console_errors: list[str] = field(default_factory=list)
 
     @classmethod
-    def open(cls, name: str, browser: Browser, live: LiveApp, artifacts: Path) -> Person:
-        context = browser.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
+    def open(cls, name: str, browser: Browser, live: LiveApp, artifacts: Path, **options: Any) -> Person:
+        """A new browser context; `options` for Playwright's new_context (a phone's viewport, say)."""
+        context = browser.new_context(**{"base_url": live.url, "viewport": {"width": 1280, "height": 900}, **options})
         context.set_default_timeout(10_000)
         person = cls(name, context, context.new_page(), live, artifacts)
         person.page.on("console", person._on_console)
@@ -136,13 +137,22 @@ class Person:
         self.page.get_by_role("button", name="Log in").click()
         expect(self.page).to_have_url(TEAM_PAGE)
 
+    def open_menu(self) -> None:
+        """Open the top bar's menu (team switcher, your teams, new team, account, log out) if it is closed."""
+        menu = self.page.locator("header details.menu")
+        if menu.get_attribute("open") is None:
+            menu.locator("summary").click()
+        expect(menu).to_have_attribute("open", "")
+
     def log_out(self) -> None:
-        self.page.get_by_role("button", name="Log out").click()
+        self.open_menu()
+        self.page.get_by_role("button", name="Log out", exact=True).click()
         expect(self.flash()).to_contain_text("You are logged out.")
 
     # --- teams -----------------------------------------------------------------------------------
 
     def create_team(self, team: str) -> None:
+        self.open_menu()
         self.page.get_by_role("link", name="New team").click()
         self.page.get_by_label("Team name").fill(team)
         self.page.get_by_role("button", name="Create team").click()
@@ -150,9 +160,10 @@ class Person:
         expect(self.flash()).to_contain_text(f"Team {team} created. You are its owner.")
 
     def switch_team(self, label: str) -> None:
-        """Choose a team in the switcher of the top bar (option text: "<team> (<role>)")."""
+        """Choose a team in the switcher of the top bar's menu (option text: "<team> (<role>)")."""
+        self.open_menu()
         self.page.get_by_role("combobox", name="Team", exact=True).select_option(label=label)
-        self.page.get_by_role("button", name="Switch").click()
+        self.page.get_by_role("button", name="Switch", exact=True).click()
 
     def invite(self, emails: str, role: str) -> None:
         """Invite from the invitations page with the mouse; checks every address was invited."""

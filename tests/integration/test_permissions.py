@@ -23,6 +23,7 @@ NOT_TEAM_ROUTES = {
     "static": "files",
     "api.health": "the health check",
     "main.index": "the front door redirects",
+    "main.favicon": "the icon redirects to a static file",
     "auth.signup": "before any team",
     "auth.login": "before any team",
     "auth.logout": "any signed-in user",

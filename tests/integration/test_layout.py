@@ -1,0 +1,38 @@
+"""What the layout needs from the server: the favicon, and a column name on every table cell.
+
+The browser side (phone and desktop widths, dark mode, autofocus) is tests/e2e/test_layout.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nyxcore
+
+TEMPLATES = Path(nyxcore.__file__).resolve().parent / "templates"
+
+
+def test_favicon_ico_redirects_to_the_svg_icon_the_pages_link(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301
+    assert response.headers["Location"] == "/static/favicon.svg"
+    with client.get("/static/favicon.svg") as icon:  # a file response: closed with the block
+        assert icon.status_code == 200
+        assert icon.mimetype == "image/svg+xml"
+        assert icon.get_data(as_text=True).startswith("<svg")
+    login = client.get("/auth/login").get_data(as_text=True)
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in login
+
+
+def test_every_table_cell_names_its_column_for_the_phone_layout():
+    """On a phone a row is a card: each value shows its column's name from data-label (a
+    full-width cell, such as "No notes yet.", needs none)."""
+    unlabelled = [
+        f"{path.relative_to(TEMPLATES)}: {cell}"
+        for path in sorted(TEMPLATES.rglob("*.html"))
+        if "email" not in path.parts
+        for cell in re.findall(r"<td\b[^>]*>", path.read_text())
+        if "data-label=" not in cell and "colspan=" not in cell
+    ]
+    assert unlabelled == []
