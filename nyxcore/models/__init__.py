@@ -26,7 +26,6 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
-    Text,
     UniqueConstraint,
     Uuid,
     false,
@@ -315,38 +314,9 @@ class AuditEvent(TenantScoped, Base):
     actor: Mapped[User | None] = relationship(foreign_keys=[actor_id], lazy="raise")
 
 
-class Note(TenantScoped, Base):
-    """A NyxBook note: team content that members write and viewers read."""
-
-    __tablename__ = "notes"
-    __table_args__ = (Index("ix_notes_tenant_id_updated_at", "tenant_id", "updated_at"),)
-
-    author_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    title: Mapped[str] = mapped_column(String(200))
-    body: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
-
-    author: Mapped[User | None] = relationship(foreign_keys=[author_id], lazy="raise")
-
-
-class WardrobeItem(TenantScoped, Base):
-    """An item of the team's shared wardrobe. Members only, reads included."""
-
-    __tablename__ = "wardrobe_items"
-    __table_args__ = (Index("ix_wardrobe_items_tenant_id_name", "tenant_id", "name", "id"),)
-
-    name: Mapped[str] = mapped_column(String(120))
-    category: Mapped[str] = mapped_column(String(60), default="")
-    size: Mapped[str] = mapped_column(String(30), default="")
-    notes: Mapped[str] = mapped_column(Text, default="")
-    added_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
-
-
-
 # Registered on the metadata with the rest: whatever imports the models sees these tables too.
+from nyxcore.models.content import Note as Note  # noqa: E402
+from nyxcore.models.content import WardrobeItem as WardrobeItem  # noqa: E402
 from nyxcore.models.join_links import JoinLink as JoinLink  # noqa: E402
 from nyxcore.models.joining import JoinRequest as JoinRequest  # noqa: E402
 from nyxcore.models.joining import TeamDomain as TeamDomain  # noqa: E402
