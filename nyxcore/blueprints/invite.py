@@ -100,10 +100,13 @@ def _live_pending(actor: Actor) -> dict[str, Any]:
     """The full pending list, whether mail is still queued (the page then refreshes it), and when this was read."""
     context = pending_invitations(actor, page=page_number(request.args.get("page")))
     zone = viewer_zone()
+    # Each row's outbox state is read once, here: the table and the refresh decision share it.
+    deliveries = {inv.id: invitations.delivery(inv) for inv in context["pending"].items}
     context.update(
         pending_full_list=True,
         closed=invitations.list_closed(),
-        waiting=any(invitations.lifecycle(inv) == "queued" for inv in context["pending"].items),
+        deliveries=deliveries,
+        waiting=any(invitations.lifecycle(inv, deliveries[inv.id]) == "queued" for inv in context["pending"].items),
         checked_at=f"{zone.local(datetime.now(UTC)):%H:%M:%S} ({zone.name})",
     )
     return context

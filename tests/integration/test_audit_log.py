@@ -24,7 +24,7 @@ def text_of(response: Any) -> str:
 
 def sentences(response: Any) -> list[str]:
     """The "What happened" cells, tags stripped: what a reader sees."""
-    cells = re.findall(r"<tr>\s*<td><time[^>]*>[^<]*</time></td>\s*<td>(.*?)</td>", response.get_data(as_text=True), re.S)
+    cells = re.findall(r"<tr>\s*<td[^>]*><time[^>]*>[^<]*</time></td>\s*<td[^>]*>(.*?)</td>", response.get_data(as_text=True), re.S)
     return [html.unescape(re.sub(r"<[^>]+>", "", cell)).strip() for cell in cells]
 
 

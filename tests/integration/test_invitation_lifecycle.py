@@ -81,7 +81,7 @@ def place_invitation(
 
 def row_text(body: str, email: str, prefix: str = "invitation") -> str:
     """The text of the table row of `email` (tags dropped, spaces collapsed)."""
-    match = re.search(rf"<tr id=\"{prefix}-[^\"]+\">\s*<td>{re.escape(email)}</td>(.*?)</tr>", body, re.S)
+    match = re.search(rf"<tr id=\"{prefix}-[^\"]+\">\s*<td[^>]*>{re.escape(email)}</td>(.*?)</tr>", body, re.S)
     assert match, email
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", match.group(1))).strip()
 
