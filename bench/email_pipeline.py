@@ -71,15 +71,15 @@ from celery import __version__ as celery_version
 from celery import current_app as celery  # the app of the latest create_app (celery_init_app)
 from celery import shared_task
 from flask import Flask
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from nyxcore import create_app, tenancy
 from nyxcore.config import load_config
 from nyxcore.extensions import db, keyring
-from nyxcore.models import TenantMember
+from nyxcore.models import TenantMember, User
 from nyxcore.roles import TenantRole
-from nyxcore.services import accounts, invitations, mail
+from nyxcore.services import accounts, invitations, mail, teams
 from nyxcore.tasks import mail_settings
 
 # tests/ is not an installed package; its SMTP server helper is reused as it is.
@@ -303,7 +303,12 @@ def create_admin(app: Flask) -> Admin:
             db.session.commit()
         with tenancy.tenant_context(user_id=admin_id, tenant_id=admin_team):
             accounts.register_user(
-                user_id=admin_id, team_id=admin_team, name="Ada Admin", email="admin@bench.example", password=PASSWORD
+                user_id=admin_id,
+                team_id=admin_team,
+                name="Ada Admin",
+                email="admin@bench.example",
+                password=PASSWORD,
+                verified=True,  # an unverified account may not invite
             )
             db.session.commit()
         with tenancy.tenant_context(user_id=owner_id, tenant_id=team_id):
@@ -340,8 +345,10 @@ class EnqueueCost:
 def invite_batch(app: Flask, admin: Admin, addresses: list[str]) -> EnqueueCost:
     """Invite `addresses` as one request would: service, commit, then hand the outbox ids to Celery."""
     with app.app_context(), tenancy.tenant_context(user_id=admin.user_id, tenant_id=admin.tenant_id):
-        actor = db.session.scalar(select(TenantMember).where(TenantMember.user_id == admin.user_id))
-        assert actor is not None
+        membership = teams.membership_of(admin.tenant_id, admin.user_id)
+        user = db.session.get(User, admin.user_id)
+        assert membership is not None and user is not None
+        actor = tenancy.Actor(user=user, membership=membership)  # as the request hook makes it
         started = time.perf_counter()
         results = invitations.invite_many(actor, "\n".join(addresses), TenantRole.MEMBER)
         invited = time.perf_counter()
