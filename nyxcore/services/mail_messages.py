@@ -61,6 +61,7 @@ class WireMessage:
         return message
 
 
+@lru_cache(maxsize=64)  # one MAIL_FROM per deployment: parsed once, not for every message
 def sender_domain(sender: str) -> str:
     """The domain of the address in `sender` ("NyxCore <no-reply@example.com>" gives example.com)."""
     _, address = email.utils.parseaddr(sender)
