@@ -8,23 +8,20 @@ sent and wipes the body; the beat sweep re-enqueues what an outage left behind.
 
 from __future__ import annotations
 
-import email.policy
-import email.utils
 import json
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
-from email.headerregistry import BaseHeader, HeaderRegistry
-from email.message import EmailMessage
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import ColumnElement, DateTime, Row, Uuid, bindparam, select, text, update
+from sqlalchemy import DateTime, Integer, LargeBinary, Row, String, Uuid, bindparam, or_, select, text, update
 
 from nyxcore.crypto import DecryptionError, KeyRing, Sealed
 from nyxcore.extensions import db
 from nyxcore.models import OutboxEmail
 from nyxcore.services.mail_failures import FailureKind, failure_kind
+from nyxcore.services.mail_messages import render
 
 # The transports moved to their own module; these names stay importable from here.
 from nyxcore.services.mail_transports import ConsoleTransport as ConsoleTransport
@@ -104,52 +101,6 @@ def cancel_unsent(outbox_id: uuid.UUID, reason: str) -> bool:
     return True
 
 
-class _HeaderClasses(HeaderRegistry):
-    """The standard header registry, but building each header class once.
-
-    CPython's HeaderRegistry creates a new class with `type()` for every header it parses, about
-    fifteen per message here; that was a third of the worker's time spent building an email.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._classes: dict[str, type[BaseHeader]] = {}
-
-    def __getitem__(self, name: str) -> type[BaseHeader]:
-        key = name.lower()
-        cls = self._classes.get(key)
-        if cls is None:
-            cls = self._classes[key] = super().__getitem__(name)
-        return cls
-
-
-# email.policy.default (what EmailMessage() uses) with the class cache above; the same messages.
-_MESSAGE_POLICY = email.policy.default.clone(header_factory=_HeaderClasses())
-
-
-def sender_domain(sender: str) -> str:
-    """The domain of the address in `sender` ("NyxCore <no-reply@example.com>" gives example.com)."""
-    _, address = email.utils.parseaddr(sender)
-    domain = address.rpartition("@")[2].strip().lower()
-    return domain or "localhost"
-
-
-def build_message(
-    outbox_id: uuid.UUID, to: str, subject: str, sender: str, text_body: str, html_body: str
-) -> EmailMessage:
-    """The message as mail filters expect it: Date, a Message-ID in the sender's domain (the same on
-    every retry, so a receiver can drop a duplicate), a plain-text part and its HTML alternative."""
-    message = EmailMessage(policy=_MESSAGE_POLICY)
-    message["From"] = sender
-    message["To"] = to
-    message["Subject"] = subject
-    message["Date"] = email.utils.format_datetime(datetime.now(UTC))
-    message["Message-ID"] = f"<{outbox_id}@{sender_domain(sender)}>"
-    message.set_content(text_body)
-    message.add_alternative(html_body, subtype="html")
-    return message
-
-
 # A delivery's statements, built once: building them anew for every message cost the worker more CPU
 # than PostgreSQL spends running them. _LOCK_UNSENT locks an unsent row (skipping one that another
 # worker holds: it is sending it) and returns what it holds; _MARK_SENT marks it sent and wipes the
@@ -160,8 +111,10 @@ _UNSENT = (
     OutboxEmail.body_ciphertext.is_not(None),
     OutboxEmail.nonce.is_not(None),
     OutboxEmail.key_id.is_not(None),
+    OutboxEmail.attempts < MAX_ATTEMPTS,  # given up on: a retry scheduled earlier finds nothing to do
 )
 _CONTENT = (
+    OutboxEmail.attempts,  # as they were before this attempt
     OutboxEmail.to_address,
     OutboxEmail.subject,
     OutboxEmail.key_id,
@@ -201,48 +154,77 @@ def _claim(outbox_id: uuid.UUID) -> Row[Any] | None:
     """
     params = {"outbox_id": outbox_id, "sent_at": datetime.now(UTC)}
     if db.session.get_bind().dialect.name == "postgresql":
-        return db.session.execute(_CLAIM, params).one_or_none()
+        # On the session's connection, in its transaction: the ORM's bulk-update machinery (it
+        # has no objects to keep in step here) cost more CPU than the rest of the delivery.
+        return db.session.connection().execute(_CLAIM, params).one_or_none()
     outbox = db.session.execute(_LOCK_UNSENT, params).one_or_none()
     if outbox is not None:
         db.session.execute(_MARK_SENT, params)
     return outbox
 
 
-def _record_failure(
-    outbox_id: uuid.UUID,
-    attempts: ColumnElement[int] | int,
-    kind: FailureKind,
-    retry_at: datetime | None,
-    *,
-    give_up: bool = False,
-) -> None:
-    """Note a failed attempt on a row still unsent (its kind, never the exception text), and commit.
+# A failed attempt, noted on the row the claim still holds locked: unsent again (body put back, unless
+# it was given up on), its attempts, the kind of failure and when the next try is due. The row is never
+# unlocked between the claim and this, so no other worker's attempt slips in between.
+_RELEASE = (
+    update(OutboxEmail)
+    .where(OutboxEmail.id == bindparam("outbox_id", type_=Uuid))
+    .values(
+        sent_at=None,
+        attempts=bindparam("attempts", type_=Integer),
+        failure=bindparam("failure", type_=String),
+        retry_at=bindparam("retry_at", type_=DateTime(timezone=True)),
+        key_id=bindparam("key_id", type_=String),
+        nonce=bindparam("nonce", type_=LargeBinary),
+        body_ciphertext=bindparam("body_ciphertext", type_=LargeBinary),
+    )
+    .execution_options(synchronize_session=False)
+)
 
-    `give_up` wipes the body: the message will never be sent, and the sweep leaves it alone.
+
+def given_up(attempts: int, has_body: bool) -> bool:
+    """An unsent message is given up on (never tried again) once its attempts are used up or its body
+    is wiped: the row's state alone says so, as the sweep reads it."""
+    return attempts >= MAX_ATTEMPTS or not has_body
+
+
+def _release(
+    outbox_id: uuid.UUID, outbox: Row[Any], attempts: int, kind: FailureKind, retry_at: datetime | None
+) -> bool:
+    """Note a failed attempt on the claimed row and commit; True when the message is given up on.
+
+    Given up (a permanent failure, or the last attempt), the body is wiped and no retry is due.
     """
-    values: dict[str, Any] = {"attempts": attempts, "failure": kind.value, "retry_at": retry_at}
-    if give_up:
-        values.update(key_id=None, nonce=None, body_ciphertext=None)
+    give_up = kind.permanent or attempts >= MAX_ATTEMPTS
+    keep = not give_up or kind is FailureKind.UNREADABLE  # an unreadable body stays, for an operator
     db.session.execute(
-        update(OutboxEmail)
-        .where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None))
-        .values(**values)
-        .execution_options(synchronize_session=False)
+        _RELEASE,
+        {
+            "outbox_id": outbox_id,
+            "attempts": attempts,
+            "failure": kind.value,
+            "retry_at": None if give_up else retry_at,
+            "key_id": outbox.key_id if keep else None,
+            "nonce": outbox.nonce if keep else None,
+            "body_ciphertext": outbox.body_ciphertext if keep else None,
+        },
     )
     db.session.commit()
+    return give_up
 
 
 def deliver(
     ring: KeyRing, transport: Transport, sender: str, outbox_id: uuid.UUID, retry_at: datetime | None = None
 ) -> bool:
-    """Send one outbox row unless it was sent already or another worker holds it; commits.
+    """Send one outbox row unless it was sent already, given up on, or another worker holds it; commits.
 
     Run it in the message's own context (`tenant_context(outbox_id=...)`): row-level security shows
     a worker that one row and no other.
 
     Returns True when this call sent it. A transient failure is recorded with `retry_at` (when the
     caller will try again) and re-raised, so the task can retry; a permanent one (the server refused
-    the address or the message) is recorded as given up and not raised.
+    the address or the message), or the row's MAX_ATTEMPTS-th, is recorded as given up and not raised.
+    The attempts are counted on the row, so this holds whichever path (retry or sweep) tried it.
     """
     # The row stays locked until this transaction ends, so no other worker (nor a revoke) takes it
     # while its message is being sent. On PostgreSQL a sent message costs two statements: the claim,
@@ -254,32 +236,27 @@ def deliver(
     try:
         sealed = Sealed(outbox.key_id, outbox.nonce, outbox.body_ciphertext)
         body = json.loads(ring.decrypt(sealed, seal_context(outbox_id)))
-        transport.send(
-            build_message(outbox_id, outbox.to_address, outbox.subject, sender, body["text"], body["html"])
-        )
+        transport.send(render(outbox_id, outbox.to_address, outbox.subject, sender, body["text"], body["html"]))
     except DecryptionError:
-        db.session.rollback()  # undo the claim: the body stays, for an operator to look at
-        # It will never decrypt: stop retrying.
-        _record_failure(outbox_id, MAX_ATTEMPTS, FailureKind.UNREADABLE, None)
+        # It will never decrypt: stop retrying (its attempts used up).
+        _release(outbox_id, outbox, MAX_ATTEMPTS, FailureKind.UNREADABLE, None)
         log.error("outbox email %s cannot be decrypted", outbox_id)
         return False
     except Exception as exc:
-        db.session.rollback()  # undo the claim
         kind = failure_kind(exc)
         log.warning("outbox email %s not delivered: %s (%s)", outbox_id, kind.value, type(exc).__name__)
-        if kind.permanent:
-            _record_failure(outbox_id, OutboxEmail.attempts + 1, kind, None, give_up=True)
+        if _release(outbox_id, outbox, outbox.attempts + 1, kind, retry_at):
             return False
-        _record_failure(outbox_id, OutboxEmail.attempts + 1, kind, retry_at)
         raise
     db.session.commit()
     return True
 
 
 def unsent_ids(*, older_than: timedelta, limit: int = 500) -> list[uuid.UUID]:
-    """Outbox rows still unsent after `older_than` and not given up on, oldest first.
+    """Outbox rows still unsent after `older_than`, not given up on, and with no retry scheduled (or
+    one overdue by `older_than`: lost with its worker), oldest first.
 
-    Across every team, so on PostgreSQL through `nyxcore_unsent_outbox` (migration 0004), a
+    Across every team, so on PostgreSQL through `nyxcore_unsent_outbox` (migrations 0004, 0015), a
     SECURITY DEFINER function that returns ids and nothing else.
     """
     cutoff = datetime.now(UTC) - older_than
@@ -297,6 +274,8 @@ def unsent_ids(*, older_than: timedelta, limit: int = 500) -> list[uuid.UUID]:
                 OutboxEmail.created_at < cutoff,
                 OutboxEmail.attempts < MAX_ATTEMPTS,
                 OutboxEmail.body_ciphertext.is_not(None),
+                # A retry is scheduled (not yet overdue by `older_than`): the sweep must not start another.
+                or_(OutboxEmail.retry_at.is_(None), OutboxEmail.retry_at < cutoff),
             )
             .order_by(OutboxEmail.created_at)
             .limit(limit)

@@ -1,4 +1,4 @@
-"""Where outbox mail goes: SMTP (one pooled connection per worker thread) or the development console.
+"""Where outbox mail goes: SMTP (one connection per worker thread, reused) or the development console.
 
 `mail.deliver` sends through a Transport; the console transport keeps the last messages for the
 development outbox page.
@@ -6,6 +6,7 @@ development outbox page.
 
 from __future__ import annotations
 
+import select as io_select  # sqlalchemy.select is `select` here
 import smtplib
 import threading
 import uuid
@@ -19,6 +20,9 @@ from sqlalchemy import select
 
 from nyxcore.extensions import db
 from nyxcore.models import OutboxEmail
+from nyxcore.services.mail_messages import WireMessage
+
+Message = EmailMessage | WireMessage
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class MailSettings:
 
 
 class Transport(Protocol):
-    def send(self, message: EmailMessage) -> None: ...
+    def send(self, message: Message) -> None: ...
 
 
 class ConsoleTransport:
@@ -41,7 +45,9 @@ class ConsoleTransport:
 
     recent: deque[dict[str, Any]] = deque(maxlen=50)
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: Message) -> None:
+        if isinstance(message, WireMessage):
+            message = message.parsed()
         text_part = message.get_body(("plain",))
         text = text_part.get_content() if text_part is not None else ""
         entry = {
@@ -107,18 +113,24 @@ class SMTPTransport:
             self._open.add(smtp)
         return smtp
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: Message) -> None:
+        """Send over this thread's connection, opened (again) when there is none or the server closed it.
+
+        A reused connection is checked without a round trip (has the server hung up?) before any
+        command: a message is never sent twice because a connection broke under it. A failure after
+        the check is the attempt's failure; the connection is dropped and the next message opens one.
+        """
         smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
-        if smtp is not None:
-            try:
-                smtp.send_message(message)
-                return
-            except (smtplib.SMTPServerDisconnected, OSError):
-                self.close()  # a stale pooled connection; try once on a fresh one
-        smtp = self._connect()
-        self._local.smtp = smtp
+        if smtp is not None and _hung_up(smtp):
+            self.close()
+            smtp = None
+        if smtp is None:
+            smtp = self._local.smtp = self._connect()
         try:
-            smtp.send_message(message)
+            if isinstance(message, WireMessage):
+                smtp.sendmail(message.envelope_sender, [message.recipient], message.data)
+            else:
+                smtp.send_message(message)
         except (smtplib.SMTPServerDisconnected, OSError):
             self.close()
             raise
@@ -144,3 +156,15 @@ class SMTPTransport:
             smtp.quit()
         except (smtplib.SMTPException, OSError):
             smtp.close()
+
+
+def _hung_up(smtp: smtplib.SMTP) -> bool:
+    """Whether an idle connection has something to read: the server closed it (or said 421 and will)."""
+    sock = smtp.sock
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = io_select.select([sock], [], [], 0)
+    except (OSError, ValueError):  # closed under us
+        return True
+    return bool(readable)

@@ -35,7 +35,8 @@ class CollectingHandler:
     """aiosmtpd handler: refuse the next `refusals` messages, accept and keep the rest."""
 
     def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
+        self.received: list[bytes] = []  # as they arrived; parsed when a test reads them (`parsed`)
+        self._parsed: list[EmailMessage] = []
         self.attempts = 0
         self.refusals = 0
         self.refusal_reply = "451 4.3.0 Try again later"
@@ -55,11 +56,17 @@ class CollectingHandler:
             if self.refusals > 0:
                 self.refusals -= 1
                 return self.refusal_reply
-            message = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
-            assert isinstance(message, EmailMessage)
-            self.messages.append(message)
+            self.received.append(envelope.original_content or envelope.content)
             self._arrived.notify_all()
         return "250 2.0.0 Message accepted for delivery"
+
+    def parsed(self) -> list[EmailMessage]:
+        """Every message received so far, parsed (each once). Call it holding `_arrived`."""
+        for data in self.received[len(self._parsed) :]:
+            message = message_from_bytes(data, policy=policy.default)
+            assert isinstance(message, EmailMessage)
+            self._parsed.append(message)
+        return list(self._parsed)
 
 
 class MailServer:
@@ -99,7 +106,13 @@ class MailServer:
     @property
     def messages(self) -> list[EmailMessage]:
         with self.handler._arrived:
-            return list(self.handler.messages)
+            return self.handler.parsed()
+
+    @property
+    def received(self) -> int:
+        """How many messages were accepted (without parsing them, as a benchmark's clock runs)."""
+        with self.handler._arrived:
+            return len(self.handler.received)
 
     def deliveries(self, wanted: Callable[[str], bool] = lambda _: True) -> collections.Counter[str]:
         """How many messages were accepted for each recipient (`To`) that `wanted` keeps (all by default)."""
@@ -116,16 +129,21 @@ class MailServer:
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
         """The first `count` messages, waiting up to `timeout` seconds for them to arrive."""
+        self.wait_for_count(count, timeout)
+        with self.handler._arrived:
+            return self.handler.parsed()[:count]
+
+    def wait_for_count(self, count: int, timeout: float = 10.0) -> None:
+        """Wait up to `timeout` seconds until `count` messages in all were accepted."""
         deadline = time.monotonic() + timeout
         with self.handler._arrived:
-            while len(self.handler.messages) < count:
+            while len(self.handler.received) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(
-                        f"expected {count} message(s) within {timeout}s, got {len(self.handler.messages)}"
+                        f"expected {count} message(s) within {timeout}s, got {len(self.handler.received)}"
                     )
                 self.handler._arrived.wait(left)
-            return list(self.handler.messages[:count])
 
     def assert_quiet(self, seconds: float, expected: int = 0) -> None:
         """Wait `seconds` and check that exactly `expected` messages arrived in total."""

@@ -464,23 +464,31 @@ def test_log_out_and_continue_returns_to_the_same_invitation(
     assert again.post_form("/auth/logout").location == "/auth/login"  # no next: as before
 
 
-def test_attempts_used_up_read_as_given_up_only_once_no_retry_is_scheduled(as_admin, admin_engine):
-    invite(as_admin, "waiting@example.com, done@example.com")
-    with admin_engine.begin() as conn:  # testing mode sent both at once: make them unsent, body kept
+def test_given_up_reads_from_the_row_alone_attempts_used_up(as_admin, admin_engine):
+    invite(as_admin, "waiting@example.com, done@example.com, old@example.com")
+    with admin_engine.begin() as conn:  # testing mode sent them at once: make them unsent, body kept
         conn.execute(text("UPDATE outbox_emails SET sent_at = NULL, body_ciphertext = decode('00', 'hex')"))
         outbox = dict(conn.execute(text("SELECT email, outbox_email_id FROM invitations")).all())
-        conn.execute(  # the twelfth attempt failed, and the worker had scheduled one more try
+        conn.execute(  # the eleventh attempt failed, and the worker scheduled the last one
             text(
-                "UPDATE outbox_emails SET attempts = 12, failure = 'unreachable', "
+                "UPDATE outbox_emails SET attempts = 11, failure = 'unreachable', "
                 "retry_at = date_trunc('day', now()) + interval '14 hours 5 minutes' WHERE id = :i"
             ),
             {"i": outbox["waiting@example.com"]},
         )
-        conn.execute(  # the last try failed too: nothing more is scheduled
-            text("UPDATE outbox_emails SET attempts = 13, failure = 'unreachable', retry_at = NULL WHERE id = :i"),
+        conn.execute(  # the twelfth failed too: given up (services/mail.deliver)
+            text("UPDATE outbox_emails SET attempts = 12, failure = 'unreachable', retry_at = NULL WHERE id = :i"),
             {"i": outbox["done@example.com"]},
         )
+        conn.execute(  # left so by a retry scheduled before the row counted the attempts itself
+            text(
+                "UPDATE outbox_emails SET attempts = 13, failure = 'unreachable', "
+                "retry_at = now() + interval '5 minutes' WHERE id = :i"
+            ),
+            {"i": outbox["old@example.com"]},
+        )
     body = page(as_admin.get("/team/invitations"))
-    assert "next try at 14:05 UTC (12 attempts)" in row_text(body, "waiting@example.com")
-    assert "no more tries" in row_text(body, "done@example.com")
-    assert "Failed" in row_text(body, "done@example.com")
+    assert "next try at 14:05 UTC (11 attempts)" in row_text(body, "waiting@example.com")
+    for address, attempts in (("done@example.com", 12), ("old@example.com", 13)):
+        assert f"({attempts} attempts); no more tries" in row_text(body, address)
+        assert "Failed" in row_text(body, address)

@@ -72,10 +72,7 @@ def delivery(invitation: Invitation) -> Delivery:
         return Delivery("not queued")
     if outbox.sent_at is not None:
         return Delivery("sent", at=outbox.sent_at, attempts=outbox.attempts)
-    # Given up: the body is wiped (a permanent refusal), or the attempts are used up and no retry is
-    # scheduled. A retry the worker scheduled before the count ran out may still deliver it.
-    used_up = outbox.attempts >= mail.MAX_ATTEMPTS and outbox.retry_at is None
-    gave_up = used_up or outbox.body_ciphertext is None
+    gave_up = mail.given_up(outbox.attempts, outbox.body_ciphertext is not None)
     if outbox.failure is None and outbox.last_error is None:
         return Delivery("queued", at=outbox.created_at)
     # last_error alone: cancelled, in our own words (services/mail.cancel_unsent).
