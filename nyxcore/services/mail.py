@@ -256,7 +256,7 @@ def unsent_ids(*, older_than: timedelta, limit: int = 500) -> list[uuid.UUID]:
     """Outbox rows still unsent after `older_than`, not given up on, and with no retry scheduled (or
     one overdue by `older_than`: lost with its worker), oldest first.
 
-    Across every team, so on PostgreSQL through `nyxcore_unsent_outbox` (migrations 0004, 0015), a
+    Across every team, so on PostgreSQL through `nyxcore_unsent_outbox` (migrations 0004, 0016), a
     SECURITY DEFINER function that returns ids and nothing else.
     """
     cutoff = datetime.now(UTC) - older_than

@@ -9,15 +9,15 @@ owner and grants (CREATE OR REPLACE keeps them).
 
 On SQLite (development) there is no function: services/mail.py asks the same condition itself.
 
-Revision ID: 0015
-Revises: 0013
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-02
 """
 
 from alembic import op
 
-revision = "0015"
-down_revision = "0013"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
