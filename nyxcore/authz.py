@@ -100,6 +100,11 @@ def bind_request_actor() -> None:
     stack = g.setdefault(_STACK, ExitStack())
     stack.enter_context(tenancy.tenant_context())  # whatever ran before, this request starts with none
     g.actor, g.my_teams = None, []
+    if not session:
+        # No session cookie (or an empty one): no one is signed in, and Flask-Login need not look
+        # (its session protection hashes the address and browser, its remember-me reads cookies).
+        login_manager._update_request_context_with_user()
+        return
     if not current_user.is_authenticated:
         return
     user: User = current_user._get_current_object()

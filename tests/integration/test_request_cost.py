@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session
 
 from nyxcore.database import configure_engine
-from nyxcore.extensions import limiter
+from nyxcore.extensions import limiter, login_manager
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,3 +128,49 @@ def test_a_pooled_connection_is_pinged_only_after_sitting_idle(app_config, admin
         assert pings == [1]
     finally:
         engine.dispose()
+
+
+@pytest.mark.own_app
+def test_the_limiters_headers_come_only_with_a_checked_limit(app_config, request):
+    app_config.update(LIMITS_ON, RATELIMIT_KEY_PREFIX=f"cost-{os.getpid()}-{id(request)}-headers")
+    client = request.getfixturevalue("app").test_client()
+    limited = client.get("/invite/not-a-real-token-but-long-enough")
+    assert limited.headers["X-RateLimit-Limit"] == "2"  # its after_request hook still runs there
+    assert "X-RateLimit-Limit" not in client.get("/no-such-page").headers
+
+
+def test_a_request_without_a_session_cookie_asks_flask_login_nothing(anonymous, as_member, monkeypatch):
+    # Flask-Login's session protection hashes the client's address and browser on every load.
+    asked: list[int] = []
+    generate = login_manager._session_identifier_generator
+    monkeypatch.setattr(login_manager, "_session_identifier_generator", lambda: asked.append(1) or generate())
+    answer = anonymous.get("/auth/login")
+    assert answer.status_code == 200 and "Log in" in answer.get_data(as_text=True)
+    assert asked == []
+    assert as_member.get("/team/").status_code == 200
+    assert asked  # a signed-in session is still checked
+
+
+def test_the_session_cookie_is_still_read_and_a_bad_one_ignored(as_member, anonymous):
+    assert as_member.get("/team/").status_code == 200  # signed in through the cookie
+    anonymous.set_cookie("session", "not.a.signed.value")
+    assert anonymous.get("/team/").status_code == 302
+
+
+@pytest.mark.parametrize("path", ["/auth/login", "/no-such-page", "/static/does-not-exist.css"])
+def test_every_answer_carries_the_security_headers_once(anonymous, path):
+    headers = anonymous.get(path).headers
+    for name in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options",
+                 "Cross-Origin-Opener-Policy", "X-Request-ID"):
+        assert len(headers.get_all(name)) == 1, name
+    assert headers["Referrer-Policy"] == "same-origin"
+
+
+def test_hooks_are_checked_for_coroutines_once_and_per_request_closures_do_not_pile_up(app):
+    from nyxcore.web import _SYNC_CACHE_SIZE
+
+    hook = app.before_request_funcs[None][0]
+    assert app.ensure_sync(hook) is app.ensure_sync(hook) is hook
+    for _ in range(_SYNC_CACHE_SIZE + 10):
+        app.ensure_sync(lambda response: response)
+    assert len(app._synchronous) <= _SYNC_CACHE_SIZE
