@@ -17,11 +17,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, event, text
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
+from nyxcore import tenancy
 from nyxcore.database import configure_engine
-from nyxcore.extensions import limiter, login_manager
+from nyxcore.extensions import db, limiter, login_manager
+from nyxcore.models import Note
+from nyxcore.roles import TenantRole
+from tests.helpers import count
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -174,3 +179,54 @@ def test_hooks_are_checked_for_coroutines_once_and_per_request_closures_do_not_p
     for _ in range(_SYNC_CACHE_SIZE + 10):
         app.ensure_sync(lambda response: response)
     assert len(app._synchronous) <= _SYNC_CACHE_SIZE
+
+
+def _statements_sent(app, client, path):
+    """The statements of GET `path` as they leave for the server (after the tenant-context prefix)."""
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        sent.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)  # after tenancy's: sees what it made
+    try:
+        assert client.get(path).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return sent
+
+
+@pytest.mark.committed  # not inside a test's outer transaction: the page's own transaction
+def test_the_team_page_begins_its_transaction_with_its_first_statement(app, team, login_as):
+    # Round trips: the statements below plus COMMIT; psycopg2 sends no BEGIN of its own (autocommit).
+    admin = login_as(team.accounts[TenantRole.ADMIN], team.id)
+    admin.get("/team/")
+    sent = _statements_sent(app, admin, "/team/")
+    assert sent[0].startswith("BEGIN; SELECT set_config('app.user_id'")
+    assert not any("BEGIN" in statement for statement in sent[1:])
+    assert len(sent) + 1 <= 4  # and the COMMIT
+    with app.app_context(), db.engine.connect() as conn:
+        assert conn.connection.dbapi_connection.autocommit is True
+
+
+@pytest.mark.committed
+def test_a_transaction_is_one_server_transaction_and_ends_with_it(app):
+    with app.app_context(), db.engine.connect() as conn:
+        conn.exec_driver_sql("SELECT set_config('nyxcore.probe', 'on', true)")
+        assert conn.exec_driver_sql("SELECT current_setting('nyxcore.probe', true)").scalar() == "on"
+        conn.rollback()
+        assert conn.exec_driver_sql("SELECT current_setting('nyxcore.probe', true)").scalar() in ("", None)
+        conn.commit()
+        assert conn.connection.dbapi_connection.info.transaction_status == TRANSACTION_STATUS_IDLE
+
+
+def test_a_rolled_back_write_is_gone(app, team, admin_engine):
+    owner = team.accounts[TenantRole.OWNER]
+    with app.app_context(), tenancy.tenant_context(user_id=owner.user_id, tenant_id=team.id):
+        db.session.add(Note(tenant_id=team.id, author_id=owner.user_id, title="Never kept", body=""))
+        db.session.flush()
+        assert db.session.scalar(select(func.count()).select_from(Note)) == 1
+        db.session.rollback()
+    assert count(admin_engine, "SELECT count(*) FROM notes WHERE title = 'Never kept'") == 0
