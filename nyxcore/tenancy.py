@@ -26,7 +26,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from sqlalchemy import event, false
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
@@ -36,6 +35,7 @@ from nyxcore.roles import TenantRole
 
 ALL_TENANTS = "all_tenants"
 _APPLIED = "nyxcore_applied_context"
+_TRANSACTION_STATUS_IDLE = 0  # psycopg2.extensions.TRANSACTION_STATUS_IDLE: libpq's PQTRANS_IDLE
 _HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 # Transaction control must run alone: after an error only ROLLBACK (TO SAVEPOINT) is accepted.
 _CONTROL_STATEMENT = re.compile(r"^\s*(ROLLBACK|RELEASE|SAVEPOINT|COMMIT|BEGIN)\b", re.IGNORECASE)
@@ -188,7 +188,7 @@ def _before_cursor_execute(
 def _server_in_transaction(dbapi_connection: Any) -> bool:
     """Whether the server has a transaction open on this connection (libpq's own state: no round trip)."""
     raw = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)  # a pool's proxy, or psycopg2's
-    return bool(raw.info.transaction_status != TRANSACTION_STATUS_IDLE)
+    return bool(raw.info.transaction_status != _TRANSACTION_STATUS_IDLE)
 
 
 def _end_transaction(statement: str) -> Any:
