@@ -101,11 +101,14 @@ def register_extensions(app: Flask) -> None:
 
 
 def drop_idle_limiter_hook(app: Flask) -> None:
-    """Flask-Limiter's before_request hook checks only app-wide (default, application, meta) limits.
+    """Flask-Limiter's hooks, run only where they have something to do (issue 15: every request pays).
 
-    NyxCore declares none: its limits decorate views (log in, sign-up, magic links, two-factor),
-    and those decorators check them themselves. Without app-wide limits the hook does nothing but
-    costs every request a resolution of the endpoint's limits, so it is removed.
+    Its before_request hook checks only app-wide (default, application, meta) limits. NyxCore
+    declares none: its limits decorate views (log in, sign-up, magic links, two-factor), and those
+    decorators check them themselves. Without app-wide limits the hook only costs every request a
+    resolution of the endpoint's limits, so it is removed. Its after_request hook (the X-RateLimit-*
+    headers, conditional deductions) and its teardown read the limiter's state of the request, which
+    exists only once a limit was checked; on every other request they run for nothing and are skipped.
     """
     from nyxcore.extensions import limiter
 
@@ -115,6 +118,26 @@ def drop_idle_limiter_hook(app: Flask) -> None:
     hooks = app.before_request_funcs.get(None, [])
     if limiter._check_request_limit in hooks:
         hooks.remove(limiter._check_request_limit)
+    for table in (app.after_request_funcs, app.teardown_request_funcs):
+        table[None] = [_when_limited(hook) if _is_limiters(hook) else hook for hook in table.get(None, [])]
+
+
+def _is_limiters(hook: Any) -> bool:
+    from nyxcore.extensions import limiter
+
+    return getattr(hook, "__self__", None) is limiter or limiter in getattr(hook, "args", ())
+
+
+def _when_limited(hook: Any) -> Any:
+    """`hook`, called only in a request in which Flask-Limiter checked a limit (it then keeps its state)."""
+    from flask.globals import request_ctx
+
+    def when_limited(value: Any) -> Any:
+        if hasattr(request_ctx, "_limiter_request_context"):
+            return hook(value)
+        return value  # after_request: the response unchanged (teardown ignores it)
+
+    return when_limited
 
 
 def check_database_role(app: Flask) -> None:

@@ -12,7 +12,6 @@ Every authorization decision reads an Operation declared by a service (nyxcore/p
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -37,9 +36,7 @@ R = TypeVar("R")
 ACTIVE_TENANT_KEY = "tenant_id"
 SESSION_TOKEN_KEY = "sid"  # noqa: S105 (a key name; names the server-side session, services/sessions.py)
 _STACK = "nyxcore_context_stack"
-# A password proved, a second factor awaited: {"user_id", "at"} in the (signed) session, no user session yet.
-PENDING_LOGIN_KEY = "two_factor_login"
-PENDING_LOGIN_SECONDS = 5 * 60
+_SIGNED_IN_TEAMS = "nyxcore_signed_in_teams"  # on g: the memberships load_user read with the user
 
 
 def current_actor() -> Actor | None:
@@ -68,9 +65,21 @@ def current_role() -> TenantRole | None:
 
 
 def my_teams() -> list[TenantMember]:
-    """All of the signed-in user's memberships (for the team switcher), read once per request."""
+    """The team switcher's memberships of the signed-in user: at most 20, the active one among them."""
     memberships: list[TenantMember] = g.get("my_teams", [])
     return memberships
+
+
+def more_teams() -> bool:
+    """Whether the signed-in user has more teams than the switcher shows."""
+    return bool(g.get("more_teams", False))
+
+
+def all_my_teams() -> list[TenantMember]:
+    """Every team of the signed-in user, by name (one statement, when a page needs them all)."""
+    if not current_user.is_authenticated:
+        return []
+    return teams.memberships_of(current_user.id)
 
 
 def email_verified() -> bool:
@@ -100,15 +109,25 @@ def bind_request_actor() -> None:
     stack = g.setdefault(_STACK, ExitStack())
     stack.enter_context(tenancy.tenant_context())  # whatever ran before, this request starts with none
     g.actor, g.my_teams = None, []
+    if not session:
+        # No session cookie (or an empty one): no one is signed in, and Flask-Login need not look
+        # (its session protection hashes the address and browser, its remember-me reads cookies).
+        login_manager._update_request_context_with_user()
+        return
     if not current_user.is_authenticated:
         return
     user: User = current_user._get_current_object()
     stack.enter_context(tenancy.tenant_context(user_id=user.id))
-    g.my_teams = teams.memberships_of(user.id)
+    # Read with the user (load_user): the wanted team's membership first, then up to 20 others.
+    memberships: list[TenantMember] = g.pop(_SIGNED_IN_TEAMS, [])
+    g.my_teams, g.more_teams = teams.switcher(memberships), len(memberships) > teams.SWITCHER_TEAMS
     wanted = _session_tenant_id() or user.last_tenant_id  # a new session starts in the team last used
-    membership = teams.choose_active(g.my_teams, wanted)
-    if wanted is not None and (membership is None or membership.tenant_id != wanted):
+    membership = memberships[0] if memberships and memberships[0].tenant_id == wanted else None
+    if wanted is not None and membership is None:
         tell_of_lost_team(wanted)  # only now: a page whose team is still active asks nothing
+    if membership is None and memberships:  # no team chosen yet, or it was lost: the earliest joined
+        complete = len(memberships) <= teams.SWITCHER_TEAMS
+        membership = teams.choose_active(memberships, None) if complete else teams.first_joined(user.id)
     if membership is None:
         session.pop(ACTIVE_TENANT_KEY, None)
         return
@@ -304,32 +323,6 @@ def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R
     return decorator
 
 
-def await_second_factor(user_id: uuid.UUID) -> None:
-    """After the password of a user with two-factor: no session yet, only a marker for the code step."""
-    end_this_session()
-    session.clear()
-    session[PENDING_LOGIN_KEY] = {"user_id": str(user_id), "at": int(time.time())}
-
-
-def pending_second_factor() -> uuid.UUID | None:
-    """The user whose password was proved in the last PENDING_LOGIN_SECONDS, awaiting a code; or None."""
-    marker = session.get(PENDING_LOGIN_KEY) or {}
-    try:
-        user_id = uuid.UUID(marker["user_id"])
-        fresh = 0 <= time.time() - int(marker["at"]) <= PENDING_LOGIN_SECONDS
-    except (TypeError, KeyError, ValueError):
-        fresh = False
-    if not fresh:
-        session.pop(PENDING_LOGIN_KEY, None)
-        return None
-    return user_id
-
-
-def forget_second_factor() -> None:
-    """Drop the pending log in (too many wrong codes: back to the password)."""
-    session.pop(PENDING_LOGIN_KEY, None)
-
-
 @login_manager.user_loader  # type: ignore[untyped-decorator]
 def load_user(user_id: str) -> User | None:
     """The user of a live server-side session; a cookie alone (after log out, say) signs in no one."""
@@ -341,7 +334,11 @@ def load_user(user_id: str) -> User | None:
     if not isinstance(token, str):
         return None
     with tenancy.tenant_context(user_id=uid):  # row-level security shows a user their own sessions
-        user = sessions.load(uid, token, idle=current_app.config["SESSION_IDLE_TIMEOUT"])
-    if user is None:
+        signed_in = sessions.load(
+            uid, token, idle=current_app.config["SESSION_IDLE_TIMEOUT"], wanted_tenant_id=_session_tenant_id()
+        )
+    if signed_in is None:
         session.clear()  # the session ended: drop what the cookie still carries
-    return user
+        return None
+    g.setdefault(_SIGNED_IN_TEAMS, signed_in.memberships)  # for bind_request_actor, this request
+    return signed_in.user

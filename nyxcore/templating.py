@@ -53,6 +53,7 @@ def init_app(app: Flask) -> None:
             "can": authz.can,
             "needs_verification": authz.needs_verification,
             "my_teams": authz.my_teams,
+            "more_teams": authz.more_teams,
             "nav_entries": navigation.visible_entries,
             "viewer_zone": viewer_zone,
         }

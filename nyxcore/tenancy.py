@@ -35,6 +35,7 @@ from nyxcore.roles import TenantRole
 
 ALL_TENANTS = "all_tenants"
 _APPLIED = "nyxcore_applied_context"
+_TRANSACTION_STATUS_IDLE = 0  # psycopg2.extensions.TRANSACTION_STATUS_IDLE: libpq's PQTRANS_IDLE
 _HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 # Transaction control must run alone: after an error only ROLLBACK (TO SAVEPOINT) is accepted.
 _CONTROL_STATEMENT = re.compile(r"^\s*(ROLLBACK|RELEASE|SAVEPOINT|COMMIT|BEGIN)\b", re.IGNORECASE)
@@ -169,14 +170,44 @@ def _before_cursor_execute(
     context: Any,
     executemany: bool,
 ) -> tuple[str, Any]:
+    # The server's transaction begins with the transaction's first statement, in its round trip
+    # (the driver runs in autocommit mode and sends no BEGIN of its own: see install_engine_events).
+    begin = "BEGIN; " if conn.in_transaction() and not _server_in_transaction(cursor.connection) else ""
     wanted = _current.get()
     if conn.info.get(_APPLIED) == wanted or not conn.in_transaction() or _CONTROL_STATEMENT.match(statement):
+        prefix = begin
+    else:
+        conn.info[_APPLIED] = wanted
+        prefix = begin + _context_sql(wanted) + " "
+    if executemany and prefix:
+        cursor.execute(prefix)
         return statement, parameters
-    conn.info[_APPLIED] = wanted
-    if executemany:
-        cursor.execute(_context_sql(wanted))
-        return statement, parameters
-    return _context_sql(wanted) + " " + statement, parameters
+    return prefix + statement, parameters
+
+
+def _server_in_transaction(dbapi_connection: Any) -> bool:
+    """Whether the server has a transaction open on this connection (libpq's own state: no round trip)."""
+    raw = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)  # a pool's proxy, or psycopg2's
+    return bool(raw.info.transaction_status != _TRANSACTION_STATUS_IDLE)
+
+
+def _end_transaction(statement: str) -> Any:
+    """The dialect's do_commit or do_rollback: `statement`, sent only if the server has a transaction open."""
+
+    def end(dbapi_connection: Any) -> None:
+        if _server_in_transaction(dbapi_connection):
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(statement)
+            finally:
+                cursor.close()
+
+    return end
+
+
+def _autocommit_driver(dbapi_connection: Any, connection_record: Any) -> None:
+    dbapi_connection.rollback()  # the dialect's set-up queries may have begun one (no round trip otherwise)
+    dbapi_connection.autocommit = True
 
 
 def _forget_applied(conn: Connection, *args: Any) -> None:
@@ -188,11 +219,21 @@ def _forget_applied(conn: Connection, *args: Any) -> None:
 
 
 def install_engine_events(engine: Engine) -> None:
-    """Carry the tenant context on every PostgreSQL transaction of `engine`."""
+    """Carry the tenant context on every PostgreSQL transaction of `engine`, and begin it without a round trip.
+
+    psycopg2 sends BEGIN as a message of its own before a transaction's first statement: one round
+    trip per transaction (issue 15). Here the driver runs in autocommit mode and the BEGIN travels in
+    front of the first statement instead (with the context: `BEGIN; SELECT set_config(...); <statement>`
+    is one message). SQLAlchemy's transactions are unchanged: it still begins, commits and rolls back
+    them; COMMIT and ROLLBACK are sent by the dialect below, when the server has a transaction open.
+    """
     if engine.dialect.name != "postgresql" or event.contains(
         engine, "before_cursor_execute", _before_cursor_execute
     ):
         return
+    event.listen(engine, "connect", _autocommit_driver)
+    engine.dialect.do_commit = _end_transaction("COMMIT")  # type: ignore[method-assign]
+    engine.dialect.do_rollback = _end_transaction("ROLLBACK")  # type: ignore[method-assign]
     event.listen(engine, "before_cursor_execute", _before_cursor_execute, retval=True)
     for name in ("begin", "commit", "rollback", "rollback_savepoint"):
         event.listen(engine, name, _forget_applied)

@@ -14,14 +14,18 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from flask import Flask, flash, g, jsonify, render_template, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
+from flask.wrappers import Request
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError
+from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.wrappers.response import Response
@@ -31,6 +35,9 @@ from nyxcore.errors import DomainError
 from nyxcore.extensions import db, limiter, login_manager
 from nyxcore.services import mail
 from nyxcore.templating import viewer_zone
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 log = logging.getLogger("nyxcore.request")
 
@@ -53,27 +60,85 @@ ERROR_TITLES = {
 # Seconds a 503 (the database unreachable: restarting, failing over) asks the client to wait.
 RETRY_AFTER_SECONDS = 5
 _SKIP_CONTEXT_ENDPOINTS = {"static", "api.health", "main.favicon"}
-# Added to every response that does not set them itself (one pass over the headers, not one per name).
-_SECURITY_HEADERS = (
-    (
-        "Content-Security-Policy",
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
-    ),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "same-origin"),
-    ("X-Frame-Options", "DENY"),
-    ("Cross-Origin-Opener-Policy", "same-origin"),
+# Added to every response that does not set them itself, as (lower-case name, (name, value)).
+_SECURITY_HEADERS = tuple(
+    (name.lower(), (name, value))
+    for name, value in (
+        (
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+        ),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "same-origin"),
+        ("X-Frame-Options", "DENY"),
+        ("Cross-Origin-Opener-Policy", "same-origin"),
+    )
 )
-_SECURE_HEADERS = (*_SECURITY_HEADERS, ("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
+_HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+_SECURE_HEADERS = (*_SECURITY_HEADERS, (_HSTS[0].lower(), _HSTS))
 
 
+# Hooks, views and error handlers are a few dozen; closures made per request must not pile up.
+_SYNC_CACHE_SIZE = 512
 _KEEP = "nyxcore_keep_changes"  # on g: the view returned and did not abandon its changes
 _NOTICES = "nyxcore_notices"  # on g: flash messages waiting for the commit
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, without their fixed cost on a request that sends no cookie.
+
+    Flask builds a new signing serializer (and itsdangerous test-serializes `{}` to make one) on
+    every request, also when there is no cookie to read; here it is built once per key set, and a
+    request without the cookie gets an empty session at once. Signing, keys and expiry are Flask's.
+    """
+
+    def __init__(self) -> None:
+        self._serializers: dict[tuple[Any, ...], URLSafeTimedSerializer | None] = {}
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, *(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        if keys not in self._serializers:
+            self._serializers[keys] = super().get_signing_serializer(app)
+        return self._serializers[keys]
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 class NyxCoreFlask(Flask):
     """Flask, with the view's outcome (returned or raised) deciding the request's commit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session_interface = CookieSessions()
+        self._synchronous: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Flask's, with the security headers added to every response that does not set them itself.
+
+        Added to the status line's plain list of pairs (one pass, constants checked once), so every
+        answer gets them, error pages included, for less than a pass over a response's Headers.
+        """
+        defaults = _SECURE_HEADERS if self.config["SESSION_COOKIE_SECURE"] else _SECURITY_HEADERS
+
+        def with_security_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            present = {name.lower() for name, _ in headers}
+            headers.extend(pair for lower, pair in defaults if lower not in present)
+            return start_response(status, headers, exc_info)
+
+        return super().wsgi_app(environ, with_security_headers)
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """Flask's answer, once per function: Flask asks it for every hook and view on every request."""
+        synchronous = self._synchronous.get(func)
+        if synchronous is None:
+            if len(self._synchronous) >= _SYNC_CACHE_SIZE:  # per-request closures (after_this_request)
+                self._synchronous.clear()
+            synchronous = self._synchronous[func] = super().ensure_sync(func)
+        return synchronous
 
     def dispatch_request(self) -> ResponseReturnValue:
         """Run the view; its changes are kept only if it returns (an exception rolls them back)."""
@@ -158,19 +223,16 @@ def register_request_hooks(app: Flask) -> None:
         return response
 
     @app.after_request
-    def security_headers(response: Response) -> Response:
-        headers = response.headers
-        present = {name.lower() for name in headers.keys()}  # noqa: SIM118 (Headers iterates as pairs)
-        defaults = _SECURE_HEADERS if app.config["SESSION_COOKIE_SECURE"] else _SECURITY_HEADERS
-        headers.extend([(name, value) for name, value in defaults if name.lower() not in present])
+    def request_headers(response: Response) -> Response:
+        # The security headers go on in NyxCoreFlask.wsgi_app; these two depend on the request.
         if (request.endpoint and request.endpoint.startswith("invite.")) or any(
             name.endswith("token") for name in request.view_args or {}
         ):
             # A token in the path (magic links, account links): send only the origin (which CSRF
             # checks over HTTPS need), never the path.
-            headers["Referrer-Policy"] = "strict-origin"
-        if "x-request-id" not in present:
-            headers["X-Request-ID"] = current_request_id()
+            response.headers["Referrer-Policy"] = "strict-origin"
+        if "X-Request-ID" not in response.headers:
+            response.headers["X-Request-ID"] = current_request_id()
         return response
 
     @app.teardown_request

@@ -182,7 +182,7 @@ def sign_out_everywhere() -> Response:
 def _standings() -> list[TeamStanding]:
     """How the user stands in each of their teams, each read in that team's context."""
     found = []
-    for membership in authz.my_teams():
+    for membership in authz.all_my_teams():
         with authz.acting_in(membership) as actor:
             found.append(account_deletion.standing(actor))
     return found
@@ -198,7 +198,7 @@ def _delete_account(user: User, form: DeleteAccountForm, standings: list[TeamSta
     """
     account_deletion.refuse_while_blocked(standings)
     account_deletion.confirm(user, email=form.confirm_email.data, password=form.password.data)
-    for membership in authz.my_teams():
+    for membership in authz.all_my_teams():
         with authz.acting_in(membership) as actor:
             account_deletion.leave_or_delete_team(actor)
     with authz.acting_as(user.id):

@@ -9,7 +9,7 @@ from werkzeug.wrappers.response import Response
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Email, Length
 
-from nyxcore import authz
+from nyxcore import authz, pending_login
 from nyxcore.errors import DomainError
 from nyxcore.extensions import configured_limit, limiter
 from nyxcore.forms import MinPasswordLength, add_domain_error
@@ -85,7 +85,7 @@ def login() -> Response | tuple[str, int]:
             with authz.acting_as(proved.user_id):
                 user = accounts.signed_in_user(proved, form.password.data)
                 if user.two_factor_enabled_at is not None:  # no session until the code step (blueprints/two_factor.py)
-                    authz.await_second_factor(user.id)
+                    pending_login.await_second_factor(user.id)
                     return redirect(url_for("two_factor.login", next=_next_url()))
                 authz.sign_in(user)
             return redirect(_next_url() or url_for("team.overview"))

@@ -29,6 +29,7 @@ def index() -> str:
     user: User = current_user._get_current_object()
     return render_template(
         "joining/index.html",
+        mine=authz.all_my_teams(),
         joinable=domain_joining.joinable_teams(user),
         verified=user.email_verified_at is not None,
         confirm_form=ConfirmForm(),

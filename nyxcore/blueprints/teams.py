@@ -64,7 +64,7 @@ def switch() -> Response:
         wanted = uuid.UUID(form.tenant_id.data)
     except ValueError:
         abort(404)
-    membership = next((m for m in authz.my_teams() if m.tenant_id == wanted), None)
+    membership = next((m for m in authz.all_my_teams() if m.tenant_id == wanted), None)
     if membership is None:
         if authz.tell_of_lost_team(wanted):
             return redirect(url_for("main.index"))

@@ -21,7 +21,7 @@ from werkzeug.wrappers.response import Response
 from wtforms import BooleanField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from nyxcore import authz
+from nyxcore import authz, pending_login
 from nyxcore.blueprints.auth import _next_url
 from nyxcore.errors import DomainError
 from nyxcore.extensions import configured_limit, limiter
@@ -202,7 +202,7 @@ def disable() -> Response | tuple[str, int]:
 @limiter.limit(configured_limit("RATELIMIT_TWO_FACTOR"), methods=["POST"])
 def login() -> Response | tuple[str, int]:
     """The log-in code step: a TOTP or recovery code after the password, then the session starts."""
-    user_id = authz.pending_second_factor()
+    user_id = pending_login.pending_second_factor()
     if user_id is None:
         notify("Log in with your password first (the code step lasts 5 minutes).", "info")
         return redirect(url_for("auth.login", next=_next_url()))
@@ -216,7 +216,7 @@ def login() -> Response | tuple[str, int]:
             authz.sign_in(user, second_factor_proved=True)
             return redirect(_next_url() or url_for("team.overview"))
     if outcome is two_factor.LoginCheck.EXHAUSTED:
-        authz.forget_second_factor()
+        pending_login.forget_second_factor()
         minutes = int(two_factor.LOCKOUT.total_seconds() // 60)
         notify(f"Too many wrong codes. Log in again in {minutes} minutes; until then no code is accepted.", "error")
         return redirect(url_for("auth.login", next=_next_url()))

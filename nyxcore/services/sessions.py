@@ -10,13 +10,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, bindparam, select, update
+from sqlalchemy import ColumnElement, Uuid, and_, bindparam, case, func, select, update
+from sqlalchemy.orm import contains_eager
 
+from nyxcore import tenancy
 from nyxcore.errors import NotFound
 from nyxcore.extensions import db
-from nyxcore.models import User, UserSession
+from nyxcore.models import Tenant, TenantMember, User, UserSession
+from nyxcore.services import teams
 
 TOKEN_BYTES = 32
 # last_seen_at is written at most this often, so an ordinary page costs no write.
@@ -65,9 +69,16 @@ def _live(user_id: uuid.UUID, now: datetime, idle: timedelta) -> list[ColumnElem
 
 
 # Built once: a request pays for its parameters only, not for building and keying the statement.
+# The user, their live session and their teams in one statement (one round trip per request): the
+# membership in the session's active team first, then the others by team name, at most
+# SWITCHER_TEAMS + 1 (whether there are more). The memberships are the user's own in every team
+# (row-level security: own memberships and their teams); no team is active while this runs.
 _LIVE_SESSION = (
-    select(User, UserSession)
+    select(User, UserSession, TenantMember)
     .join(UserSession, UserSession.user_id == User.id)
+    .outerjoin(TenantMember, and_(TenantMember.user_id == User.id, teams.NOT_ENDED))
+    .outerjoin(Tenant, Tenant.id == TenantMember.tenant_id)
+    .options(contains_eager(TenantMember.tenant))
     .where(
         UserSession.token_hash == bindparam("token_hash"),
         UserSession.user_id == bindparam("user_id"),
@@ -75,22 +86,48 @@ _LIVE_SESSION = (
         UserSession.expires_at > bindparam("now"),
         UserSession.last_seen_at > bindparam("idle_since"),
     )
+    .order_by(
+        # The session's team, else (a new session) the team the user was last in.
+        case((TenantMember.tenant_id == func.coalesce(bindparam("wanted_tenant_id", type_=Uuid), User.last_tenant_id), 0), else_=1),
+        Tenant.name,
+        Tenant.id,
+    )
+    .limit(teams.SWITCHER_TEAMS + 1)
+    .execution_options(**{tenancy.ALL_TENANTS: True})
 )
 
 
-def load(user_id: uuid.UUID, token: str, *, idle: timedelta) -> User | None:
-    """The user of a live session named by `token`, in one query; None when it has ended."""
+@dataclass(frozen=True)
+class SignedIn:
+    """A live session's user, and their memberships: the one in the wanted team first (if they have it),
+    then the others by team name, at most SWITCHER_TEAMS + 1 of them."""
+
+    user: User
+    memberships: list[TenantMember]
+
+
+def load(
+    user_id: uuid.UUID, token: str, *, idle: timedelta, wanted_tenant_id: uuid.UUID | None = None
+) -> SignedIn | None:
+    """The user of a live session named by `token` and their teams, in one query; None when it has ended."""
     now = _now()
-    row = db.session.execute(
-        _LIVE_SESSION, {"token_hash": _hash(token), "user_id": user_id, "now": now, "idle_since": now - idle}
-    ).one_or_none()
-    if row is None:
+    rows = db.session.execute(
+        _LIVE_SESSION,
+        {
+            "token_hash": _hash(token),
+            "user_id": user_id,
+            "now": now,
+            "idle_since": now - idle,
+            "wanted_tenant_id": wanted_tenant_id,
+        },
+    ).all()
+    if not rows:
         return None
-    user: User = row[0]
-    record: UserSession = row[1]
+    user: User = rows[0][0]
+    record: UserSession = rows[0][1]
     if _aware(record.last_seen_at) < now - SEEN_EVERY:
         record.last_seen_at = now  # written with the request's commit
-    return user
+    return SignedIn(user, [row[2] for row in rows if row[2] is not None])
 
 
 def end(user_id: uuid.UUID, token: str) -> None:

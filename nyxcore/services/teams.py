@@ -96,17 +96,20 @@ def _slug_candidates(base: str) -> list[str]:
     ]
 
 
+# A membership past its end is gone from this moment (bind `now`), before the beat task removes it.
+NOT_ENDED = TenantMember.live_at(bindparam("now"))
+# The team switcher shows this many of a user's teams (the active one among them); "Your teams" has all.
+SWITCHER_TEAMS = 20
+
 _MEMBERSHIPS = (
     select(TenantMember)
     .join(TenantMember.tenant)
     .options(contains_eager(TenantMember.tenant))
-    .where(
-        TenantMember.user_id == bindparam("user_id"),
-        TenantMember.live_at(bindparam("now")),
-    )
+    .where(TenantMember.user_id == bindparam("user_id"), NOT_ENDED)
     .order_by(Tenant.name, Tenant.id)
     .execution_options(**{tenancy.ALL_TENANTS: True})
 )
+_FIRST_JOINED = _MEMBERSHIPS.order_by(None).order_by(TenantMember.joined_at, TenantMember.id).limit(1)
 
 
 def memberships_of(user_id: uuid.UUID) -> list[TenantMember]:
@@ -134,6 +137,16 @@ def remember_active(user: User, tenant_id: uuid.UUID) -> None:
     if user.last_tenant_id != tenant_id:
         user.last_tenant_id = tenant_id
         db.session.flush()
+
+
+def first_joined(user_id: uuid.UUID) -> TenantMember | None:
+    """The user's earliest joined membership (not ended), with its team: the active one by default."""
+    return db.session.scalar(_FIRST_JOINED, {"user_id": user_id, "now": datetime.now(UTC)})
+
+
+def switcher(memberships: list[TenantMember]) -> list[TenantMember]:
+    """The first SWITCHER_TEAMS of `memberships` (the active one first), by team name as the switcher lists them."""
+    return sorted(memberships[:SWITCHER_TEAMS], key=lambda m: (m.tenant.name, str(m.tenant_id)))
 
 
 def membership_of(tenant_id: uuid.UUID, user_id: uuid.UUID) -> TenantMember | None:

@@ -17,11 +17,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, event, text
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
+from nyxcore import tenancy
 from nyxcore.database import configure_engine
-from nyxcore.extensions import limiter
+from nyxcore.extensions import db, limiter, login_manager
+from nyxcore.models import Note
+from nyxcore.roles import TenantRole
+from tests.helpers import count
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,3 +133,100 @@ def test_a_pooled_connection_is_pinged_only_after_sitting_idle(app_config, admin
         assert pings == [1]
     finally:
         engine.dispose()
+
+
+@pytest.mark.own_app
+def test_the_limiters_headers_come_only_with_a_checked_limit(app_config, request):
+    app_config.update(LIMITS_ON, RATELIMIT_KEY_PREFIX=f"cost-{os.getpid()}-{id(request)}-headers")
+    client = request.getfixturevalue("app").test_client()
+    limited = client.get("/invite/not-a-real-token-but-long-enough")
+    assert limited.headers["X-RateLimit-Limit"] == "2"  # its after_request hook still runs there
+    assert "X-RateLimit-Limit" not in client.get("/no-such-page").headers
+
+
+def test_a_request_without_a_session_cookie_asks_flask_login_nothing(anonymous, as_member, monkeypatch):
+    # Flask-Login's session protection hashes the client's address and browser on every load.
+    asked: list[int] = []
+    generate = login_manager._session_identifier_generator
+    monkeypatch.setattr(login_manager, "_session_identifier_generator", lambda: asked.append(1) or generate())
+    answer = anonymous.get("/auth/login")
+    assert answer.status_code == 200 and "Log in" in answer.get_data(as_text=True)
+    assert asked == []
+    assert as_member.get("/team/").status_code == 200
+    assert asked  # a signed-in session is still checked
+
+
+def test_the_session_cookie_is_still_read_and_a_bad_one_ignored(as_member, anonymous):
+    assert as_member.get("/team/").status_code == 200  # signed in through the cookie
+    anonymous.set_cookie("session", "not.a.signed.value")
+    assert anonymous.get("/team/").status_code == 302
+
+
+@pytest.mark.parametrize("path", ["/auth/login", "/no-such-page", "/static/does-not-exist.css"])
+def test_every_answer_carries_the_security_headers_once(anonymous, path):
+    headers = anonymous.get(path).headers
+    for name in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options",
+                 "Cross-Origin-Opener-Policy", "X-Request-ID"):
+        assert len(headers.get_all(name)) == 1, name
+    assert headers["Referrer-Policy"] == "same-origin"
+
+
+def test_hooks_are_checked_for_coroutines_once_and_per_request_closures_do_not_pile_up(app):
+    from nyxcore.web import _SYNC_CACHE_SIZE
+
+    hook = app.before_request_funcs[None][0]
+    assert app.ensure_sync(hook) is app.ensure_sync(hook) is hook
+    for _ in range(_SYNC_CACHE_SIZE + 10):
+        app.ensure_sync(lambda response: response)
+    assert len(app._synchronous) <= _SYNC_CACHE_SIZE
+
+
+def _statements_sent(app, client, path):
+    """The statements of GET `path` as they leave for the server (after the tenant-context prefix)."""
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        sent.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)  # after tenancy's: sees what it made
+    try:
+        assert client.get(path).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return sent
+
+
+@pytest.mark.committed  # not inside a test's outer transaction: the page's own transaction
+def test_the_team_page_begins_its_transaction_with_its_first_statement(app, team, login_as):
+    # Round trips: the statements below plus COMMIT; psycopg2 sends no BEGIN of its own (autocommit).
+    admin = login_as(team.accounts[TenantRole.ADMIN], team.id)
+    admin.get("/team/")
+    sent = _statements_sent(app, admin, "/team/")
+    assert sent[0].startswith("BEGIN; SELECT set_config('app.user_id'")
+    assert not any("BEGIN" in statement for statement in sent[1:])
+    assert len(sent) + 1 <= 4  # and the COMMIT
+    with app.app_context(), db.engine.connect() as conn:
+        assert conn.connection.dbapi_connection.autocommit is True
+
+
+@pytest.mark.committed
+def test_a_transaction_is_one_server_transaction_and_ends_with_it(app):
+    with app.app_context(), db.engine.connect() as conn:
+        conn.exec_driver_sql("SELECT set_config('nyxcore.probe', 'on', true)")
+        assert conn.exec_driver_sql("SELECT current_setting('nyxcore.probe', true)").scalar() == "on"
+        conn.rollback()
+        assert conn.exec_driver_sql("SELECT current_setting('nyxcore.probe', true)").scalar() in ("", None)
+        conn.commit()
+        assert conn.connection.dbapi_connection.info.transaction_status == TRANSACTION_STATUS_IDLE
+
+
+def test_a_rolled_back_write_is_gone(app, team, admin_engine):
+    owner = team.accounts[TenantRole.OWNER]
+    with app.app_context(), tenancy.tenant_context(user_id=owner.user_id, tenant_id=team.id):
+        db.session.add(Note(tenant_id=team.id, author_id=owner.user_id, title="Never kept", body=""))
+        db.session.flush()
+        assert db.session.scalar(select(func.count()).select_from(Note)) == 1
+        db.session.rollback()
+    assert count(admin_engine, "SELECT count(*) FROM notes WHERE title = 'Never kept'") == 0

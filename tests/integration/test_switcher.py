@@ -1,0 +1,93 @@
+"""The team switcher of a user in many teams (issue 15): 20 teams in the switcher, all on /teams/.
+
+Every signed-in page reads the user, their session and their teams in one statement, the active
+team's membership first (by the session's team id), at most 21 rows: a user in 25 teams costs a page
+the same statements as a user in one, and still reaches, switches to and works in every team.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from sqlalchemy import text
+
+from nyxcore.services.teams import SWITCHER_TEAMS
+from tests.helpers import statements_for
+
+TEAMS = 25
+
+
+def _many_teams(admin_engine, user_id: uuid.UUID) -> list[uuid.UUID]:
+    """Put the user in TEAMS more teams ('Crowd 00' ...), joined in that order; their ids by name."""
+    ids = [uuid.uuid4() for _ in range(TEAMS)]
+    with admin_engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO tenants (id, name, slug) VALUES (:id, :name, :slug)"),
+            [{"id": t, "name": f"Crowd {i:02}", "slug": f"crowd-{i:02}-{t.hex[:8]}"} for i, t in enumerate(ids)],
+        )
+        conn.execute(
+            text(
+                "INSERT INTO tenant_members (id, tenant_id, user_id, role, joined_at) "
+                "VALUES (:id, :t, :u, 'member', now() - make_interval(days => :age))"
+            ),
+            [{"id": uuid.uuid4(), "t": t, "u": user_id, "age": TEAMS - i} for i, t in enumerate(ids)],
+        )
+    return ids
+
+
+def _switcher(page: str) -> list[tuple[str, bool]]:
+    select = re.search(r'<select id="team-switch".*?</select>', page, re.S)
+    assert select is not None
+    return [(value, bool(chosen)) for value, chosen in re.findall(r'<option value="([^"]+)"( selected)?', select[0])]
+
+
+def test_the_switcher_shows_20_teams_with_the_active_one_and_links_to_all(make_user, login_as, admin_engine):
+    crowd = make_user(name="Crowd Member")
+    ids = _many_teams(admin_engine, crowd.user_id)
+    last_by_name = ids[-1]  # not among the first 20 by name
+    client = login_as(crowd, last_by_name)
+    page = client.get("/notes/").get_data(as_text=True)
+    options = _switcher(page)
+    assert len(options) == SWITCHER_TEAMS
+    assert [value for value, chosen in options if chosen] == [str(last_by_name)]
+    assert "All your teams" in page
+    everything = client.get("/teams/").get_data(as_text=True)
+    assert all(f"Crowd {i:02}" in everything for i in range(TEAMS))
+
+
+def test_a_team_beyond_the_switcher_can_be_switched_to(make_user, login_as, admin_engine):
+    crowd = make_user(name="Crowd Member")
+    ids = _many_teams(admin_engine, crowd.user_id)
+    client = login_as(crowd, ids[0])
+    assert str(ids[-2]) not in dict(_switcher(client.get("/notes/").get_data(as_text=True)))
+    assert client.post_form("/teams/switch", {"tenant_id": str(ids[-2])}).status_code == 302
+    assert dict(_switcher(client.get("/notes/").get_data(as_text=True)))[str(ids[-2])] is True
+
+
+def test_without_a_chosen_team_the_earliest_joined_is_active(make_user, login_as, admin_engine):
+    crowd = make_user(name="Crowd Member")
+    ids = _many_teams(admin_engine, crowd.user_id)
+    with admin_engine.begin() as conn:  # the personal team joined last: the crowd's first is the earliest
+        conn.execute(text("UPDATE tenant_members SET joined_at = now() WHERE tenant_id = :t"), {"t": crowd.team_id})
+    client = login_as(crowd)
+    options = _switcher(client.get("/notes/").get_data(as_text=True))
+    assert [value for value, chosen in options if chosen] == [str(ids[0])]
+
+
+def test_many_teams_cost_a_page_no_statement_more_than_one(app, make_user, login_as, admin_engine):
+    one, crowd = make_user(name="One Team"), make_user(name="Crowd Member")
+    ids = _many_teams(admin_engine, crowd.user_id)
+    one_client, crowd_client = login_as(one), login_as(crowd, ids[-1])
+    assert statements_for(app, crowd_client, "/notes/") == statements_for(app, one_client, "/notes/")
+
+
+def test_a_removal_from_a_team_counts_on_the_next_request(make_user, login_as, admin_engine):
+    crowd = make_user(name="Crowd Member")
+    ids = _many_teams(admin_engine, crowd.user_id)
+    client = login_as(crowd, ids[-1])
+    assert dict(_switcher(client.get("/notes/").get_data(as_text=True)))[str(ids[-1])] is True
+    with admin_engine.begin() as conn:
+        conn.execute(text("DELETE FROM tenant_members WHERE tenant_id = :t"), {"t": ids[-1]})
+    options = dict(_switcher(client.get("/notes/", follow_redirects=True).get_data(as_text=True)))
+    assert str(ids[-1]) not in options and True in options.values()
