@@ -106,6 +106,12 @@ class User(UUIDPrimaryKey, Base):
         return str(self.id)
 
 
+# Member search (migration 0016): trigram indexes for LIKE '%term%', read by nyxcore_member_matches().
+_TRIGRAMS = {"postgresql_using": "gin", "postgresql_ops": {"lower_name": "gin_trgm_ops", "email": "gin_trgm_ops"}}
+Index("ix_users_name_trgm", func.lower(User.name).label("lower_name"), **_TRIGRAMS)
+Index("ix_users_email_trgm", User.email, **_TRIGRAMS)
+
+
 class AccountToken(UUIDPrimaryKey, Base):
     """A single-use link for one account: reset its password, verify its address, or change it.
 

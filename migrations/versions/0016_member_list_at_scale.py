@@ -1,0 +1,86 @@
+"""The member list and member search at 50,000 members (issue 15, "Flat with size").
+
+- The `team_members` policy on `users` is the same rule written as a per-row `EXISTS` on the
+  `(tenant_id, user_id)` unique index: "a member of the active team". The `IN (sub-select)` form
+  made PostgreSQL hash every member of the team before it could show one user (a sequential scan of
+  `tenant_members` per statement); `EXISTS` lets it check only the rows a page reads, under a LIMIT.
+- `pg_trgm` and trigram GIN indexes on `lower(users.name)` and `users.email`, for `LIKE '%term%'`.
+  `pg_trgm` is a trusted extension: the owner role (the database's owner) may create it.
+- `nyxcore_member_matches(pattern)`: the ids of the active team's members whose lower-case name or
+  e-mail address is LIKE `pattern`. Row-level security on `users` keeps the planner from using an
+  index for a `LIKE` (the operator is not leakproof, so it must run after the policy on every row);
+  this SECURITY DEFINER function asks the trigram indexes instead, and returns no more than the app
+  role may read anyway: user ids of the team in the context (`app.tenant_id`); none without one.
+
+Revision ID: 0016
+Revises: 0013
+Create Date: 2026-12-02
+"""
+
+from alembic import op
+from flask import current_app
+
+from nyxcore import rls
+from nyxcore.dbroles import quote_role
+
+revision = "0016"
+down_revision = "0013"
+branch_labels = None
+depends_on = None
+
+MATCHES = "nyxcore_member_matches(text)"
+IN_TEAM = "m.tenant_id = {tenant} AND m.user_id = {user}"
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    app_role = quote_role(current_app.config["NYXCORE_APP_ROLE"])
+    _team_members_policy(f"EXISTS (SELECT 1 FROM public.tenant_members AS m WHERE {_in_team('users.id')})")
+    op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    op.execute("CREATE INDEX ix_users_name_trgm ON users USING gin (lower(name) gin_trgm_ops)")
+    op.execute("CREATE INDEX ix_users_email_trgm ON users USING gin (email gin_trgm_ops)")
+    # users is not FORCEd: its owner, this function's definer, reads it without the policies; the
+    # team is still the context's, through tenant_members (FORCEd) and the explicit condition.
+    op.execute(
+        f"""
+        CREATE FUNCTION public.nyxcore_member_matches(pattern text)
+        RETURNS SETOF uuid
+        LANGUAGE sql STABLE SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp
+        AS $$
+            SELECT u.id FROM public.users AS u
+            WHERE (lower(u.name) LIKE pattern ESCAPE '\\' OR u.email LIKE pattern ESCAPE '\\')
+              AND EXISTS (SELECT 1 FROM public.tenant_members AS m WHERE {_in_team("u.id")})
+        $$
+        """
+    )
+    op.execute(f"REVOKE ALL ON FUNCTION public.{MATCHES} FROM PUBLIC")
+    op.execute(f"GRANT EXECUTE ON FUNCTION public.{MATCHES} TO {app_role}")
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    op.execute(f"DROP FUNCTION IF EXISTS public.{MATCHES}")
+    op.execute("DROP INDEX IF EXISTS ix_users_email_trgm")
+    op.execute("DROP INDEX IF EXISTS ix_users_name_trgm")
+    # Only if this role made it (a superuser may have installed it for something else).
+    op.execute(
+        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm' "
+        "AND extowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)) "
+        "THEN DROP EXTENSION pg_trgm; END IF; END $$"
+    )
+    _team_members_policy(
+        f"id IN (SELECT m.user_id FROM public.tenant_members AS m WHERE m.tenant_id = {rls.TENANT})"
+    )
+
+
+def _in_team(user: str) -> str:
+    return IN_TEAM.format(tenant=rls.TENANT, user=user)
+
+
+def _team_members_policy(condition: str) -> None:
+    op.execute("DROP POLICY IF EXISTS team_members ON users")
+    op.execute(f"CREATE POLICY team_members ON users FOR SELECT USING ({condition})")
