@@ -50,7 +50,7 @@ from nyxcore.tenancy import Actor
 
 PER_PAGE = 50
 COUNT_CAP = 1000
-SHORT_SCAN = 1000
+SHORT_SCAN = 500
 PLAIN, INDEXED, SHORT = "plain", "indexed", "short"  # the three kinds of statement (search modes)
 _INDEXABLE = re.compile(r"[^\W_]{3}")  # what pg_trgm can look up: three letters or digits in a row
 
