@@ -107,9 +107,9 @@ class User(UUIDPrimaryKey, Base):
 
 
 # Member search (migration 0016): trigram indexes for LIKE '%term%', read by nyxcore_member_matches().
-_TRIGRAMS = {"postgresql_using": "gin", "postgresql_ops": {"lower_name": "gin_trgm_ops", "email": "gin_trgm_ops"}}
-Index("ix_users_name_trgm", func.lower(User.name).label("lower_name"), **_TRIGRAMS)
-Index("ix_users_email_trgm", User.email, **_TRIGRAMS)
+_TRIGRAMS: dict[str, Any] = {"lower_name": "gin_trgm_ops", "email": "gin_trgm_ops"}
+Index("ix_users_name_trgm", func.lower(User.name).label("lower_name"), postgresql_using="gin", postgresql_ops=_TRIGRAMS)
+Index("ix_users_email_trgm", User.email, postgresql_using="gin", postgresql_ops=_TRIGRAMS)
 
 
 class AccountToken(UUIDPrimaryKey, Base):

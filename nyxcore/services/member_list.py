@@ -112,8 +112,8 @@ def _capped_count(*conditions: Any) -> Any:
 
 def _matches() -> Any:
     """The active team's members whose name or address contains the term, from the trigram indexes."""
-    found = func.nyxcore_member_matches(bindparam("pattern", type_=String))
-    found = found.table_valued(column("user_id", Uuid)).render_derived()
+    function = func.nyxcore_member_matches(bindparam("pattern", type_=String))
+    found = function.table_valued(column("user_id", Uuid)).render_derived()
     return TenantMember.user_id.in_(select(found.c.user_id))
 
 
