@@ -29,6 +29,9 @@ branch_labels = None
 depends_on = None
 
 MATCHES = "nyxcore_member_matches(text)"
+WINDOW = "nyxcore_member_window(text, timestamptz, uuid, boolean, integer, integer)"
+FUNCTIONS = (MATCHES, WINDOW)
+NO_ID = {"-infinity": "00000000-0000-0000-0000-000000000000", "infinity": "ffffffff-ffff-ffff-ffff-ffffffffffff"}
 IN_TEAM = "m.tenant_id = {tenant} AND m.user_id = {user}"
 
 
@@ -56,14 +59,59 @@ def upgrade() -> None:
         $$
         """
     )
-    op.execute(f"REVOKE ALL ON FUNCTION public.{MATCHES} FROM PUBLIC")
-    op.execute(f"GRANT EXECUTE ON FUNCTION public.{MATCHES} TO {app_role}")
+    _window_function()
+    for signature in FUNCTIONS:
+        op.execute(f"REVOKE ALL ON FUNCTION public.{signature} FROM PUBLIC")
+        op.execute(f"GRANT EXECUTE ON FUNCTION public.{signature} TO {app_role}")
+
+
+def _window_function() -> None:
+    """nyxcore_member_window: a short term's matches among the next `scan` members from a key.
+
+    The same reading as the policy-checked statement (the active team's members in join order after
+    or before a key, at most `scan` of them, those whose name or address is LIKE `pattern`, at most
+    `max_rows`), without checking the `users` policy on every member walked past: that check was
+    three quarters of the cost. It returns member ids of the context's team only.
+    """
+    walks = []
+    for order, compare, start in (("", ">", "-infinity"), (" DESC", "<", "infinity")):
+        walks.append(
+            f"""
+            SELECT w.id FROM (
+                SELECT m.id, m.user_id, m.joined_at FROM public.tenant_members AS m
+                WHERE m.tenant_id = {rls.TENANT}
+                  AND (m.joined_at, m.id) {compare} (coalesce(after_at, '{start}'), coalesce(after_id, '{NO_ID[start]}'))
+                ORDER BY m.joined_at{order}, m.id{order} LIMIT scan
+            ) AS w JOIN public.users AS u ON u.id = w.user_id
+            WHERE lower(u.name) LIKE pattern ESCAPE '\\' OR u.email LIKE pattern ESCAPE '\\'
+            ORDER BY w.joined_at{order}, w.id{order} LIMIT max_rows"""
+        )
+    op.execute(
+        f"""
+        CREATE FUNCTION public.nyxcore_member_window(
+            pattern text, after_at timestamptz, after_id uuid, backwards boolean, scan integer, max_rows integer
+        )
+        RETURNS SETOF uuid
+        LANGUAGE plpgsql STABLE SECURITY DEFINER ROWS 50
+        SET search_path = pg_catalog, pg_temp
+        AS $$
+        BEGIN
+            IF backwards THEN
+                RETURN QUERY {walks[1]};
+            ELSE
+                RETURN QUERY {walks[0]};
+            END IF;
+        END
+        $$
+        """
+    )
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute(f"DROP FUNCTION IF EXISTS public.{MATCHES}")
+    for signature in FUNCTIONS:
+        op.execute(f"DROP FUNCTION IF EXISTS public.{signature}")
     op.execute("DROP INDEX IF EXISTS ix_users_email_trgm")
     op.execute("DROP INDEX IF EXISTS ix_users_name_trgm")
     # Only if this role made it (a superuser may have installed it for something else).

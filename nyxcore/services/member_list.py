@@ -8,7 +8,8 @@
 - **Search.** A term with three letters or digits in a row is looked up in the trigram indexes
   through `nyxcore_member_matches` (migration 0016: under RLS a `LIKE` cannot use an index).
   Shorter terms (one or two characters: trigrams cannot help) are matched while walking the list
-  in order, at most SHORT_SCAN members per page; a page that found fewer than a page of matches in
+  in order, at most SHORT_SCAN members per page (`nyxcore_member_window`: the walk checks the
+  `users` policy only for the rows it returns); a page that found fewer than a page of matches in
   its window links on from the window's end, so every match is still reached, page by page.
 
 Each statement leaves the ORM's tenant scoping (built once, it carries no loader criteria) and
@@ -33,7 +34,6 @@ from sqlalchemy import (
     func,
     literal,
     null,
-    or_,
     select,
     true,
     tuple_,
@@ -52,6 +52,7 @@ PER_PAGE = 50
 COUNT_CAP = 1000
 SHORT_SCAN = 500
 PLAIN, INDEXED, SHORT = "plain", "indexed", "short"  # the three kinds of statement (search modes)
+_KEY = (bindparam("at", type_=DateTime(timezone=True)), bindparam("key_id", type_=Uuid()))  # a page's key
 _INDEXABLE = re.compile(r"[^\W_]{3}")  # what pg_trgm can look up: three letters or digits in a row
 
 
@@ -90,7 +91,7 @@ def search_mode(search: str) -> str:
 def _after(direction: str, member: Any) -> Any:
     """The keyset condition of a direction, on `member` (the table or an alias)."""
     key = tuple_(member.joined_at, member.id)
-    cursor = tuple_(bindparam("at", type_=DateTime(timezone=True)), bindparam("key_id", type_=Uuid()))
+    cursor = tuple_(*_KEY)
     return {AFTER: key > cursor, BEFORE: key < cursor}.get(direction, true())
 
 
@@ -110,11 +111,20 @@ def _capped_count(*conditions: Any) -> Any:
     return select(func.count()).select_from(some.limit(bindparam("cap")).subquery()).scalar_subquery()
 
 
-def _matches() -> Any:
-    """The active team's members whose name or address contains the term, from the trigram indexes."""
-    function = func.nyxcore_member_matches(bindparam("pattern", type_=String))
-    found = function.table_valued(column("user_id", Uuid)).render_derived()
-    return TenantMember.user_id.in_(select(found.c.user_id))
+def _matches(mode: str = INDEXED, direction: str = FIRST) -> Any:
+    """The condition on members that a search adds, from one of migration 0016's functions.
+
+    INDEXED: the active team's members whose name or address contains the term (trigram indexes).
+    SHORT: the ones of them among the next `scan` members from the page's key (a bounded walk).
+    """
+    pattern = bindparam("pattern", type_=String)
+    if mode == INDEXED:
+        found = func.nyxcore_member_matches(pattern).table_valued(column("user_id", Uuid)).render_derived()
+        return TenantMember.user_id.in_(select(found.c.user_id))
+    backwards = literal(direction in (BEFORE, LAST))
+    walk = func.nyxcore_member_window(pattern, *_KEY, backwards, bindparam("scan"), bindparam("limit"))
+    found = walk.table_valued(column("member_id", Uuid)).render_derived()
+    return TenantMember.id.in_(select(found.c.member_id))
 
 
 def _window_end(direction: str, part: Any) -> Any:
@@ -126,7 +136,7 @@ def _window_end(direction: str, part: Any) -> Any:
 
 def _extras(direction: str, mode: str) -> list[Any]:
     """The columns after a row's: all members, open invitations, matches, the short-term window's end."""
-    matched = {PLAIN: null(), INDEXED: _capped_count(_matches()), SHORT: null()}[mode]
+    matched = _capped_count(_matches()) if mode == INDEXED else null()
     ends = [_window_end(direction, TenantMember.joined_at), _window_end(direction, TenantMember.id)]
     return [
         _capped_count(),
@@ -138,19 +148,10 @@ def _extras(direction: str, mode: str) -> list[Any]:
 
 def _member_rows(direction: str, mode: str) -> Select[Any]:
     """The member list's statement for one direction and search mode, built once: values are parameters."""
-    in_team = TenantMember.tenant_id == bindparam("tenant_id")
-    member: Any = TenantMember
-    conditions = [in_team, _after(direction, TenantMember)]
-    if mode == SHORT:  # the window of members this page may look at, in the list's order
-        window = _ordered(select(TenantMember).where(*conditions), direction, TenantMember)
-        member, conditions = aliased(TenantMember, window.limit(bindparam("scan")).subquery()), []
-    inviter, pattern = aliased(User), bindparam("pattern", type_=String)
-    if mode == INDEXED:
-        conditions.append(_matches())
-    if mode == SHORT:
-        conditions.append(
-            or_(func.lower(User.name).like(pattern, escape="\\"), User.email.like(pattern, escape="\\"))
-        )
+    member, inviter = TenantMember, aliased(User)
+    conditions = [TenantMember.tenant_id == bindparam("tenant_id"), _after(direction, TenantMember)]
+    if mode != PLAIN:
+        conditions.append(_matches(mode, direction))
     query = (
         select(
             member.id,

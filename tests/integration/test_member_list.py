@@ -5,7 +5,7 @@ A team of 130 seeded members (joined in threes at the same instant, so the order
 backwards from the last, and from the middle; every member shows once, in (joined_at, id) order.
 Search is walked the same way for a term the trigram indexes serve and for 1- and 2-character terms
 (matched in windows of members, page by page). Another team's look-alike members never show.
-The SQL that search and the `users` policy rely on (migration 0016) is checked as the app role.
+The SQL functions search relies on and the `users` policy (migration 0016) are checked as the app role.
 """
 
 from __future__ import annotations
@@ -143,16 +143,23 @@ def test_search_finds_every_match_page_by_page(crowd, monkeypatch, term, contain
         assert "Members (" not in body and "40 members at a time" in body
 
 
-def test_nyxcore_member_matches_answers_for_the_context_team_only(app_engine, admin_engine, crowd):
+WINDOW = "SELECT nyxcore_member_window(:p, NULL, NULL, :back, 1000, 1000)"
+
+
+def test_the_search_functions_answer_for_the_context_team_only(app_engine, admin_engine, crowd):
     _, _, team_id = crowd
-    others = {row.user_id for row in rows(admin_engine, "SELECT user_id FROM tenant_members WHERE tenant_id <> :t", t=team_id)}
+    others = rows(admin_engine, "SELECT id, user_id FROM tenant_members WHERE tenant_id <> :t", t=team_id)
     with app_engine.begin() as conn:
         assert conn.execute(text("SELECT nyxcore_member_matches('%')")).all() == []  # no context: nothing
+        assert conn.execute(text(WINDOW), {"p": "%", "back": False}).all() == []
         conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(team_id)})
-        found = {row[0] for row in conn.execute(text("SELECT nyxcore_member_matches('%look alike%')"))}
-        assert found == set()
+        assert conn.execute(text("SELECT nyxcore_member_matches('%look alike%')")).all() == []
         found = {row[0] for row in conn.execute(text("SELECT nyxcore_member_matches('%')"))}
-        assert len(found) == SEEDED + 1 and not found & others
+        assert len(found) == SEEDED + 1 and not found & {row.user_id for row in others}
+        for back in (False, True):
+            assert conn.execute(text(WINDOW), {"p": "%look alike%", "back": back}).all() == []
+            walked = {row[0] for row in conn.execute(text(WINDOW), {"p": "%", "back": back})}
+            assert len(walked) == SEEDED + 1 and not walked & {row.id for row in others}
         # The users policy as rewritten: the team's members and nobody else.
         visible = {row[0] for row in conn.execute(text("SELECT id FROM users"))}
         assert visible == found
@@ -172,7 +179,7 @@ def test_migration_0016_upgrades_and_downgrades(fresh_database):  # noqa: F811
             db.engine.dispose()
         assert scalar(admin, indexes) == 0
         assert scalar(admin, "SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'") == 0
-        assert scalar(admin, "SELECT count(*) FROM pg_proc WHERE proname = 'nyxcore_member_matches'") == 0
+        assert scalar(admin, "SELECT count(*) FROM pg_proc WHERE proname IN ('nyxcore_member_matches', 'nyxcore_member_window')") == 0
         assert "EXISTS" not in scalar(admin, policy)
         _migrate(fresh_database, "head")
         assert scalar(admin, indexes) == 2
