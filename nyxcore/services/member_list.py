@@ -148,29 +148,29 @@ def _extras(direction: str, mode: str) -> list[Any]:
 
 def _member_rows(direction: str, mode: str) -> Select[Any]:
     """The member list's statement for one direction and search mode, built once: values are parameters."""
-    member, inviter = TenantMember, aliased(User)
+    inviter = aliased(User)
     conditions = [TenantMember.tenant_id == bindparam("tenant_id"), _after(direction, TenantMember)]
     if mode != PLAIN:
         conditions.append(_matches(mode, direction))
     query = (
         select(
-            member.id,
-            member.user_id,
-            member.role,
-            member.joined_at,
+            TenantMember.id,
+            TenantMember.user_id,
+            TenantMember.role,
+            TenantMember.joined_at,
             User.name,
             User.email,
             User.two_factor_enabled_at.is_not(None),
             inviter.name,
-            member.ends_at,
+            TenantMember.ends_at,
             *_extras(direction, mode),
         )
-        .join(User, User.id == member.user_id)
-        .outerjoin(inviter, inviter.id == member.invited_by)
+        .join(User, User.id == TenantMember.user_id)
+        .outerjoin(inviter, inviter.id == TenantMember.invited_by)
         .where(*conditions)
         .execution_options(**{tenancy.ALL_TENANTS: True})
     )
-    return _ordered(query, direction, member).limit(bindparam("limit"))
+    return _ordered(query, direction, TenantMember).limit(bindparam("limit"))
 
 
 _WIDTH = len(fields(MemberRow))
