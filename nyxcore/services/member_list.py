@@ -111,6 +111,15 @@ def _capped_count(*conditions: Any) -> Any:
     return select(func.count()).select_from(some.limit(bindparam("cap")).subquery()).scalar_subquery()
 
 
+# One WITH for the rows and their count: the trigram lookup runs once per statement, not twice.
+_INDEXED_MATCHES = select(
+    func.nyxcore_member_matches(bindparam("pattern", type_=String))
+    .table_valued(column("user_id", Uuid))
+    .render_derived()
+    .c.user_id
+).cte("member_matches")
+
+
 def _matches(mode: str = INDEXED, direction: str = FIRST) -> Any:
     """The condition on members that a search adds, from one of migration 0016's functions.
 
@@ -119,8 +128,7 @@ def _matches(mode: str = INDEXED, direction: str = FIRST) -> Any:
     """
     pattern = bindparam("pattern", type_=String)
     if mode == INDEXED:
-        found = func.nyxcore_member_matches(pattern).table_valued(column("user_id", Uuid)).render_derived()
-        return TenantMember.user_id.in_(select(found.c.user_id))
+        return TenantMember.user_id.in_(select(_INDEXED_MATCHES.c.user_id))
     backwards = literal(direction in (BEFORE, LAST))
     walk = func.nyxcore_member_window(pattern, *_KEY, backwards, bindparam("scan"), bindparam("limit"))
     found = walk.table_valued(column("member_id", Uuid)).render_derived()
