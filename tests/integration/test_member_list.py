@@ -141,6 +141,7 @@ def test_search_finds_every_match_page_by_page(crowd, monkeypatch, term, contain
         assert "one or two characters" not in body
     else:  # not counted: a short term is matched 40 members at a time
         assert "Members (" not in body and "40 members at a time" in body
+        assert 'aria-describedby="search-window"' in body
 
 
 WINDOW = "SELECT nyxcore_member_window(:p, NULL, NULL, :back, 1000, 1000)"
