@@ -11,6 +11,10 @@
   index for a `LIKE` (the operator is not leakproof, so it must run after the policy on every row);
   this SECURITY DEFINER function asks the trigram indexes instead, and returns no more than the app
   role may read anyway: user ids of the team in the context (`app.tenant_id`); none without one.
+- `nyxcore_member_window(pattern, after_at, after_id, backwards, scan, max_rows)`: for terms the
+  trigrams cannot serve (one or two characters), the matches among the next `scan` members of the
+  context's team after (or before) a key, in join order: member ids, checked against the `users`
+  policy by the caller only for the rows it shows.
 
 Revision ID: 0016
 Revises: 0013
