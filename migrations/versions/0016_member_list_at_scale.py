@@ -6,11 +6,13 @@
   `tenant_members` per statement); `EXISTS` lets it check only the rows a page reads, under a LIMIT.
 - `pg_trgm` and trigram GIN indexes on `lower(users.name)` and `users.email`, for `LIKE '%term%'`.
   `pg_trgm` is a trusted extension: the owner role (the database's owner) may create it.
-- `nyxcore_member_matches(pattern)`: the ids of the active team's members whose lower-case name or
+- `nyxcore_member_matches(pattern, after_at, after_id, backwards, max_rows)`: the member ids of the
+  first `max_rows` of the active team's members after (or before) a key whose lower-case name or
   e-mail address is LIKE `pattern`. Row-level security on `users` keeps the planner from using an
   index for a `LIKE` (the operator is not leakproof, so it must run after the policy on every row);
-  this SECURITY DEFINER function asks the trigram indexes instead, and returns no more than the app
-  role may read anyway: user ids of the team in the context (`app.tenant_id`); none without one.
+  this SECURITY DEFINER function lets it choose the trigram indexes (a rare term) or the join order
+  (a common one), and returns no more than the app role may read anyway: ids of the team in the
+  context (`app.tenant_id`); none without one.
 - `nyxcore_member_window(pattern, after_at, after_id, backwards, scan, max_rows)`: for terms the
   trigrams cannot serve (one or two characters), the matches among the next `scan` members of the
   context's team after (or before) a key, in join order: member ids, checked against the `users`
@@ -32,11 +34,11 @@ down_revision = "0013"
 branch_labels = None
 depends_on = None
 
-MATCHES = "nyxcore_member_matches(text)"
+MATCHES = "nyxcore_member_matches(text, timestamptz, uuid, boolean, integer)"
 WINDOW = "nyxcore_member_window(text, timestamptz, uuid, boolean, integer, integer)"
 FUNCTIONS = (MATCHES, WINDOW)
 NO_ID = {"-infinity": "00000000-0000-0000-0000-000000000000", "infinity": "ffffffff-ffff-ffff-ffff-ffffffffffff"}
-IN_TEAM = "m.tenant_id = {tenant} AND m.user_id = {user}"
+IN_TEAM = f"m.tenant_id = {rls.TENANT} AND m.user_id = users.id"  # a member of the active team
 
 
 def upgrade() -> None:
@@ -44,29 +46,57 @@ def upgrade() -> None:
     if bind.dialect.name != "postgresql":
         return
     app_role = quote_role(current_app.config["NYXCORE_APP_ROLE"])
-    _team_members_policy(f"EXISTS (SELECT 1 FROM public.tenant_members AS m WHERE {_in_team('users.id')})")
+    _team_members_policy(f"EXISTS (SELECT 1 FROM public.tenant_members AS m WHERE {IN_TEAM})")
     op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
     op.execute("CREATE INDEX ix_users_name_trgm ON users USING gin (lower(name) gin_trgm_ops)")
     op.execute("CREATE INDEX ix_users_email_trgm ON users USING gin (email gin_trgm_ops)")
-    # users is not FORCEd: its owner, this function's definer, reads it without the policies; the
-    # team is still the context's, through tenant_members (FORCEd) and the explicit condition.
-    op.execute(
-        f"""
-        CREATE FUNCTION public.nyxcore_member_matches(pattern text)
-        RETURNS SETOF uuid
-        LANGUAGE sql STABLE SECURITY DEFINER
-        SET search_path = pg_catalog, pg_temp
-        AS $$
-            SELECT u.id FROM public.users AS u
-            WHERE (lower(u.name) LIKE pattern ESCAPE '\\' OR u.email LIKE pattern ESCAPE '\\')
-              AND EXISTS (SELECT 1 FROM public.tenant_members AS m WHERE {_in_team("u.id")})
-        $$
-        """
-    )
+    _matches_function()
     _window_function()
     for signature in FUNCTIONS:
         op.execute(f"REVOKE ALL ON FUNCTION public.{signature} FROM PUBLIC")
         op.execute(f"GRANT EXECUTE ON FUNCTION public.{signature} TO {app_role}")
+
+
+def _matches_function() -> None:
+    """nyxcore_member_matches: the first `max_rows` matches of the whole team after (before) a key.
+
+    users is not FORCEd: its owner, this function's definer, reads it without the policies, so the
+    planner may use the trigram indexes; the team is still the context's, read once and given to the
+    query as a value (EXECUTE plans with it, and with the pattern: a rare term is looked up in the
+    trigram indexes, a common one found by walking the team in join order until `max_rows`).
+    """
+    searches = []
+    for order, compare, start in (("", ">", "-infinity"), (" DESC", "<", "infinity")):
+        searches.append(
+            f"""$q$SELECT m.id FROM public.tenant_members AS m JOIN public.users AS u ON u.id = m.user_id
+                WHERE m.tenant_id = $1 AND (m.joined_at, m.id) {compare} ($3, $4)
+                  AND (lower(u.name) LIKE $2 ESCAPE '\\' OR u.email LIKE $2 ESCAPE '\\')
+                ORDER BY m.joined_at{order}, m.id{order} LIMIT $5$q$
+                USING team, pattern, coalesce(after_at, '{start}'), coalesce(after_id, '{NO_ID[start]}'), max_rows"""
+        )
+    op.execute(
+        f"""
+        CREATE FUNCTION public.nyxcore_member_matches(
+            pattern text, after_at timestamptz, after_id uuid, backwards boolean, max_rows integer
+        )
+        RETURNS SETOF uuid
+        LANGUAGE plpgsql STABLE SECURITY DEFINER ROWS 50
+        SET search_path = pg_catalog, pg_temp
+        AS $$
+        DECLARE
+            team uuid := {rls.TENANT};
+        BEGIN
+            IF team IS NULL THEN
+                RETURN;
+            ELSIF backwards THEN
+                RETURN QUERY EXECUTE {searches[1]};
+            ELSE
+                RETURN QUERY EXECUTE {searches[0]};
+            END IF;
+        END
+        $$
+        """
+    )
 
 
 def _window_function() -> None:
@@ -127,10 +157,6 @@ def downgrade() -> None:
     _team_members_policy(
         f"id IN (SELECT m.user_id FROM public.tenant_members AS m WHERE m.tenant_id = {rls.TENANT})"
     )
-
-
-def _in_team(user: str) -> str:
-    return IN_TEAM.format(tenant=rls.TENANT, user=user)
 
 
 def _team_members_policy(condition: str) -> None:

@@ -5,8 +5,9 @@
   not 50,000. The last page is the first one read backwards.
 - **A capped count.** Members are counted up to COUNT_CAP ("1,000+"), or up to the team's seat limit
   when it has one, so that "Seats: 7 of 10 used" stays exact.
-- **Search.** A term with three letters or digits in a row is looked up in the trigram indexes
-  through `nyxcore_member_matches` (migration 0016: under RLS a `LIKE` cannot use an index).
+- **Search.** A term with three letters or digits in a row is looked up through
+  `nyxcore_member_matches` (migration 0016: under RLS a `LIKE` cannot use an index), which finds a
+  page's matches in the trigram indexes or, for a common term, by walking the team in join order.
   Shorter terms (one or two characters: trigrams cannot help) are matched while walking the list
   in order, at most SHORT_SCAN members per page (`nyxcore_member_window`: the walk checks the
   `users` policy only for the rows it returns); a page that found fewer than a page of matches in
@@ -111,28 +112,29 @@ def _capped_count(*conditions: Any) -> Any:
     return select(func.count()).select_from(some.limit(bindparam("cap")).subquery()).scalar_subquery()
 
 
-# One WITH for the rows and their count: the trigram lookup runs once per statement, not twice.
-_INDEXED_MATCHES = select(
-    func.nyxcore_member_matches(bindparam("pattern", type_=String))
-    .table_valued(column("user_id", Uuid))
-    .render_derived()
-    .c.user_id
-).cte("member_matches")
+def _found(function: str, *arguments: Any) -> Any:
+    """The member ids one of migration 0016's search functions returns, as a sub-select."""
+    call = getattr(func, function)(bindparam("pattern", type_=String), *arguments)
+    return select(call.table_valued(column("member_id", Uuid)).render_derived().c.member_id)
 
 
-def _matches(mode: str = INDEXED, direction: str = FIRST) -> Any:
-    """The condition on members that a search adds, from one of migration 0016's functions.
+def _matches(mode: str, direction: str) -> Any:
+    """The condition on members that a search adds: the page's matches after (before) its key.
 
-    INDEXED: the active team's members whose name or address contains the term (trigram indexes).
-    SHORT: the ones of them among the next `scan` members from the page's key (a bounded walk).
+    INDEXED: among the whole team (the function may use the trigram indexes).
+    SHORT: among the next `scan` members from the key only (a bounded walk).
     """
-    pattern = bindparam("pattern", type_=String)
-    if mode == INDEXED:
-        return TenantMember.user_id.in_(select(_INDEXED_MATCHES.c.user_id))
     backwards = literal(direction in (BEFORE, LAST))
-    walk = func.nyxcore_member_window(pattern, *_KEY, backwards, bindparam("scan"), bindparam("limit"))
-    found = walk.table_valued(column("member_id", Uuid)).render_derived()
-    return TenantMember.id.in_(select(found.c.member_id))
+    if mode == INDEXED:
+        return TenantMember.id.in_(_found("nyxcore_member_matches", *_KEY, backwards, bindparam("limit")))
+    window = _found("nyxcore_member_window", *_KEY, backwards, bindparam("scan"), bindparam("limit"))
+    return TenantMember.id.in_(window)
+
+
+def _match_count() -> Any:
+    """How many members match a term, counting at most `cap` of them."""
+    some = _found("nyxcore_member_matches", null(), null(), literal(False), bindparam("cap")).subquery()
+    return select(func.count()).select_from(some).scalar_subquery()
 
 
 def _window_end(direction: str, part: Any) -> Any:
@@ -144,7 +146,7 @@ def _window_end(direction: str, part: Any) -> Any:
 
 def _extras(direction: str, mode: str) -> list[Any]:
     """The columns after a row's: all members, open invitations, matches, the short-term window's end."""
-    matched = _capped_count(_matches()) if mode == INDEXED else null()
+    matched = _match_count() if mode == INDEXED else null()
     ends = [_window_end(direction, TenantMember.joined_at), _window_end(direction, TenantMember.id)]
     return [
         _capped_count(),
