@@ -7,7 +7,8 @@ Creates its own database and roles (bench/_common.py) and seeds, with set-based 
 - a user who is a member of `--teams-per-user` teams (the issue asks for 500), and a one-team user.
 Then builds the app in-process as the app role (testing mode: no rate limits), logs each owner in
 through the form, and times `--requests` GETs of each page in turn (wall time, this process alone).
-Printed: p50 and p95 per page, and each large case's p95 over the same page of the small case,
+Printed: p50 and p95 per page, each large case's p95 over the same page of the small case, and
+the member rows each page shows (small/large: a search may show 5 rows in one and 50 in the other),
 with PASS (within 1.5 x) or BELOW TARGET:
 - the member list's first, middle and last page of the large team, against the small team's first page
   (pages are read by key: the middle page is the one after the middle member's key, the last `?last=1`);
@@ -122,6 +123,17 @@ def logged_in(app: Any, email: str) -> Any:
     return client
 
 
+def rows_shown(client: Any, path: str) -> int:
+    """How many members the page lists (the rows a page renders are most of its Python cost)."""
+    response = client.get(path)
+    assert response.status_code == 200, path
+    body = response.get_data(as_text=True)
+    if 'id="members-heading"' not in body:
+        return 0  # not the team page
+    members = body.split('id="members-heading"', 1)[1].split("</table>", 1)[0]
+    return members.count("<tr") - 1 - members.count("No members match")
+
+
 def timings(client: Any, path: str, requests: int) -> tuple[float, float]:
     """p50 and p95 in ms of `requests` GETs of `path`, after ten unrecorded ones."""
     for _ in range(10):
@@ -158,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("search, a name", (small, "/team/?q=size+small+7"), (large, "/team/?q=size+large+4999")),
                 (f"NyxBook, user in {args.teams_per_user} teams", (single, "/notes/"), (many, "/notes/")),
             ]
-            print(f"\n{'case':<32} {'small p50/p95 ms':>18} {'large p50/p95 ms':>18} {'p95 ratio':>9}")
+            print(f"\n{'case':<32} {'small p50/p95 ms':>18} {'large p50/p95 ms':>18} {'p95 ratio':>9} {'rows':>7}")
             verdicts = []
             for name, (small_client, small_path), (large_client, large_path) in cases:
                 small_p50, small_p95 = timings(small_client, small_path, args.requests)
@@ -166,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = large_p95 / small_p95
                 print(
                     f"{name:<32} {small_p50:8.2f} / {small_p95:7.2f} {large_p50:8.2f} / {large_p95:7.2f} {ratio:9.2f}"
+                    f" {rows_shown(small_client, small_path):3d}/{rows_shown(large_client, large_path):<3d}"
                 )
                 verdict = "PASS" if ratio <= TARGET else "BELOW TARGET"
                 verdicts.append(f"{verdict}: {name} at {ratio:.2f} x (target <= {TARGET})")
