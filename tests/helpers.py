@@ -15,10 +15,13 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, event, text
 from sqlalchemy.engine import Connection, Engine
+
+from nyxcore.pagination import Key
 
 HOST = "127.0.0.1"
 
@@ -103,3 +106,7 @@ def statements_for(app: Any, client: Any, path: str, *, mentioning: str = "") ->
     finally:
         event.remove(engine, "before_cursor_execute", record)
     return sum(mentioning in statement for statement in statements)
+
+
+# A member list key after every member (`/team/?after=...`): an empty page that must still count.
+PAST_THE_END = Key(datetime(2100, 1, 1, tzinfo=UTC), uuid.UUID(int=0))

@@ -20,10 +20,10 @@ from nyxcore.blueprints.seats import seat_limit_form
 from nyxcore.errors import DomainError, InvalidInput
 from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.navigation import NavEntry
-from nyxcore.pagination import page_number
+from nyxcore.pagination import Position, page_number
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import audit as audit_events
-from nyxcore.services import endings, invitations, members, notices, seats
+from nyxcore.services import endings, invitations, member_list, members, notices, seats
 from nyxcore.templating import url_pattern
 from nyxcore.tenancy import Actor
 from nyxcore.web import form_status, notify
@@ -71,7 +71,7 @@ def _validated(form: FlaskForm) -> None:
 def overview() -> str:
     actor = acting()
     search = request.args.get("q", "")[:100]
-    page = members.list_members(actor, page=_page_arg(), search=search)
+    page = member_list.list_members(actor, at=Position.from_args(request.args), search=search)
     # Admins see the first few pending invitations here; the invitations page has them all.
     pending: dict[str, Any] = {}
     if invitations.MANAGE.permits(actor.role, email_verified=actor.email_verified):
@@ -84,7 +84,9 @@ def overview() -> str:
         "team/overview.html",
         tenant=actor.tenant,
         page=page,
-        seats=seats.SeatUsage(page.members, page.open_invitations, actor.tenant.seat_limit),
+        seats=seats.SeatUsage(
+            page.members, page.open_invitations, actor.tenant.seat_limit, capped=page.members_capped
+        ),
         search=search,
         manageable={
             m.id for m in page.items if m.id != actor.member_id and can_manage_role(actor.role, m.role, m.role)
@@ -156,7 +158,7 @@ def _render_settings(
     transfer = TransferForm(prefix="transfer")
     transfer.member_id.choices = [
         SelectChoice(str(m.id), f"{m.name} ({m.role.label})")
-        for m in members.list_members(actor, page=1, per_page=500).items
+        for m in member_list.list_members(actor, per_page=500).items
         if m.id != actor.member_id
     ]
     form = form or SettingsForm(obj=actor.tenant)

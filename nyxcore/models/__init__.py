@@ -112,6 +112,12 @@ class User(UUIDPrimaryKey, Base):
         return str(self.id)
 
 
+# Member search (migration 0017): trigram indexes for LIKE '%term%', read by nyxcore_member_matches().
+_TRIGRAMS: dict[str, Any] = {"lower_name": "gin_trgm_ops", "email": "gin_trgm_ops"}
+Index("ix_users_name_trgm", func.lower(User.name).label("lower_name"), postgresql_using="gin", postgresql_ops=_TRIGRAMS)
+Index("ix_users_email_trgm", User.email, postgresql_using="gin", postgresql_ops=_TRIGRAMS)
+
+
 class AccountToken(UUIDPrimaryKey, Base):
     """A single-use link for one account: reset its password, verify its address, or change it.
 

@@ -1,4 +1,4 @@
-"""Team members and settings: listing, role changes, removal, leaving, ownership, deletion.
+"""Team members and settings: role changes, removal, leaving, ownership, deletion (the list: member_list.py).
 
 A team always keeps at least one owner. Every change that could take away an owner first locks
 the team's row (`SELECT ... FOR NO KEY UPDATE`), so two concurrent requests (two owners demoting
@@ -12,26 +12,20 @@ behind. Removing and leaving go through services/departures.py, as an ended memb
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, fields
-from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Select, String, and_, bindparam, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import aliased, joinedload
+from sqlalchemy.orm import joinedload
 
-from nyxcore import tenancy
 from nyxcore.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from nyxcore.extensions import db
 from nyxcore.models import Tenant, TenantMember, User
-from nyxcore.pagination import Page, like_pattern
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role
 from nyxcore.services import audit, departures, notices, seats, voiding
 from nyxcore.services.teams import validate_slug
 from nyxcore.tenancy import Actor
 
-PER_PAGE = 50
 VIEW = Operation("team.view", TenantRole.VIEWER)
 MANAGE = Operation("members.manage", TenantRole.ADMIN)
 LEAVE = Operation("team.leave", TenantRole.VIEWER, before_two_factor=True)  # a team may not hold you hostage
@@ -39,113 +33,6 @@ SETTINGS = Operation("team.settings", TenantRole.OWNER)
 TRANSFER = Operation("team.transfer", TenantRole.OWNER)
 DELETE = Operation("team.delete", TenantRole.OWNER)
 LAST_OWNER = "A team needs at least one owner. Make someone else an owner first."
-
-
-@dataclass(frozen=True)
-class MemberRow:
-    """One line of the member list: the columns the team page shows, not ORM objects (no hashes)."""
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    role: TenantRole
-    joined_at: datetime
-    name: str
-    email: str
-    two_factor: bool
-    inviter_name: str | None
-    ends_at: datetime | None
-
-
-@dataclass(frozen=True)
-class MemberPage(Page[MemberRow]):
-    """A page of members, and what the seat count needs, read by the same statement."""
-
-    members: int = 0  # all the team's members, whatever the search
-    open_invitations: int = 0  # invitations holding a seat (services/seats.py)
-
-
-def _count_columns(in_team: Any, matches: Any, *, search: bool) -> list[Any]:
-    """How many members match, then the seat count's parts: open invitations (and all the members)."""
-    everyone = select(func.count()).select_from(TenantMember).where(in_team)
-    counted = everyone.join(User, User.id == TenantMember.user_id).where(matches) if search else everyone
-    columns = [counted.scalar_subquery(), seats.open_invitations(bindparam("tenant_id"))]
-    return [*columns, everyone.scalar_subquery()] if search else columns
-
-
-def _member_rows(*, search: bool) -> Select[Any]:
-    """The member list's statement, built once per shape: every value is a parameter.
-
-    The total is an uncorrelated sub-select (computed once, from the members alone unless searching),
-    not `count(*) OVER ()`: a window would join and check every member's user row before the LIMIT,
-    about 250 ms for a team of 50,000.
-    """
-    inviter = aliased(User)
-    in_team = and_(TenantMember.tenant_id == bindparam("tenant_id"), TenantMember.live_at(func.now()))
-    matches = or_(
-        func.lower(User.name).like(bindparam("pattern", type_=String), escape="\\"),
-        User.email.like(bindparam("pattern", type_=String), escape="\\"),
-    )
-    counts = _count_columns(in_team, matches, search=search)
-    query = (
-        select(
-            TenantMember.id,
-            TenantMember.user_id,
-            TenantMember.role,
-            TenantMember.joined_at,
-            User.name,
-            User.email,
-            User.two_factor_enabled_at.is_not(None),
-            inviter.name,
-            TenantMember.ends_at,
-            *counts,
-        )
-        .join(User, User.id == TenantMember.user_id)
-        .outerjoin(inviter, inviter.id == TenantMember.invited_by)
-        .where(in_team)
-        .execution_options(**{tenancy.ALL_TENANTS: True})
-    )
-    if search:
-        query = query.where(matches)
-    return (
-        query.order_by(TenantMember.joined_at, TenantMember.id)
-        .limit(bindparam("limit"))
-        .offset(bindparam("offset"))
-    )
-
-
-_MEMBER_ROWS = {searching: _member_rows(search=searching) for searching in (False, True)}
-# Past the last page no row carries the counts: they are asked alone.
-_COUNTS = {
-    searching: select(*_MEMBER_ROWS[searching].selected_columns[len(fields(MemberRow)) :]).execution_options(
-        **{tenancy.ALL_TENANTS: True}
-    )
-    for searching in (False, True)
-}
-
-
-def list_members(actor: Actor, *, page: int, search: str = "", per_page: int = PER_PAGE) -> MemberPage:
-    """A page of the actor's team's members in join order, how many match, and the seats, in one statement.
-
-    The statement leaves the ORM's tenant scoping (built once, it carries no loader criteria) and
-    filters by the actor's team itself; row-level security applies to it as to every statement.
-    The order matches the (tenant_id, joined_at, id) index, so a page of a large team reads one page.
-    """
-    search = search.strip().lower()
-    query = _MEMBER_ROWS[bool(search)]
-    page = max(page, 1)
-    params = {"tenant_id": actor.tenant_id, "pattern": like_pattern(search)}
-    rows = db.session.execute(query, {**params, "limit": per_page, "offset": (page - 1) * per_page}).all()
-    width = len(fields(MemberRow))
-    if rows:
-        counts = tuple(rows[0][width:])
-    elif page > 1 or search:  # past the end, or nobody matches: no row carried the counts
-        counts = tuple(db.session.execute(_COUNTS[bool(search)], params).one())
-    else:
-        counts = (0, 0, 0)
-    total, invited = counts[0], counts[1]
-    everyone = counts[2] if search else total
-    items = [MemberRow(*row[:width]) for row in rows]
-    return MemberPage(items, page, per_page, total, members=everyone, open_invitations=invited)
 
 
 def get_member(member_id: uuid.UUID) -> TenantMember:

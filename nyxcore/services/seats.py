@@ -32,15 +32,17 @@ class SeatUsage:
     members: int
     open_invitations: int
     limit: int | None
+    capped: bool = False  # there are more members than `members` (the member list counts to a cap)
 
     @property
     def used(self) -> int:
         return self.members + self.open_invitations
 
     def __str__(self) -> str:
+        more = "+" if self.capped else ""
         if self.limit is None:
-            return f"{self.members} member{'' if self.members == 1 else 's'}"
-        return f"Seats: {self.used} of {self.limit} used"
+            return f"{self.members:,}{more} member{'' if self.members == 1 and not more else 's'}"
+        return f"Seats: {self.used:,}{more} of {self.limit:,} used"
 
 
 def open_invitations(tenant_id: ColumnElement[Any] | uuid.UUID) -> ScalarSelect[int]:

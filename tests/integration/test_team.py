@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.orm import joinedload
 
 from nyxcore import tenancy
 from nyxcore.errors import Conflict
 from nyxcore.extensions import db
 from nyxcore.models import TenantMember
 from nyxcore.roles import TenantRole
-from nyxcore.services import members
+from nyxcore.services import member_list, members
 from tests.helpers import count, dicts, member_id, role_of, rows, scalar, statements_for
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
@@ -332,9 +333,10 @@ def test_audit_log_is_admin_only_and_records_changes(team, admin_engine, as_owne
 def test_services_refuse_a_stale_membership_of_another_team(app, team, make_user):
     outsider = make_user()
     with app.app_context(), tenancy.tenant_context(user_id=outsider.user_id, tenant_id=outsider.team_id):
-        actor = db.session.scalar(select(TenantMember).where(TenantMember.user_id == outsider.user_id))
+        mine = select(TenantMember).options(joinedload(TenantMember.tenant))  # as the request loads it
+        actor = db.session.scalar(mine.where(TenantMember.user_id == outsider.user_id))
         assert actor is not None
-        page = members.list_members(actor, page=1)
+        page = member_list.list_members(actor)
         assert [m.user_id for m in page.items] == [outsider.user_id]
 
 

@@ -1,0 +1,240 @@
+"""The team page's member list and member search, at the same cost for 50 or 50,000 members (issue 15).
+
+- **Pages by key.** A page is read from the `(tenant_id, joined_at, id)` index after or before the
+  key of a row (pagination.Position): no OFFSET, so the last page of a large team reads 51 rows,
+  not 50,000. The last page is the first one read backwards.
+- **A capped count.** Members are counted up to COUNT_CAP ("1,000+"), or up to the team's seat limit
+  when it has one, so that "Seats: 7 of 10 used" stays exact.
+- **Search.** A term with three letters or digits in a row is looked up through
+  `nyxcore_member_matches` (migration 0017: under RLS a `LIKE` cannot use an index), which finds a
+  page's matches in the trigram indexes or, for a common term, by walking the team in join order.
+  Shorter terms (one or two characters: trigrams cannot help) are matched while walking the list
+  in order, at most SHORT_SCAN members per page (`nyxcore_member_window`: the walk checks the
+  `users` policy only for the rows it returns); a page that found fewer than a page of matches in
+  its window links on from the window's end, so every match is still reached, page by page.
+
+Each statement leaves the ORM's tenant scoping (built once, it carries no loader criteria) and
+filters by the actor's team itself; row-level security applies to it as to every statement.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Select,
+    String,
+    Uuid,
+    bindparam,
+    column,
+    func,
+    literal,
+    null,
+    select,
+    true,
+    tuple_,
+)
+from sqlalchemy.orm import aliased
+
+from nyxcore import tenancy
+from nyxcore.extensions import db
+from nyxcore.models import TenantMember, User
+from nyxcore.pagination import AFTER, BEFORE, FIRST, LAST, Key, KeysetPage, Position, like_pattern
+from nyxcore.roles import TenantRole
+from nyxcore.services import seats
+from nyxcore.tenancy import Actor
+
+PER_PAGE = 50
+COUNT_CAP = 1000
+SHORT_SCAN = 500
+PLAIN, INDEXED, SHORT = "plain", "indexed", "short"  # the three kinds of statement (search modes)
+_KEY = (bindparam("at", type_=DateTime(timezone=True)), bindparam("key_id", type_=Uuid()))  # a page's key
+_INDEXABLE = re.compile(r"[^\W_]{3}")  # what pg_trgm can look up: three letters or digits in a row
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    """One line of the member list: the columns the team page shows, not ORM objects (no hashes)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    role: TenantRole
+    joined_at: datetime
+    name: str
+    email: str
+    two_factor: bool
+    inviter_name: str | None
+    ends_at: datetime | None
+
+
+@dataclass(frozen=True)
+class MemberPage(KeysetPage[MemberRow]):
+    """A page of members, and what the seat count needs, read by the same statement."""
+
+    members: int = 0  # all the team's members, whatever the search (capped like `total`)
+    members_capped: bool = False
+    open_invitations: int = 0  # invitations holding a seat (services/seats.py)
+    window: int = 0  # a short term's page looked at no more than this many members (0: all)
+
+
+def search_mode(search: str) -> str:
+    """Which statement serves `search` (lower-cased, stripped)."""
+    if not search:
+        return PLAIN
+    return INDEXED if _INDEXABLE.search(search) else SHORT
+
+
+def _after(direction: str, member: Any) -> Any:
+    """The keyset condition of a direction, on `member` (the table or an alias)."""
+    key = tuple_(member.joined_at, member.id)
+    cursor = tuple_(*_KEY)
+    return {AFTER: key > cursor, BEFORE: key < cursor}.get(direction, true())
+
+
+def _ordered(query: Select[Any], direction: str, member: Any) -> Select[Any]:
+    backwards = direction in (BEFORE, LAST)
+    order = (member.joined_at.desc(), member.id.desc()) if backwards else (member.joined_at, member.id)
+    return query.order_by(*order)
+
+
+def _capped_count(*conditions: Any) -> Any:
+    """How many of the team's members meet `conditions`, counting at most `cap` of them."""
+    some = (
+        select(literal(1))
+        .select_from(TenantMember)
+        .where(TenantMember.tenant_id == bindparam("tenant_id"), TenantMember.live_at(func.now()), *conditions)
+    )
+    return select(func.count()).select_from(some.limit(bindparam("cap")).subquery()).scalar_subquery()
+
+
+def _found(function: str, *arguments: Any) -> Any:
+    """The member ids one of migration 0017's search functions returns, as a sub-select."""
+    call = getattr(func, function)(bindparam("pattern", type_=String), *arguments)
+    return select(call.table_valued(column("member_id", Uuid)).render_derived().c.member_id)
+
+
+def _matches(mode: str, direction: str) -> Any:
+    """The condition on members that a search adds: the page's matches after (before) its key.
+
+    INDEXED: among the whole team (the function may use the trigram indexes).
+    SHORT: among the next `scan` members from the key only (a bounded walk).
+    """
+    backwards = literal(direction in (BEFORE, LAST))
+    if mode == INDEXED:
+        return TenantMember.id.in_(_found("nyxcore_member_matches", *_KEY, backwards, bindparam("limit")))
+    window = _found("nyxcore_member_window", *_KEY, backwards, bindparam("scan"), bindparam("limit"))
+    return TenantMember.id.in_(window)
+
+
+def _match_count() -> Any:
+    """How many members match a term, counting at most `cap` of them."""
+    some = _found("nyxcore_member_matches", null(), null(), literal(False), bindparam("cap")).subquery()
+    return select(func.count()).select_from(some).scalar_subquery()
+
+
+def _window_end(direction: str, part: Any) -> Any:
+    """`part` of the key of the last member a short-term page may look at (NULL: the list ends first)."""
+    in_team = TenantMember.tenant_id == bindparam("tenant_id")
+    query = _ordered(select(part).where(in_team, _after(direction, TenantMember)), direction, TenantMember)
+    return query.offset(bindparam("scan_last")).limit(1).scalar_subquery()
+
+
+def _extras(direction: str, mode: str) -> list[Any]:
+    """The columns after a row's: all members, open invitations, matches, the short-term window's end."""
+    matched = _match_count() if mode == INDEXED else null()
+    ends = [_window_end(direction, TenantMember.joined_at), _window_end(direction, TenantMember.id)]
+    return [
+        _capped_count(),
+        seats.open_invitations(bindparam("tenant_id")),
+        matched,
+        *(ends if mode == SHORT else [null(), null()]),
+    ]
+
+
+def _member_rows(direction: str, mode: str) -> Select[Any]:
+    """The member list's statement for one direction and search mode, built once: values are parameters."""
+    inviter = aliased(User)
+    conditions = [
+        TenantMember.tenant_id == bindparam("tenant_id"),
+        TenantMember.live_at(func.now()),  # a membership past its end is gone before the sweep removes it
+        _after(direction, TenantMember),
+    ]
+    if mode != PLAIN:
+        conditions.append(_matches(mode, direction))
+    query = (
+        select(
+            TenantMember.id,
+            TenantMember.user_id,
+            TenantMember.role,
+            TenantMember.joined_at,
+            User.name,
+            User.email,
+            User.two_factor_enabled_at.is_not(None),
+            inviter.name,
+            TenantMember.ends_at,
+            *_extras(direction, mode),
+        )
+        .join(User, User.id == TenantMember.user_id)
+        .outerjoin(inviter, inviter.id == TenantMember.invited_by)
+        .where(*conditions)
+        .execution_options(**{tenancy.ALL_TENANTS: True})
+    )
+    return _ordered(query, direction, TenantMember).limit(bindparam("limit"))
+
+
+_WIDTH = len(fields(MemberRow))
+_SHAPES = [
+    (direction, mode) for direction in (FIRST, AFTER, BEFORE, LAST) for mode in (PLAIN, INDEXED, SHORT)
+]
+_MEMBER_ROWS = {shape: _member_rows(*shape) for shape in _SHAPES}
+# An empty page carries no counts: they are asked alone.
+_COUNTS = {
+    shape: select(*query.selected_columns[_WIDTH:]).execution_options(**{tenancy.ALL_TENANTS: True})
+    for shape, query in _MEMBER_ROWS.items()
+}
+
+
+def list_members(
+    actor: Actor, *, at: Position | None = None, search: str = "", per_page: int = PER_PAGE
+) -> MemberPage:
+    """A page of the actor's team's members in join order, how many (match), and the seats, in one statement."""
+    at = at or Position()
+    search = search.strip().lower()
+    shape = (at.direction, search_mode(search))
+    cap = max(COUNT_CAP, actor.tenant.seat_limit or 0)
+    params = {
+        "tenant_id": actor.tenant_id,
+        "pattern": like_pattern(search),
+        "at": at.key.at if at.key else None,
+        "key_id": at.key.id if at.key else None,
+        "cap": cap + 1,
+        "scan": SHORT_SCAN,
+        "scan_last": SHORT_SCAN - 1,
+    }
+    rows = db.session.execute(_MEMBER_ROWS[shape], {**params, "limit": per_page + 1}).all()
+    extras = tuple(rows[0][_WIDTH:]) if rows else tuple(db.session.execute(_COUNTS[shape], params).one())
+    everyone, invited, matched, end_at, end_id = extras
+    window_end = Key(end_at, end_id) if end_at is not None else None
+    items = [MemberRow(*row[:_WIDTH]) for row in rows[:per_page]]
+    onward = Key(items[-1].joined_at, items[-1].id) if len(rows) > per_page else window_end
+    back = Key(items[0].joined_at, items[0].id) if items and at.direction in (AFTER, BEFORE) else None
+    if at.backwards:
+        items.reverse()
+        back, onward = onward, back  # read backwards: what lies further is the previous page
+    total = None if shape[1] == SHORT else (everyone if shape[1] == PLAIN else matched)
+    return MemberPage(
+        items,
+        previous=back,
+        next=onward,
+        total=None if total is None else min(total, cap),
+        capped=total is not None and total > cap,
+        members=min(everyone, cap),
+        members_capped=everyone > cap,
+        open_invitations=invited,
+        window=SHORT_SCAN if shape[1] == SHORT else 0,
+    )
