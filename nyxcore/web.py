@@ -16,7 +16,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, flash, g, jsonify, render_template, request
+from flask import Flask, flash, g, jsonify, redirect, render_template, request
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError
@@ -105,6 +105,16 @@ def form_page(template: str, form: FlaskForm, **context: Any) -> tuple[str, int]
     """Render a form's page; with errors the request rolls back and answers 400 (or the refusal's status)."""
     status = form_status(form)
     return render_template(template, form=form, **context), status
+
+
+def redirect_after_failure(message: str, location: str) -> Response:
+    """Post/redirect/get after a refused POST: roll back, show `message` on `location`, answer 303.
+
+    The message is flashed at once (not through `notify`): it is true whether or not anything commits.
+    """
+    abandon_changes()
+    flash(message, "error")
+    return redirect(location, code=303)
 
 
 def is_safe_next(target: str | None) -> bool:

@@ -285,7 +285,7 @@ def test_a_new_end_date_is_warned_about_again(app, team, admin_engine, as_admin)
 def test_a_removed_member_is_told_once_on_their_next_request(team, admin_engine, as_owner, as_member):
     name = team_name(admin_engine, team.id)
     target = member_id(admin_engine, team.id, team.accounts[M].user_id)
-    assert as_owner.post_form(f"/team/members/{target}/remove").status_code == 302
+    assert as_owner.confirm(f"/team/members/{target}/remove").status_code == 302
     first = page(as_member.get("/team/"))
     assert f"You were removed from {name}." in first
     assert f"<h1>{name}</h1>" not in first
@@ -305,7 +305,7 @@ def test_an_ended_member_is_told_once_after_the_task_removed_them(app, team, adm
 
 def test_someone_who_left_is_told_so_once(team, admin_engine, as_member):
     name = team_name(admin_engine, team.id)
-    left = as_member.post_form("/team/leave", follow_redirects=True)
+    left = as_member.confirm("/team/leave", follow_redirects=True)
     assert left.status_code == 200
     assert page(left).count(f"You left {name}.") == 1
     assert f"You left {name}." not in page(as_member.get("/team/"))
@@ -316,7 +316,7 @@ def test_a_removed_member_with_no_team_left_is_told_and_sent_to_make_one(team, a
     with admin_engine.begin() as conn:
         conn.execute(text("DELETE FROM tenants WHERE id = :t"), {"t": member.team_id})  # no personal team
     target = member_id(admin_engine, team.id, member.user_id)
-    assert as_owner.post_form(f"/team/members/{target}/remove").status_code == 302
+    assert as_owner.confirm(f"/team/members/{target}/remove").status_code == 302
     response = as_member.get("/team/", follow_redirects=True)
     assert response.request.path == "/teams/new"
     assert f"You were removed from {team_name(admin_engine, team.id)}." in page(response)
@@ -327,7 +327,7 @@ def test_switching_to_a_team_one_was_removed_from_says_why(team, admin_engine, l
     client = login_as(member, member.team_id)  # active in their personal team, the team in the switcher
     assert str(team.id) in page(client.get("/team/"))
     target = member_id(admin_engine, team.id, member.user_id)
-    assert as_owner.post_form(f"/team/members/{target}/remove").status_code == 302
+    assert as_owner.confirm(f"/team/members/{target}/remove").status_code == 302
     switched = client.post_form("/teams/switch", {"tenant_id": str(team.id)}, follow_redirects=True)
     assert switched.status_code == 200
     assert f"You were removed from {team_name(admin_engine, team.id)}." in page(switched)
@@ -340,7 +340,7 @@ def test_an_ordinary_page_never_reads_notices(app, team, admin_engine, login_as,
     client.get("/team/")
     before = statements_for(app, client, "/team/")
     target = member_id(admin_engine, team.id, team.accounts[M].user_id)
-    assert as_owner.post_form(f"/team/members/{target}/remove").status_code == 302
+    assert as_owner.confirm(f"/team/members/{target}/remove").status_code == 302
     assert statements_for(app, client, "/team/") == before
 
 
@@ -372,7 +372,7 @@ def test_a_stale_notice_from_an_earlier_removal_does_not_speak_for_a_new_ending(
 ):
     member = team.accounts[M]
     name = team_name(admin_engine, team.id)
-    assert as_owner.post_form(f"/team/members/{member_id(admin_engine, team.id, member.user_id)}/remove").status_code == 302
+    assert as_owner.confirm(f"/team/members/{member_id(admin_engine, team.id, member.user_id)}/remove").status_code == 302
     add_member(team.id, member, M)  # let in again before their next request
     end_in(admin_engine, team.id, member.user_id, timedelta(minutes=-1))
     first = page(as_member.get("/team/"))

@@ -252,7 +252,7 @@ def test_without_a_link_header_a_full_page_means_there_may_be_more(github, as_ow
 def test_owner_disconnects(team, admin_engine, as_owner):
     owner = as_owner
     connect(owner, OCTOCAT_TOKEN)
-    response = owner.post_form("/github/disconnect")
+    response = owner.confirm("/github/disconnect")
     assert response.status_code == 302
     assert rows(admin_engine, "SELECT * FROM github_tokens") == []
     (event,) = rows(admin_engine, "SELECT * FROM audit_events WHERE action = 'github.disconnected'")
@@ -265,7 +265,7 @@ def test_owner_disconnects(team, admin_engine, as_owner):
     assert repos.status_code == 404
     assert "GitHub is not connected for this team." in repos.get_data(as_text=True)
     # A second click changes nothing and records nothing.
-    assert owner.post_form("/github/disconnect").status_code == 302
+    assert owner.confirm("/github/disconnect").status_code == 302
     assert len(rows(admin_engine, "SELECT * FROM audit_events WHERE action = 'github.disconnected'")) == 1
 
 
@@ -324,7 +324,7 @@ def test_non_members_never_see_another_teams_connection(
     assert client.get("/github/repos").status_code == 404
     assert client.post_form("/teams/switch", {"tenant_id": str(team.id)}).status_code == 404
     # Their own (owner) disconnect touches only their own team.
-    assert client.post_form("/github/disconnect").status_code == 302
+    assert client.confirm("/github/disconnect").status_code == 302
     assert len(rows(admin_engine, "SELECT * FROM github_tokens")) == 1
     assert github.requests == []
 

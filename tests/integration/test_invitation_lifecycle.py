@@ -136,7 +136,7 @@ def test_each_state_is_shown_to_admins(nyx_ops, login_as, admin_engine, as_admin
             text("UPDATE invitations SET consumed_at = now() WHERE email = 'accepted@example.com'")
         )
     revoked = invitation_id(admin_engine, "revoked@example.com")
-    assert admin.post_form(f"/team/invitations/{revoked}/revoke").status_code == 302
+    assert admin.confirm(f"/team/invitations/{revoked}/revoke").status_code == 302
 
     body = page(admin.get("/team/invitations"))
     assert "Pending invitations (5)" in body

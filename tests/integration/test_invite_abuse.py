@@ -125,7 +125,7 @@ def test_removing_an_owner_revokes_their_invitations_cancels_the_mail_and_logs_i
     heir = unique_address("heir")
     assert invite(login_as(departing, acme.id), heir, TenantRole.OWNER).status_code == 200
     owner = as_owner
-    removed = owner.post_form(f"/team/members/{member_id(admin_engine, acme.id, departing.user_id)}/remove")
+    removed = owner.confirm(f"/team/members/{member_id(admin_engine, acme.id, departing.user_id)}/remove")
     assert removed.status_code == 302
 
     invitation = dicts(
@@ -198,7 +198,7 @@ def test_leaving_and_handing_over_ownership_revoke_what_the_inviter_can_no_longe
     assert invite(olive_client, from_olive, TenantRole.ADMIN).status_code == 200
     dora = login_as(departing, acme.id)
     assert invite(dora, from_dora, TenantRole.VIEWER).status_code == 200
-    transferred = olive_client.post_form(
+    transferred = olive_client.confirm(
         "/team/transfer",
         {
             "transfer-member_id": str(
@@ -207,7 +207,7 @@ def test_leaving_and_handing_over_ownership_revoke_what_the_inviter_can_no_longe
         },
     )
     assert transferred.status_code == 302  # Olive is an admin now: her admin invitation goes
-    assert dora.post_form("/team/leave").status_code == 302  # Dora leaves: all of hers go
+    assert dora.confirm("/team/leave").status_code == 302  # Dora leaves: all of hers go
     revoked = dicts(admin_engine, "SELECT email, revoked_reason FROM invitations ORDER BY created_at")
     assert revoked == [
         {"email": from_olive, "revoked_reason": "inviter_lost_role"},

@@ -81,7 +81,7 @@ def test_admin_removes_a_member_who_loses_access_on_the_next_request(team, login
     member_client = login_as(member, team.id)
     assert "Olive Owner" in member_client.get("/team/").get_data(as_text=True)
     admin_client = as_admin
-    response = admin_client.post_form(
+    response = admin_client.confirm(
         f"/team/members/{member_id(admin_engine, team.id, member.user_id)}/remove"
     )
     assert response.status_code == 302
@@ -98,7 +98,7 @@ def test_last_owner_cannot_demote_leave_or_be_removed(team, login_as, admin_engi
     demote = client.post_form(f"/team/members/{own_id}/role", {"role": "admin"})
     assert demote.status_code == 409
     assert "at least one owner" in demote.get_data(as_text=True)
-    assert client.post_form("/team/leave").status_code == 409
+    assert client.confirm("/team/leave").status_code == 409
     assert role_of(admin_engine, team.id, owner.user_id) == "owner"
 
 
@@ -106,7 +106,7 @@ def test_an_owner_may_leave_when_another_owner_remains(team, admin_engine, add_m
     second = make_user(name="Second Owner")
     add_member(team.id, second, O)
     client = as_owner
-    assert client.post_form("/team/leave").status_code == 302
+    assert client.confirm("/team/leave").status_code == 302
     assert role_of(admin_engine, team.id, team.accounts[O].user_id) is None
     assert role_of(admin_engine, team.id, second.user_id) == "owner"
 
@@ -152,7 +152,7 @@ def test_two_owners_demoting_each_other_concurrently_leave_one_owner(
 def test_transfer_ownership(team, login_as, admin_engine):
     owner, member = team.accounts[O], team.accounts[M]
     client = login_as(owner, team.id)
-    response = client.post_form(
+    response = client.confirm(
         "/team/transfer", {"transfer-member_id": str(member_id(admin_engine, team.id, member.user_id))}
     )
     assert response.status_code == 302
@@ -164,7 +164,7 @@ def test_transfer_to_another_teams_member_is_404(team, make_user, admin_engine, 
     outsider = make_user()
     outsider_membership = member_id(admin_engine, outsider.team_id, outsider.user_id)
     client = as_owner
-    response = client.post_form("/team/transfer", {"transfer-member_id": str(outsider_membership)})
+    response = client.confirm("/team/transfer", {"transfer-member_id": str(outsider_membership)})
     assert response.status_code == 404
     assert role_of(admin_engine, team.id, team.accounts[O].user_id) == "owner"
     assert role_of(admin_engine, outsider.team_id, outsider.user_id) == "owner"
@@ -206,10 +206,10 @@ def test_bad_settings_are_form_errors_that_change_nothing(team, admin_engine, da
 
 def test_delete_team_needs_its_exact_name(team, admin_engine, as_owner):
     client = as_owner
-    wrong = client.post_form("/team/delete", {"delete-confirm_name": "not the name"})
+    wrong = client.confirm("/team/delete", {"delete-confirm_name": "not the name"})
     assert wrong.status_code == 400
     assert "Type the team" in wrong.get_data(as_text=True)
-    right = client.post_form("/team/delete", {"delete-confirm_name": "Olive's team"})
+    right = client.confirm("/team/delete", {"delete-confirm_name": "Olive's team"})
     assert right.status_code == 302
     assert count(admin_engine, "SELECT count(*) FROM tenants WHERE id = :t", t=team.id) == 0
     assert count(admin_engine, "SELECT count(*) FROM tenant_members WHERE tenant_id = :t", t=team.id) == 0
@@ -246,7 +246,7 @@ def test_acting_on_another_teams_member_is_404(team, make_user, admin_engine, as
     outsider_member = member_id(admin_engine, outsider.team_id, outsider.user_id)
     client = as_owner
     assert client.post_form(f"/team/members/{outsider_member}/role", {"role": "viewer"}).status_code == 404
-    assert client.post_form(f"/team/members/{outsider_member}/remove").status_code == 404
+    assert client.confirm(f"/team/members/{outsider_member}/remove").status_code == 404
     assert role_of(admin_engine, outsider.team_id, outsider.user_id) == "owner"
 
 

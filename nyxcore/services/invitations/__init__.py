@@ -46,6 +46,7 @@ from nyxcore.services.invitations.issuing import (
     list_pending,
     renew,
     resend,
+    revocable,
     revoke,
     revoke_ungrantable,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "remind",
     "renew",
     "resend",
+    "revocable",
     "revoke",
     "revoke_ungrantable",
     "sign_up_and_accept",

@@ -30,6 +30,7 @@ from nyxcore.services.join_links.links import (
     create,
     list_links,
     parse_domains,
+    revocable,
     revoke,
     state_of,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "join",
     "list_links",
     "parse_domains",
+    "revocable",
     "revoke",
     "state_of",
     "visit",
