@@ -84,11 +84,14 @@ def confirm_page(confirmation: Confirmation) -> ResponseReturnValue:
     return page, status
 
 
-def back_on_failure(endpoint: str, **values: Any) -> Callable[[Callable[P, R]], Callable[P, R | Any]]:
+def back_on_failure(
+    endpoint: str, *, field: str | None = None, **values: Any
+) -> Callable[[Callable[P, R]], Callable[P, R | Any]]:
     """After a refused POST: roll back, say why on `endpoint`'s page and redirect there (303).
 
-    Reloading that page does not post again. A missing object (404) and a missing role (403)
-    keep their own pages: they are not something to retry.
+    Reloading that page does not post again. The reason is shown on `field` of that page's form
+    (the page must call `web.carried_errors`), else as a message. A missing object (404) and a missing
+    role (403) keep their own pages: they are not something to retry.
     """
 
     def decorator(view: Callable[P, R]) -> Callable[P, R | Any]:
@@ -101,7 +104,7 @@ def back_on_failure(endpoint: str, **values: Any) -> Callable[[Callable[P, R]], 
             except DomainError as exc:
                 if request.method != "POST":
                     raise
-                return redirect_after_failure(exc.message, url_for(endpoint, **values))
+                return redirect_after_failure(exc.message, url_for(endpoint, **values), field=field)
 
         return guarded
 

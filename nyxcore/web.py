@@ -13,11 +13,13 @@ import contextlib
 import logging
 import secrets
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Flask, flash, g, jsonify, redirect, render_template, request
+from flask import Flask, current_app, flash, g, jsonify, redirect, render_template, request, session
 from flask.typing import ResponseReturnValue
+from flask_login import current_user
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
@@ -65,8 +67,11 @@ _SECURITY_HEADERS = (
 _SECURE_HEADERS = (*_SECURITY_HEADERS, ("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
 
 
+EXPIRED_FORM = "This form had expired, so nothing was saved. What you typed is below: check it and submit it again."
+V = TypeVar("V", bound=Callable[..., Any])
 _KEEP = "nyxcore_keep_changes"  # on g: the view returned and did not abandon its changes
 _NOTICES = "nyxcore_notices"  # on g: flash messages waiting for the commit
+_CARRIED = "nyxcore_field_error"  # in the session: a refused POST's field error for the page it redirected to
 
 
 class NyxCoreFlask(Flask):
@@ -107,14 +112,30 @@ def form_page(template: str, form: FlaskForm, **context: Any) -> tuple[str, int]
     return render_template(template, form=form, **context), status
 
 
-def redirect_after_failure(message: str, location: str) -> Response:
+def redirect_after_failure(message: str, location: str, *, field: str | None = None) -> Response:
     """Post/redirect/get after a refused POST: roll back, show `message` on `location`, answer 303.
 
-    The message is flashed at once (not through `notify`): it is true whether or not anything commits.
+    With `field`, the message is shown on that field of the page's form (`carried_errors`), else
+    flashed. Either is stored at once (not through `notify`): it is true whatever commits.
     """
     abandon_changes()
-    flash(message, "error")
+    if field is None:
+        flash(message, "error")
+    else:
+        session[_CARRIED] = {"path": urlsplit(location).path, "field": field, "message": message}
     return redirect(location, code=303)
+
+
+def carried_errors(form: FlaskForm) -> FlaskForm:
+    """Show on `form` the field error a refused POST left for this page (once); the page still answers 200."""
+    carried = session.get(_CARRIED)
+    if isinstance(carried, dict) and carried.get("path") == request.path:
+        del session[_CARRIED]
+        field = getattr(form, str(carried.get("field")), None)
+        if field is not None:
+            field.errors = [*field.errors, str(carried.get("message"))]
+            form.error_status = 200
+    return form
 
 
 def is_safe_next(target: str | None) -> bool:
@@ -177,6 +198,29 @@ def register_request_hooks(app: Flask) -> None:
         authz.unbind_request_actor()
 
 
+def keeps_typed_input(view: V) -> V:
+    """Mark a form view whose page is shown again, with what was typed, when its form has expired.
+
+    The view must validate a FlaskForm before it changes anything: that validation refuses the
+    stale token again, so the view shows its form (with the values posted and a fresh token) and acts on nothing.
+    """
+    view.keeps_typed_input = True  # type: ignore[attr-defined]
+    return view
+
+
+def show_expired_form_again() -> Any | None:
+    """For a signed-in user's expired form (a stale CSRF token) on a `keeps_typed_input` view: its page again."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is None or request.method != "POST" or not getattr(view, "keeps_typed_input", False):
+        return None
+    if "actor" not in g:  # CSRFProtect runs before the request hook: bind the actor now
+        authz.bind_request_actor()
+    if not current_user.is_authenticated:
+        return None
+    flash(EXPIRED_FORM, "warning")
+    return view(**(request.view_args or {}))
+
+
 def render_error(status: int, message: str | None = None) -> tuple[Any, int]:
     title, default_message = ERROR_TITLES.get(status, ("Error", "The request failed."))
     if wants_json():
@@ -194,7 +238,10 @@ def register_error_handlers(app: Flask) -> None:
         return render_error(exc.status_code, exc.message)
 
     @app.errorhandler(CSRFError)
-    def csrf_error(exc: CSRFError) -> tuple[Any, int]:
+    def csrf_error(exc: CSRFError) -> Any:
+        kept = show_expired_form_again()
+        if kept is not None:
+            return kept
         return render_error(
             400, "The form had expired or was not sent from this site. Reload the page and try again."
         )

@@ -102,3 +102,11 @@ def statements_for(app: Any, client: Any, path: str) -> int:
     finally:
         event.remove(engine, "before_cursor_execute", record)
     return len(statements)
+
+
+def refused_page(client: Any, response: Any, location: str) -> str:
+    """A refused POST answered post/redirect/get: a 303 to `location`; the text of that page, which says why."""
+    assert (response.status_code, response.location) == (303, location)
+    page = client.get(location)
+    assert page.status_code == 200
+    return str(page.get_data(as_text=True))

@@ -14,7 +14,7 @@ from nyxcore.confirmation import Confirmation, back_on_failure, confirm_page, is
 from nyxcore.errors import DomainError
 from nyxcore.navigation import NavEntry
 from nyxcore.services import github_tokens
-from nyxcore.web import abandon_changes, form_page, notify, redirect_after_failure
+from nyxcore.web import abandon_changes, carried_errors, form_page, notify, redirect_after_failure
 
 bp = Blueprint("github", __name__, url_prefix="/github")
 NAV = (NavEntry("GitHub", "github.status", 40),)
@@ -37,19 +37,19 @@ def _status_page(form: ConnectForm) -> tuple[str, int]:
 @bp.get("/")
 @role_required(github_tokens.VIEW)
 def status() -> tuple[str, int]:
-    return _status_page(ConnectForm())
+    return _status_page(carried_errors(ConnectForm()))
 
 
 @bp.post("/connect")
 @role_required(github_tokens.MANAGE)
-@back_on_failure("github.status")
+@back_on_failure("github.status", field="token")
 def connect() -> Response:
     """Check and store a token; a refusal (bad token, GitHub unavailable) is said on the status page (303)."""
     form = ConnectForm()
     if not form.validate_on_submit():
         # The token is never carried back: the message says what to do, the field starts empty.
         problems = [error for errors in form.errors.values() for error in errors]
-        return redirect_after_failure(" ".join(problems), url_for("github.status"))
+        return redirect_after_failure(" ".join(problems), url_for("github.status"), field="token")
     login = github_tokens.connect(acting(), form.token.data)
     notify(f"GitHub is connected as @{login}.", "success")
     return redirect(url_for("github.status"))

@@ -32,7 +32,7 @@ from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import invitations, mail
 from nyxcore.services.invitations import InviteOutcome, Standing
 from nyxcore.tenancy import Actor
-from nyxcore.web import form_status, notify
+from nyxcore.web import form_status, keeps_typed_input, notify
 
 bp = Blueprint("invite", __name__)
 NAV = (NavEntry("Invitations", "invite.invitations", 30),)
@@ -72,6 +72,7 @@ def pending_invitations(
 # The team page links here by this endpoint name.
 @bp.route("/team/invitations", methods=["GET", "POST"], endpoint="invitations")
 @role_required(invitations.MANAGE)
+@keeps_typed_input
 def manage_invitations() -> tuple[str, int]:
     """Invite people (one address or many) and list the open invitations with their delivery state."""
     actor = acting()

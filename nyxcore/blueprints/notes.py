@@ -23,7 +23,7 @@ from nyxcore.navigation import NavEntry
 from nyxcore.pagination import page_number
 from nyxcore.services import notes
 from nyxcore.templating import url_pattern
-from nyxcore.web import form_page, notify
+from nyxcore.web import form_page, keeps_typed_input, notify
 
 bp = Blueprint("notes", __name__, url_prefix="/notes")
 NAV = (NavEntry("NyxBook", "notes.index", 20),)
@@ -43,6 +43,7 @@ def index() -> str:
 
 @bp.route("/new", methods=["GET", "POST"])
 @role_required(notes.WRITE)
+@keeps_typed_input
 def new() -> Response | tuple[str, int]:
     form = NoteForm()
     if form.validate_on_submit():
@@ -64,6 +65,7 @@ def show(note_id: uuid.UUID) -> str:
 
 @bp.route("/<uuid:note_id>/edit", methods=["GET", "POST"])
 @role_required(notes.WRITE)
+@keeps_typed_input
 def edit(note_id: uuid.UUID) -> Response | tuple[str, int]:
     note = notes.get_note(note_id)
     form = NoteForm(obj=note)

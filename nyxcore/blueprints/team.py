@@ -28,7 +28,7 @@ from nyxcore.services import endings, invitations, members, notices, seats
 from nyxcore.services.invitations.display import article
 from nyxcore.templating import url_pattern
 from nyxcore.tenancy import Actor
-from nyxcore.web import form_status, notify, redirect_after_failure
+from nyxcore.web import carried_errors, form_status, notify, redirect_after_failure
 
 bp = Blueprint("team", __name__, url_prefix="/team")
 NAV = (NavEntry("Team", "team.overview", 10), NavEntry("Audit log", "team.audit", 90))
@@ -97,7 +97,7 @@ def overview() -> str:
         role_url=url_pattern("team.change_role", "member_id"),
         remove_url=url_pattern("team.remove_member", "member_id"),
         end_url=url_pattern("team.set_end", "member_id"),
-        sole_owner=members.is_sole_owner(actor),
+        sole_owner=members.sole_owner_on(page, actor, searched=bool(search)),
         confirm_form=ConfirmForm(),
         **pending,
     )
@@ -112,6 +112,7 @@ def role_options(roles: list[TenantRole], *, selected: TenantRole) -> Markup:
 
 @bp.post("/members/<uuid:member_id>/role")
 @role_required(members.MANAGE)
+@back_on_failure("team.overview")
 def change_role(member_id: uuid.UUID) -> Response:
     form = RoleForm()
     _validated(form)
@@ -153,6 +154,7 @@ def remove_member(member_id: uuid.UUID) -> ResponseReturnValue:
 
 @bp.post("/members/<uuid:member_id>/end")
 @role_required(endings.SET_END)
+@back_on_failure("team.overview")
 def set_end(member_id: uuid.UUID) -> Response:
     """Give a membership its last day, or clear it (an empty date)."""
     form = EndDateForm()
@@ -270,11 +272,12 @@ def transfer() -> ResponseReturnValue:
 
 @bp.route("/delete", methods=["GET", "POST"])
 @role_required(members.DELETE)
-@back_on_failure("team.delete")
+@back_on_failure("team.delete", field="confirm_name")
 def delete() -> ResponseReturnValue:
     actor = acting()
     form = DeleteForm(prefix="delete")
     if not is_confirmed():
+        carried_errors(form)
         team = actor.tenant.name
         return confirm_page(
             Confirmation(

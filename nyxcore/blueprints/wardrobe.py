@@ -19,7 +19,7 @@ from nyxcore.navigation import NavEntry
 from nyxcore.pagination import page_number
 from nyxcore.services import wardrobe
 from nyxcore.templating import url_pattern
-from nyxcore.web import form_page, notify
+from nyxcore.web import form_page, keeps_typed_input, notify
 
 bp = Blueprint("wardrobe", __name__, url_prefix="/wardrobe")
 NAV = (NavEntry("Wardrobe", "wardrobe.index", 25),)
@@ -53,6 +53,7 @@ def index() -> str:
 
 @bp.route("/new", methods=["GET", "POST"])
 @role_required(wardrobe.USE)
+@keeps_typed_input
 def new() -> Response | tuple[str, int]:
     form = ItemForm()
     if form.validate_on_submit():
@@ -68,6 +69,7 @@ def new() -> Response | tuple[str, int]:
 
 @bp.route("/<uuid:item_id>/edit", methods=["GET", "POST"])
 @role_required(wardrobe.USE)
+@keeps_typed_input
 def edit(item_id: uuid.UUID) -> Response | tuple[str, int]:
     item = wardrobe.get_item(acting(), item_id)
     form = ItemForm(obj=item)

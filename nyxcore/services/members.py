@@ -238,6 +238,16 @@ def is_sole_owner(actor: Actor) -> bool:
     return actor.role is TenantRole.OWNER and _owner_count() <= 1
 
 
+def sole_owner_on(page: MemberPage, actor: Actor, *, searched: bool) -> bool:
+    """Whether `page` shows the actor is the only owner; no statement, so only when it lists everyone.
+
+    On a page that does not (a search, a team of several pages) the Leave confirm page says it.
+    """
+    if actor.role is not TenantRole.OWNER or searched or page.pages > 1:
+        return False
+    return sum(m.role is TenantRole.OWNER for m in page.items) == 1
+
+
 def leave_team(actor: Actor) -> None:
     """The actor leaves the active team, revoking their open invitations; the last owner may not."""
     LEAVE.check(actor)

@@ -325,7 +325,7 @@ def test_an_owner_among_owners_may_delete_their_account(team, make_user, add_mem
 def test_the_audit_log_names_an_actor_who_left_the_team(team, as_owner, login_as, admin_engine):
     member = team.accounts[TenantRole.MEMBER]
     leaving = login_as(member, team.id)
-    assert leaving.confirm("/team/leave").status_code == 302
+    assert leaving.confirm("/team/leave").status_code == 303
     page = as_owner.get("/team/audit").get_data(as_text=True)
     assert "Member Person <span class=\"muted\">(no longer in this team)</span>" in page
 

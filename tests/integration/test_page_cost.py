@@ -62,7 +62,7 @@ def test_the_member_list_shows_names_not_hashes(app, team):
 def test_a_page_past_the_end_still_counts_the_members(as_viewer):
     page = as_viewer.get("/team/?page=7").get_data(as_text=True)
     assert "Members (4)" in page
-    assert "No members match" in page
+    assert "No members on this page." in page
 
 
 def test_the_notes_list_loads_titles_not_bodies(app, team):
