@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from flask import abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -72,8 +72,9 @@ def came_from(default: str) -> str:
 
 def confirm_page(confirmation: Confirmation) -> ResponseReturnValue:
     """The confirm page (GET), or a 303 to it for a POST that did not come from it."""
-    if request.method == "POST":
-        return redirect(request.full_path.rstrip("?"), code=303)
+    if request.method == "POST":  # the page again, for what this POST named (its query and hidden values)
+        query = urlencode([*request.args.items(multi=True), *confirmation.hidden.items()])
+        return redirect(f"{request.path}?{query}" if query else request.path, code=303)
     status = form_status(confirmation.form) if confirmation.form is not None else 200
     page = render_template(
         "_confirm.html",

@@ -11,6 +11,7 @@ what the policies let through.
 
 from __future__ import annotations
 
+import html
 import socket
 import uuid
 from collections.abc import Iterator
@@ -105,8 +106,8 @@ def statements_for(app: Any, client: Any, path: str) -> int:
 
 
 def refused_page(client: Any, response: Any, location: str) -> str:
-    """A refused POST answered post/redirect/get: a 303 to `location`; the text of that page, which says why."""
+    """A refused POST answered post/redirect/get: a 303 to `location`; that page (entities decoded), which says why."""
     assert (response.status_code, response.location) == (303, location)
     page = client.get(location)
     assert page.status_code == 200
-    return str(page.get_data(as_text=True))
+    return html.unescape(page.get_data(as_text=True))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from sqlalchemy import text as sql_text
 
 from nyxcore.roles import TenantRole
 from tests.helpers import count, member_id, refused_page, scalar
@@ -338,12 +339,15 @@ def test_a_search_without_match_says_so_and_offers_to_clear_it(as_viewer):
     assert "Members (0)" not in page
 
 
-def test_leaving_the_last_team_says_what_is_true(make_user, login_as):
+def test_leaving_the_last_team_says_what_is_true(team, make_user, add_member, login_as, admin_engine):
     loner = make_user(name="Lone Wolf")
-    client = login_as(loner, loner.team_id)
+    add_member(team.id, loner, M)
+    with admin_engine.begin() as conn:  # no personal team: Olive's team is their only one
+        conn.execute(sql_text("DELETE FROM tenants WHERE id = :t"), {"t": loner.team_id})
+    client = login_as(loner, team.id)
     left = client.confirm("/team/leave", follow_redirects=True)
     page = text(left)
-    assert "You left Lone Wolf's team." in page or "You left " in page
+    assert "You left Olive's team." in page
     assert "You are not in any team now: create one, or ask a team's admin for an invitation." in page
     assert "not in a team yet" not in page
 

@@ -19,7 +19,7 @@ from nyxcore import tenancy
 from nyxcore.extensions import db
 from nyxcore.roles import TenantRole
 from nyxcore.services import endings, notices
-from tests.helpers import count, dicts, member_id, scalar, scalar_or_none, statements_for
+from tests.helpers import count, dicts, member_id, refused_page, scalar, scalar_or_none, statements_for
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 
@@ -100,11 +100,12 @@ def test_an_admin_sets_and_clears_an_end_date_audit_logged(team, admin_engine, a
 @pytest.mark.parametrize(
     ("value", "target_role", "status", "message"),
     [
-        ("past", M, 400, "The end date is in the past."),
-        ("not-a-date", M, 400, "Give the last day as a date"),
-        ("far", M, 400, "within the next ten years"),
+        # 303: post/redirect/get back to the team page, which says why; a missing role keeps its 403 page.
+        ("past", M, 303, "The end date is in the past."),
+        ("not-a-date", M, 303, "Give the last day as a date"),
+        ("far", M, 303, "within the next ten years"),
         ("soon", O, 403, "Your role cannot set an end date for someone with the Owner role."),
-        ("soon", A, 400, "You cannot give your own membership an end date."),  # the acting admin
+        ("soon", A, 303, "You cannot give your own membership an end date."),  # the acting admin
     ],
 )
 def test_bad_end_dates_are_refused_and_change_nothing(team, admin_engine, as_admin, value, target_role, status, message):
@@ -112,8 +113,9 @@ def test_bad_end_dates_are_refused_and_change_nothing(team, admin_engine, as_adm
     values = {"past": today - timedelta(days=1), "far": today + timedelta(days=3700), "soon": today}
     account = team.accounts[target_role]
     response = set_end(as_admin, member_id(admin_engine, team.id, account.user_id), str(values.get(value, value)))
+    shown = refused_page(as_admin, response, "/team/") if status == 303 else page(response)
     assert response.status_code == status
-    assert message in page(response)
+    assert message in shown
     assert ends_at(admin_engine, team.id, account.user_id) is None
     assert count(admin_engine, "SELECT count(*) FROM audit_events WHERE action LIKE 'member.end%'") == 0
 
@@ -123,11 +125,9 @@ def test_an_owners_membership_does_not_end_and_nobody_ends_their_own(team, admin
     add_member(team.id, second_owner, O)
     today = datetime.now(UTC).date().isoformat()
     refused = set_end(as_owner, member_id(admin_engine, team.id, second_owner.user_id), today)
-    assert refused.status_code == 400
-    assert "An owner's membership does not end." in page(refused)
+    assert "An owner's membership does not end." in refused_page(as_owner, refused, "/team/")
     mine = set_end(as_owner, member_id(admin_engine, team.id, team.accounts[O].user_id), today)
-    assert mine.status_code == 400
-    assert "To go, leave the team." in page(mine)
+    assert "To go, leave the team." in refused_page(as_owner, mine, "/team/")
     assert count(admin_engine, "SELECT count(*) FROM tenant_members WHERE ends_at IS NOT NULL") == 0
 
 

@@ -336,6 +336,7 @@ def url_values(app: Flask, team: Any, login_as: Any, admin_engine: Engine) -> di
         conn.execute(text("UPDATE invitations SET expires_at = now() - interval '1 hour' WHERE email = 'expired@example.com'"))
         _team_at_the_visitors_domain(conn)
     _connect_github(app, admin_engine, team.id)
+    login_as(team.accounts[TenantRole.OWNER], team.id)  # another session: /account offers to revoke it
     values = {
         "token": token,
         "join_token": _join_link(login_as(admin, admin.team_id)),  # the others may join the admin's team

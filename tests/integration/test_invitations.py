@@ -756,8 +756,10 @@ def test_resend_replaces_the_pending_invitation(nyx_ops, admin_engine, as_admin)
     assert count(admin_engine, "SELECT count(*) FROM outbox_emails") == 2
     assert count(admin_engine, "SELECT count(*) FROM audit_events WHERE action = 'invitation.resent'") == 1
     # Resending or revoking the replaced one again is a conflict, not a second invitation.
-    for action in (admin.post_form(f"/team/invitations/{old['id']}/resend"), admin.confirm(f"/team/invitations/{old['id']}/revoke")):
-        assert "was already revoked or replaced" in refused_page(admin, action, "/team/invitations")
+    resent = admin.post_form(f"/team/invitations/{old['id']}/resend")
+    assert "was already revoked or replaced" in refused_page(admin, resent, "/team/invitations")
+    revoked = admin.confirm(f"/team/invitations/{old['id']}/revoke")
+    assert "was already revoked or replaced" in refused_page(admin, revoked, "/team/invitations")
     assert count(admin_engine, "SELECT count(*) FROM invitations") == 2
 
 
