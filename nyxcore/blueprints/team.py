@@ -240,7 +240,9 @@ def settings() -> Response | tuple[str, int]:
 def transfer() -> ResponseReturnValue:
     """Choose the new owner on the settings page (a GET form), confirm here, then transfer (POST)."""
     actor = acting()
-    form = TransferForm(request.values, prefix="transfer", meta={"csrf": False})
+    # The confirmed POST acts on the member its form names, never on the query of its address.
+    sent = request.form if request.method == "POST" else request.args
+    form = TransferForm(sent, prefix="transfer", meta={"csrf": False})
     if not form.member_id.data:
         form.member_id.errors = [NO_MEMBER_CHOSEN]
         return _render_settings(actor, transfer=form)
