@@ -18,7 +18,7 @@ from wtforms import SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from nyxcore.authz import acting, permits, role_required
-from nyxcore.confirmation import Confirmation, confirm_page, is_confirmed
+from nyxcore.confirmation import Confirmation, back_on_failure, confirm_page, is_confirmed
 from nyxcore.errors import Conflict, DomainError, RateLimited
 from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.navigation import NavEntry
@@ -146,6 +146,7 @@ def check(domain_id: uuid.UUID) -> Response:
 
 @bp.post("/domains/<uuid:domain_id>/join")
 @role_required(team_domains.MANAGE)
+@back_on_failure("domains.index")
 def join_settings(domain_id: uuid.UUID) -> Response:
     form = JoinSettingsForm()
     if not form.validate_on_submit():
@@ -192,6 +193,7 @@ def requests() -> str:
 
 @bp.post("/join-requests/<uuid:request_id>/approve")
 @role_required(domain_joining.DECIDE)
+@back_on_failure("domains.requests")
 def approve(request_id: uuid.UUID) -> Response:
     _confirmed()
     decided = domain_joining.decide(acting(), request_id, approve=True)
@@ -204,6 +206,7 @@ def approve(request_id: uuid.UUID) -> Response:
 
 @bp.post("/join-requests/<uuid:request_id>/decline")
 @role_required(domain_joining.DECIDE)
+@back_on_failure("domains.requests")
 def decline(request_id: uuid.UUID) -> Response:
     _confirmed()
     decided = domain_joining.decide(acting(), request_id, approve=False)
