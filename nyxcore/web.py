@@ -154,11 +154,13 @@ def register_request_hooks(app: Flask) -> None:
     """Bind the tenant context per request, commit once at the end, and add security headers."""
 
     @app.before_request
-    def bind_context() -> None:
+    def bind_context() -> tuple[str, int] | None:
         g.request_id = request.headers.get("X-Request-ID", "")[:64] or secrets.token_hex(8)
         g.started_at = time.perf_counter()
         if request.endpoint not in _SKIP_CONTEXT_ENDPOINTS:
             authz.bind_request_actor()
+            return show_typed_input_after_sign_out()
+        return None
 
     @app.after_request
     def finish_transaction(response: Response) -> Response:
@@ -208,17 +210,43 @@ def keeps_typed_input(view: V) -> V:
     return view
 
 
-def show_expired_form_again() -> Any | None:
-    """For a signed-in user's expired form (a stale CSRF token) on a `keeps_typed_input` view: its page again."""
+def _keeps_typed_input() -> Any | None:
+    """The view of this POST if it is marked `keeps_typed_input`, else None."""
     view = current_app.view_functions.get(request.endpoint or "")
     if view is None or request.method != "POST" or not getattr(view, "keeps_typed_input", False):
+        return None
+    return view
+
+
+def show_expired_form_again() -> Any | None:
+    """For an expired form (a stale CSRF token) on a `keeps_typed_input` view: its page again, or the text."""
+    view = _keeps_typed_input()
+    if view is None:
         return None
     if "actor" not in g:  # CSRFProtect runs before the request hook: bind the actor now
         authz.bind_request_actor()
     if not current_user.is_authenticated:
-        return None
+        return show_typed_input_after_sign_out()
     flash(EXPIRED_FORM, "warning")
     return view(**(request.view_args or {}))
+
+
+def show_typed_input_after_sign_out() -> tuple[str, int] | None:
+    """A form posted after its session ended: nothing is done, and what was typed is shown to copy.
+
+    None when nothing was typed (the usual log-in redirect then applies). Passwords and tokens are
+    never shown back.
+    """
+    if _keeps_typed_input() is None or current_user.is_authenticated:
+        return None
+    typed = [
+        (name, value)
+        for name, value in request.form.items(multi=True)
+        if value.strip() and name != "csrf_token" and not any(s in name for s in ("password", "token"))
+    ]
+    if not typed:
+        return None
+    return render_template("signed_out_form.html", typed=typed), 401
 
 
 def render_error(status: int, message: str | None = None) -> tuple[Any, int]:

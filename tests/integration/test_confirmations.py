@@ -358,3 +358,18 @@ def test_the_top_bar_has_invitations_and_the_audit_log_once(as_admin, as_owner):
     assert 'href="/team/invitations"' in nav
     owner_page = as_owner.get("/team/").get_data(as_text=True)
     assert owner_page.count('href="/team/audit"') == 1
+
+
+def test_a_note_posted_after_the_session_ended_is_shown_to_copy_not_lost(as_member, team, admin_engine):
+    with admin_engine.begin() as conn:  # the session ends (idle time, sign out everywhere) while writing
+        conn.execute(sql_text("UPDATE user_sessions SET revoked_at = now()"))
+    body = "Notes from the incident\nline two"
+    posted = as_member.post_form("/notes/new", {"title": "Incident", "body": body})
+    page = text(posted)
+    assert posted.status_code == 401
+    assert "Your session ended before this form was sent, so nothing was saved." in page
+    assert body in page and "Incident" in page
+    assert 'href="/auth/login?next=/notes/new"' in page
+    assert count(admin_engine, "SELECT count(*) FROM notes") == 0
+    # Nothing typed, nothing to keep: the usual way to log in.
+    assert as_member.post_form("/notes/new", {}).status_code == 302
