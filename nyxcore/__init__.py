@@ -173,9 +173,9 @@ def register_request_hooks(app: Flask) -> None:
 
 
 def register_error_handlers(app: Flask) -> None:
-    from nyxcore import web
+    from nyxcore import error_pages
 
-    web.register_error_handlers(app)
+    error_pages.register_error_handlers(app)
 
 
 def register_template_helpers(app: Flask) -> None:

@@ -303,7 +303,7 @@ def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R
                 return response
             actor = current_actor()
             if actor is None:
-                flash("You are not in a team yet. Create one to continue.", "info")  # nothing to commit
+                flash("You are not in any team now: create one, or ask a team's admin for an invitation.", "info")  # nothing to commit
                 return redirect(url_for("teams.new"))
             needed.check(actor)
             if (

@@ -9,56 +9,31 @@ session and Celery only once the transaction is committed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Flask, flash, g, jsonify, render_template, request
+from flask import Flask, current_app, flash, g, redirect, render_template, request, session
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from flask.wrappers import Request
+from flask_login import current_user
 from flask_wtf import FlaskForm
-from flask_wtf.csrf import CSRFError
 from itsdangerous import URLSafeTimedSerializer
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.wrappers.response import Response
 
 from nyxcore import authz
-from nyxcore.errors import DomainError
-from nyxcore.extensions import db, limiter, login_manager
+from nyxcore.extensions import db
 from nyxcore.services import mail
-from nyxcore.templating import viewer_zone
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 log = logging.getLogger("nyxcore.request")
 
-ERROR_TITLES = {
-    400: (
-        "Bad request",
-        "The request could not be understood. If you submitted a form, reload the page and try again.",
-    ),
-    403: ("Not allowed", "Your role in this team does not allow this."),
-    404: ("Not found", "There is nothing here, or it belongs to a team you are not in."),
-    405: ("Method not allowed", "This address does not accept that kind of request."),
-    409: ("Conflict", "This clashes with the current state. Reload the page and try again."),
-    410: ("Gone", "This link is no longer valid."),
-    413: ("Too large", "The request is larger than this server accepts."),
-    429: ("Too many requests", "You are going too fast. Wait a little and try again."),
-    500: ("Something went wrong", "An unexpected error occurred. It has been logged; please try again."),
-    502: ("Service problem", "A service NyxCore relies on did not answer as expected. Try again later."),
-    503: ("Briefly unavailable", "NyxCore cannot reach its database just now. Try again in a few seconds."),
-}
-# Seconds a 503 (the database unreachable: restarting, failing over) asks the client to wait.
-RETRY_AFTER_SECONDS = 5
 _SKIP_CONTEXT_ENDPOINTS = {"static", "api.health", "main.favicon"}
 # Added to every response that does not set them itself, as (lower-case name, (name, value)).
 _SECURITY_HEADERS = tuple(
@@ -81,8 +56,11 @@ _SECURE_HEADERS = (*_SECURITY_HEADERS, (_HSTS[0].lower(), _HSTS))
 
 # Hooks, views and error handlers are a few dozen; closures made per request must not pile up.
 _SYNC_CACHE_SIZE = 512
+EXPIRED_FORM = "This form had expired, so nothing was saved. What you typed is below: check it and submit it again."
+V = TypeVar("V", bound=Callable[..., Any])
 _KEEP = "nyxcore_keep_changes"  # on g: the view returned and did not abandon its changes
 _NOTICES = "nyxcore_notices"  # on g: flash messages waiting for the commit
+_CARRIED = "nyxcore_field_error"  # in the session: a refused POST's field error for the page it redirected to
 
 
 class CookieSessions(SecureCookieSessionInterface):
@@ -175,6 +153,32 @@ def form_page(template: str, form: FlaskForm, **context: Any) -> tuple[str, int]
     return render_template(template, form=form, **context), status
 
 
+def redirect_after_failure(message: str, location: str, *, field: str | None = None) -> Response:
+    """Post/redirect/get after a refused POST: roll back, show `message` on `location`, answer 303.
+
+    With `field`, the message is shown on that field of the page's form (`carried_errors`), else
+    flashed. Either is stored at once (not through `notify`): it is true whatever commits.
+    """
+    abandon_changes()
+    if field is None:
+        flash(message, "error")
+    else:
+        session[_CARRIED] = {"path": urlsplit(location).path, "field": field, "message": message}
+    return redirect(location, code=303)
+
+
+def carried_errors(form: FlaskForm) -> FlaskForm:
+    """Show on `form` the field error a refused POST left for this page (once); the page still answers 200."""
+    carried = session.get(_CARRIED)
+    if isinstance(carried, dict) and carried.get("path") == request.path:
+        del session[_CARRIED]
+        field = getattr(form, str(carried.get("field")), None)
+        if field is not None:
+            field.errors = [*field.errors, str(carried.get("message"))]
+            form.error_status = 200
+    return form
+
+
 def is_safe_next(target: str | None) -> bool:
     """True only for a path on this site: no scheme, no host, no protocol-relative or backslash tricks."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -199,11 +203,13 @@ def register_request_hooks(app: Flask) -> None:
     """Bind the tenant context per request, commit once at the end, and add security headers."""
 
     @app.before_request
-    def bind_context() -> None:
+    def bind_context() -> tuple[str, int] | None:
         current_request_id()
         g.started_at = time.perf_counter()
         if request.endpoint not in _SKIP_CONTEXT_ENDPOINTS:
             authz.bind_request_actor()
+            return show_typed_input_after_sign_out()
+        return None
 
     @app.after_request
     def finish_transaction(response: Response) -> Response:
@@ -240,97 +246,50 @@ def register_request_hooks(app: Flask) -> None:
         authz.unbind_request_actor()
 
 
-def render_error(status: int, message: str | None = None) -> tuple[Any, int]:
-    """The one error page (or JSON under /api/), with the request id to quote."""
-    title, default_message = ERROR_TITLES.get(status, ("Error", "The request failed."))
-    request_id = current_request_id()
-    if wants_json():
-        return jsonify(error=title, message=message or default_message, request_id=request_id), status
-    return render_template(
-        "errors/error.html", status=status, title=title, message=message or default_message, request_id=request_id
-    ), status
+def keeps_typed_input(view: V) -> V:
+    """Mark a form view whose page is shown again, with what was typed, when its form has expired.
+
+    The view must validate a FlaskForm before it changes anything: that validation refuses the
+    stale token again, so the view shows its form (with the values posted and a fresh token) and acts on nothing.
+    """
+    view.keeps_typed_input = True  # type: ignore[attr-defined]
+    return view
 
 
-def too_many_requests() -> tuple[Any, ...]:
-    """The 429 page for a Flask-Limiter limit: when to try again, in words and as Retry-After."""
-    wait = _seconds_until_reset()
-    if wait is None:  # the limit's storage could not say: the page stays general
-        return render_error(429)
-    again = viewer_zone().local(datetime.fromtimestamp(time.time() + wait, UTC)).strftime("%H:%M:%S")
-    span = f"{wait} second{'s' if wait != 1 else ''}" if wait < 120 else f"about {math.ceil(wait / 60)} minutes"
-    message = f"You are going too fast. Try again in {span} (at {again}, {viewer_zone().name})."
-    body, status = render_error(429, message)
-    return body, status, {"Retry-After": str(wait)}
-
-
-def _seconds_until_reset() -> int | None:
-    try:
-        current = limiter.current_limit
-        reset_at = current.reset_at if current is not None else None
-    except Exception:  # whatever the limit's storage raises, the 429 page must still answer
+def _keeps_typed_input() -> Any | None:
+    """The view of this POST if it is marked `keeps_typed_input`, else None."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is None or request.method != "POST" or not getattr(view, "keeps_typed_input", False):
         return None
-    return None if reset_at is None else max(1, math.ceil(reset_at - time.time()))
+    return view
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Every error, domain or HTTP, becomes one page (or JSON under /api/) decided here."""
-
-    @app.errorhandler(DomainError)
-    def domain_error(exc: DomainError) -> tuple[Any, int]:
-        return render_error(exc.status_code, exc.message)
-
-    @app.errorhandler(CSRFError)
-    def csrf_error(exc: CSRFError) -> tuple[Any, int]:
-        return render_error(
-            400, "The form had expired or was not sent from this site. Reload the page and try again."
-        )
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> tuple[Any, ...] | HTTPException:
-        if exc.code is None or exc.code < 400:
-            return exc
-        if exc.code == 429:
-            return too_many_requests()
-        return render_error(exc.code)
-
-    @app.errorhandler(InternalServerError)
-    def internal_error(exc: InternalServerError) -> tuple[Any, ...]:
-        if database_unreachable(exc.original_exception):
-            return database_unavailable(exc.original_exception)
-        # No rollback here: it would expire what the layout shows; after_request rolls back (it raised).
-        log.error("unhandled error", exc_info=exc.original_exception or exc)
-        if not db.session.is_active:
-            # A failed flush already rolled back and expired it all: any lazy load would raise again.
-            db.session.rollback()
-            g.actor, g.my_teams = None, []
-        return render_error(500)
+def show_expired_form_again() -> Any | None:
+    """For an expired form (a stale CSRF token) on a `keeps_typed_input` view: its page again, or the text."""
+    view = _keeps_typed_input()
+    if view is None:
+        return None
+    if "actor" not in g:  # CSRFProtect runs before the request hook: bind the actor now
+        authz.bind_request_actor()
+    if not current_user.is_authenticated:
+        return show_typed_input_after_sign_out()
+    flash(EXPIRED_FORM, "warning")
+    return view(**(request.view_args or {}))
 
 
-def database_unreachable(error: BaseException | None) -> bool:
-    """Whether `error` says the database connection is gone (a restart, a failover), not a bug.
+def show_typed_input_after_sign_out() -> tuple[str, int] | None:
+    """A form posted after its session ended: nothing is done, and what was typed is shown to copy.
 
-    An error the server answered with carries a SQLSTATE (a deadlock 40P01, a statement timeout
-    57014: psycopg2 raises those as OperationalError too); those are faults to log, not an outage.
-    A lost or refused connection has none.
+    None when nothing was typed (the usual log-in redirect then applies). Passwords and tokens are
+    never shown back.
     """
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
-        return True
-    no_answer = getattr(getattr(error, "orig", None), "pgcode", None) is None
-    return isinstance(error, OperationalError | InterfaceError) and no_answer
-
-
-def database_unavailable(error: BaseException | None) -> tuple[Any, ...]:
-    """A clean 503 for a request the database dropped: no traceback, a Retry-After, logged briefly.
-
-    SQLAlchemy has already invalidated the pool's connections to the old server, so the next
-    requests connect afresh: once the database answers again, service resumes by itself.
-    """
-    log.warning("database unreachable: %s", type(error).__name__)
-    with contextlib.suppress(SQLAlchemyError):  # the connection is gone: rolling back may fail too
-        db.session.rollback()
-    # The layout must not query the database again: no teams, and an anonymous user (or Flask-Login's
-    # context processor would call the user loader once more).
-    g.actor, g.my_teams = None, []
-    login_manager._update_request_context_with_user()
-    body, status = render_error(503)
-    return body, status, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if _keeps_typed_input() is None or current_user.is_authenticated:
+        return None
+    typed = [
+        (name, value)
+        for name, value in request.form.items(multi=True)
+        if value.strip() and name != "csrf_token" and not any(s in name for s in ("password", "token"))
+    ]
+    if not typed:
+        return None
+    return render_template("signed_out_form.html", typed=typed), 401

@@ -393,6 +393,10 @@ class Client(FlaskClient):
     def post_form(self, url: str, data: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         return self.post(url, data={"csrf_token": self.csrf_token(), **(data or {})}, **kwargs)
 
+    def confirm(self, url: str, data: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Post as a confirm page does (nyxcore/confirmation.py): the token and `confirmed=yes`."""
+        return self.post_form(url, {"confirmed": "yes", **(data or {})}, **kwargs)
+
     def login(self, email: str, password: str = PASSWORD) -> Any:
         return self.post_form("/auth/login", {"email": email, "password": password})
 

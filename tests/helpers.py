@@ -11,6 +11,7 @@ what the policies let through.
 
 from __future__ import annotations
 
+import html
 import socket
 import uuid
 from collections.abc import Iterator
@@ -110,3 +111,11 @@ def statements_for(app: Any, client: Any, path: str, *, mentioning: str = "") ->
 
 # A member list key after every member (`/team/?after=...`): an empty page that must still count.
 PAST_THE_END = Key(datetime(2100, 1, 1, tzinfo=UTC), uuid.UUID(int=0))
+
+
+def refused_page(client: Any, response: Any, location: str) -> str:
+    """A refused POST answered post/redirect/get: a 303 to `location`; that page (entities decoded), which says why."""
+    assert (response.status_code, response.location) == (303, location)
+    page = client.get(location)
+    assert page.status_code == 200
+    return html.unescape(page.get_data(as_text=True))

@@ -10,7 +10,8 @@ import logging
 import uuid
 from datetime import timedelta
 
-from flask import Blueprint, abort, current_app, redirect, render_template, session, url_for
+from flask import Blueprint, current_app, redirect, render_template, session, url_for
+from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required, logout_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
@@ -18,9 +19,10 @@ from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from nyxcore import authz, timezones, user_agents
+from nyxcore.confirmation import Confirmation, confirm_page, is_confirmed
 from nyxcore.errors import DomainError
 from nyxcore.extensions import configured_limit, limiter
-from nyxcore.forms import ConfirmForm, MinPasswordLength, add_domain_error
+from nyxcore.forms import MinPasswordLength, add_domain_error
 from nyxcore.models import User
 from nyxcore.services import account_deletion, account_settings, sessions
 from nyxcore.services.account_deletion import TeamStanding
@@ -157,12 +159,24 @@ def change_password() -> Response | tuple[str, int]:
     return _render_account(password_form=form)
 
 
-@bp.post("/sessions/<uuid:session_id>/revoke")
+@bp.route("/sessions/<uuid:session_id>/revoke", methods=["GET", "POST"])
 @login_required  # type: ignore[untyped-decorator]
-def revoke_session(session_id: uuid.UUID) -> Response:
+def revoke_session(session_id: uuid.UUID) -> ResponseReturnValue:
     """End one of the user's live sessions; any other id answers 404 and changes nothing."""
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
+    if not is_confirmed():
+        live = sessions.live_session(_me().id, session_id, idle=_idle())
+        browser = user_agents.summarise(live.user_agent)
+        return confirm_page(
+            Confirmation(
+                title=f"Sign out {browser}?",
+                consequences=(
+                    f"{browser}, last seen {live.last_seen_at:%Y-%m-%d %H:%M} UTC, is signed out at its"
+                    " next request: whoever uses it must log in again with your password.",
+                ),
+                button=f"Sign out {browser}",
+                back=url_for("account.index"),
+            )
+        )
     record = sessions.end_by_id(_me().id, session_id, idle=_idle())
     if sessions.is_named_by(record, _token()):
         return _signed_out("This browser was signed out.")
@@ -170,11 +184,21 @@ def revoke_session(session_id: uuid.UUID) -> Response:
     return redirect(url_for("account.index"))
 
 
-@bp.post("/sessions/end-all")
+@bp.route("/sessions/end-all", methods=["GET", "POST"])
 @login_required  # type: ignore[untyped-decorator]
-def sign_out_everywhere() -> Response:
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
+def sign_out_everywhere() -> ResponseReturnValue:
+    if not is_confirmed():
+        return confirm_page(
+            Confirmation(
+                title="Sign out everywhere?",
+                consequences=(
+                    "Every browser where you are signed in is signed out, this one too:"
+                    " you log in again here, and on your other devices.",
+                ),
+                button="Sign out everywhere",
+                back=url_for("account.index"),
+            )
+        )
     sessions.end_all(_me().id)
     return _signed_out("You were signed out everywhere, in this browser too.")
 

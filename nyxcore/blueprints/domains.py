@@ -11,12 +11,14 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, abort, redirect, render_template, url_for
+from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
 from wtforms import SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from nyxcore.authz import acting, permits, role_required
+from nyxcore.confirmation import Confirmation, back_on_failure, confirm_page, is_confirmed
 from nyxcore.errors import Conflict, DomainError, RateLimited
 from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.navigation import NavEntry
@@ -144,6 +146,7 @@ def check(domain_id: uuid.UUID) -> Response:
 
 @bp.post("/domains/<uuid:domain_id>/join")
 @role_required(team_domains.MANAGE)
+@back_on_failure("domains.index")
 def join_settings(domain_id: uuid.UUID) -> Response:
     form = JoinSettingsForm()
     if not form.validate_on_submit():
@@ -153,11 +156,27 @@ def join_settings(domain_id: uuid.UUID) -> Response:
     return redirect(url_for("domains.index"))
 
 
-@bp.post("/domains/<uuid:domain_id>/remove")
+@bp.route("/domains/<uuid:domain_id>/remove", methods=["GET", "POST"])
 @role_required(team_domains.MANAGE)
-def remove(domain_id: uuid.UUID) -> Response:
-    _confirmed()
-    claim = team_domains.remove(acting(), domain_id)
+def remove(domain_id: uuid.UUID) -> ResponseReturnValue:
+    actor = acting()
+    claim = team_domains.get_claim(actor, domain_id)
+    if not is_confirmed():
+        team = actor.tenant.name
+        consequences = [f"People at {claim.domain} no longer see {team} under “Teams you can join”."]
+        if claim.verified_at is not None:
+            consequences.append(
+                f"{claim.domain} stops being verified for {team}: to claim it again you publish a new TXT record."
+            )
+        return confirm_page(
+            Confirmation(
+                title=f"Remove {claim.domain}?",
+                consequences=consequences,
+                button=f"Remove {claim.domain}",
+                back=url_for("domains.index"),
+            )
+        )
+    claim = team_domains.remove(actor, domain_id)
     notify(f"{claim.domain} removed. People at it no longer see this team.", "success")
     return redirect(url_for("domains.index"))
 
@@ -174,6 +193,7 @@ def requests() -> str:
 
 @bp.post("/join-requests/<uuid:request_id>/approve")
 @role_required(domain_joining.DECIDE)
+@back_on_failure("domains.requests")
 def approve(request_id: uuid.UUID) -> Response:
     _confirmed()
     decided = domain_joining.decide(acting(), request_id, approve=True)
@@ -186,6 +206,7 @@ def approve(request_id: uuid.UUID) -> Response:
 
 @bp.post("/join-requests/<uuid:request_id>/decline")
 @role_required(domain_joining.DECIDE)
+@back_on_failure("domains.requests")
 def decline(request_id: uuid.UUID) -> Response:
     _confirmed()
     decided = domain_joining.decide(acting(), request_id, approve=False)

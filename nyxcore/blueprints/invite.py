@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
@@ -22,6 +23,7 @@ from wtforms.validators import AnyOf, DataRequired, Length
 
 from nyxcore import authz
 from nyxcore.authz import acting, role_required
+from nyxcore.confirmation import Confirmation, back_on_failure, confirm_page, is_confirmed
 from nyxcore.errors import DomainError
 from nyxcore.extensions import configured_limit, limiter, login_manager
 from nyxcore.forms import ConfirmForm, add_domain_error
@@ -32,7 +34,7 @@ from nyxcore.services import invitations, mail
 from nyxcore.services.invitations import InviteOutcome, Standing
 from nyxcore.templating import viewer_zone
 from nyxcore.tenancy import Actor
-from nyxcore.web import form_status, notify
+from nyxcore.web import form_status, keeps_typed_input, notify
 
 bp = Blueprint("invite", __name__)
 NAV = (NavEntry("Invitations", "invite.invitations", 30),)
@@ -71,6 +73,7 @@ def pending_invitations(
 # The team page links here by this endpoint name.
 @bp.route("/team/invitations", methods=["GET", "POST"], endpoint="invitations")
 @role_required(invitations.MANAGE)
+@keeps_typed_input
 def manage_invitations() -> tuple[str, int]:
     """Invite people (one address or many) and list the open invitations with their delivery state."""
     actor = acting()
@@ -114,6 +117,7 @@ def _live_pending(actor: Actor) -> dict[str, Any]:
 
 @bp.post("/team/invitations/<uuid:invitation_id>/resend")
 @role_required(invitations.MANAGE)
+@back_on_failure("invite.invitations")
 def resend(invitation_id: uuid.UUID) -> Response:
     if not ConfirmForm().validate_on_submit():
         abort(400)
@@ -126,6 +130,7 @@ def resend(invitation_id: uuid.UUID) -> Response:
 
 @bp.post("/team/invitations/<uuid:invitation_id>/renew")
 @role_required(invitations.MANAGE)
+@back_on_failure("invite.invitations")
 def renew(invitation_id: uuid.UUID) -> Response:
     """An expired invitation: a new link, a new expiry and a new email; the old link answers 410."""
     if not ConfirmForm().validate_on_submit():
@@ -139,12 +144,26 @@ def renew(invitation_id: uuid.UUID) -> Response:
     return redirect(url_for("invite.invitations"))
 
 
-@bp.post("/team/invitations/<uuid:invitation_id>/revoke")
+@bp.route("/team/invitations/<uuid:invitation_id>/revoke", methods=["GET", "POST"])
 @role_required(invitations.MANAGE)
-def revoke(invitation_id: uuid.UUID) -> Response:
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
-    invitation = invitations.revoke(acting(), invitation_id)
+@back_on_failure("invite.invitations")
+def revoke(invitation_id: uuid.UUID) -> ResponseReturnValue:
+    actor = acting()
+    invitation = invitations.revocable(actor, invitation_id)
+    if not is_confirmed():
+        return confirm_page(
+            Confirmation(
+                title=f"Revoke the invitation for {invitation.email}?",
+                consequences=(
+                    f"The invitation link sent to {invitation.email} stops working at once;"
+                    " an e-mail not sent yet is not sent.",
+                    f"To let them in later, invite {invitation.email} again.",
+                ),
+                button="Revoke the invitation",
+                back=url_for("invite.invitations"),
+            )
+        )
+    invitation = invitations.revoke(actor, invitation_id)
     notify(f"The invitation for {invitation.email} was revoked; its link no longer works.", "success")
     return redirect(url_for("invite.invitations"))
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from flask import Blueprint, abort, make_response, redirect, render_template, url_for
+from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
@@ -22,6 +23,7 @@ from wtforms.validators import InputRequired, Length
 
 from nyxcore import authz
 from nyxcore.authz import acting, role_required
+from nyxcore.confirmation import Confirmation, back_on_failure, confirm_page, is_confirmed
 from nyxcore.errors import DomainError
 from nyxcore.extensions import configured_limit, limiter, login_manager
 from nyxcore.forms import ConfirmForm, add_domain_error
@@ -64,7 +66,6 @@ def _page(form: JoinLinkForm, created: join_links.CreatedLink | None = None) -> 
         links=join_links.list_links(acting()),
         created=created,
         created_url=account_mail.link(url_for("join_links.show", join_token=created.token)) if created else None,
-        confirm_form=ConfirmForm(),
         max_days=join_links.LINK_MAX_DAYS,
     )
     response = make_response(page, status)
@@ -93,12 +94,26 @@ def manage() -> Response:
     return _page(form, created)
 
 
-@bp.post("/team/join-links/<uuid:link_id>/revoke")
+@bp.route("/team/join-links/<uuid:link_id>/revoke", methods=["GET", "POST"])
 @role_required(join_links.MANAGE)
-def revoke(link_id: uuid.UUID) -> Response:
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
-    join_links.revoke(acting(), link_id)
+@back_on_failure("join_links.manage")
+def revoke(link_id: uuid.UUID) -> ResponseReturnValue:
+    actor = acting()
+    link = join_links.revocable(actor, link_id)
+    if not is_confirmed():
+        role, left = link.role.label.lower(), link.max_uses - link.uses
+        return confirm_page(
+            Confirmation(
+                title=f"Revoke this {role} join link?",
+                consequences=(
+                    f"The link stops working at once: nobody else joins {actor.tenant.name} through it"
+                    f" ({left} of {link.max_uses} uses were left). People who joined with it stay.",
+                ),
+                button="Revoke the link",
+                back=url_for("join_links.manage"),
+            )
+        )
+    join_links.revoke(actor, link_id)
     notify("The join link was revoked; it lets nobody else in.", "success")
     return redirect(url_for("join_links.manage"))
 

@@ -14,6 +14,7 @@ from flask_login import current_user, login_required
 from werkzeug.wrappers.response import Response
 
 from nyxcore import authz
+from nyxcore.confirmation import back_on_failure
 from nyxcore.forms import ConfirmForm
 from nyxcore.models import TenantMember, User
 from nyxcore.services import domain_joining
@@ -38,6 +39,7 @@ def index() -> str:
 
 @bp.post("/<uuid:tenant_id>/join")
 @login_required  # type: ignore[untyped-decorator]
+@back_on_failure("joining.index")
 def join(tenant_id: uuid.UUID) -> Response:
     """Join the team at once or ask to, as its domain says; any other team answers 404."""
     if not ConfirmForm().validate_on_submit():

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
 from wtforms import StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from nyxcore.authz import acting, role_required
+from nyxcore.confirmation import Confirmation, confirm_page, is_confirmed
 from nyxcore.errors import DomainError
-from nyxcore.forms import ConfirmForm, add_domain_error
+from nyxcore.forms import add_domain_error
 from nyxcore.navigation import NavEntry
 from nyxcore.pagination import page_number
 from nyxcore.services import notes
 from nyxcore.templating import url_pattern
-from nyxcore.web import form_page, notify
+from nyxcore.web import form_page, keeps_typed_input, notify
 
 bp = Blueprint("notes", __name__, url_prefix="/notes")
 NAV = (NavEntry("NyxBook", "notes.index", 20),)
@@ -41,6 +43,7 @@ def index() -> str:
 
 @bp.route("/new", methods=["GET", "POST"])
 @role_required(notes.WRITE)
+@keeps_typed_input
 def new() -> Response | tuple[str, int]:
     form = NoteForm()
     if form.validate_on_submit():
@@ -57,11 +60,12 @@ def new() -> Response | tuple[str, int]:
 @bp.get("/<uuid:note_id>")
 @role_required(notes.READ)
 def show(note_id: uuid.UUID) -> str:
-    return render_template("notes/show.html", note=notes.get_note(note_id), confirm_form=ConfirmForm())
+    return render_template("notes/show.html", note=notes.get_note(note_id))
 
 
 @bp.route("/<uuid:note_id>/edit", methods=["GET", "POST"])
 @role_required(notes.WRITE)
+@keeps_typed_input
 def edit(note_id: uuid.UUID) -> Response | tuple[str, int]:
     note = notes.get_note(note_id)
     form = NoteForm(obj=note)
@@ -76,11 +80,21 @@ def edit(note_id: uuid.UUID) -> Response | tuple[str, int]:
     return form_page("notes/form.html", form, note=note)
 
 
-@bp.post("/<uuid:note_id>/delete")
+@bp.route("/<uuid:note_id>/delete", methods=["GET", "POST"])
 @role_required(notes.WRITE)
-def delete(note_id: uuid.UUID) -> Response:
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
+def delete(note_id: uuid.UUID) -> ResponseReturnValue:
+    note = notes.get_note(note_id)
+    if not is_confirmed():
+        return confirm_page(
+            Confirmation(
+                title=f"Delete the note “{note.title}”?",
+                consequences=(
+                    f"The note and its text are deleted for everyone in {acting().tenant.name}. It cannot be undone.",
+                ),
+                button="Delete the note",
+                back=url_for("notes.show", note_id=note_id),
+            )
+        )
     title = notes.delete_note(acting(), note_id)
     notify(f"Deleted the note “{title}”.", "info")
     return redirect(url_for("notes.index"))

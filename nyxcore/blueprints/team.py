@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
 from markupsafe import Markup
 from werkzeug.wrappers.response import Response
@@ -17,6 +18,7 @@ from nyxcore.authz import acting, role_required
 from nyxcore.blueprints.audit_log import render_audit
 from nyxcore.blueprints.invite import pending_invitations
 from nyxcore.blueprints.seats import seat_limit_form
+from nyxcore.confirmation import Confirmation, back_on_failure, confirm_page, is_confirmed
 from nyxcore.errors import DomainError, InvalidInput
 from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.navigation import NavEntry
@@ -24,12 +26,14 @@ from nyxcore.pagination import Position, page_number
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import audit as audit_events
 from nyxcore.services import endings, invitations, member_list, members, notices, seats
+from nyxcore.services.invitations.display import article
 from nyxcore.templating import url_pattern
 from nyxcore.tenancy import Actor
-from nyxcore.web import form_status, notify
+from nyxcore.web import carried_errors, form_status, notify, redirect_after_failure
 
 bp = Blueprint("team", __name__, url_prefix="/team")
 NAV = (NavEntry("Team", "team.overview", 10), NavEntry("Audit log", "team.audit", 90))
+NO_MEMBER_CHOSEN = "Choose the member who becomes the owner."
 log = logging.getLogger("nyxcore.team")
 ROLE_CHOICES = [SelectChoice(role.value, role.label) for role in TenantRole]
 
@@ -44,13 +48,14 @@ class EndDateForm(FlaskForm):  # type: ignore[misc]
 
 
 class TransferForm(FlaskForm):  # type: ignore[misc]
+    # Sent by GET to the confirm page, so no CSRF token; the confirmed POST carries one.
     # Any current member is a valid choice; the service checks membership (another team's id is a 404).
     member_id = SelectField("New owner", choices=[], validators=[DataRequired()], validate_choice=False)
 
 
 class SettingsForm(FlaskForm):  # type: ignore[misc]
+    # The slug is not offered: no address or page uses it (it only keeps teams apart in the database).
     name = StringField("Team name", validators=[DataRequired(), Length(max=80)])
-    slug = StringField("Slug", validators=[DataRequired(), Length(max=63)])
 
 
 class DeleteForm(FlaskForm):  # type: ignore[misc]
@@ -95,6 +100,7 @@ def overview() -> str:
         role_url=url_pattern("team.change_role", "member_id"),
         remove_url=url_pattern("team.remove_member", "member_id"),
         end_url=url_pattern("team.set_end", "member_id"),
+        sole_owner=member_list.sole_owner_on(page, actor, searched=bool(search)),
         confirm_form=ConfirmForm(),
         **pending,
     )
@@ -109,25 +115,49 @@ def role_options(roles: list[TenantRole], *, selected: TenantRole) -> Markup:
 
 @bp.post("/members/<uuid:member_id>/role")
 @role_required(members.MANAGE)
+@back_on_failure("team.overview")
 def change_role(member_id: uuid.UUID) -> Response:
     form = RoleForm()
     _validated(form)
-    member = members.change_role(acting(), member_id, TenantRole(form.role.data))
-    notify(f"{member.user.name} is now {member.role.label.lower()}.", "success")
+    role = TenantRole(form.role.data)
+    before = members.get_member(member_id).role
+    member = members.change_role(acting(), member_id, role)
+    label = role.label.lower()
+    if before is role:
+        notify(f"{member.user.name} already is {article(role)} {label}.", "info")
+    else:
+        notify(f"{member.user.name} is now {article(role)} {label}.", "success")
     return redirect(url_for("team.overview"))
 
 
-@bp.post("/members/<uuid:member_id>/remove")
+@bp.route("/members/<uuid:member_id>/remove", methods=["GET", "POST"])
 @role_required(members.MANAGE)
-def remove_member(member_id: uuid.UUID) -> Response:
-    _validated(ConfirmForm())
-    user = members.remove_member(acting(), member_id)
+@back_on_failure("team.overview")
+def remove_member(member_id: uuid.UUID) -> ResponseReturnValue:
+    actor = acting()
+    member = members.removable(actor, member_id)
+    if not is_confirmed():
+        name, team = member.user.name, actor.tenant.name
+        return confirm_page(
+            Confirmation(
+                title=f"Remove {name} from {team}?",
+                consequences=(
+                    f"{name} loses access to {team}'s members, notes, wardrobe and GitHub at once,"
+                    " and the invitations they sent stop working.",
+                    "To let them back in, invite them again.",
+                ),
+                button=f"Remove {name}",
+                back=url_for("team.overview"),
+            )
+        )
+    user = members.remove_member(actor, member_id)
     notify(f"{user.name} was removed from the team.", "success")
     return redirect(url_for("team.overview"))
 
 
 @bp.post("/members/<uuid:member_id>/end")
 @role_required(endings.SET_END)
+@back_on_failure("team.overview")
 def set_end(member_id: uuid.UUID) -> Response:
     """Give a membership its last day, or clear it (an empty date)."""
     form = EndDateForm()
@@ -143,32 +173,48 @@ def set_end(member_id: uuid.UUID) -> Response:
     return redirect(url_for("team.overview"))
 
 
-@bp.post("/leave")
+@bp.route("/leave", methods=["GET", "POST"])
 @role_required(members.LEAVE)
-def leave() -> Response:
-    _validated(ConfirmForm())
+@back_on_failure("team.overview")
+def leave() -> ResponseReturnValue:
+    actor = acting()
+    if not is_confirmed():
+        team = actor.tenant.name
+        return confirm_page(
+            Confirmation(
+                title=f"Leave {team}?",
+                consequences=(
+                    f"You lose access to {team}'s members, notes, wardrobe and GitHub at once,"
+                    " and the invitations you sent stop working.",
+                    "You keep your account and your other teams. To come back, you need a new invitation.",
+                ),
+                button=f"Leave {team}",
+                back=url_for("team.overview"),
+                refusal=members.LAST_OWNER if members.is_sole_owner(actor) else None,
+            )
+        )
     # "You left <team>." is said by the notice the next request (the redirect) takes: services/notices.py.
-    members.leave_team(acting())
-    return redirect(url_for("main.index"))
+    members.leave_team(actor)
+    return redirect(url_for("main.index"), code=303)
 
 
 def _render_settings(
-    actor: Actor, *, form: SettingsForm | None = None, delete_form: DeleteForm | None = None
+    actor: Actor, *, form: SettingsForm | None = None, transfer: TransferForm | None = None
 ) -> tuple[str, int]:
-    transfer = TransferForm(prefix="transfer")
-    transfer.member_id.choices = [
+    transfer = transfer or TransferForm(prefix="transfer", meta={"csrf": False})
+    others = [
         SelectChoice(str(m.id), f"{m.name} ({m.role.label})")
         for m in member_list.list_members(actor, per_page=500).items
         if m.id != actor.member_id
     ]
+    # Nobody is chosen until the owner chooses: a placeholder first, so one click makes no one owner.
+    transfer.member_id.choices = [SelectChoice("", "Choose a member"), *others] if others else []
     form = form or SettingsForm(obj=actor.tenant)
-    delete_form = delete_form or DeleteForm(prefix="delete")
-    status = form_status(form, delete_form)
+    status = form_status(form, transfer)
     page = render_template(
         "team/settings.html",
         form=form,
         transfer=transfer,
-        delete_form=delete_form,
         seat_form=seat_limit_form(actor.tenant.seat_limit),
     )
     return page, status
@@ -182,7 +228,7 @@ def settings() -> Response | tuple[str, int]:
     form = SettingsForm() if request.method == "POST" else SettingsForm(obj=actor.tenant)
     if form.validate_on_submit():
         try:
-            members.update_settings(actor, name=form.name.data, slug=form.slug.data)
+            members.update_settings(actor, name=form.name.data)
         except DomainError as exc:
             add_domain_error(form, exc, "name")
             return _render_settings(actor, form=form)
@@ -191,32 +237,67 @@ def settings() -> Response | tuple[str, int]:
     return _render_settings(actor, form=form)
 
 
-@bp.post("/transfer")
+@bp.route("/transfer", methods=["GET", "POST"])
 @role_required(members.TRANSFER)
-def transfer() -> Response:
-    form = TransferForm(prefix="transfer")
-    _validated(form)
+@back_on_failure("team.settings")
+def transfer() -> ResponseReturnValue:
+    """Choose the new owner on the settings page (a GET form), confirm here, then transfer (POST)."""
+    actor = acting()
+    # The confirmed POST acts on the member its form names, never on the query of its address.
+    sent = request.form if request.method == "POST" else request.args
+    form = TransferForm(sent, prefix="transfer", meta={"csrf": False})
+    if not form.member_id.data:
+        form.member_id.errors = [NO_MEMBER_CHOSEN]
+        return _render_settings(actor, transfer=form)
     try:
-        member_id = uuid.UUID(form.member_id.data)
+        member = members.get_member(uuid.UUID(form.member_id.data))
     except ValueError:
         abort(404)
-    member = members.transfer_ownership(acting(), member_id)
+    if member.id == actor.member_id:
+        return redirect_after_failure(NO_MEMBER_CHOSEN, url_for("team.settings"))
+    if not is_confirmed():
+        name, team = member.user.name, actor.tenant.name
+        return confirm_page(
+            Confirmation(
+                title=f"Make {name} the owner of {team}?",
+                consequences=(
+                    f"{name} becomes an owner and you become an admin: you can no longer change the"
+                    " team's settings, GitHub connection or owners, nor delete the team.",
+                    f"Only an owner ({name}) can make you an owner again.",
+                ),
+                button=f"Make {name} the owner",
+                back=url_for("team.settings"),
+                hidden={form.member_id.name: str(member.id)},
+            )
+        )
+    member = members.transfer_ownership(actor, member.id)
     notify(f"{member.user.name} is now an owner; you are an admin.", "success")
     return redirect(url_for("team.overview"))
 
 
-@bp.post("/delete")
+@bp.route("/delete", methods=["GET", "POST"])
 @role_required(members.DELETE)
-def delete() -> Response | tuple[str, int]:
+@back_on_failure("team.delete", field="confirm_name")
+def delete() -> ResponseReturnValue:
     actor = acting()
     form = DeleteForm(prefix="delete")
-    if not form.validate_on_submit():
-        return _render_settings(actor, delete_form=form)
-    try:
-        name = members.delete_team(actor, confirm_name=form.confirm_name.data)
-    except DomainError as exc:
-        add_domain_error(form, exc, "confirm_name")
-        return _render_settings(actor, delete_form=form)
+    if not is_confirmed():
+        carried_errors(form)
+        team = actor.tenant.name
+        return confirm_page(
+            Confirmation(
+                title=f"Delete {team}?",
+                consequences=(
+                    f"{team} is deleted with its members' access, invitations, join links, notes,"
+                    " wardrobe, GitHub connection and audit log. It cannot be undone.",
+                    "Type the team's name to confirm.",
+                ),
+                button=f"Delete {team}",
+                back=url_for("team.settings"),
+                form=form,
+            )
+        )
+    name = members.delete_team(actor, confirm_name=form.confirm_name.data or "")
     log.info("team %s deleted by user %s", actor.tenant_id, actor.user_id)
     notify(f"The team {name} was deleted.", "info")
     return redirect(url_for("main.index"))

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
 from werkzeug.wrappers.response import Response
 from wtforms import StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from nyxcore.authz import acting, role_required
+from nyxcore.confirmation import Confirmation, confirm_page, is_confirmed
 from nyxcore.errors import DomainError
-from nyxcore.forms import ConfirmForm, add_domain_error
+from nyxcore.forms import add_domain_error
 from nyxcore.navigation import NavEntry
 from nyxcore.pagination import page_number
 from nyxcore.services import wardrobe
-from nyxcore.web import form_page, notify
+from nyxcore.templating import url_pattern
+from nyxcore.web import form_page, keeps_typed_input, notify
 
 bp = Blueprint("wardrobe", __name__, url_prefix="/wardrobe")
 NAV = (NavEntry("Wardrobe", "wardrobe.index", 25),)
@@ -43,11 +46,14 @@ def _fields(form: ItemForm) -> dict[str, str]:
 def index() -> str:
     search = request.args.get("q", "")[:100]
     page = wardrobe.list_items(acting(), page=page_number(request.args.get("page")), search=search)
-    return render_template("wardrobe/index.html", page=page, search=search, confirm_form=ConfirmForm())
+    return render_template(
+        "wardrobe/index.html", page=page, search=search, delete_url=url_pattern("wardrobe.delete", "item_id")
+    )
 
 
 @bp.route("/new", methods=["GET", "POST"])
 @role_required(wardrobe.USE)
+@keeps_typed_input
 def new() -> Response | tuple[str, int]:
     form = ItemForm()
     if form.validate_on_submit():
@@ -63,6 +69,7 @@ def new() -> Response | tuple[str, int]:
 
 @bp.route("/<uuid:item_id>/edit", methods=["GET", "POST"])
 @role_required(wardrobe.USE)
+@keeps_typed_input
 def edit(item_id: uuid.UUID) -> Response | tuple[str, int]:
     item = wardrobe.get_item(acting(), item_id)
     form = ItemForm(obj=item)
@@ -77,11 +84,21 @@ def edit(item_id: uuid.UUID) -> Response | tuple[str, int]:
     return form_page("wardrobe/form.html", form, item=item)
 
 
-@bp.post("/<uuid:item_id>/delete")
+@bp.route("/<uuid:item_id>/delete", methods=["GET", "POST"])
 @role_required(wardrobe.USE)
-def delete(item_id: uuid.UUID) -> Response:
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
+def delete(item_id: uuid.UUID) -> ResponseReturnValue:
+    item = wardrobe.get_item(acting(), item_id)
+    if not is_confirmed():
+        return confirm_page(
+            Confirmation(
+                title=f"Remove “{item.name}” from the wardrobe?",
+                consequences=(
+                    f"“{item.name}” and its notes are removed for everyone in {acting().tenant.name}.",
+                ),
+                button="Remove the item",
+                back=url_for("wardrobe.index"),
+            )
+        )
     name = wardrobe.delete_item(acting(), item_id)
     notify(f"Removed “{name}” from the wardrobe.", "info")
     return redirect(url_for("wardrobe.index"))

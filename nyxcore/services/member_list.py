@@ -238,3 +238,13 @@ def list_members(
         open_invitations=invited,
         window=SHORT_SCAN if shape[1] == SHORT else 0,
     )
+
+
+def sole_owner_on(page: MemberPage, actor: Actor, *, searched: bool) -> bool:
+    """Whether `page` shows the actor is the only owner; no statement, so only when it lists everyone.
+
+    On a page that does not (a search, a team of several pages) the Leave confirm page says it.
+    """
+    if actor.role is not TenantRole.OWNER or searched or page.previous is not None or page.next is not None:
+        return False
+    return sum(m.role is TenantRole.OWNER for m in page.items) == 1

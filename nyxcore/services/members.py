@@ -14,7 +14,6 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from nyxcore.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -23,7 +22,6 @@ from nyxcore.models import Tenant, TenantMember, User
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role
 from nyxcore.services import audit, departures, notices, seats, voiding
-from nyxcore.services.teams import validate_slug
 from nyxcore.tenancy import Actor
 
 VIEW = Operation("team.view", TenantRole.VIEWER)
@@ -96,17 +94,23 @@ def change_role(actor: Actor, member_id: uuid.UUID, new_role: TenantRole) -> Ten
     return member
 
 
-def remove_member(actor: Actor, member_id: uuid.UUID) -> User:
-    """Remove someone (not yourself: use leave_team) from the team, revoking their open invitations.
-
-    Raises PermissionDenied, Conflict.
-    """
+def removable(actor: Actor, member_id: uuid.UUID) -> TenantMember:
+    """The member `actor` may remove (what the confirm page names). Raises NotFound, PermissionDenied, InvalidInput."""
     MANAGE.check(actor)
     member = get_member(member_id)
     if member.id == actor.member_id:
         raise InvalidInput("To remove yourself, leave the team.")
     if not can_manage_role(actor.role, member.role, member.role):
         raise PermissionDenied(f"Your role cannot remove a {member.role.label.lower()}.")
+    return member
+
+
+def remove_member(actor: Actor, member_id: uuid.UUID) -> User:
+    """Remove someone (not yourself: use leave_team) from the team, revoking their open invitations.
+
+    Raises PermissionDenied, Conflict.
+    """
+    member = removable(actor, member_id)
     if member.role is TenantRole.OWNER:
         _ensure_other_owner_remains(actor.tenant_id, member)
     user = member.user
@@ -114,6 +118,11 @@ def remove_member(actor: Actor, member_id: uuid.UUID) -> User:
         actor.tenant, member, by=actor.user_id, action="member.removed", reason=notices.REMOVED, target=user.email
     )
     return user
+
+
+def is_sole_owner(actor: Actor) -> bool:
+    """Whether the actor is the team's only owner, who may not leave (no statement for other roles)."""
+    return actor.role is TenantRole.OWNER and _owner_count() <= 1
 
 
 def leave_team(actor: Actor) -> None:
@@ -141,27 +150,17 @@ def transfer_ownership(actor: Actor, member_id: uuid.UUID) -> TenantMember:
     return member
 
 
-def update_settings(actor: Actor, *, name: str, slug: str) -> Tenant:
-    """Rename the team or change its slug (owners). A taken slug raises Conflict on the slug field."""
+def update_settings(actor: Actor, *, name: str) -> Tenant:
+    """Rename the team (owners). Raises InvalidInput for an empty name."""
     SETTINGS.check(actor)
     name = name.strip()
     if not name:
         raise InvalidInput("Give the team a name.", field="name")
-    slug = validate_slug(slug)
     tenant = seats.lock_team(actor.tenant_id)
-    changes = {
-        k: [old, new]
-        for k, old, new in (("name", tenant.name, name), ("slug", tenant.slug, slug))
-        if old != new
-    }
-    if not changes:
+    if tenant.name == name:
         return tenant
-    try:
-        with db.session.begin_nested():
-            tenant.name, tenant.slug = name, slug
-    except IntegrityError as exc:  # other teams' slugs are invisible under RLS; the unique index answers
-        db.session.refresh(tenant)
-        raise Conflict("That slug is taken. Choose another.", field="slug") from exc
+    changes = {"name": [tenant.name, name]}
+    tenant.name = name
     audit.record(actor.tenant_id, actor.user_id, "team.settings_changed", target=tenant.name, **changes)
     return tenant
 

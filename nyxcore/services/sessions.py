@@ -179,6 +179,16 @@ def live_sessions(user_id: uuid.UUID, *, idle: timedelta) -> list[UserSession]:
     )
 
 
+def live_session(user_id: uuid.UUID, session_id: uuid.UUID, *, idle: timedelta) -> UserSession:
+    """One live session of `user_id` (what a revoke would end). Raises NotFound for any other id."""
+    record = db.session.scalar(
+        select(UserSession).where(UserSession.id == session_id, *_live(user_id, _now(), idle))
+    )
+    if record is None:
+        raise NotFound("There is no such session among yours.")
+    return record
+
+
 def is_named_by(record: UserSession, token: str | None) -> bool:
     """Whether `token` (this browser's, say) is the one that names `record`."""
     return token is not None and record.token_hash == _hash(token)

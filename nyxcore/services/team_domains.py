@@ -138,7 +138,8 @@ def add_domain(actor: Actor, raw_domain: str, join_mode: str, join_role: str) ->
     return claim
 
 
-def _claim(actor: Actor, domain_id: uuid.UUID) -> TeamDomain:
+def get_claim(actor: Actor, domain_id: uuid.UUID) -> TeamDomain:
+    """One of the team's domains. Raises NotFound (another team's or unknown), PermissionDenied."""
     MANAGE.check(actor)
     claim = db.session.get(TeamDomain, domain_id)
     if claim is None or claim.tenant_id != actor.tenant_id:
@@ -188,7 +189,7 @@ def check(actor: Actor, domain_id: uuid.UUID) -> tuple[TeamDomain, CheckOutcome]
     The lookup counts against the interval whatever its outcome. Raises NotFound, RateLimited
     (checked too recently), Conflict (another team verified the domain first).
     """
-    claim = _claim(actor, domain_id)
+    claim = get_claim(actor, domain_id)
     if claim.verified_at is not None:
         return claim, CheckOutcome.VERIFIED
     _spend_check(claim)
@@ -206,7 +207,7 @@ def check(actor: Actor, domain_id: uuid.UUID) -> tuple[TeamDomain, CheckOutcome]
 
 def change_join(actor: Actor, domain_id: uuid.UUID, join_mode: str, join_role: str) -> TeamDomain:
     """Set how people at a domain join (ask or at once) and their role; audit logged."""
-    claim = _claim(actor, domain_id)
+    claim = get_claim(actor, domain_id)
     mode, role = _join_settings(join_mode, join_role)
     claim.join_mode, claim.join_role = mode.value, role
     db.session.flush()
@@ -223,7 +224,7 @@ def change_join(actor: Actor, domain_id: uuid.UUID, join_mode: str, join_role: s
 
 def remove(actor: Actor, domain_id: uuid.UUID) -> TeamDomain:
     """Give a domain up (people at it no longer see the team); audit logged."""
-    claim = _claim(actor, domain_id)
+    claim = get_claim(actor, domain_id)
     db.session.delete(claim)
     db.session.flush()
     audit.record(actor.tenant_id, actor.user_id, "domain.removed", target=claim.domain)

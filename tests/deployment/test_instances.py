@@ -159,7 +159,8 @@ def test_a_switch_a_removal_and_a_log_out_through_one_server_hold_on_the_other(
     owner_on_b = Browser(cluster.urls[1])
     log_in(owner_on_b, owner.email)
     removed = member_id(admin_engine, owner.team_id, member.user_id)
-    assert post_from(owner_on_b, "/team/", f"/team/members/{removed}/remove", {}).status == 302
+    removal = f"/team/members/{removed}/remove"
+    assert post_from(owner_on_b, removal, removal, {"confirmed": "yes"}).status == 302  # from its confirm page
     page = on_a.get("/team/").body  # the member's next request, on the other server
     assert personal in page and shared not in page and "Opal Owner" not in page
     assert on_a.get("/notes/").status == 200

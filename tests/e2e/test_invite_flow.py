@@ -118,11 +118,12 @@ def test_invited_people_join_through_their_emails_and_the_owner_manages_them(
     owner.page.keyboard.press("Tab")
     expect(owner.page.get_by_role("button", name=f"Change role of {NEWCOMER[0]}")).to_be_focused()
     owner.page.keyboard.press("Enter")
-    expect(owner.flash()).to_contain_text(f"{NEWCOMER[0]} is now viewer.")
+    expect(owner.flash()).to_contain_text(f"{NEWCOMER[0]} is now a viewer.")
     expect(owner.member_row(NEWCOMER[0])).to_contain_text("Viewer")
 
     # ... and removes the admin.
-    owner.page.get_by_role("button", name=f"Remove {EXISTING[0]}").click()
+    owner.page.get_by_role("link", name=f"Remove {EXISTING[0]}").click()
+    owner.page.get_by_role("button", name=f"Remove {EXISTING[0]}").click()  # on the confirm page
     expect(owner.flash()).to_contain_text(f"{EXISTING[0]} was removed from the team.")
     expect(owner.member_row(EXISTING[0])).to_have_count(0)
     expect(owner.page.get_by_role("heading", name="Members (2)")).to_be_visible()
@@ -138,13 +139,14 @@ def test_invited_people_join_through_their_emails_and_the_owner_manages_them(
     expect(nia.page.get_by_text("your role: Viewer")).to_be_visible()
     expect(nia.page.get_by_role("link", name="Invite people")).to_have_count(0)
     expect(nia.page.get_by_role("button", name=re.compile(r"^(Remove|Change role)"))).to_have_count(0)
+    expect(nia.page.get_by_role("link", name=re.compile(r"^Remove"))).to_have_count(0)
     expect(nia.page.get_by_role("combobox", name=re.compile(r"^Role for"))).to_have_count(0)
     nia.screenshot("story-team-viewer")
 
     # Posting anyway, with a valid CSRF token from the page, is refused.
     token = nia.csrf_token()
     owner_membership = member_id(admin_engine, OWNER[1], TEAM)
-    removal = nia.page.request.post(f"/team/members/{owner_membership}/remove", form={"csrf_token": token})
+    removal = nia.page.request.post(f"/team/members/{owner_membership}/remove", form={"csrf_token": token, "confirmed": "yes"})
     assert removal.status == 403, removal.text()
     promotion = nia.page.request.post(
         f"/team/members/{member_id(admin_engine, NEWCOMER[1], TEAM)}/role",

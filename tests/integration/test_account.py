@@ -48,7 +48,7 @@ def _cookie(client: Any) -> str:
 
 
 def _revoke_actions(page: str) -> list[str]:
-    return re.findall(r'action="(/account/sessions/[0-9a-f-]+/revoke)"', page)
+    return re.findall(r'href="(/account/sessions/[0-9a-f-]+/revoke)"', page)
 
 
 def _login_from(make_client: Any, email: str, user_agent: str, address: str) -> Any:
@@ -182,13 +182,13 @@ def test_revoking_a_session_sends_its_saved_cookie_to_log_in(make_user, login_as
     phone, laptop = login_as(account), login_as(account)
     saved_phone = _cookie(phone)
     (revoke,) = _revoke_actions(laptop.get("/account").get_data(as_text=True))
-    response = laptop.post_form(revoke)
+    response = laptop.confirm(revoke)
     assert response.status_code == 302 and response.location == "/account"
     assert not _replayed(make_client, saved_phone)
     assert not _signed_in(phone)
     assert _signed_in(laptop)
     assert _revoke_actions(laptop.get("/account").get_data(as_text=True)) == []
-    assert laptop.post_form(revoke).status_code == 404  # already ended: not a live session any more
+    assert laptop.confirm(revoke).status_code == 404  # already ended: not a live session any more
     assert count(admin_engine, "SELECT count(*) FROM user_sessions WHERE revoked_at IS NULL") == 1
 
 
@@ -196,7 +196,7 @@ def test_revoking_this_browser_signs_it_out(make_user, login_as, admin_engine):
     account = make_user()
     client = login_as(account)
     (mine,) = scalar(admin_engine, "SELECT array_agg(id) FROM user_sessions WHERE user_id = :u", u=account.user_id)
-    response = client.post_form(f"/account/sessions/{mine}/revoke")
+    response = client.confirm(f"/account/sessions/{mine}/revoke")
     assert response.status_code == 302 and response.location.startswith("/auth/login")
     assert not _signed_in(client)
 
@@ -206,9 +206,9 @@ def test_revoking_another_users_session_is_a_404_and_changes_nothing(make_user, 
     attacker, target = login_as(mallory), login_as(victim)
     theirs = scalar(admin_engine, "SELECT id FROM user_sessions WHERE user_id = :u", u=victim.user_id)
     for session_id in (theirs, uuid.uuid4()):
-        response = attacker.post_form(f"/account/sessions/{session_id}/revoke")
+        response = attacker.confirm(f"/account/sessions/{session_id}/revoke")
         assert response.status_code == 404
-    assert attacker.post_form("/account/sessions/not-a-uuid/revoke").status_code == 404
+    assert attacker.confirm("/account/sessions/not-a-uuid/revoke").status_code == 404
     assert count(admin_engine, "SELECT count(*) FROM user_sessions WHERE revoked_at IS NOT NULL") == 0
     assert _signed_in(target) and _signed_in(attacker)
 
@@ -226,7 +226,7 @@ def test_sign_out_everywhere_ends_every_session_this_one_too(make_user, login_as
     account = make_user()
     clients = [login_as(account) for _ in range(3)]
     saved = [_cookie(c) for c in clients]
-    response = clients[0].post_form("/account/sessions/end-all")
+    response = clients[0].confirm("/account/sessions/end-all")
     assert response.status_code == 302 and response.location == "/auth/login"
     assert "You were signed out everywhere" in clients[0].get("/auth/login").get_data(as_text=True)
     for cookie in saved:
@@ -325,7 +325,7 @@ def test_an_owner_among_owners_may_delete_their_account(team, make_user, add_mem
 def test_the_audit_log_names_an_actor_who_left_the_team(team, as_owner, login_as, admin_engine):
     member = team.accounts[TenantRole.MEMBER]
     leaving = login_as(member, team.id)
-    assert leaving.post_form("/team/leave").status_code == 302
+    assert leaving.confirm("/team/leave").status_code == 303
     page = as_owner.get("/team/audit").get_data(as_text=True)
     assert "Member Person <span class=\"muted\">(no longer in this team)</span>" in page
 

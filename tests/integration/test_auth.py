@@ -155,7 +155,7 @@ def test_every_error_page_renders(app, client):
     from nyxcore.web import ERROR_TITLES
 
     with app.test_request_context():
-        from nyxcore.web import render_error
+        from nyxcore.error_pages import render_error
 
         for status, (title, _) in ERROR_TITLES.items():
             body, code = render_error(status)

@@ -10,11 +10,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from nyxcore.authz import acting, role_required
+from nyxcore.error_pages import database_unreachable
 from nyxcore.extensions import db
 from nyxcore.models import Note
 from nyxcore.roles import TenantRole
 from nyxcore.services import notes
-from nyxcore.web import database_unreachable
 
 
 @pytest.mark.own_app  # it adds a route

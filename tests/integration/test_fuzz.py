@@ -272,11 +272,18 @@ def _get_rules(app: Flask) -> list[Rule]:
     return sorted((r for r in app.url_map.iter_rules() if "GET" in (r.methods or ())), key=lambda r: r.rule)
 
 
+# Confirm pages opened by a GET form name their object in the query: (query argument, URL value name).
+FORM_QUERIES = {"team.transfer": ("transfer-member_id", "member_id")}
+
+
 def _url_for_rule(rule: Rule, ids: dict[str, str]) -> str:
     missing = sorted(set(rule.arguments) - set(ids))
     assert not missing, f"{rule.rule}: give the fuzz test a real value for {missing}"
     built = rule.build({name: ids[name] for name in rule.arguments}, append_unknown=False)
     assert built is not None
+    if rule.endpoint in FORM_QUERIES:
+        argument, value = FORM_QUERIES[rule.endpoint]
+        return f"{built[1]}?{argument}={ids[value]}"
     return built[1]
 
 
@@ -336,6 +343,7 @@ def url_values(app: Flask, team: Any, login_as: Any, admin_engine: Engine) -> di
         conn.execute(text("UPDATE invitations SET expires_at = now() - interval '1 hour' WHERE email = 'expired@example.com'"))
         _team_at_the_visitors_domain(conn)
     _connect_github(app, admin_engine, team.id)
+    login_as(team.accounts[TenantRole.OWNER], team.id)  # another session: /account offers to revoke it
     values = {
         "token": token,
         "join_token": _join_link(login_as(admin, admin.team_id)),  # the others may join the admin's team

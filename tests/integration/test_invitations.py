@@ -36,7 +36,7 @@ from nyxcore.roles import TenantRole
 from nyxcore.services import invitations
 from nyxcore.tasks import sweep_outbox
 from tests.conftest import PASSWORD, REDIS_URL, csrf_from
-from tests.helpers import count, dicts, scalar
+from tests.helpers import count, dicts, refused_page, scalar
 from tests.integration import worker as celery_worker
 from tests.integration.mailserver import MailServer
 
@@ -301,7 +301,7 @@ def test_expired_revoked_replaced_and_used_links_answer_410_and_change_nothing(
             )
         )
     ids = {r["email"]: r["id"] for r in dicts(admin_engine, "SELECT id, email FROM invitations")}
-    assert admin.post_form(f"/team/invitations/{ids['dropped@example.com']}/revoke").status_code == 302
+    assert admin.confirm(f"/team/invitations/{ids['dropped@example.com']}/revoke").status_code == 302
     assert admin.post_form(f"/team/invitations/{ids['resent@example.com']}/resend").status_code == 302
     new_resent_path = link_path(mail_server.wait_for(5)[4])
     quick = login_as(people["quick"])
@@ -440,7 +440,7 @@ def test_revoking_before_delivery_cancels_the_email(app, nyx_ops, mail_server, a
     admin = as_admin
     invite(admin, "oops@example.com")  # no worker yet: the message waits in the queue
     invitation_id = scalar(admin_engine, "SELECT id FROM invitations")
-    assert admin.post_form(f"/team/invitations/{invitation_id}/revoke").status_code == 302
+    assert admin.confirm(f"/team/invitations/{invitation_id}/revoke").status_code == 302
     with celery_worker.running_worker(app):
         assert sweep_outbox(older_than_seconds=0) == 0
         mail_server.assert_quiet(1.5)
@@ -684,7 +684,7 @@ def test_roles_an_inviter_may_grant(nyx_ops, admin_engine, as_owner, as_admin):
     assert scalar(admin_engine, "SELECT role FROM invitations") == "owner"
     # An admin cannot revoke or resend an invitation above their own role.
     owner_invite = scalar(admin_engine, "SELECT id FROM invitations")
-    assert admin.post_form(f"/team/invitations/{owner_invite}/revoke").status_code == 403
+    assert admin.confirm(f"/team/invitations/{owner_invite}/revoke").status_code == 403
     assert admin.post_form(f"/team/invitations/{owner_invite}/resend").status_code == 403
     assert count(admin_engine, "SELECT count(*) FROM invitations WHERE revoked_at IS NULL") == 1
 
@@ -756,8 +756,10 @@ def test_resend_replaces_the_pending_invitation(nyx_ops, admin_engine, as_admin)
     assert count(admin_engine, "SELECT count(*) FROM outbox_emails") == 2
     assert count(admin_engine, "SELECT count(*) FROM audit_events WHERE action = 'invitation.resent'") == 1
     # Resending or revoking the replaced one again is a conflict, not a second invitation.
-    assert admin.post_form(f"/team/invitations/{old['id']}/resend").status_code == 409
-    assert admin.post_form(f"/team/invitations/{old['id']}/revoke").status_code == 409
+    resent = admin.post_form(f"/team/invitations/{old['id']}/resend")
+    assert "was already revoked or replaced" in refused_page(admin, resent, "/team/invitations")
+    revoked = admin.confirm(f"/team/invitations/{old['id']}/revoke")
+    assert "was already revoked or replaced" in refused_page(admin, revoked, "/team/invitations")
     assert count(admin_engine, "SELECT count(*) FROM invitations") == 2
 
 

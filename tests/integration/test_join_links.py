@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from nyxcore.roles import TenantRole
-from tests.helpers import PAST_THE_END, count, dicts, scalar, statements_for
+from tests.helpers import PAST_THE_END, count, dicts, refused_page, scalar, statements_for
 
 A, M, V = TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 LINK = re.compile(r"http://nyxcore\.test/join/([A-Za-z0-9_-]{43})")
@@ -133,9 +133,10 @@ def test_a_bad_link_is_refused_on_its_field_and_nothing_is_made(team, as_owner, 
 def test_a_revoked_link_lets_nobody_in_and_says_so(team, as_admin, login_as, make_user, admin_engine):
     _, token = make_link(as_admin)
     link_id = join_links(admin_engine)[0]["id"]
-    assert as_admin.post_form(f"/team/join-links/{link_id}/revoke").status_code == 302
+    assert as_admin.confirm(f"/team/join-links/{link_id}/revoke").status_code == 302
     assert "Revoked" in page(as_admin.get("/team/join-links"))
-    assert as_admin.post_form(f"/team/join-links/{link_id}/revoke").status_code == 409
+    again = as_admin.confirm(f"/team/join-links/{link_id}/revoke")
+    assert "This join link was already revoked." in refused_page(as_admin, again, "/team/join-links")
     visitor = login_as(make_user())
     for response in (visitor.get(f"/join/{token}"), visitor.post_form(f"/join/{token}")):
         assert response.status_code == 410
@@ -150,7 +151,7 @@ def test_another_teams_link_is_not_found(team, make_user, login_as, admin_engine
     _, _ = make_link(login_as(other, other.team_id))
     their_link = join_links(admin_engine)[0]["id"]
     admin = login_as(team.accounts[A], team.id)
-    assert admin.post_form(f"/team/join-links/{their_link}/revoke").status_code == 404
+    assert admin.confirm(f"/team/join-links/{their_link}/revoke").status_code == 404
     assert join_links(admin_engine)[0]["revoked_at"] is None
     assert str(their_link) not in page(admin.get("/team/join-links"))
 

@@ -42,7 +42,7 @@ def test_viewer_cannot_write(admin_engine, as_owner, as_viewer):
     viewer = as_viewer
     assert viewer.post_form("/notes/new", {"title": "sneaky"}).status_code == 403
     assert viewer.post_form(f"/notes/{owner_note}/edit", {"title": "changed"}).status_code == 403
-    assert viewer.post_form(f"/notes/{owner_note}/delete").status_code == 403
+    assert viewer.confirm(f"/notes/{owner_note}/delete").status_code == 403
     assert note_ids(admin_engine) == [owner_note]
 
 
@@ -53,7 +53,7 @@ def test_edit_and_delete(admin_engine, as_admin):
         client.post_form(f"/notes/{note_id}/edit", {"title": "Runbook v2", "body": "new"}).status_code == 302
     )
     assert "Runbook v2" in client.get(f"/notes/{note_id}").get_data(as_text=True)
-    assert client.post_form(f"/notes/{note_id}/delete").status_code == 302
+    assert client.confirm(f"/notes/{note_id}/delete").status_code == 302
     assert note_ids(admin_engine) == []
 
 
@@ -75,7 +75,7 @@ def test_another_teams_note_is_404_for_every_operation(login_as, make_user, admi
     assert client.get(f"/notes/{foreign}").status_code == 404
     assert client.get(f"/notes/{foreign}/edit").status_code == 404
     assert client.post_form(f"/notes/{foreign}/edit", {"title": "mine now"}).status_code == 404
-    assert client.post_form(f"/notes/{foreign}/delete").status_code == 404
+    assert client.confirm(f"/notes/{foreign}/delete").status_code == 404
     assert "Their secret" not in client.get("/notes/").get_data(as_text=True)
     assert scalar(admin_engine, "SELECT title FROM notes") == "Their secret"
 

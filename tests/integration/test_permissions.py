@@ -125,13 +125,14 @@ def test_matrix(app, visitors, visitor):
                 # The role would do; the address is not proved yet, and the page says what to do.
                 ok = status == 403 and "Verify your e-mail address first" in response.get_data(as_text=True)
             elif visitor == "unverified owner":
-                ok = status in (200, 302, 400, 404, 409)
+                ok = status in (200, 302, 303, 400, 404, 409)
             elif VISITOR_ROLE[visitor].rank < minimum.rank:
                 ok = status == 403
             else:
-                # Allowed: the page, a redirect after a change, or a clear 400/404/409 for the
+                # Allowed: the page, a redirect after a change (303: to a confirm page, or back with
+                # the reason for a refusal), or a clear 400/404/409 for the
                 # empty form and the random id this test sends; never 403, never a 500.
-                ok = status in (200, 302, 400, 404, 409)
+                ok = status in (200, 302, 303, 400, 404, 409)
             if not ok:
                 failures.append(f"{method} {url} ({rule.endpoint}) as {visitor}: {status} {location}")
     assert failures == []

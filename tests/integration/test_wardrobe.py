@@ -29,7 +29,7 @@ def test_members_add_find_edit_and_remove_items(team, login_as, admin_engine):
     edited = member.post_form(f"/wardrobe/{jacket}/edit", {"name": "Rain coat", "category": "Outerwear", "size": "XL", "notes": "blue"})
     assert edited.status_code == 302
     assert count(admin_engine, "SELECT count(*) FROM wardrobe_items WHERE name = 'Rain coat' AND size = 'XL'") == 1
-    assert member.post_form(f"/wardrobe/{jacket}/delete").status_code == 302
+    assert member.confirm(f"/wardrobe/{jacket}/delete").status_code == 302
     assert count(admin_engine, "SELECT count(*) FROM wardrobe_items") == 1
 
 
@@ -69,7 +69,7 @@ def test_another_teams_items_answer_404(team, make_user, login_as, admin_engine)
     outsider = make_user(name="Otto Outsider")
     other = login_as(outsider, outsider.team_id)
     assert other.get(f"/wardrobe/{scarf}/edit").status_code == 404
-    assert other.post_form(f"/wardrobe/{scarf}/delete").status_code == 404
+    assert other.confirm(f"/wardrobe/{scarf}/delete").status_code == 404
     assert other.post_form(f"/wardrobe/{scarf}/edit", {"name": "Stolen"}).status_code == 404
     assert "Scarf" not in other.get("/wardrobe/").get_data(as_text=True)
     assert count(admin_engine, "SELECT count(*) FROM wardrobe_items WHERE name = 'Scarf'") == 1

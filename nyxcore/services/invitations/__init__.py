@@ -46,6 +46,7 @@ from nyxcore.services.invitations.issuing import (
     list_pending,
     renew,
     resend,
+    revocable,
     revoke,
 )
 from nyxcore.services.invitations.reminding import REMINDER_LEAD, DueReminder, due_reminders, remind
@@ -95,6 +96,7 @@ __all__ = [
     "remind",
     "renew",
     "resend",
+    "revocable",
     "revoke",
     "sign_up_and_accept",
     "state_of",

@@ -255,10 +255,15 @@ def _replace(actor: Actor, invitation_id: uuid.UUID, action: str, *, expired_onl
     return new
 
 
+def revocable(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
+    """The open invitation `actor` may revoke (locked). Raises NotFound, Conflict, PermissionDenied."""
+    MANAGE.check(actor)
+    return _managed_open_invitation(actor, invitation_id)
+
+
 def revoke(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
     """Revoke an open invitation; its unsent email is cancelled. Raises NotFound, Conflict, PermissionDenied."""
-    MANAGE.check(actor)
-    invitation = _managed_open_invitation(actor, invitation_id)
+    invitation = revocable(actor, invitation_id)
     voiding.void(invitation, REVOKED, "the invitation was revoked")
     voiding.record_revoked(actor.tenant_id, actor.user_id, invitation)
     return invitation

@@ -29,6 +29,7 @@ from nyxcore.services.join_links.links import (
     LinkState,
     create,
     list_links,
+    revocable,
     revoke,
     state_of,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "gone_message",
     "join",
     "list_links",
+    "revocable",
     "revoke",
     "state_of",
     "visit",

@@ -144,8 +144,8 @@ def list_links(actor: Actor) -> list[LinkRow]:
     return [LinkRow(*row) for row in rows]
 
 
-def revoke(actor: Actor, link_id: uuid.UUID) -> JoinLink:
-    """Revoke one of the team's links: it lets nobody else in. Raises NotFound, Conflict; audit logged."""
+def revocable(actor: Actor, link_id: uuid.UUID) -> JoinLink:
+    """One of the team's links that is not revoked yet (locked). Raises NotFound, Conflict."""
     MANAGE.check(actor)
     link = db.session.scalar(
         select(JoinLink).where(JoinLink.id == link_id, JoinLink.tenant_id == actor.tenant_id).with_for_update()
@@ -154,6 +154,12 @@ def revoke(actor: Actor, link_id: uuid.UUID) -> JoinLink:
         raise NotFound("There is no such join link in this team.")
     if link.revoked_at is not None:
         raise Conflict("This join link was already revoked.")
+    return link
+
+
+def revoke(actor: Actor, link_id: uuid.UUID) -> JoinLink:
+    """Revoke one of the team's links: it lets nobody else in. Raises NotFound, Conflict; audit logged."""
+    link = revocable(actor, link_id)
     link.revoked_at = now()
     db.session.flush()
     audit.record(actor.tenant_id, actor.user_id, "join_link.revoked", target=str(link.id), uses=link.uses)
