@@ -46,11 +46,11 @@ def test_note_and_wardrobe_changes_are_recorded_by_title_never_by_body(team, adm
     note = create_note(as_member, title="Q3 plan", body="secret numbers 4711")
     as_member.post_form(f"/notes/{note}/edit", {"title": "Q4 plan", "body": "more secret numbers 4712"})
     as_member.post_form(f"/notes/{note}/edit", {"title": "Q4 plan", "body": "changed again 4713"})
-    assert as_member.post_form(f"/notes/{note}/delete").status_code == 302
+    assert as_member.confirm(f"/notes/{note}/delete").status_code == 302
     as_member.post_form("/wardrobe/new", {"name": "Rain coat", "category": "", "size": "", "notes": "torn 4714"})
     item = scalar(admin_engine, "SELECT id FROM wardrobe_items WHERE name = 'Rain coat'")
     as_member.post_form(f"/wardrobe/{item}/edit", {"name": "Red coat", "category": "", "size": "", "notes": ""})
-    as_member.post_form(f"/wardrobe/{item}/delete")
+    as_member.confirm(f"/wardrobe/{item}/delete")
 
     stored = rows(admin_engine, "SELECT action, target, CAST(details AS text) AS details FROM audit_events "
                                 "WHERE tenant_id = :t AND (action LIKE 'note.%' OR action LIKE 'wardrobe.%')", t=team.id)

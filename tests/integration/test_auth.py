@@ -152,7 +152,7 @@ def test_old_password_hash_is_upgraded_at_login(client, make_user, admin_engine)
 
 
 def test_every_error_page_renders(app, client):
-    from nyxcore.web import ERROR_TITLES
+    from nyxcore.error_pages import ERROR_TITLES
 
     with app.test_request_context():
         from nyxcore.error_pages import render_error

@@ -357,7 +357,10 @@ def test_the_top_bar_has_invitations_and_the_audit_log_once(as_admin, as_owner):
     nav = re.search(r'<nav aria-label="Main".*?</nav>', page, re.S).group(0)
     assert 'href="/team/invitations"' in nav
     owner_page = as_owner.get("/team/").get_data(as_text=True)
-    assert owner_page.count('href="/team/audit"') == 1
+    # The main navigation is written twice, in the bar and in the phone menu (CSS shows one): leave
+    # the menu's copy out, and the audit log is linked once, from the navigation only.
+    shown = re.sub(r'<nav aria-label="Main" class="mainnav in-menu">.*?</nav>', "", owner_page, flags=re.S)
+    assert shown.count('href="/team/audit"') == 1
 
 
 def test_a_note_posted_after_the_session_ended_is_shown_to_copy_not_lost(as_member, team, admin_engine):

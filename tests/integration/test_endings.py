@@ -446,9 +446,9 @@ def test_an_ending_revokes_the_members_invitations_in_the_systems_name(app, team
 
 def test_a_removal_and_a_departure_name_the_person_who_acted(team, admin_engine, as_owner, as_admin):
     place_invitation(admin_engine, team, "guest@example.com")  # sent by the admin, who then leaves
-    assert as_admin.post_form("/team/leave").status_code == 302
+    assert as_admin.confirm("/team/leave").status_code == 303
     target = member_id(admin_engine, team.id, team.accounts[M].user_id)
-    assert as_owner.post_form(f"/team/members/{target}/remove").status_code == 302
+    assert as_owner.confirm(f"/team/members/{target}/remove").status_code == 302
     events = dicts(admin_engine, "SELECT action, actor_id FROM audit_events WHERE action NOT LIKE 'team.%'")
     assert sorted((e["action"], e["actor_id"]) for e in events) == [
         ("invitation.revoked", team.accounts[A].user_id),

@@ -782,6 +782,8 @@ def test_the_listing_function_reveals_team_ids_and_nothing_else(database, admin_
         "nyxcore_joinable_teams",  # teams the acting user may join by domain: id, name, mode, role (0011)
         "nyxcore_memberships_to_warn",  # (team id, membership id) pairs only, for beat (migration 0012)
         "nyxcore_memberships_to_end",  # the same
+        "nyxcore_member_matches",  # member ids of the context's team whose name or address matches (0017)
+        "nyxcore_member_window",  # the same, among the next few hundred members in join order (0017)
     }
     for function in functions:
         assert function.prosecdef

@@ -31,7 +31,7 @@ from tests.integration.test_account_migration import _migrate, fresh_database  #
 
 SEEDED = 130
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
-NAME = re.compile(r"<td>((?:Member \d{3})|(?:Look Alike \d{3}))")
+NAME = re.compile(r"<td[^>]*>((?:Member \d{3})|(?:Look Alike \d{3}))")
 LINK = {rel: re.compile(rf'href="([^"]+)"{attr}') for rel, attr in (("next", ' rel="next"'), ("prev", ' rel="prev"'))}
 LAST = re.compile(r'href="([^"]+)">Last<')
 
@@ -109,7 +109,7 @@ def test_a_page_from_the_middle_and_back(crowd):
     assert second == names[50:100]  # members 48-50 joined at one instant: the id orders them
     back_url = html.unescape(LINK["prev"].search(body).group(1))
     assert _page(client, back_url)[1] == names[:50]
-    assert "<td>Look Alike" not in body
+    assert ">Look Alike" not in body
 
 
 def test_the_count_is_capped_except_against_a_seat_limit(crowd, admin_engine, monkeypatch):
