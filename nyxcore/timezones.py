@@ -20,7 +20,8 @@ def zone_named(name: str | None) -> ZoneInfo | None:
         return None
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):  # ValueError: a name zoneinfo refuses outright
+    # ValueError: a name zoneinfo refuses outright; OSError: a folder of zones ("America") in tzdata.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return None
 
 
