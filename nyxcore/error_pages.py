@@ -87,7 +87,14 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError) -> Any:
-        kept = show_expired_form_again()
+        # Only a token that expired or went missing (a long pause, a new log in elsewhere) brings the
+        # form back; a referrer that does not match is refused as it stands.
+        try:
+            kept = show_expired_form_again() if "token" in (exc.description or "") else None
+        except DomainError as refused:  # the form's object is gone, or the role no longer allows it
+            return render_error(refused.status_code, refused.message)
+        except HTTPException as refused:  # raised inside this handler, Flask would not route it: a 500
+            return render_error(refused.code or 400)
         if kept is not None:
             return kept
         return render_error(

@@ -22,8 +22,10 @@ from flask.typing import ResponseReturnValue
 from flask.wrappers import Request
 from flask_login import current_user
 from flask_wtf import FlaskForm
+from flask_wtf.csrf import validate_csrf
 from itsdangerous import URLSafeTimedSerializer
 from werkzeug.wrappers.response import Response
+from wtforms.validators import ValidationError
 
 from nyxcore import authz
 from nyxcore.extensions import db
@@ -277,13 +279,27 @@ def show_expired_form_again() -> Any | None:
     return view(**(request.view_args or {}))
 
 
+def _posted_from_this_site() -> bool:
+    """The form came from one of our pages: its token is still good, or the browser names our origin.
+
+    Without this, a signed-out visitor's browser could be made to post a form from elsewhere and be
+    shown the other site's text on ours (escaped, but ours to vouch for).
+    """
+    try:
+        validate_csrf(request.form.get("csrf_token"))
+        return True
+    except ValidationError:
+        source = request.headers.get("Origin") or request.referrer or ""
+        return urlsplit(source).netloc == request.host
+
+
 def show_typed_input_after_sign_out() -> tuple[str, int] | None:
     """A form posted after its session ended: nothing is done, and what was typed is shown to copy.
 
     None when nothing was typed (the usual log-in redirect then applies). Passwords and tokens are
     never shown back.
     """
-    if _keeps_typed_input() is None or current_user.is_authenticated:
+    if _keeps_typed_input() is None or current_user.is_authenticated or not _posted_from_this_site():
         return None
     typed = [
         (name, value)

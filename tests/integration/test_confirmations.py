@@ -312,6 +312,30 @@ def test_an_expired_note_form_keeps_the_text_and_asks_to_submit_again(as_member,
     assert count(admin_engine, "SELECT count(*) FROM notes WHERE body = :b", b=body) == 1
 
 
+def test_an_expired_form_whose_note_is_gone_meanwhile_answers_404_not_500(as_member, admin_engine):
+    as_member.post_form("/notes/new", {"title": "Soon gone", "body": "text"})
+    note = scalar(admin_engine, "SELECT id FROM notes WHERE title = 'Soon gone'")
+    with as_member.session_transaction() as session:  # the token expires while the edit form is open
+        session.pop("csrf_token")
+    with admin_engine.begin() as conn:  # and someone deletes the note meanwhile
+        conn.execute(sql_text("DELETE FROM notes WHERE id = :n"), {"n": note})
+    posted = as_member.post(f"/notes/{note}/edit", data={"csrf_token": "stale", "title": "Mine", "body": "kept?"})
+    assert posted.status_code == 404
+
+
+def test_a_form_posted_from_another_site_by_a_signed_out_visitor_is_not_shown_back(make_client, admin_engine):
+    visitor = make_client()
+    visitor.get("/auth/login")  # an anonymous session with a token of its own
+    posted = visitor.post(
+        "/notes/new",
+        data={"csrf_token": "forged", "title": "Urgent", "body": "Your account is locked: call 555-0100"},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert posted.status_code in (302, 400)
+    assert "555-0100" not in posted.get_data(as_text=True)
+    assert count(admin_engine, "SELECT count(*) FROM notes") == 0
+
+
 def test_an_expired_one_click_action_is_still_refused(team, as_owner, admin_engine):
     member = member_id(admin_engine, team.id, team.accounts[M].user_id)
     refused = as_owner.post(f"/team/members/{member}/remove", data={"csrf_token": "stale", "confirmed": "yes"})
@@ -367,7 +391,8 @@ def test_a_note_posted_after_the_session_ended_is_shown_to_copy_not_lost(as_memb
     with admin_engine.begin() as conn:  # the session ends (idle time, sign out everywhere) while writing
         conn.execute(sql_text("UPDATE user_sessions SET revoked_at = now()"))
     body = "Notes from the incident\nline two"
-    posted = as_member.post_form("/notes/new", {"title": "Incident", "body": body})
+    # A browser names the page's origin on a form post (the session, and with it the token, is gone).
+    posted = as_member.post_form("/notes/new", {"title": "Incident", "body": body}, headers={"Origin": "http://localhost"})
     page = text(posted)
     assert posted.status_code == 401
     assert "Your session ended before this form was sent, so nothing was saved." in page
