@@ -71,6 +71,7 @@ def _matches_function() -> None:
             f"""$q$SELECT m.id FROM public.tenant_members AS m JOIN public.users AS u ON u.id = m.user_id
                 WHERE m.tenant_id = $1 AND (m.joined_at, m.id) {compare} ($3, $4)
                   AND (lower(u.name) LIKE $2 ESCAPE '\\' OR u.email LIKE $2 ESCAPE '\\')
+                  AND (m.ends_at IS NULL OR m.ends_at > now())
                 ORDER BY m.joined_at{order}, m.id{order} LIMIT $5$q$
                 USING team, pattern, coalesce(after_at, '{start}'), coalesce(after_id, '{NO_ID[start]}'), max_rows"""
         )
@@ -112,12 +113,13 @@ def _window_function() -> None:
         walks.append(
             f"""
             SELECT w.id FROM (
-                SELECT m.id, m.user_id, m.joined_at FROM public.tenant_members AS m
+                SELECT m.id, m.user_id, m.joined_at, m.ends_at FROM public.tenant_members AS m
                 WHERE m.tenant_id = {rls.TENANT}
                   AND (m.joined_at, m.id) {compare} (coalesce(after_at, '{start}'), coalesce(after_id, '{NO_ID[start]}'))
                 ORDER BY m.joined_at{order}, m.id{order} LIMIT scan
             ) AS w JOIN public.users AS u ON u.id = w.user_id
-            WHERE lower(u.name) LIKE pattern ESCAPE '\\' OR u.email LIKE pattern ESCAPE '\\'
+            WHERE (lower(u.name) LIKE pattern ESCAPE '\\' OR u.email LIKE pattern ESCAPE '\\')
+              AND (w.ends_at IS NULL OR w.ends_at > now())  -- walked past, not matched: as the list reads it
             ORDER BY w.joined_at{order}, w.id{order} LIMIT max_rows"""
         )
     op.execute(

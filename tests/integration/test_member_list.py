@@ -112,6 +112,23 @@ def test_a_page_from_the_middle_and_back(crowd):
     assert ">Look Alike" not in body
 
 
+@pytest.mark.parametrize("term", ["member", "9"])
+def test_a_search_walks_past_memberships_that_ended_but_are_not_yet_removed(crowd, admin_engine, monkeypatch, term):
+    client, order, team_id = crowd
+    monkeypatch.setattr(member_list, "SHORT_SCAN", 40)
+    with admin_engine.begin() as conn:  # every third member's end date passed; the beat has not run yet
+        conn.execute(
+            text(
+                "UPDATE tenant_members SET ends_at = now() - interval '1 minute' WHERE tenant_id = :t AND id IN "
+                "(SELECT m.id FROM tenant_members m JOIN users u ON u.id = m.user_id "
+                " WHERE m.tenant_id = :t AND u.name LIKE 'Member %' AND right(u.name, 1) IN ('0', '3', '6', '9'))"
+            ),
+            {"t": team_id},
+        )
+    expected = [name for name, email in order if name[-1] not in "0369" and (term in name.lower() or term in email)]
+    assert expected and _walk(client, f"/team/?q={term}", "next") == expected
+
+
 def test_the_count_is_capped_except_against_a_seat_limit(crowd, admin_engine, monkeypatch):
     client, _, team_id = crowd
     body, _ = _page(client, "/team/")
