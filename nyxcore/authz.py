@@ -131,8 +131,9 @@ def bind_request_actor() -> None:
     if membership is None:
         session.pop(ACTIVE_TENANT_KEY, None)
         return
+    if membership is not memberships[0]:  # the fallback leads the switcher's twenty, as the wanted one does
+        g.my_teams = teams.switcher([membership, *(m for m in memberships if m.tenant_id != membership.tenant_id)])
     activate_team(membership)
-    teams.remember_active(user, membership.tenant_id)
 
 
 def tell_of_lost_team(tenant_id: uuid.UUID) -> bool:
@@ -152,12 +153,16 @@ def unbind_request_actor() -> None:
 
 def activate_team(membership: TenantMember) -> None:
     """Make `membership`'s team the active one for the rest of this request and for the session."""
-    if session.get(ACTIVE_TENANT_KEY) != str(membership.tenant_id):
+    changed = session.get(ACTIVE_TENANT_KEY) != str(membership.tenant_id)
+    if changed:
         session[ACTIVE_TENANT_KEY] = str(membership.tenant_id)
     g.actor = Actor(user=current_user._get_current_object(), membership=membership)
     g.setdefault(_STACK, ExitStack()).enter_context(
         tenancy.tenant_context(user_id=membership.user_id, tenant_id=membership.tenant_id)
     )
+    if changed:  # kept for the next log in; written (in the new team's context) when the session's team
+        # changes, not on every page: two browsers in two teams do not rewrite and lock the user's row
+        teams.remember_active(g.actor.user, membership.tenant_id)
 
 
 @contextmanager

@@ -801,8 +801,11 @@ def test_magic_link_requests_are_rate_limited_per_client_address(app_config, req
 
 def test_invitations_per_team_per_hour_count_addresses(app_config, request, admin_engine):
     # RATELIMIT_ENABLED switches every limit on, the login's too: give it room.
-    app_config.update(
-        RATELIMIT_ENABLED=True, INVITATIONS_PER_TEAM_PER_HOUR=3, RATELIMIT_LOGIN="1000 per minute"
+    app_config.update(  # a prefix of its own: no other test's counts in the shared Redis (a flake under xdist)
+        RATELIMIT_ENABLED=True,
+        INVITATIONS_PER_TEAM_PER_HOUR=3,
+        RATELIMIT_LOGIN="1000 per minute",
+        RATELIMIT_KEY_PREFIX=f"test-{uuid.uuid4().hex}",
     )
     team = request.getfixturevalue("nyx_ops")
     admin = request.getfixturevalue("login_as")(team.accounts[TenantRole.ADMIN], team.id)

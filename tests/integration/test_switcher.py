@@ -75,10 +75,26 @@ def test_without_a_chosen_team_the_earliest_joined_is_active(make_user, login_as
     assert [value for value, chosen in options if chosen] == [str(ids[0])]
 
 
+def test_an_earliest_joined_team_beyond_the_first_20_by_name_is_shown_active(make_user, login_as, admin_engine):
+    crowd = make_user(name="Crowd Member")
+    ids = _many_teams(admin_engine, crowd.user_id)
+    with admin_engine.begin() as conn:  # the team last by name was joined first; the personal one last
+        conn.execute(text("UPDATE tenant_members SET joined_at = now() WHERE tenant_id = :t"), {"t": crowd.team_id})
+        conn.execute(
+            text("UPDATE tenant_members SET joined_at = now() - interval '1 year' WHERE tenant_id = :t"), {"t": ids[-1]}
+        )
+    client = login_as(crowd)
+    options = _switcher(client.get("/notes/").get_data(as_text=True))
+    assert len(options) == SWITCHER_TEAMS
+    assert [value for value, chosen in options if chosen] == [str(ids[-1])]
+
+
 def test_many_teams_cost_a_page_no_statement_more_than_one(app, make_user, login_as, admin_engine):
     one, crowd = make_user(name="One Team"), make_user(name="Crowd Member")
     ids = _many_teams(admin_engine, crowd.user_id)
     one_client, crowd_client = login_as(one), login_as(crowd, ids[-1])
+    for client in (one_client, crowd_client):  # a session's first page may record its team for the next log in
+        client.get("/notes/")
     assert statements_for(app, crowd_client, "/notes/") == statements_for(app, one_client, "/notes/")
 
 
