@@ -48,3 +48,8 @@ def can_manage_role(actor: TenantRole | None, target_current: TenantRole, target
 def grantable_roles(actor: TenantRole | None) -> list[TenantRole]:
     """The roles `actor` may give in an invitation or a role change, highest first."""
     return [role for role in ROLES_HIGH_TO_LOW if actor is not None and can_manage_role(actor, role, role)]
+
+
+def article_for(word: str) -> str:
+    """The indefinite article before `word` ("an admin", "a member"), for the pages' and mails' sentences."""
+    return "an" if word[:1].lower() in "aeiou" else "a"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nyxcore.roles import TenantRole
+from nyxcore.roles import TenantRole, article_for
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Facts:
 
     def a_role(self, key: str = "role") -> str:
         word = self.role(key)
-        return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+        return f"{article_for(word)} {word}"
 
     def text(self, key: str, default: str = "") -> str:
         value = self.details.get(key, default)

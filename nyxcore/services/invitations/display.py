@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Literal
 
 from nyxcore.models import Invitation, OutboxEmail, User
-from nyxcore.roles import TenantRole, grantable_roles
+from nyxcore.roles import TenantRole, article_for, grantable_roles
 from nyxcore.services import mail, mail_failures
 from nyxcore.services.invitations.states import InvitationState, aware, is_expired, now
 
@@ -62,7 +62,7 @@ def clock(moment: datetime) -> str:
 
 def article(role: TenantRole) -> str:
     """The indefinite article before the role's name."""
-    return "an" if role.value[0] in "aeiou" else "a"
+    return article_for(role.value)
 
 
 def delivery(invitation: Invitation) -> Delivery:
