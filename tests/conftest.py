@@ -39,7 +39,7 @@ from flask import Flask
 from flask.globals import app_ctx
 from flask.testing import FlaskClient
 from itsdangerous import URLSafeTimedSerializer
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
@@ -47,7 +47,7 @@ from nyxcore import authz, create_app, passwords, tenancy
 from nyxcore.config import load_config
 from nyxcore.extensions import db as _db
 from nyxcore.extensions import limiter
-from nyxcore.models import Tenant, TenantMember
+from nyxcore.models import Tenant, TenantMember, User
 from nyxcore.roles import TenantRole
 from nyxcore.services import accounts, sessions
 
@@ -546,6 +546,8 @@ def sign_in(client: Client, user_id: uuid.UUID, team_id: uuid.UUID | None = None
         token = sessions.start(
             user_id, user_agent="pytest", ip_address="127.0.0.1", lifetime=app.permanent_session_lifetime
         )
+        if team_id is not None:  # chosen after the log in: recorded for the next one, as a switch records it
+            _db.session.execute(update(User).where(User.id == user_id).values(last_tenant_id=team_id))
         _db.session.commit()
     with app.test_request_context(environ_base=client.environ_base):
         identifier = flask_login.utils._create_identifier()  # what session_protection="strong" checks

@@ -95,6 +95,7 @@ def seeded_team(team: TeamFixture, login_as: Any, make_user: Any, add_member: An
     add_member(team.id, long_named, TenantRole.MEMBER)
     add_member(team.accounts[TenantRole.ADMIN].team_id, owner, TenantRole.VIEWER)  # Admin's team
     post("/teams/new", {"name": WORD[:80]})  # a second team of hers, with a name that does not wrap
+    post("/teams/switch", {"tenant_id": str(team.id)})  # back in Olive's team, where her next log in lands
     pages = [
         ("team", "/team/"),
         ("invitations", "/team/invitations"),
