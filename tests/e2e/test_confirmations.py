@@ -97,6 +97,8 @@ def test_every_confirmation_by_keyboard_alone(person: Callable[[str], Person], l
     grace, linus = person("grace"), person("linus")
     join_by_invitation(grace, live_app, "Gina Lollo", "gina@example.com")
     join_by_invitation(linus, live_app, "Leo Tolstoy", "leo@example.com")
+    grace_laptop = person("grace-laptop")  # a second browser of hers, to sign out from the first
+    grace_laptop.log_in("gina@example.com", "a long enough passphrase")
 
     ada.goto("/team/")
     problems += confirm_by_keyboard(
@@ -138,6 +140,15 @@ def test_every_confirmation_by_keyboard_alone(person: Callable[[str], Person], l
     expect(grace.flash()).to_contain_text("The team Ada's team was deleted.")
 
     grace.goto("/account")
+    press_enter_on(grace, grace.page.get_by_role("link", name=re.compile(r"^Revoke ")))  # only the other browser has one
+    expect(grace.heading()).to_have_text(re.compile(r"^Sign out .+\?$"))
+    expect(grace.page.get_by_text("is signed out at its next request", exact=False)).to_be_visible()
+    problems += grace.check_page("confirm-sign-out-one-browser")
+    press_enter_on(grace, grace.page.get_by_role("button", name=re.compile(r"^Sign out ")))
+    expect(grace.flash()).to_contain_text("was signed out.")
+    grace_laptop.goto("/account")
+    expect(grace_laptop.page).to_have_url(re.compile(r"/auth/login"))  # that browser's session has ended
+
     problems += confirm_by_keyboard(
         grace, opened_by="Sign out everywhere…", title="Sign out everywhere?",
         says="Every browser where you are signed in is signed out, this one too", button="Sign out everywhere",
@@ -145,5 +156,5 @@ def test_every_confirmation_by_keyboard_alone(person: Callable[[str], Person], l
     expect(grace.flash()).to_contain_text("You were signed out everywhere")
 
     assert problems == [], "\n".join(problems)
-    for someone in (ada, grace, linus):
+    for someone in (ada, grace, linus, grace_laptop):
         someone.assert_no_console_errors()
