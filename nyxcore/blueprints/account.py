@@ -26,6 +26,7 @@ from nyxcore.forms import MinPasswordLength, add_domain_error
 from nyxcore.models import User
 from nyxcore.services import account_deletion, account_settings, sessions
 from nyxcore.services.account_deletion import TeamStanding
+from nyxcore.templating import viewer_zone
 from nyxcore.web import form_page, form_status, notify
 
 bp = Blueprint("account", __name__, url_prefix="/account")
@@ -166,11 +167,13 @@ def revoke_session(session_id: uuid.UUID) -> ResponseReturnValue:
     if not is_confirmed():
         live = sessions.live_session(_me().id, session_id, idle=_idle())
         browser = user_agents.summarise(live.user_agent)
+        zone = viewer_zone()
+        seen = f"{zone.local(live.last_seen_at):%Y-%m-%d %H:%M} ({zone.name})"
         return confirm_page(
             Confirmation(
                 title=f"Sign out {browser}?",
                 consequences=(
-                    f"{browser}, last seen {live.last_seen_at:%Y-%m-%d %H:%M} UTC, is signed out at its"
+                    f"{browser}, last seen {seen}, is signed out at its"
                     " next request: whoever uses it must log in again with your password.",
                 ),
                 button=f"Sign out {browser}",

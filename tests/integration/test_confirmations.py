@@ -401,3 +401,15 @@ def test_a_note_posted_after_the_session_ended_is_shown_to_copy_not_lost(as_memb
     assert count(admin_engine, "SELECT count(*) FROM notes") == 0
     # Nothing typed, nothing to keep: the usual way to log in.
     assert as_member.post_form("/notes/new", {}).status_code == 302
+
+
+def test_signing_out_another_browser_says_when_it_was_last_seen_in_the_viewers_zone(team, login_as, admin_engine):
+    member = team.accounts[M]
+    here, other = login_as(member, team.id), login_as(member, team.id)
+    other.get("/team/")
+    session_id = scalar(
+        admin_engine, "SELECT id FROM user_sessions WHERE user_id = :u ORDER BY created_at DESC LIMIT 1", u=member.user_id
+    )
+    here.set_cookie("nyxcore_tz", "Asia/Tokyo")  # as static/zone.js reports the browser's zone
+    page = text(here.get(f"/account/sessions/{session_id}/revoke"))
+    assert re.search(r"last seen \d{4}-\d\d-\d\d \d\d:\d\d \(Asia/Tokyo\), is signed out at its next request", page)
