@@ -89,9 +89,9 @@ def role_of(bind: Engine | Connection, team_id: uuid.UUID, user_id: uuid.UUID) -
     return role
 
 
-def statements_for(app: Any, client: Any, path: str, *, mentioning: str = "") -> int:
-    """How many SQL statements (those `mentioning` a text, if given) the app sends to answer GET
-    `path` for `client` (which must get a 200)."""
+@contextmanager
+def recorded_statements(app: Any) -> Iterator[list[str]]:
+    """The SQL statements the app sends while the block runs, in order."""
     from nyxcore.extensions import db
 
     statements: list[str] = []
@@ -103,9 +103,16 @@ def statements_for(app: Any, client: Any, path: str, *, mentioning: str = "") ->
         engine = db.engine
     event.listen(engine, "before_cursor_execute", record)
     try:
-        assert client.get(path).status_code == 200
+        yield statements
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+def statements_for(app: Any, client: Any, path: str, *, mentioning: str = "") -> int:
+    """How many SQL statements (those `mentioning` a text, if given) the app sends to answer GET
+    `path` for `client` (which must get a 200)."""
+    with recorded_statements(app) as statements:
+        assert client.get(path).status_code == 200
     return sum(mentioning in statement for statement in statements)
 
 

@@ -149,8 +149,8 @@ def renew(invitation_id: uuid.UUID) -> Response:
 @back_on_failure("invite.invitations")
 def revoke(invitation_id: uuid.UUID) -> ResponseReturnValue:
     actor = acting()
-    invitation = invitations.revocable(actor, invitation_id)
-    if not is_confirmed():
+    if not is_confirmed():  # the confirmed POST's service call looks the invitation up (and locks it) itself
+        invitation = invitations.revocable(actor, invitation_id)
         return confirm_page(
             Confirmation(
                 title=f"Revoke the invitation for {invitation.email}?",

@@ -99,8 +99,8 @@ def manage() -> Response:
 @back_on_failure("join_links.manage")
 def revoke(link_id: uuid.UUID) -> ResponseReturnValue:
     actor = acting()
-    link = join_links.revocable(actor, link_id)
-    if not is_confirmed():
+    if not is_confirmed():  # the confirmed POST's service call looks the link up (and locks it) itself
+        link = join_links.revocable(actor, link_id)
         role, left = link.role.label.lower(), link.max_uses - link.uses
         return confirm_page(
             Confirmation(

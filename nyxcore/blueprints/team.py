@@ -135,8 +135,8 @@ def change_role(member_id: uuid.UUID) -> Response:
 @back_on_failure("team.overview")
 def remove_member(member_id: uuid.UUID) -> ResponseReturnValue:
     actor = acting()
-    member = members.removable(actor, member_id)
-    if not is_confirmed():
+    if not is_confirmed():  # the confirmed POST's service call looks the member up (and checks) itself
+        member = members.removable(actor, member_id)
         name, team = member.user.name, actor.tenant.name
         return confirm_page(
             Confirmation(

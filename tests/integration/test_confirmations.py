@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text as sql_text
 
 from nyxcore.roles import TenantRole
-from tests.helpers import count, member_id, refused_page, scalar
+from tests.helpers import count, member_id, recorded_statements, refused_page, scalar
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 
@@ -413,3 +413,20 @@ def test_signing_out_another_browser_says_when_it_was_last_seen_in_the_viewers_z
     here.set_cookie("nyxcore_tz", "Asia/Tokyo")  # as static/zone.js reports the browser's zone
     page = text(here.get(f"/account/sessions/{session_id}/revoke"))
     assert re.search(r"last seen \d{4}-\d\d-\d\d \d\d:\d\d \(Asia/Tokyo\), is signed out at its next request", page)
+
+
+@pytest.mark.parametrize(("case", "table"), [("revoke invitation", "invitations"), ("revoke join link", "join_links")])
+def test_a_confirmed_action_reads_its_object_once(app, team, login_as, admin_engine, case, table):
+    """The confirm page's look-up is for the page; the confirmed POST leaves it to the service (one locked read)."""
+    client, path, _ = _open(CASES[case], team, login_as, admin_engine)
+    with recorded_statements(app) as statements:
+        assert client.confirm(path).status_code in (302, 303)
+    assert sum(f"FROM {table}" in s and "FOR UPDATE" in s for s in statements) == 1
+
+
+def test_a_confirmed_removal_reads_the_member_once(app, team, login_as, admin_engine):
+    client, path, _ = _open(CASES["remove member"], team, login_as, admin_engine)
+    with recorded_statements(app) as statements:
+        assert client.confirm(path).status_code == 302
+    member_reads = [s for s in statements if "FROM tenant_members LEFT OUTER JOIN users" in s]  # members.get_member
+    assert len(member_reads) == 1
