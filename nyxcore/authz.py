@@ -106,8 +106,8 @@ def needs_verification(name: str) -> bool:
 
 def bind_request_actor() -> None:
     """The request hook: the user, their active team, the Actor, and the tenant context until teardown."""
-    stack = g.setdefault(_STACK, ExitStack())
-    stack.enter_context(tenancy.tenant_context())  # whatever ran before, this request starts with none
+    if tenancy.current() is not tenancy.EMPTY:  # whatever ran before, this request starts with none
+        g.setdefault(_STACK, ExitStack()).enter_context(tenancy.tenant_context())
     g.actor, g.my_teams = None, []
     if not session:
         # No session cookie (or an empty one): no one is signed in, and Flask-Login need not look
@@ -117,7 +117,7 @@ def bind_request_actor() -> None:
     if not current_user.is_authenticated:
         return
     user: User = current_user._get_current_object()
-    stack.enter_context(tenancy.tenant_context(user_id=user.id))
+    g.setdefault(_STACK, ExitStack()).enter_context(tenancy.tenant_context(user_id=user.id))
     # Read with the user (load_user): the wanted team's membership first, then up to 20 others.
     memberships: list[TenantMember] = g.pop(_SIGNED_IN_TEAMS, [])
     g.my_teams, g.more_teams = teams.switcher(memberships), len(memberships) > teams.SWITCHER_TEAMS

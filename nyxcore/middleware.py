@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
+from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,17 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 _FORWARDED = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PREFIX")
+
+
+@lru_cache(maxsize=1024)
+def _in_networks(peer: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    """Whether address `peer` lies in one of `networks`, parsed once per peer: behind a proxy
+    every request comes from the same few addresses, and parsing one costs more than the rest."""
+    try:
+        address = ip_address(peer)
+    except ValueError:  # a Unix socket or no peer at all
+        return False
+    return any(address in network for network in networks)
 
 
 class TrustedProxyFix:
@@ -32,11 +44,7 @@ class TrustedProxyFix:
 
     def is_trusted(self, peer: str | None) -> bool:
         """True when the socket peer's address lies in one of the trusted networks."""
-        try:
-            address = ip_address(peer or "")
-        except ValueError:  # a Unix socket or no peer at all
-            return False
-        return any(address in network for network in self.trusted)
+        return _in_networks(peer or "", self.trusted)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self.trusted and self.is_trusted(environ.get("REMOTE_ADDR")):
