@@ -16,20 +16,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, flash, g, redirect, render_template, request, session
-from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, SessionMixin
 from flask.typing import ResponseReturnValue
-from flask.wrappers import Request
-from flask.wrappers import Response as FlaskResponse
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import validate_csrf
-from itsdangerous import URLSafeTimedSerializer
 from werkzeug.routing import Rule
 from werkzeug.wrappers.response import Response
 from wtforms.validators import ValidationError
 
 from nyxcore import authz
 from nyxcore.extensions import db
+from nyxcore.fixed_cost import CookieSessions, skip_idle_extension_hooks
 from nyxcore.logs import REQUEST_ID
 from nyxcore.services import mail
 
@@ -65,37 +62,6 @@ V = TypeVar("V", bound=Callable[..., Any])
 _KEEP = "nyxcore_keep_changes"  # on g: the view returned and did not abandon its changes
 _NOTICES = "nyxcore_notices"  # on g: flash messages waiting for the commit
 _CARRIED = "nyxcore_field_error"  # in the session: a refused POST's field error for the page it redirected to
-
-
-class CookieSessions(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, without their fixed cost on a request that sends no cookie.
-
-    Flask builds a new signing serializer (and itsdangerous test-serializes `{}` to make one) on
-    every request, also when there is no cookie to read; here it is built once per key set, and a
-    request without the cookie gets an empty session at once. Signing, keys and expiry are Flask's.
-    """
-
-    def __init__(self) -> None:
-        self._serializers: dict[tuple[Any, ...], URLSafeTimedSerializer | None] = {}
-
-    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
-        keys = (app.secret_key, *(app.config["SECRET_KEY_FALLBACKS"] or ()))
-        if keys not in self._serializers:
-            self._serializers[keys] = super().get_signing_serializer(app)
-        return self._serializers[keys]
-
-    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
-        if app.secret_key and self.get_cookie_name(app) not in request.cookies:
-            return self.session_class()
-        return super().open_session(app, request)
-
-    def save_session(self, app: Flask, session: SessionMixin, response: FlaskResponse) -> None:
-        """Flask's, without working out seven cookie settings for an empty session that has nothing to write."""
-        if not session and not session.modified:
-            if session.accessed:
-                response.vary.add("Cookie")
-            return
-        super().save_session(app, session, response)
 
 
 class NyxCoreFlask(Flask):
@@ -232,6 +198,7 @@ def current_request_id() -> str:
 
 def register_request_hooks(app: Flask) -> None:
     """Bind the tenant context per request, commit once at the end, and add security headers."""
+    skip_idle_extension_hooks(app)
 
     @app.before_request
     def bind_context() -> tuple[str, int] | None:
