@@ -16,17 +16,6 @@ if TYPE_CHECKING:
 _FORWARDED = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PREFIX")
 
 
-@lru_cache(maxsize=1024)
-def _in_networks(peer: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
-    """Whether address `peer` lies in one of `networks`, parsed once per peer: behind a proxy
-    every request comes from the same few addresses, and parsing one costs more than the rest."""
-    try:
-        address = ip_address(peer)
-    except ValueError:  # a Unix socket or no peer at all
-        return False
-    return any(address in network for network in networks)
-
-
 class TrustedProxyFix:
     """ProxyFix for requests whose peer is a trusted proxy; everyone else keeps their socket address.
 
@@ -41,10 +30,19 @@ class TrustedProxyFix:
         self.app = app
         self.trusted = tuple(trusted)
         self.proxied = ProxyFix(app, **proxy_fix)
+        # Behind a proxy every request comes from the same few peers: each address is parsed once.
+        self._judged = lru_cache(maxsize=1024)(self._judge)
 
     def is_trusted(self, peer: str | None) -> bool:
         """True when the socket peer's address lies in one of the trusted networks."""
-        return _in_networks(peer or "", self.trusted)
+        return self._judged(peer or "")
+
+    def _judge(self, peer: str) -> bool:
+        try:
+            address = ip_address(peer)
+        except ValueError:  # a Unix socket or no peer at all
+            return False
+        return any(address in network for network in self.trusted)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self.trusted and self.is_trusted(environ.get("REMOTE_ADDR")):
