@@ -24,6 +24,7 @@ from werkzeug.wrappers.response import Response
 
 from nyxcore import tenancy
 from nyxcore.extensions import login_manager
+from nyxcore.fixed_cost import current_session, request_globals
 from nyxcore.models import AccountToken, TenantMember, User
 from nyxcore.permissions import Operation, operation
 from nyxcore.roles import TenantRole
@@ -106,10 +107,11 @@ def needs_verification(name: str) -> bool:
 
 def bind_request_actor() -> None:
     """The request hook: the user, their active team, the Actor, and the tenant context until teardown."""
+    request_g = request_globals()  # `g` itself, looked up once (nyxcore/fixed_cost.py): every request runs this
     if tenancy.current() is not tenancy.EMPTY:  # whatever ran before, this request starts with none
-        g.setdefault(_STACK, ExitStack()).enter_context(tenancy.tenant_context())
-    g.actor, g.my_teams = None, []
-    if not session:
+        request_g.setdefault(_STACK, ExitStack()).enter_context(tenancy.tenant_context())
+    request_g.actor, request_g.my_teams = None, []
+    if not current_session():
         # No session cookie (or an empty one): no one is signed in, and Flask-Login need not look
         # (its session protection hashes the address and browser, its remember-me reads cookies).
         login_manager._update_request_context_with_user()
@@ -146,8 +148,7 @@ def tell_of_lost_team(tenant_id: uuid.UUID) -> bool:
 
 def unbind_request_actor() -> None:
     """Leave every tenant context the request entered (teardown)."""
-    stack: ExitStack | None = g.pop(_STACK, None)
-    if stack is not None:
+    if (stack := request_globals().pop(_STACK, None)) is not None:
         stack.close()
 
 

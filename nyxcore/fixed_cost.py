@@ -13,12 +13,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, request, session
+from flask import Flask, g, request, session
+from flask.ctx import _AppCtxGlobals
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, SessionMixin
 from flask.wrappers import Request, Response
 from itsdangerous import URLSafeTimedSerializer
 
 from nyxcore.extensions import login_manager
+
+# Each attribute read through one of Flask's context proxies (`request`, `g`, `session`) looks the
+# context up again and makes a bound method: about ten times a plain attribute read. Code that runs
+# on every request looks each object up once with these.
+
+
+def current_request() -> Request:
+    """This request itself (what `flask.request` stands for)."""
+    found: Request = request._get_current_object()  # type: ignore[attr-defined]
+    return found
+
+
+def request_globals() -> _AppCtxGlobals:
+    """This request's `flask.g` itself."""
+    found: _AppCtxGlobals = g._get_current_object()
+    return found
+
+
+def current_session() -> SessionMixin:
+    """This request's `flask.session` itself."""
+    found: SessionMixin = session._get_current_object()  # type: ignore[attr-defined]
+    return found
 
 
 class CookieSessions(SecureCookieSessionInterface):
@@ -87,7 +110,7 @@ def _csrf_when_checked(app: Flask, hook: Callable[[], Any]) -> Any:
     """
 
     def csrf_protect() -> Any:
-        if request.method in app.config["WTF_CSRF_METHODS"]:
+        if current_request().method in app.config["WTF_CSRF_METHODS"]:
             return hook()
         return None
 
@@ -100,7 +123,7 @@ def _remember_when_possible(app: Flask, hook: Any) -> Any:
     remember-me cookie is refreshed on every request: it acts on a `_remember` key in the session."""
 
     def update_remember_cookie(response: Response) -> Any:
-        if session or app.config.get("REMEMBER_COOKIE_REFRESH_EACH_REQUEST"):
+        if current_session() or app.config.get("REMEMBER_COOKIE_REFRESH_EACH_REQUEST"):
             return hook(response)
         return response
 

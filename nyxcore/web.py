@@ -26,7 +26,7 @@ from wtforms.validators import ValidationError
 
 from nyxcore import authz
 from nyxcore.extensions import db
-from nyxcore.fixed_cost import CookieSessions, skip_idle_extension_hooks
+from nyxcore.fixed_cost import CookieSessions, current_request, request_globals, skip_idle_extension_hooks
 from nyxcore.logs import REQUEST_ID
 from nyxcore.services import mail
 
@@ -103,9 +103,10 @@ class NyxCoreFlask(Flask):
 
     def dispatch_request(self) -> ResponseReturnValue:
         """Run the view; its changes are kept only if it returns (an exception rolls them back)."""
-        g.pop(_KEEP, None)
+        request_g = request_globals()
+        request_g.pop(_KEEP, None)
         result = super().dispatch_request()
-        g.setdefault(_KEEP, True)  # abandon_changes() may have said False already
+        request_g.setdefault(_KEEP, True)  # abandon_changes() may have said False already
         return result
 
 
@@ -202,20 +203,22 @@ def register_request_hooks(app: Flask) -> None:
 
     @app.before_request
     def bind_context() -> tuple[str, int] | None:
-        if request.endpoint not in _SKIP_CONTEXT_ENDPOINTS:
-            authz.bind_request_actor()
-            return show_typed_input_after_sign_out()
-        return None
+        this_request = current_request()
+        if this_request.endpoint in _SKIP_CONTEXT_ENDPOINTS:
+            return None
+        authz.bind_request_actor()
+        return show_typed_input_after_sign_out() if this_request.method == "POST" else None
 
     @app.after_request
     def finish_transaction(response: Response) -> Response:
         # One commit per request, when its view returned; then the messages and queued mail.
         # A request that never touched the database (no session, or no transaction begun) sends nothing.
         used = db.session.registry.has()
-        if g.pop(_KEEP, False):
+        request_g = request_globals()
+        if request_g.pop(_KEEP, False):
             if used and db.session().in_transaction():
                 db.session.commit()
-            for message, category in g.pop(_NOTICES, []):
+            for message, category in request_g.pop(_NOTICES, []):
                 flash(message, category)
             if used:  # mail is queued on the session
                 mail.dispatch_queued()
@@ -227,7 +230,7 @@ def register_request_hooks(app: Flask) -> None:
     @app.after_request
     def hide_token_paths(response: Response) -> Response:
         # The security headers and X-Request-ID go on in NyxCoreFlask.wsgi_app; this one depends on the route.
-        rule = request.url_rule
+        rule = current_request().url_rule
         if rule is not None and _path_carries_token(rule):
             # A token in the path (magic links, account links): send only the origin (which CSRF
             # checks over HTTPS need), never the path.
