@@ -96,6 +96,13 @@ def discard_queued() -> None:
     db.session.info.pop(_QUEUED, None)
 
 
+def unqueue(outbox_id: uuid.UUID | None) -> None:
+    """Forget one queued id whose row a rolled-back savepoint took back."""
+    queued: list[uuid.UUID] = db.session.info.get(_QUEUED, [])
+    if outbox_id in queued:
+        queued.remove(outbox_id)
+
+
 def cancel_unsent(outbox_id: uuid.UUID, reason: str) -> bool:
     """Wipe an outbox row's body so it is never sent, unless it was sent already or is being sent now.
 
