@@ -1,5 +1,5 @@
-"""Celery, set up as Flask's own Celery example does, and the tasks: deliver one outbox email,
-sweep the outbox for mail an outage left behind, remind invitees 48 hours before expiry, and warn
+"""Celery, set up as Flask's own Celery example does, and the tasks: deliver outbox email (a batch
+of messages, or one message and its retries), sweep the outbox for mail an outage left behind, remind invitees 48 hours before expiry, and warn
 about and end memberships that end.
 
 `celery_init_app` makes one Celery app per Flask app (`app.extensions["celery"]`); the tasks are

@@ -2,8 +2,9 @@
 
 `queue_email` writes an OutboxEmail (body sealed with the key ring) in the caller's transaction
 and remembers its id on the session. Only after that transaction commits does `dispatch_queued`
-hand the ids (never the content) to Celery. The worker's `deliver` decrypts, sends, marks the row
-sent and wipes the body; the beat sweep re-enqueues what an outage left behind.
+hand the ids (never the content) to Celery, DELIVERY_BATCH to a task. The worker's `deliver`
+claims one row, decrypts, sends, marks it sent and wipes the body, in a transaction of its own
+for each message; the beat sweep re-enqueues what an outage left behind.
 """
 
 from __future__ import annotations
