@@ -218,7 +218,8 @@ class SinkHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         data: bytes = envelope.original_content or envelope.content
-        found = _MESSAGE_ID.search(data, 0, data.find(b"\r\n\r\n"))  # in the headers only
+        headers_end = data.find(b"\r\n\r\n")
+        found = _MESSAGE_ID.search(data, 0, headers_end if headers_end >= 0 else len(data))  # headers only
         self.message_ids.append(found.group(1) if found else b"")
         self.recipients.extend(envelope.rcpt_tos)
         with self.accepted.get_lock():
