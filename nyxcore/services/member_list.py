@@ -12,6 +12,10 @@
   in order, at most SHORT_SCAN members per page (`nyxcore_member_window`: the walk checks the
   `users` policy only for the rows it returns); a page that found fewer than a page of matches in
   its window links on from the window's end, so every match is still reached, page by page.
+- **A planned-once read.** On PostgreSQL the page's rows come from `nyxcore_member_page`
+  (migration 0018), whose statements are planned once per connection: planning the join under the
+  `users` policies on every request cost more than running it on a 50-member team. It is given the
+  actor's team and answers only when that is the context's team. SQLite (`make run`) joins the tables.
 
 Each statement leaves the ORM's tenant scoping (built once, it carries no loader criteria) and
 filters by the actor's team itself; row-level security applies to it as to every statement.
@@ -118,17 +122,16 @@ def _found(function: str, *arguments: Any) -> Any:
     return select(call.table_valued(column("member_id", Uuid)).render_derived().c.member_id)
 
 
-def _matches(mode: str, direction: str) -> Any:
-    """The condition on members that a search adds: the page's matches after (before) its key.
+def _match_ids(mode: str, direction: str) -> Any:
+    """The ids of the page's matches after (before) its key, as a sub-select.
 
     INDEXED: among the whole team (the function may use the trigram indexes).
     SHORT: among the next `scan` members from the key only (a bounded walk).
     """
     backwards = literal(direction in (BEFORE, LAST))
     if mode == INDEXED:
-        return TenantMember.id.in_(_found("nyxcore_member_matches", *_KEY, backwards, bindparam("limit")))
-    window = _found("nyxcore_member_window", *_KEY, backwards, bindparam("scan"), bindparam("limit"))
-    return TenantMember.id.in_(window)
+        return _found("nyxcore_member_matches", *_KEY, backwards, bindparam("limit"))
+    return _found("nyxcore_member_window", *_KEY, backwards, bindparam("scan"), bindparam("limit"))
 
 
 def _match_count() -> Any:
@@ -165,7 +168,7 @@ def _member_rows(direction: str, mode: str) -> Select[Any]:
         _after(direction, TenantMember),
     ]
     if mode != PLAIN:
-        conditions.append(_matches(mode, direction))
+        conditions.append(TenantMember.id.in_(_match_ids(mode, direction)))
     query = (
         select(
             TenantMember.id,
@@ -187,15 +190,36 @@ def _member_rows(direction: str, mode: str) -> Select[Any]:
     return _ordered(query, direction, TenantMember).limit(bindparam("limit"))
 
 
+def _member_page(direction: str, mode: str) -> Select[Any]:
+    """PostgreSQL's statement: the page's rows from `nyxcore_member_page` (migration 0018), then the extras.
+
+    The function's statements are planned once per connection, and it reads the `users` rows of the
+    team named here only when that is the context's team; the search's matches come in as an array.
+    """
+    only = null() if mode == PLAIN else func.array(_match_ids(mode, direction).scalar_subquery())
+    backwards = literal(direction in (BEFORE, LAST))
+    shown = [column(f.name, _TYPES.get(f.name)) for f in fields(MemberRow)]
+    page = func.nyxcore_member_page(bindparam("tenant_id"), *_KEY, backwards, bindparam("limit"), only)
+    rows = page.table_valued(*shown, with_ordinality="n").render_derived()
+    query = select(*rows.c[:_WIDTH], *_extras(direction, mode)).order_by(rows.c.n)
+    return query.execution_options(**{tenancy.ALL_TENANTS: True})
+
+
 _WIDTH = len(fields(MemberRow))
+_MOMENT = DateTime(timezone=True)
+_TYPES = {"id": Uuid(), "user_id": Uuid(), "role": TenantMember.role.type, "joined_at": _MOMENT, "ends_at": _MOMENT}
 _SHAPES = [
     (direction, mode) for direction in (FIRST, AFTER, BEFORE, LAST) for mode in (PLAIN, INDEXED, SHORT)
 ]
-_MEMBER_ROWS = {shape: _member_rows(*shape) for shape in _SHAPES}
+# PostgreSQL reads through the function; SQLite (`make run`) joins the tables (it has no search functions).
+_STATEMENTS = {
+    dialect: {shape: build(*shape) for shape in _SHAPES}
+    for dialect, build in (("postgresql", _member_page), ("other", _member_rows))
+}
 # An empty page carries no counts: they are asked alone.
 _COUNTS = {
     shape: select(*query.selected_columns[_WIDTH:]).execution_options(**{tenancy.ALL_TENANTS: True})
-    for shape, query in _MEMBER_ROWS.items()
+    for shape, query in _STATEMENTS["other"].items()
 }
 
 
@@ -216,7 +240,8 @@ def list_members(
         "scan": SHORT_SCAN,
         "scan_last": SHORT_SCAN - 1,
     }
-    rows = db.session.execute(_MEMBER_ROWS[shape], {**params, "limit": per_page + 1}).all()
+    dialect = "postgresql" if db.session.get_bind().dialect.name == "postgresql" else "other"
+    rows = db.session.execute(_STATEMENTS[dialect][shape], {**params, "limit": per_page + 1}).all()
     extras = tuple(rows[0][_WIDTH:]) if rows else tuple(db.session.execute(_COUNTS[shape], params).one())
     everyone, invited, matched, end_at, end_id = extras
     window_end = Key(end_at, end_id) if end_at is not None else None
