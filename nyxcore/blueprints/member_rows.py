@@ -14,6 +14,7 @@ that work without JavaScript.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -74,7 +75,8 @@ def role_options(roles: list[TenantRole], *, selected: TenantRole) -> str:
 class RowParts:
     """What every row of one page shares, escaped once: who is looking, what they may do, the URLs."""
 
-    actor: Actor
+    me: uuid.UUID  # the actor's own membership: marked "you", never managed from its row
+    manageable: frozenset[TenantRole]  # the roles the actor may change and remove
     show_two_factor: bool
     show_actions: bool
     show_end: bool
@@ -89,7 +91,8 @@ class RowParts:
     def for_page(cls, actor: Actor, *, show_two_factor: bool, show_actions: bool, show_end: bool) -> RowParts:
         grantable = grantable_roles(actor.role)
         return cls(
-            actor=actor,
+            me=actor.member_id,
+            manageable=frozenset(role for role in TenantRole if can_manage_role(actor.role, role, role)),
             show_two_factor=show_two_factor,
             show_actions=show_actions,
             show_end=show_end,
@@ -103,8 +106,7 @@ class RowParts:
 
     def manages(self, member: MemberRow) -> bool:
         """Whether the actor may change this member's role and remove them (not themselves)."""
-        role = self.actor.role
-        return member.id != self.actor.member_id and can_manage_role(role, member.role, member.role)
+        return member.role in self.manageable and member.id != self.me
 
 
 def member_rows(members: Iterable[MemberRow], parts: RowParts) -> Markup:
@@ -119,11 +121,11 @@ def _row(m: MemberRow, parts: RowParts) -> str:
     name = str(escape(m.name))
     return _ROW.format(
         name=name,
-        you=_YOU if m.id == parts.actor.member_id else "",
+        you=_YOU if m.id == parts.me else "",
         email=escape(m.email),
         role=parts.role_labels[m.role],
         until=_UNTIL.format(escape(last_day(m.ends_at))) if m.ends_at else "",
-        joined=escape(format_time(m.joined_at)),
+        joined=format_time(m.joined_at),  # digits and "UTC": nothing to escape
         inviter=escape(m.inviter_name or ""),
         two_factor=_TWO_FACTOR[m.two_factor] if parts.show_two_factor else "",
         actions=_ACTIONS.format(_actions(m, name, parts)) if parts.show_actions else "",
