@@ -4,7 +4,9 @@
   key of a row (pagination.Position): no OFFSET, so the last page of a large team reads 51 rows,
   not 50,000. The last page is the first one read backwards.
 - **A capped count.** Members are counted up to COUNT_CAP ("1,000+"), or up to the team's seat limit
-  when it has one, so that "Seats: 7 of 10 used" stays exact.
+  when it has one, so that "Seats: 7 of 10 used" stays exact. A search's matches are counted up to
+  MATCH_CAP ("100+"): the count is a second search, which for a common term in a large team walks
+  that many members; and it is not run at all when the page shows every match.
 - **Search.** A term with three letters or digits in a row is looked up through
   `nyxcore_member_matches` (migration 0017: under RLS a `LIKE` cannot use an index), which finds a
   page's matches in the trigram indexes or, for a common term, by walking the team in join order.
@@ -35,6 +37,7 @@ from sqlalchemy import (
     String,
     Uuid,
     bindparam,
+    case,
     column,
     func,
     literal,
@@ -55,6 +58,7 @@ from nyxcore.tenancy import Actor
 
 PER_PAGE = 50
 COUNT_CAP = 1000
+MATCH_CAP = 100  # a search's matches are counted up to here ("100+"): counting is a second search
 SHORT_SCAN = 500
 PLAIN, INDEXED, SHORT = "plain", "indexed", "short"  # the three kinds of statement (search modes)
 _KEY = (bindparam("at", type_=DateTime(timezone=True)), bindparam("key_id", type_=Uuid()))  # a page's key
@@ -135,8 +139,8 @@ def _match_ids(mode: str, direction: str) -> Any:
 
 
 def _match_count() -> Any:
-    """How many members match a term, counting at most `cap` of them."""
-    some = _found("nyxcore_member_matches", null(), null(), literal(False), bindparam("cap")).subquery()
+    """How many members match a term, counting at most `match_cap` of them."""
+    some = _found("nyxcore_member_matches", null(), null(), literal(False), bindparam("match_cap")).subquery()
     return select(func.count()).select_from(some).scalar_subquery()
 
 
@@ -147,9 +151,16 @@ def _window_end(direction: str, part: Any) -> Any:
     return query.offset(bindparam("scan_last")).limit(1).scalar_subquery()
 
 
-def _extras(direction: str, mode: str) -> list[Any]:
-    """The columns after a row's: all members, open invitations, matches, the short-term window's end."""
+def _extras(direction: str, mode: str, *, with_rows: bool = True) -> list[Any]:
+    """The columns after a row's: all members, open invitations, matches, the short-term window's end.
+
+    A search's matches are not counted when the rows at hand are all of them (the first or the last
+    page, not full): NULL, and the page counts its rows. PostgreSQL runs the count's sub-select only
+    when the CASE needs it, which spares a second search on every page that a rare term fills.
+    """
     matched = _match_count() if mode == INDEXED else null()
+    if mode == INDEXED and with_rows and direction in (FIRST, LAST):
+        matched = case((func.count().over() > bindparam("per_page"), matched), else_=null())
     ends = [_window_end(direction, TenantMember.joined_at), _window_end(direction, TenantMember.id)]
     return [
         _capped_count(),
@@ -218,8 +229,8 @@ _STATEMENTS = {
 }
 # An empty page carries no counts: they are asked alone.
 _COUNTS = {
-    shape: select(*query.selected_columns[_WIDTH:]).execution_options(**{tenancy.ALL_TENANTS: True})
-    for shape, query in _STATEMENTS["other"].items()
+    shape: select(*_extras(*shape, with_rows=False)).execution_options(**{tenancy.ALL_TENANTS: True})
+    for shape in _SHAPES
 }
 
 
@@ -237,13 +248,15 @@ def list_members(
         "at": at.key.at if at.key else None,
         "key_id": at.key.id if at.key else None,
         "cap": cap + 1,
+        "match_cap": MATCH_CAP + 1,
         "scan": SHORT_SCAN,
         "scan_last": SHORT_SCAN - 1,
     }
     dialect = "postgresql" if db.session.get_bind().dialect.name == "postgresql" else "other"
-    rows = db.session.execute(_STATEMENTS[dialect][shape], {**params, "limit": per_page + 1}).all()
+    rows = db.session.execute(_STATEMENTS[dialect][shape], {**params, "limit": per_page + 1, "per_page": per_page}).all()
     extras = tuple(rows[0][_WIDTH:]) if rows else tuple(db.session.execute(_COUNTS[shape], params).one())
     everyone, invited, matched, end_at, end_id = extras
+    matched = len(rows) if matched is None else matched  # a search's page that holds every match
     window_end = Key(end_at, end_id) if end_at is not None else None
     items = [MemberRow(*row[:_WIDTH]) for row in rows[:per_page]]
     onward = Key(items[-1].joined_at, items[-1].id) if len(rows) > per_page else window_end
@@ -251,13 +264,13 @@ def list_members(
     if at.backwards:
         items.reverse()
         back, onward = onward, back  # read backwards: what lies further is the previous page
-    total = None if shape[1] == SHORT else (everyone if shape[1] == PLAIN else matched)
+    total, total_cap = {PLAIN: (everyone, cap), INDEXED: (matched, MATCH_CAP)}.get(shape[1], (None, 0))
     return MemberPage(
         items,
         previous=back,
         next=onward,
-        total=None if total is None else min(total, cap),
-        capped=total is not None and total > cap,
+        total=None if total is None else min(total, total_cap),
+        capped=total is not None and total > total_cap,
         members=min(everyone, cap),
         members_capped=everyone > cap,
         open_invitations=invited,

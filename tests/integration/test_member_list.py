@@ -253,3 +253,14 @@ def test_migration_0018_upgrades_and_downgrades(fresh_database):  # noqa: F811
         assert scalar(admin, functions) == 1
     finally:
         admin.dispose()
+
+
+def test_a_search_counts_its_matches_up_to_the_match_cap(crowd, monkeypatch):
+    """A search's count is a second search: it stops at MATCH_CAP, and is the page's own rows when they are all."""
+    client, order, _ = crowd
+    assert "Members (100+)" in _page(client, "/team/?q=member")[0]  # 130 matches
+    monkeypatch.setattr(member_list, "MATCH_CAP", 200)
+    assert "Members (130)" in _page(client, "/team/?q=member")[0]
+    one = order[7][0]
+    body, names = _page(client, f"/team/?q={quote(one.lower())}")
+    assert names == [one] and "Members (1)" in body  # counted from the page (no second search)
