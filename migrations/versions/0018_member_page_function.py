@@ -44,17 +44,23 @@ VISIBLE_INVITER = (
 
 
 def _page_query(order: str, only: bool) -> str:
-    """One of the function's four statements: a direction (`order`), all members or only `member_ids`."""
+    """One of the function's four statements: a direction (`order`), all members or only `member_ids`.
+
+    Chosen members are read by primary key from the array (a join, not `id = ANY(...)`: with that,
+    the cached generic plan ANDed a bitmap of every member of the team to the ids, 2 ms at 50,000).
+    """
     compare = ">" if not order else "<"
     at, key = START[order]
-    chosen = "AND m.id = ANY(member_ids)" if only else ""
+    members = "public.tenant_members AS m"
+    if only:
+        members = f"unnest(member_ids) AS chosen(id) JOIN {members} ON m.id = chosen.id"
     return f"""
         SELECT m.id, m.user_id, m.role::text, m.joined_at, u.name::text, u.email::text,
                u.two_factor_enabled_at IS NOT NULL, i.name::text, m.ends_at
-        FROM public.tenant_members AS m
+        FROM {members}
         JOIN public.users AS u ON u.id = m.user_id
         LEFT JOIN public.users AS i ON i.id = m.invited_by AND ({VISIBLE_INVITER})
-        WHERE m.tenant_id = team {chosen}
+        WHERE m.tenant_id = team
           AND (m.joined_at, m.id) {compare} (coalesce(after_at, '{at}'), coalesce(after_id, '{key}'))
           AND (m.ends_at IS NULL OR m.ends_at > now())
         ORDER BY m.joined_at{order}, m.id{order} LIMIT max_rows"""
