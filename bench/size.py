@@ -16,9 +16,10 @@ with PASS (within 1.5 x) or BELOW TARGET:
   like: a 1-character, a 2-character and a 3-letter term that every member matches ("s", "si",
   "size": a full page of 50 rows in both teams), and terms that one member of each team matches (one
   row in both): a full name ("Size large 24999", whose first ten characters every seeded name
-  shares, so the trigram index reads an entry for every user) and a rarer term ("24999"). A page's Python cost is mostly its rows, so a term that shows 50 rows in one team and 0
-  to 5 in the other measures rendering, not search; such terms ("7", "e4") are still printed, with
-  their row counts, as information, without a verdict;
+  shares, so the trigram index reads an entry for every user) and a rarer term ("24999"). A page's
+  Python cost is mostly its rows, so a term that shows 50 rows in one team and 0 to 5 in the other
+  measures rendering, not search; such terms ("7", "e4") are still printed, with their row counts,
+  as information, without a verdict;
 - the NyxBook list for the user in many teams, against the one-team user's.
 `--cases search` runs only the cases whose name contains "search".
 """
