@@ -125,7 +125,7 @@ def _row(m: MemberRow, parts: RowParts) -> str:
         email=escape(m.email),
         role=parts.role_labels[m.role],
         until=_UNTIL.format(escape(last_day(m.ends_at))) if m.ends_at else "",
-        joined=format_time(m.joined_at),  # digits and "UTC": nothing to escape
+        joined=escape(format_time(m.joined_at)),  # the viewer's zone name is data too
         inviter=escape(m.inviter_name or ""),
         two_factor=_TWO_FACTOR[m.two_factor] if parts.show_two_factor else "",
         actions=_ACTIONS.format(_actions(m, name, parts)) if parts.show_actions else "",
