@@ -6,11 +6,17 @@ import re
 import secrets
 import unicodedata
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import JSON, ScalarSelect, bindparam, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import contains_eager, joinedload
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from nyxcore import tenancy
 from nyxcore.errors import Conflict, InvalidInput
@@ -144,9 +150,67 @@ def first_joined(user_id: uuid.UUID) -> TenantMember | None:
     return db.session.scalar(_FIRST_JOINED, {"user_id": user_id, "now": datetime.now(UTC)})
 
 
-def switcher(memberships: list[TenantMember]) -> list[TenantMember]:
-    """The first SWITCHER_TEAMS of `memberships` (the active one first), by team name as the switcher lists them."""
-    return sorted(memberships[:SWITCHER_TEAMS], key=lambda m: (m.tenant.name, str(m.tenant_id)))
+@dataclass(frozen=True)
+class TeamChoice:
+    """A team as the switcher offers it: its id, its name, and the user's role in it."""
+
+    tenant_id: uuid.UUID
+    name: str
+    role: TenantRole
+
+    @classmethod
+    def of(cls, membership: TenantMember) -> TeamChoice:
+        return cls(membership.tenant_id, membership.tenant.name, membership.role)
+
+
+class _json_rows(FunctionElement[Any]):
+    """The rows of its columns as one JSON array of arrays: many rows carried in one value of one row."""
+
+    type = JSON()
+    inherit_cache = True
+
+
+@compiles(_json_rows, "postgresql")
+def _json_rows_postgresql(element: _json_rows, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_agg(json_build_array({compiler.process(element.clauses, **kw)}))"
+
+
+@compiles(_json_rows, "sqlite")
+def _json_rows_sqlite(element: _json_rows, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_group_array(json_array({compiler.process(element.clauses, **kw)}))"
+
+
+def _switcher_choices() -> ScalarSelect[Any]:
+    """The user's first SWITCHER_TEAMS + 1 teams by name (whether there are more), as one JSON value.
+
+    One value, not a row per team: the statement that loads the user stays one row, which a request
+    reads without building an ORM object (and UUIDs) per team. Binds `user_id` and `now`.
+    """
+    first_by_name = (
+        select(TenantMember.tenant_id, Tenant.name, TenantMember.role)
+        .join(TenantMember.tenant)
+        .where(TenantMember.user_id == bindparam("user_id"), NOT_ENDED)
+        .order_by(Tenant.name, Tenant.id)
+        .limit(SWITCHER_TEAMS + 1)
+        .subquery()
+    )
+    return select(_json_rows(*first_by_name.c)).scalar_subquery()
+
+
+SWITCHER_CHOICES = _switcher_choices()
+
+
+def choices_from(value: Sequence[Sequence[str]] | None) -> list[TeamChoice]:
+    """The TeamChoices of a SWITCHER_CHOICES value (None: no team at all)."""
+    return [TeamChoice(uuid.UUID(tenant_id), name, TenantRole(role)) for tenant_id, name, role in value or ()]
+
+
+def switcher(choices: list[TeamChoice], active: TenantMember | None) -> list[TeamChoice]:
+    """The switcher's SWITCHER_TEAMS teams by name: the active one, then the first others by name."""
+    if active is not None:
+        current = TeamChoice.of(active)
+        choices = [current, *(choice for choice in choices if choice.tenant_id != current.tenant_id)]
+    return sorted(choices[:SWITCHER_TEAMS], key=lambda choice: (choice.name, str(choice.tenant_id)))
 
 
 def membership_of(tenant_id: uuid.UUID, user_id: uuid.UUID) -> TenantMember | None:
