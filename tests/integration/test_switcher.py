@@ -1,17 +1,24 @@
 """The team switcher of a user in many teams (issue 15): 20 teams in the switcher, all on /teams/.
 
-Every signed-in page reads the user, their session and their teams in one statement, the active
-team's membership first (by the session's team id), at most 21 rows: a user in 25 teams costs a page
-the same statements as a user in one, and still reaches, switches to and works in every team.
+Every signed-in page reads the user, their session, their membership in the session's team and the
+switcher's first 21 teams by name in one statement of one row (the teams as one JSON value): a user
+in 25 teams costs a page the same statements, rows and objects as a user in one, and still reaches,
+switches to and works in every team.
 """
 
 from __future__ import annotations
 
+import html
 import re
 import uuid
+from datetime import timedelta
 
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.orm import Session
 
+from nyxcore import tenancy
+from nyxcore.extensions import db
+from nyxcore.services import sessions
 from nyxcore.services.teams import SWITCHER_TEAMS
 from tests.helpers import statements_for
 
@@ -107,3 +114,51 @@ def test_a_removal_from_a_team_counts_on_the_next_request(make_user, login_as, a
         conn.execute(text("DELETE FROM tenant_members WHERE tenant_id = :t"), {"t": ids[-1]})
     options = dict(_switcher(client.get("/notes/", follow_redirects=True).get_data(as_text=True)))
     assert str(ids[-1]) not in options and True in options.values()
+
+
+def test_a_user_in_many_teams_is_read_as_one_row_of_four_objects(app, make_user, admin_engine):
+    """The user, the session, the active membership and its team: no ORM object per team of the switcher."""
+    crowd = make_user(name="Crowd Member")
+    ids = _many_teams(admin_engine, crowd.user_id)  # 'Crowd 00' ... sort before the personal team
+    hour = timedelta(hours=1)
+    loaded: list[str] = []
+
+    def count(session: Session, instance: object) -> None:
+        loaded.append(type(instance).__name__)
+
+    with app.app_context(), tenancy.tenant_context(user_id=crowd.user_id):
+        token = sessions.start(crowd.user_id, user_agent="pytest", ip_address="127.0.0.1", lifetime=hour)
+        db.session.commit()
+        db.session.expunge_all()
+        event.listen(Session, "loaded_as_persistent", count)
+        try:
+            signed_in = sessions.load(crowd.user_id, token, idle=hour, wanted_tenant_id=ids[-1])
+        finally:
+            event.remove(Session, "loaded_as_persistent", count)
+    assert signed_in is not None and signed_in.membership is not None
+    assert signed_in.membership.tenant_id == ids[-1]
+    assert [choice.tenant_id for choice in signed_in.choices] == ids[: SWITCHER_TEAMS + 1]
+    assert sorted(loaded) == ["Tenant", "TenantMember", "User", "UserSession"]
+
+
+def test_the_switcher_works_on_sqlite_in_development_too(tmp_path):
+    """The switcher's teams travel as JSON, which SQLite spells differently from PostgreSQL."""
+    from flask_migrate import upgrade
+
+    from nyxcore import create_app
+    from nyxcore.config import load_config
+    from tests.conftest import Client
+
+    app = create_app(load_config({"NYXCORE_ENV": "testing", "DATABASE_URL": f"sqlite:///{tmp_path}/dev.db"}))
+    with app.app_context():
+        upgrade()
+    app.test_client_class = Client
+    client = app.test_client()
+    client.post_form("/auth/signup", {"name": "Solo", "email": "solo@example.com", "password": "correct horse battery"})
+    assert client.login("solo@example.com", "correct horse battery").status_code == 302
+    assert client.post_form("/teams/new", {"name": "Zebra Crew"}).status_code == 302
+    options = re.findall(r'<option value="[^"]+"( selected)?>([^<]+)</option>', client.get("/notes/").get_data(as_text=True))
+    assert [(html.unescape(name), bool(chosen)) for chosen, name in options] == [
+        ("Solo's team (Owner)", False),
+        ("Zebra Crew (Owner)", True),
+    ]
