@@ -71,7 +71,7 @@ def _live(user_id: uuid.UUID, now: datetime, idle: timedelta) -> list[ColumnElem
 
 # Built once: a request pays for its parameters only, not for building and keying the statement.
 # The user, their live session, their membership in the wanted team (else in the team they were last
-# in) and the switcher's teams as one JSON value: one row, one round trip per request, whatever the
+# in) and the switcher's teams (teams.SWITCHER_CHOICES) as one JSON value: one row, one round trip per request, whatever the
 # number of teams. The memberships are the user's own in every team (row-level security: own
 # memberships and their teams); no team is active while this runs.
 _LIVE_SESSION = (
@@ -101,7 +101,7 @@ _LIVE_SESSION = (
 @dataclass(frozen=True)
 class SignedIn:
     """A live session's user; their membership in the wanted team (else in their last team), if they
-    still have it; and their first SWITCHER_TEAMS + 1 teams by name (whether there are more)."""
+    still have it; and their SWITCHER_TEAMS + 1 most recently joined teams (whether there are more)."""
 
     user: User
     membership: TenantMember | None

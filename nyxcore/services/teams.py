@@ -104,7 +104,8 @@ def _slug_candidates(base: str) -> list[str]:
 
 # A membership past its end is gone from this moment (bind `now`), before the beat task removes it.
 NOT_ENDED = TenantMember.live_at(bindparam("now"))
-# The team switcher shows this many of a user's teams (the active one among them); "Your teams" has all.
+# The team switcher shows this many of a user's teams: the active one and the most recently joined;
+# "All your teams" (/teams/) has every one.
 SWITCHER_TEAMS = 20
 
 _MEMBERSHIPS = (
@@ -181,20 +182,22 @@ def _json_rows_sqlite(element: _json_rows, compiler: SQLCompiler, **kw: Any) -> 
 
 
 def _switcher_choices() -> ScalarSelect[Any]:
-    """The user's first SWITCHER_TEAMS + 1 teams by name (whether there are more), as one JSON value.
+    """The user's SWITCHER_TEAMS + 1 most recently joined teams (whether there are more), as one JSON value.
 
-    One value, not a row per team: the statement that loads the user stays one row, which a request
-    reads without building an ORM object (and UUIDs) per team. Binds `user_id` and `now`.
+    Most recently joined, not first by name: read in the order of the `(user_id, joined_at, id)` index
+    under the LIMIT, they cost the same for a user in 500 teams as in 21 (by name, every team of the
+    user had to be read and sorted). One value, not a row per team: the statement that loads the user
+    stays one row, read without an ORM object (and UUIDs) per team. Binds `user_id` and `now`.
     """
-    first_by_name = (
+    latest_joined = (
         select(TenantMember.tenant_id, Tenant.name, TenantMember.role)
         .join(TenantMember.tenant)
         .where(TenantMember.user_id == bindparam("user_id"), NOT_ENDED)
-        .order_by(Tenant.name, Tenant.id)
+        .order_by(TenantMember.joined_at.desc(), TenantMember.id.desc())
         .limit(SWITCHER_TEAMS + 1)
         .subquery()
     )
-    return select(_json_rows(*first_by_name.c)).scalar_subquery()
+    return select(_json_rows(*latest_joined.c)).scalar_subquery()
 
 
 SWITCHER_CHOICES = _switcher_choices()
@@ -206,7 +209,7 @@ def choices_from(value: Sequence[Sequence[str]] | None) -> list[TeamChoice]:
 
 
 def switcher(choices: list[TeamChoice], active: TenantMember | None) -> list[TeamChoice]:
-    """The switcher's SWITCHER_TEAMS teams by name: the active one, then the first others by name."""
+    """The switcher's SWITCHER_TEAMS teams, by name: the active one and the others of `choices` first."""
     if active is not None:
         current = TeamChoice.of(active)
         choices = [current, *(choice for choice in choices if choice.tenant_id != current.tenant_id)]

@@ -1,9 +1,10 @@
 """The team switcher of a user in many teams (issue 15): 20 teams in the switcher, all on /teams/.
 
-Every signed-in page reads the user, their session, their membership in the session's team and the
-switcher's first 21 teams by name in one statement of one row (the teams as one JSON value): a user
-in 25 teams costs a page the same statements, rows and objects as a user in one, and still reaches,
-switches to and works in every team.
+The switcher shows the active team and the most recently joined ones, by name. Every signed-in page
+reads the user, their session, their membership in the session's team and their 21 most recently
+joined teams in one statement of one row (the teams as one JSON value): a user in 25 teams costs a
+page the same statements, rows and objects as a user in one, and still reaches, switches to and
+works in every team.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ TEAMS = 25
 
 
 def _many_teams(admin_engine, user_id: uuid.UUID) -> list[uuid.UUID]:
-    """Put the user in TEAMS more teams ('Crowd 00' ...), joined in that order; their ids by name."""
+    """Put the user in TEAMS more teams ('Crowd 00' ...), joined in that order before their personal
+    team (made with the account, so joined last); their ids by name, which is also the order joined."""
     ids = [uuid.uuid4() for _ in range(TEAMS)]
     with admin_engine.begin() as conn:
         conn.execute(
@@ -52,24 +54,35 @@ def _switcher(page: str) -> list[tuple[str, bool]]:
 def test_the_switcher_shows_20_teams_with_the_active_one_and_links_to_all(make_user, login_as, admin_engine):
     crowd = make_user(name="Crowd Member")
     ids = _many_teams(admin_engine, crowd.user_id)
-    last_by_name = ids[-1]  # not among the first 20 by name
-    client = login_as(crowd, last_by_name)
+    first_joined = ids[0]  # not among the 20 most recently joined
+    client = login_as(crowd, first_joined)
     page = client.get("/notes/").get_data(as_text=True)
     options = _switcher(page)
     assert len(options) == SWITCHER_TEAMS
-    assert [value for value, chosen in options if chosen] == [str(last_by_name)]
+    assert [value for value, chosen in options if chosen] == [str(first_joined)]
     assert "All your teams" in page
     everything = client.get("/teams/").get_data(as_text=True)
     assert all(f"Crowd {i:02}" in everything for i in range(TEAMS))
 
 
-def test_a_team_beyond_the_switcher_can_be_switched_to(make_user, login_as, admin_engine):
+def test_the_switcher_offers_the_most_recently_joined_teams_by_name(make_user, login_as, admin_engine):
     crowd = make_user(name="Crowd Member")
     ids = _many_teams(admin_engine, crowd.user_id)
     client = login_as(crowd, ids[0])
-    assert str(ids[-2]) not in dict(_switcher(client.get("/notes/").get_data(as_text=True)))
-    assert client.post_form("/teams/switch", {"tenant_id": str(ids[-2])}).status_code == 302
-    assert dict(_switcher(client.get("/notes/").get_data(as_text=True)))[str(ids[-2])] is True
+    latest = [crowd.team_id, *reversed(ids[-(SWITCHER_TEAMS - 2) :])]  # the personal team was joined last
+    options = _switcher(client.get("/notes/").get_data(as_text=True))
+    assert {value for value, _ in options} == {str(ids[0]), *map(str, latest)}
+    names = re.findall(r'<option value="[^"]+"(?: selected)?>([^<]+)</option>', client.get("/notes/").get_data(as_text=True))
+    assert names == sorted(names)
+
+
+def test_a_team_beyond_the_switcher_can_be_switched_to(make_user, login_as, admin_engine):
+    crowd = make_user(name="Crowd Member")
+    ids = _many_teams(admin_engine, crowd.user_id)
+    client = login_as(crowd, ids[-1])
+    assert str(ids[1]) not in dict(_switcher(client.get("/notes/").get_data(as_text=True)))
+    assert client.post_form("/teams/switch", {"tenant_id": str(ids[1])}).status_code == 302
+    assert dict(_switcher(client.get("/notes/").get_data(as_text=True)))[str(ids[1])] is True
 
 
 def test_without_a_chosen_team_the_earliest_joined_is_active(make_user, login_as, admin_engine):
@@ -82,14 +95,14 @@ def test_without_a_chosen_team_the_earliest_joined_is_active(make_user, login_as
     assert [value for value, chosen in options if chosen] == [str(ids[0])]
 
 
-def test_an_earliest_joined_team_beyond_the_first_20_by_name_is_shown_active(make_user, login_as, admin_engine):
+def test_an_earliest_joined_team_beyond_the_switchers_20_is_shown_active(make_user, login_as, admin_engine):
     crowd = make_user(name="Crowd Member")
     ids = _many_teams(admin_engine, crowd.user_id)
     with admin_engine.begin() as conn:  # the team last by name was joined first; the personal one last
         conn.execute(text("UPDATE tenant_members SET joined_at = now() WHERE tenant_id = :t"), {"t": crowd.team_id})
         conn.execute(
             text("UPDATE tenant_members SET joined_at = now() - interval '1 year' WHERE tenant_id = :t"), {"t": ids[-1]}
-        )
+        )  # so it is not among the 20 most recently joined
     client = login_as(crowd)
     options = _switcher(client.get("/notes/").get_data(as_text=True))
     assert len(options) == SWITCHER_TEAMS
@@ -119,7 +132,7 @@ def test_a_removal_from_a_team_counts_on_the_next_request(make_user, login_as, a
 def test_a_user_in_many_teams_is_read_as_one_row_of_four_objects(app, make_user, admin_engine):
     """The user, the session, the active membership and its team: no ORM object per team of the switcher."""
     crowd = make_user(name="Crowd Member")
-    ids = _many_teams(admin_engine, crowd.user_id)  # 'Crowd 00' ... sort before the personal team
+    ids = _many_teams(admin_engine, crowd.user_id)
     hour = timedelta(hours=1)
     loaded: list[str] = []
 
@@ -137,7 +150,7 @@ def test_a_user_in_many_teams_is_read_as_one_row_of_four_objects(app, make_user,
             event.remove(Session, "loaded_as_persistent", count)
     assert signed_in is not None and signed_in.membership is not None
     assert signed_in.membership.tenant_id == ids[-1]
-    assert [choice.tenant_id for choice in signed_in.choices] == ids[: SWITCHER_TEAMS + 1]
+    assert [choice.tenant_id for choice in signed_in.choices] == [crowd.team_id, *reversed(ids[-SWITCHER_TEAMS:])]
     assert sorted(loaded) == ["Tenant", "TenantMember", "User", "UserSession"]
 
 
