@@ -189,9 +189,12 @@ def _switcher_choices() -> ScalarSelect[Any]:
     user had to be read and sorted). One value, not a row per team: the statement that loads the user
     stays one row, read without an ORM object (and UUIDs) per team. Binds `user_id` and `now`.
     """
+    # The team's name is a sub-select per membership, not a join: it runs for the 21 rows under the
+    # LIMIT only. With a join, the planner may scan and hash every team the user can see when the
+    # teams table is small (a few hundred rows, most of them the user's).
+    team_name = select(Tenant.name).where(Tenant.id == TenantMember.tenant_id).scalar_subquery()
     latest_joined = (
-        select(TenantMember.tenant_id, Tenant.name, TenantMember.role)
-        .join(TenantMember.tenant)
+        select(TenantMember.tenant_id, team_name, TenantMember.role)
         .where(TenantMember.user_id == bindparam("user_id"), NOT_ENDED)
         .order_by(TenantMember.joined_at.desc(), TenantMember.id.desc())
         .limit(SWITCHER_TEAMS + 1)

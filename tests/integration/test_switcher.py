@@ -10,6 +10,7 @@ works in every team.
 from __future__ import annotations
 
 import html
+import json
 import re
 import uuid
 from datetime import timedelta
@@ -24,23 +25,25 @@ from nyxcore.services.teams import SWITCHER_TEAMS
 from tests.helpers import statements_for
 
 TEAMS = 25
+# The tenant context a transaction's first statement carries in front (EXPLAIN sets its own).
+CONTEXT_PREFIX = re.compile(r"^\s*(BEGIN;\s*)?SELECT set_config\('app\.[^;]*;\s*")
 
 
-def _many_teams(admin_engine, user_id: uuid.UUID) -> list[uuid.UUID]:
-    """Put the user in TEAMS more teams ('Crowd 00' ...), joined in that order before their personal
+def _many_teams(admin_engine, user_id: uuid.UUID, teams: int = TEAMS) -> list[uuid.UUID]:
+    """Put the user in `teams` more teams ('Crowd 000' ...), joined in that order before their personal
     team (made with the account, so joined last); their ids by name, which is also the order joined."""
-    ids = [uuid.uuid4() for _ in range(TEAMS)]
+    ids = [uuid.uuid4() for _ in range(teams)]
     with admin_engine.begin() as conn:
         conn.execute(
             text("INSERT INTO tenants (id, name, slug) VALUES (:id, :name, :slug)"),
-            [{"id": t, "name": f"Crowd {i:02}", "slug": f"crowd-{i:02}-{t.hex[:8]}"} for i, t in enumerate(ids)],
+            [{"id": t, "name": f"Crowd {i:03}", "slug": f"crowd-{i:03}-{t.hex[:8]}"} for i, t in enumerate(ids)],
         )
         conn.execute(
             text(
                 "INSERT INTO tenant_members (id, tenant_id, user_id, role, joined_at) "
                 "VALUES (:id, :t, :u, 'member', now() - make_interval(days => :age))"
             ),
-            [{"id": uuid.uuid4(), "t": t, "u": user_id, "age": TEAMS - i} for i, t in enumerate(ids)],
+            [{"id": uuid.uuid4(), "t": t, "u": user_id, "age": teams - i} for i, t in enumerate(ids)],
         )
     return ids
 
@@ -62,7 +65,7 @@ def test_the_switcher_shows_20_teams_with_the_active_one_and_links_to_all(make_u
     assert [value for value, chosen in options if chosen] == [str(first_joined)]
     assert "All your teams" in page
     everything = client.get("/teams/").get_data(as_text=True)
-    assert all(f"Crowd {i:02}" in everything for i in range(TEAMS))
+    assert all(f"Crowd {i:03}" in everything for i in range(TEAMS))
 
 
 def test_the_switcher_offers_the_most_recently_joined_teams_by_name(make_user, login_as, admin_engine):
@@ -175,3 +178,40 @@ def test_the_switcher_works_on_sqlite_in_development_too(tmp_path):
         ("Solo's team (Owner)", False),
         ("Zebra Crew (Owner)", True),
     ]
+
+
+def _plan_nodes(plan: dict) -> list[dict]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in _plan_nodes(child))]
+
+
+def test_a_page_of_a_user_in_500_teams_reads_the_switchers_21_not_all_500(app, make_user, login_as, admin_engine, app_engine):
+    """EXPLAIN ANALYZE, as the app role, of the statement that loads the user: no scan of memberships or
+    teams returns more rows than the switcher's 21 (by name, or through a policy that hashed every
+    membership of the user, all 500 were read on every page)."""
+    crowd = make_user(name="Crowd Member")
+    _many_teams(admin_engine, crowd.user_id, teams=500)
+    with admin_engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE tenants, tenant_members"))
+    client = login_as(crowd)
+    client.get("/notes/")  # the session's first page records its team
+    sent: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "user_sessions.token_hash" in statement:
+            sent.append((CONTEXT_PREFIX.sub("", statement), parameters))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert client.get("/notes/").status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    [(loading, parameters)] = sent
+    with app_engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.user_id', :u, true)"), {"u": str(crowd.user_id)})
+        document = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {loading}", parameters)
+        document_plan = document.scalar_one()[0]["Plan"]
+        nodes = _plan_nodes(document_plan)
+    read = {(n["Node Type"], n["Relation Name"], n["Actual Rows"]) for n in nodes if n.get("Relation Name") in ("tenants", "tenant_members")}
+    assert read and max(rows for _, _, rows in read) <= SWITCHER_TEAMS + 1, json.dumps(document_plan, indent=1)
