@@ -71,9 +71,10 @@ def _live(user_id: uuid.UUID, now: datetime, idle: timedelta) -> list[ColumnElem
 
 # Built once: a request pays for its parameters only, not for building and keying the statement.
 # The user, their live session, their membership in the wanted team (else in the team they were last
-# in) and the switcher's teams (teams.SWITCHER_CHOICES) as one JSON value: one row, one round trip per request, whatever the
-# number of teams. The memberships are the user's own in every team (row-level security: own
-# memberships and their teams); no team is active while this runs.
+# in, read by the (tenant_id, user_id) key) and the switcher's teams as one JSON value
+# (teams.SWITCHER_CHOICES): one row, one round trip per request, whatever the number of teams. The
+# memberships are the user's own in every team (row-level security: own memberships and their
+# teams); no team is active while this runs.
 _LIVE_SESSION = (
     select(User, UserSession, TenantMember, teams.SWITCHER_CHOICES)
     .join(UserSession, UserSession.user_id == User.id)

@@ -122,8 +122,9 @@ _FIRST_JOINED = _MEMBERSHIPS.order_by(None).order_by(TenantMember.joined_at, Ten
 def memberships_of(user_id: uuid.UUID) -> list[TenantMember]:
     """Every team the user belongs to, with the team loaded, by team name (one query, built once).
 
-    The request reads this once: it gives both the active membership and the team switcher.
-    Memberships past their end date are left out.
+    For the pages that list or look through all of them ("All your teams", switching, the account);
+    every other page has the switcher's few, read with the user (sessions.load). Memberships past
+    their end date are left out.
     """
     return list(db.session.scalars(_MEMBERSHIPS, {"user_id": user_id, "now": datetime.now(UTC)}))
 
