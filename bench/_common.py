@@ -512,12 +512,14 @@ class WireCounter:
 
 
 # Users, teams and memberships for :teams teams of :members members each. Deterministic ids (md5 of
-# a name) let rows refer to each other without lookups; user t-0 owns team t.
+# a name) let rows refer to each other without lookups; user t-0 owns team t. Every address is
+# verified, as a real team's are: an owner with an unverified address is shown no open invitations,
+# and the team page's admin view (issue 15) includes them.
 SEED_TEAM_STATEMENTS = (
     """
-    INSERT INTO users (id, email, name, password_hash)
+    INSERT INTO users (id, email, name, password_hash, email_verified_at)
     SELECT md5('user-' || t || '-' || m)::uuid, 'user' || t || '-' || m || '@bench.example',
-           'Bench User ' || t || '-' || m, :password_hash
+           'Bench User ' || t || '-' || m, :password_hash, now() - interval '400 days'
     FROM generate_series(0, :teams - 1) AS t, generate_series(0, :members - 1) AS m
     """,
     """

@@ -37,7 +37,7 @@ R = TypeVar("R")
 ACTIVE_TENANT_KEY = "tenant_id"
 SESSION_TOKEN_KEY = "sid"  # noqa: S105 (a key name; names the server-side session, services/sessions.py)
 _STACK = "nyxcore_context_stack"
-_SIGNED_IN_TEAMS = "nyxcore_signed_in_teams"  # on g: the memberships load_user read with the user
+_SIGNED_IN = "nyxcore_signed_in"  # on g: what load_user read with the user (sessions.SignedIn)
 
 
 def current_actor() -> Actor | None:
@@ -65,10 +65,10 @@ def current_role() -> TenantRole | None:
     return actor.role if actor else None
 
 
-def my_teams() -> list[TenantMember]:
-    """The team switcher's memberships of the signed-in user: at most 20, the active one among them."""
-    memberships: list[TenantMember] = g.get("my_teams", [])
-    return memberships
+def my_teams() -> list[teams.TeamChoice]:
+    """The team switcher's teams of the signed-in user: at most 20, the active one among them."""
+    choices: list[teams.TeamChoice] = g.get("my_teams", [])
+    return choices
 
 
 def more_teams() -> bool:
@@ -119,22 +119,20 @@ def bind_request_actor() -> None:
     if not current_user.is_authenticated:
         return
     user: User = current_user._get_current_object()
-    g.setdefault(_STACK, ExitStack()).enter_context(tenancy.tenant_context(user_id=user.id))
-    # Read with the user (load_user): the wanted team's membership first, then up to 20 others.
-    memberships: list[TenantMember] = g.pop(_SIGNED_IN_TEAMS, [])
-    g.my_teams, g.more_teams = teams.switcher(memberships), len(memberships) > teams.SWITCHER_TEAMS
+    request_g.setdefault(_STACK, ExitStack()).enter_context(tenancy.tenant_context(user_id=user.id))
+    # Read with the user (load_user): the wanted team's membership, and the switcher's teams.
+    signed_in: sessions.SignedIn = request_g.pop(_SIGNED_IN, None) or sessions.SignedIn(user, None, [])
+    membership = signed_in.membership
     wanted = _session_tenant_id() or user.last_tenant_id  # a new session starts in the team last used
-    membership = memberships[0] if memberships and memberships[0].tenant_id == wanted else None
     if wanted is not None and membership is None:
         tell_of_lost_team(wanted)  # only now: a page whose team is still active asks nothing
-    if membership is None and memberships:  # no team chosen yet, or it was lost: the earliest joined
-        complete = len(memberships) <= teams.SWITCHER_TEAMS
-        membership = teams.choose_active(memberships, None) if complete else teams.first_joined(user.id)
+    if membership is None and signed_in.choices:  # no team chosen yet, or it was lost: the earliest joined
+        membership = teams.first_joined(user.id)
+    request_g.my_teams = teams.switcher(signed_in.choices, membership)
+    request_g.more_teams = len(signed_in.choices) > teams.SWITCHER_TEAMS
     if membership is None:
         session.pop(ACTIVE_TENANT_KEY, None)
         return
-    if membership is not memberships[0]:  # the fallback leads the switcher's twenty, as the wanted one does
-        g.my_teams = teams.switcher([membership, *(m for m in memberships if m.tenant_id != membership.tenant_id)])
     activate_team(membership)
 
 
@@ -346,5 +344,5 @@ def load_user(user_id: str) -> User | None:
     if signed_in is None:
         session.clear()  # the session ended: drop what the cookie still carries
         return None
-    g.setdefault(_SIGNED_IN_TEAMS, signed_in.memberships)  # for bind_request_actor, this request
+    g.setdefault(_SIGNED_IN, signed_in)  # for bind_request_actor, this request
     return signed_in.user

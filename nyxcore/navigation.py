@@ -42,13 +42,18 @@ def required_operation(app: Flask, endpoint: str) -> Operation | None:
 
 
 def visible_entries() -> list[NavEntry]:
-    """The entries the current user may open in the active team."""
+    """The entries the current user may open in the active team.
+
+    The role and the address's verification are asked once for the bar (what `authz.permits` asks for
+    each operation), not once per entry: every signed-in page draws the bar.
+    """
     app = current_app
     entries: list[NavEntry] = app.extensions.get(_EXTENSION, [])
+    role, verified = authz.current_role(), authz.email_verified()
     return [
         entry
         for entry in entries
-        if (needed := required_operation(app, entry.endpoint)) is None or authz.permits(needed)
+        if (needed := required_operation(app, entry.endpoint)) is None or needed.permits(role, email_verified=verified)
     ]
 
 

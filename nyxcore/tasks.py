@@ -1,5 +1,5 @@
-"""Celery, set up as Flask's own Celery example does, and the tasks: deliver one outbox email,
-sweep the outbox for mail an outage left behind, remind invitees 48 hours before expiry, and warn
+"""Celery, set up as Flask's own Celery example does, and the tasks: deliver outbox email (a batch
+of messages, or one message and its retries), sweep the outbox for mail an outage left behind, remind invitees 48 hours before expiry, and warn
 about and end memberships that end.
 
 `celery_init_app` makes one Celery app per Flask app (`app.extensions["celery"]`); the tasks are
@@ -25,6 +25,7 @@ from flask import Flask, current_app
 from nyxcore import tenancy
 from nyxcore.extensions import db, keyring
 from nyxcore.services import endings, invitations, mail
+from nyxcore.services.mail_failures import FailureKind, failure_kind
 
 log = logging.getLogger("nyxcore.tasks")
 
@@ -84,6 +85,20 @@ def mail_settings(config: Any) -> mail.MailSettings:
 RETRY_BACKOFF, RETRY_BACKOFF_MAX = 2, 600
 
 
+def _next_try(retries: int) -> tuple[float, datetime | None]:
+    """The countdown to the retry after try number `retries` (0: the first) fails, and when that retry is
+    due (None: that was the last try)."""
+    countdown = get_exponential_backoff_interval(RETRY_BACKOFF, retries, RETRY_BACKOFF_MAX, full_jitter=True)
+    retry_at = datetime.now(UTC) + timedelta(seconds=countdown) if retries < mail.MAX_ATTEMPTS else None
+    return countdown, retry_at
+
+
+def _deliver(outbox_id: uuid.UUID, retry_at: datetime | None) -> bool:
+    """mail.deliver for one row, in the message's own context: RLS shows the worker that one message."""
+    with tenancy.tenant_context(outbox_id=outbox_id):
+        return mail.deliver(keyring.get(), transport(), current_app.config["MAIL_FROM"], outbox_id, retry_at)
+
+
 @shared_task(  # type: ignore[untyped-decorator]
     name=mail.DELIVER_TASK,  # "nyxcore.tasks.deliver_outbox_email"
     bind=True,
@@ -92,19 +107,47 @@ RETRY_BACKOFF, RETRY_BACKOFF_MAX = 2, 600
 )
 def deliver_outbox_email(self: Task, outbox_id: str) -> bool:
     """Send one outbox row (idempotent: a sent row is never sent again); retry a transient failure."""
-    message_id = uuid.UUID(outbox_id)
     retries: int = self.request.retries
-    countdown = get_exponential_backoff_interval(RETRY_BACKOFF, retries, RETRY_BACKOFF_MAX, full_jitter=True)
-    retry_at = datetime.now(UTC) + timedelta(seconds=countdown) if retries < self.max_retries else None
+    countdown, retry_at = _next_try(retries)
     try:
-        with tenancy.tenant_context(outbox_id=message_id):  # RLS shows the worker this one message
-            return mail.deliver(
-                keyring.get(), transport(), current_app.config["MAIL_FROM"], message_id, retry_at
-            )
+        return _deliver(uuid.UUID(outbox_id), retry_at)
     except (smtplib.SMTPException, OSError) as exc:
         if retry_at is None:
             raise
         raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+@shared_task(name=mail.DELIVER_BATCH_TASK, acks_late=True)  # type: ignore[untyped-decorator]
+def deliver_outbox_emails(outbox_ids: list[str]) -> int:
+    """Send several outbox rows in turn over this process's SMTP connection; returns how many it sent.
+
+    Each row is claimed, sent and committed on its own, as `deliver_outbox_email` does, so a crash
+    mid-batch can duplicate at most the message in flight, as before: the task is acknowledged only
+    once it ran, so it runs again and skips what was sent. A message that fails (its attempt recorded)
+    goes on as its own `deliver_outbox_email` retry chain and the others go on here; once the server
+    is unreachable, the rest go on as one task each instead of each waiting for it here in turn.
+    """
+    one = current_app.extensions["celery"].tasks[mail.DELIVER_TASK]
+    sent = 0
+    for position, outbox_id in enumerate(outbox_ids):
+        countdown, retry_at = _next_try(0)
+        try:
+            sent += _deliver(uuid.UUID(outbox_id), retry_at)
+        except (smtplib.SMTPException, OSError) as exc:
+            _hand_on(one, outbox_id, countdown=countdown, retries=1)  # as its first retry
+            if failure_kind(exc) is FailureKind.UNREACHABLE:
+                for rest in outbox_ids[position + 1 :]:
+                    _hand_on(one, rest)
+                break
+    return sent
+
+
+def _hand_on(task: Task, outbox_id: str, **options: Any) -> None:
+    """Enqueue one message's own delivery task; a broker outage leaves it to the sweep."""
+    try:
+        task.apply_async((outbox_id,), **options)
+    except Exception as exc:
+        log.warning("could not enqueue outbox email %s (%s); the sweep will retry", outbox_id, type(exc).__name__)
 
 
 @shared_task(name="nyxcore.tasks.sweep_outbox")  # type: ignore[untyped-decorator]
@@ -112,10 +155,7 @@ def sweep_outbox(older_than_seconds: float = 60.0) -> int:
     """Re-enqueue outbox rows left unsent (broker or SMTP outage); returns how many."""
     ids = mail.unsent_ids(older_than=timedelta(seconds=older_than_seconds))
     db.session.rollback()
-    # This Flask app's task: the shared task's proxy would pick the default Celery app.
-    deliver = current_app.extensions["celery"].tasks[mail.DELIVER_TASK]
-    for outbox_id in ids:
-        deliver.delay(str(outbox_id))
+    mail.enqueue_deliveries(ids)
     return len(ids)
 
 

@@ -12,11 +12,15 @@ what the policies let through.
 from __future__ import annotations
 
 import html
+import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Row, event, text
@@ -126,3 +130,21 @@ def refused_page(client: Any, response: Any, location: str) -> str:
     page = client.get(location)
     assert page.status_code == 200
     return html.unescape(page.get_data(as_text=True))
+
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def entry_point_says(code: str, **environment: str) -> str:
+    """The last line `python -c code` prints, run in a process of its own in the checkout (where the
+    entry points wsgi.py and worker.py are), in the testing environment plus `environment`."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=CHECKOUT,
+        env={**os.environ, "NYXCORE_ENV": "testing", "DATABASE_URL": "sqlite://", "REDIS_URL": "", **environment},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()[-1]

@@ -9,25 +9,24 @@ from typing import Any
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
-from markupsafe import Markup
 from werkzeug.wrappers.response import Response
 from wtforms import DateField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
-from nyxcore.authz import acting, role_required
+from nyxcore.authz import acting, can, role_required
 from nyxcore.blueprints.audit_log import render_audit
 from nyxcore.blueprints.invite import pending_invitations
+from nyxcore.blueprints.member_rows import RowParts, member_rows
 from nyxcore.blueprints.seats import seat_limit_form
 from nyxcore.confirmation import Confirmation, back_on_failure, confirm_page, is_confirmed
 from nyxcore.errors import DomainError, InvalidInput
 from nyxcore.forms import ConfirmForm, add_domain_error
 from nyxcore.navigation import NavEntry
 from nyxcore.pagination import Position, page_number
-from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
+from nyxcore.roles import TenantRole
 from nyxcore.services import audit as audit_events
 from nyxcore.services import endings, invitations, member_list, members, notices, seats
 from nyxcore.services.invitations.display import article
-from nyxcore.templating import url_pattern
 from nyxcore.tenancy import Actor
 from nyxcore.web import carried_errors, form_status, notify, redirect_after_failure
 
@@ -82,9 +81,13 @@ def overview() -> str:
     if invitations.MANAGE.permits(actor.role, email_verified=actor.email_verified):
         pending = pending_invitations(actor, page=1, per_page=10)
         del pending["confirm_form"]  # the page has its own bare CSRF form
-    # What every row needs is worked out once per page: which rows the actor may manage, the
-    # <option>s for each current role, and the forms' URLs.
-    grantable = grantable_roles(actor.role)
+    # The rows are filled into markup made once per page (blueprints/member_rows.py).
+    parts = RowParts.for_page(
+        actor,
+        show_two_factor=can("two_factor.see_members"),
+        show_actions=can("members.manage"),
+        show_end=can("members.set_end"),
+    )
     return render_template(
         "team/overview.html",
         tenant=actor.tenant,
@@ -93,24 +96,12 @@ def overview() -> str:
             page.members, page.open_invitations, actor.tenant.seat_limit, capped=page.members_capped
         ),
         search=search,
-        manageable={
-            m.id for m in page.items if m.id != actor.member_id and can_manage_role(actor.role, m.role, m.role)
-        },
-        role_options={role: role_options(grantable, selected=role) for role in TenantRole},
-        role_url=url_pattern("team.change_role", "member_id"),
-        remove_url=url_pattern("team.remove_member", "member_id"),
-        end_url=url_pattern("team.set_end", "member_id"),
+        parts=parts,
+        member_rows=member_rows(page.items, parts),
         sole_owner=member_list.sole_owner_on(page, actor, searched=bool(search)),
         confirm_form=ConfirmForm(),
         **pending,
     )
-
-
-def role_options(roles: list[TenantRole], *, selected: TenantRole) -> Markup:
-    """The <option>s of a role select with `selected` chosen."""
-    option = Markup('<option value="{}"{}>{}</option>')
-    chosen = Markup(" selected")
-    return Markup("").join(option.format(r.value, chosen if r is selected else "", r.label) for r in roles)
 
 
 @bp.post("/members/<uuid:member_id>/role")

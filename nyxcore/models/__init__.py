@@ -162,7 +162,7 @@ class TenantMember(TenantScoped, Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "user_id"),
         Index("ix_tenant_members_tenant_id_joined_at", "tenant_id", "joined_at", "id"),
-        Index("ix_tenant_members_user_id", "user_id"),
+        Index("ix_tenant_members_user_id_joined_at", "user_id", "joined_at", "id"),
         Index("ix_tenant_members_ends_at", "ends_at", postgresql_where=text("ends_at IS NOT NULL")),
     )
 

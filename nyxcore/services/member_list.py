@@ -4,7 +4,9 @@
   key of a row (pagination.Position): no OFFSET, so the last page of a large team reads 51 rows,
   not 50,000. The last page is the first one read backwards.
 - **A capped count.** Members are counted up to COUNT_CAP ("1,000+"), or up to the team's seat limit
-  when it has one, so that "Seats: 7 of 10 used" stays exact.
+  when it has one, so that "Seats: 7 of 10 used" stays exact. A search's matches are counted up to
+  MATCH_CAP ("100+"): the count is a second search, which for a common term in a large team walks
+  that many members; and it is not run at all when the page shows every match.
 - **Search.** A term with three letters or digits in a row is looked up through
   `nyxcore_member_matches` (migration 0017: under RLS a `LIKE` cannot use an index), which finds a
   page's matches in the trigram indexes or, for a common term, by walking the team in join order.
@@ -12,6 +14,10 @@
   in order, at most SHORT_SCAN members per page (`nyxcore_member_window`: the walk checks the
   `users` policy only for the rows it returns); a page that found fewer than a page of matches in
   its window links on from the window's end, so every match is still reached, page by page.
+- **A planned-once read.** On PostgreSQL the page's rows come from `nyxcore_member_page`
+  (migration 0018), whose statements are planned once per connection: planning the join under the
+  `users` policies on every request cost more than running it on a 50-member team. It is given the
+  actor's team and answers only when that is the context's team. SQLite (`make run`) joins the tables.
 
 Each statement leaves the ORM's tenant scoping (built once, it carries no loader criteria) and
 filters by the actor's team itself; row-level security applies to it as to every statement.
@@ -31,6 +37,7 @@ from sqlalchemy import (
     String,
     Uuid,
     bindparam,
+    case,
     column,
     func,
     literal,
@@ -51,6 +58,7 @@ from nyxcore.tenancy import Actor
 
 PER_PAGE = 50
 COUNT_CAP = 1000
+MATCH_CAP = 100  # a search's matches are counted up to here ("100+"): counting is a second search
 SHORT_SCAN = 500
 PLAIN, INDEXED, SHORT = "plain", "indexed", "short"  # the three kinds of statement (search modes)
 _KEY = (bindparam("at", type_=DateTime(timezone=True)), bindparam("key_id", type_=Uuid()))  # a page's key
@@ -118,22 +126,21 @@ def _found(function: str, *arguments: Any) -> Any:
     return select(call.table_valued(column("member_id", Uuid)).render_derived().c.member_id)
 
 
-def _matches(mode: str, direction: str) -> Any:
-    """The condition on members that a search adds: the page's matches after (before) its key.
+def _match_ids(mode: str, direction: str) -> Any:
+    """The ids of the page's matches after (before) its key, as a sub-select.
 
     INDEXED: among the whole team (the function may use the trigram indexes).
     SHORT: among the next `scan` members from the key only (a bounded walk).
     """
     backwards = literal(direction in (BEFORE, LAST))
     if mode == INDEXED:
-        return TenantMember.id.in_(_found("nyxcore_member_matches", *_KEY, backwards, bindparam("limit")))
-    window = _found("nyxcore_member_window", *_KEY, backwards, bindparam("scan"), bindparam("limit"))
-    return TenantMember.id.in_(window)
+        return _found("nyxcore_member_matches", *_KEY, backwards, bindparam("limit"))
+    return _found("nyxcore_member_window", *_KEY, backwards, bindparam("scan"), bindparam("limit"))
 
 
 def _match_count() -> Any:
-    """How many members match a term, counting at most `cap` of them."""
-    some = _found("nyxcore_member_matches", null(), null(), literal(False), bindparam("cap")).subquery()
+    """How many members match a term, counting at most `match_cap` of them."""
+    some = _found("nyxcore_member_matches", null(), null(), literal(False), bindparam("match_cap")).subquery()
     return select(func.count()).select_from(some).scalar_subquery()
 
 
@@ -144,9 +151,16 @@ def _window_end(direction: str, part: Any) -> Any:
     return query.offset(bindparam("scan_last")).limit(1).scalar_subquery()
 
 
-def _extras(direction: str, mode: str) -> list[Any]:
-    """The columns after a row's: all members, open invitations, matches, the short-term window's end."""
+def _extras(direction: str, mode: str, *, with_rows: bool = True) -> list[Any]:
+    """The columns after a row's: all members, open invitations, matches, the short-term window's end.
+
+    A search's matches are not counted when the rows at hand are all of them (the first or the last
+    page, not full): NULL, and the page counts its rows. PostgreSQL runs the count's sub-select only
+    when the CASE needs it, which spares a second search on every page that a rare term fills.
+    """
     matched = _match_count() if mode == INDEXED else null()
+    if mode == INDEXED and with_rows and direction in (FIRST, LAST):
+        matched = case((func.count().over() > bindparam("per_page"), matched), else_=null())
     ends = [_window_end(direction, TenantMember.joined_at), _window_end(direction, TenantMember.id)]
     return [
         _capped_count(),
@@ -165,7 +179,7 @@ def _member_rows(direction: str, mode: str) -> Select[Any]:
         _after(direction, TenantMember),
     ]
     if mode != PLAIN:
-        conditions.append(_matches(mode, direction))
+        conditions.append(TenantMember.id.in_(_match_ids(mode, direction)))
     query = (
         select(
             TenantMember.id,
@@ -187,15 +201,36 @@ def _member_rows(direction: str, mode: str) -> Select[Any]:
     return _ordered(query, direction, TenantMember).limit(bindparam("limit"))
 
 
+def _member_page(direction: str, mode: str) -> Select[Any]:
+    """PostgreSQL's statement: the page's rows from `nyxcore_member_page` (migration 0018), then the extras.
+
+    The function's statements are planned once per connection, and it reads the `users` rows of the
+    team named here only when that is the context's team; the search's matches come in as an array.
+    """
+    only = null() if mode == PLAIN else func.array(_match_ids(mode, direction).scalar_subquery())
+    backwards = literal(direction in (BEFORE, LAST))
+    shown = [column(f.name, _TYPES.get(f.name)) for f in fields(MemberRow)]
+    page = func.nyxcore_member_page(bindparam("tenant_id"), *_KEY, backwards, bindparam("limit"), only)
+    rows = page.table_valued(*shown, with_ordinality="n").render_derived()
+    query = select(*rows.c[:_WIDTH], *_extras(direction, mode)).order_by(rows.c.n)
+    return query.execution_options(**{tenancy.ALL_TENANTS: True})
+
+
 _WIDTH = len(fields(MemberRow))
+_MOMENT = DateTime(timezone=True)
+_TYPES = {"id": Uuid(), "user_id": Uuid(), "role": TenantMember.role.type, "joined_at": _MOMENT, "ends_at": _MOMENT}
 _SHAPES = [
     (direction, mode) for direction in (FIRST, AFTER, BEFORE, LAST) for mode in (PLAIN, INDEXED, SHORT)
 ]
-_MEMBER_ROWS = {shape: _member_rows(*shape) for shape in _SHAPES}
+# PostgreSQL reads through the function; SQLite (`make run`) joins the tables (it has no search functions).
+_STATEMENTS = {
+    dialect: {shape: build(*shape) for shape in _SHAPES}
+    for dialect, build in (("postgresql", _member_page), ("other", _member_rows))
+}
 # An empty page carries no counts: they are asked alone.
 _COUNTS = {
-    shape: select(*query.selected_columns[_WIDTH:]).execution_options(**{tenancy.ALL_TENANTS: True})
-    for shape, query in _MEMBER_ROWS.items()
+    shape: select(*_extras(*shape, with_rows=False)).execution_options(**{tenancy.ALL_TENANTS: True})
+    for shape in _SHAPES
 }
 
 
@@ -213,12 +248,15 @@ def list_members(
         "at": at.key.at if at.key else None,
         "key_id": at.key.id if at.key else None,
         "cap": cap + 1,
+        "match_cap": MATCH_CAP + 1,
         "scan": SHORT_SCAN,
         "scan_last": SHORT_SCAN - 1,
     }
-    rows = db.session.execute(_MEMBER_ROWS[shape], {**params, "limit": per_page + 1}).all()
+    dialect = "postgresql" if db.session.get_bind().dialect.name == "postgresql" else "other"
+    rows = db.session.execute(_STATEMENTS[dialect][shape], {**params, "limit": per_page + 1, "per_page": per_page}).all()
     extras = tuple(rows[0][_WIDTH:]) if rows else tuple(db.session.execute(_COUNTS[shape], params).one())
     everyone, invited, matched, end_at, end_id = extras
+    matched = len(rows) if matched is None else matched  # a search's page that holds every match
     window_end = Key(end_at, end_id) if end_at is not None else None
     items = [MemberRow(*row[:_WIDTH]) for row in rows[:per_page]]
     onward = Key(items[-1].joined_at, items[-1].id) if len(rows) > per_page else window_end
@@ -226,13 +264,13 @@ def list_members(
     if at.backwards:
         items.reverse()
         back, onward = onward, back  # read backwards: what lies further is the previous page
-    total = None if shape[1] == SHORT else (everyone if shape[1] == PLAIN else matched)
+    total, total_cap = {PLAIN: (everyone, cap), INDEXED: (matched, MATCH_CAP)}.get(shape[1], (None, 0))
     return MemberPage(
         items,
         previous=back,
         next=onward,
-        total=None if total is None else min(total, cap),
-        capped=total is not None and total > cap,
+        total=None if total is None else min(total, total_cap),
+        capped=total is not None and total > total_cap,
         members=min(everyone, cap),
         members_capped=everyone > cap,
         open_invitations=invited,

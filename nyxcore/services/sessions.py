@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Uuid, and_, bindparam, case, func, select, update
+from sqlalchemy import ColumnElement, Uuid, and_, bindparam, func, select, update
 from sqlalchemy.orm import contains_eager
 
 from nyxcore import tenancy
@@ -21,6 +21,7 @@ from nyxcore.errors import NotFound
 from nyxcore.extensions import db
 from nyxcore.models import Tenant, TenantMember, User, UserSession
 from nyxcore.services import teams
+from nyxcore.services.teams import TeamChoice
 
 TOKEN_BYTES = 32
 # last_seen_at is written at most this often, so an ordinary page costs no write.
@@ -69,14 +70,22 @@ def _live(user_id: uuid.UUID, now: datetime, idle: timedelta) -> list[ColumnElem
 
 
 # Built once: a request pays for its parameters only, not for building and keying the statement.
-# The user, their live session and their teams in one statement (one round trip per request): the
-# membership in the session's active team first, then the others by team name, at most
-# SWITCHER_TEAMS + 1 (whether there are more). The memberships are the user's own in every team
-# (row-level security: own memberships and their teams); no team is active while this runs.
+# The user, their live session, their membership in the wanted team (else in the team they were last
+# in, read by the (tenant_id, user_id) key) and the switcher's teams as one JSON value
+# (teams.SWITCHER_CHOICES): one row, one round trip per request, whatever the number of teams. The
+# memberships are the user's own in every team (row-level security: own memberships and their
+# teams); no team is active while this runs.
 _LIVE_SESSION = (
-    select(User, UserSession, TenantMember)
+    select(User, UserSession, TenantMember, teams.SWITCHER_CHOICES)
     .join(UserSession, UserSession.user_id == User.id)
-    .outerjoin(TenantMember, and_(TenantMember.user_id == User.id, teams.NOT_ENDED))
+    .outerjoin(
+        TenantMember,
+        and_(
+            TenantMember.user_id == User.id,
+            TenantMember.tenant_id == func.coalesce(bindparam("wanted_tenant_id", type_=Uuid), User.last_tenant_id),
+            teams.NOT_ENDED,
+        ),
+    )
     .outerjoin(Tenant, Tenant.id == TenantMember.tenant_id)
     .options(contains_eager(TenantMember.tenant))
     .where(
@@ -86,24 +95,18 @@ _LIVE_SESSION = (
         UserSession.expires_at > bindparam("now"),
         UserSession.last_seen_at > bindparam("idle_since"),
     )
-    .order_by(
-        # The session's team, else (a new session) the team the user was last in.
-        case((TenantMember.tenant_id == func.coalesce(bindparam("wanted_tenant_id", type_=Uuid), User.last_tenant_id), 0), else_=1),
-        Tenant.name,
-        Tenant.id,
-    )
-    .limit(teams.SWITCHER_TEAMS + 1)
     .execution_options(**{tenancy.ALL_TENANTS: True})
 )
 
 
 @dataclass(frozen=True)
 class SignedIn:
-    """A live session's user, and their memberships: the one in the wanted team first (if they have it),
-    then the others by team name, at most SWITCHER_TEAMS + 1 of them."""
+    """A live session's user; their membership in the wanted team (else in their last team), if they
+    still have it; and their SWITCHER_TEAMS + 1 most recently joined teams (whether there are more)."""
 
     user: User
-    memberships: list[TenantMember]
+    membership: TenantMember | None
+    choices: list[TeamChoice]
 
 
 def load(
@@ -111,7 +114,7 @@ def load(
 ) -> SignedIn | None:
     """The user of a live session named by `token` and their teams, in one query; None when it has ended."""
     now = _now()
-    rows = db.session.execute(
+    row = db.session.execute(
         _LIVE_SESSION,
         {
             "token_hash": _hash(token),
@@ -120,14 +123,13 @@ def load(
             "idle_since": now - idle,
             "wanted_tenant_id": wanted_tenant_id,
         },
-    ).all()
-    if not rows:
+    ).first()
+    if row is None:
         return None
-    user: User = rows[0][0]
-    record: UserSession = rows[0][1]
+    user, record, membership, choices = row
     if _aware(record.last_seen_at) < now - SEEN_EVERY:
         record.last_seen_at = now  # written with the request's commit
-    return SignedIn(user, [row[2] for row in rows if row[2] is not None])
+    return SignedIn(user, membership, teams.choices_from(choices))
 
 
 def end(user_id: uuid.UUID, token: str) -> None:

@@ -9,19 +9,26 @@
 greylisting or overloaded server does, so that retries can be tested. `server.hold()` keeps every
 message's DATA unanswered until `server.release()` (a slow server: a worker is caught mid-delivery),
 and `server.stop()` / `server.start()` take the server away and bring it back on the same port.
+
+`running_mail_sink()` is the benchmarks' server: the same aiosmtpd, in a process of its own, that
+keeps each message's Message-ID and recipients and parses nothing (see MailSink).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import multiprocessing
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -29,6 +36,7 @@ from aiosmtpd.controller import Controller
 from tests.helpers import HOST, free_port
 
 _URL = re.compile(r"https?://[^\s\"'<>]+")
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
 
 
 class CollectingHandler:
@@ -181,3 +189,112 @@ def running_mail_server(host: str = HOST) -> Iterator[MailServer]:
     finally:
         server.release()
         server.stop()
+
+
+# --- The benchmarks' sink ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SinkReport:
+    """What a sink accepted: each message's Message-ID (b"" when it had none) and its recipients."""
+
+    message_ids: list[bytes]
+    recipients: list[str]
+
+    def duplicates(self) -> int:
+        """Messages whose Message-ID arrived before (a message sent twice)."""
+        return len(self.message_ids) - len(set(self.message_ids))
+
+
+class SinkHandler:
+    """aiosmtpd handler that accepts every message and notes its Message-ID and recipients, parsing
+    nothing: a mail server written in C does not spend Python's email parser on each message, and a
+    benchmark should not charge that to the sender."""
+
+    def __init__(self, accepted: Synchronized[int]) -> None:
+        self.accepted = accepted
+        self.message_ids: list[bytes] = []
+        self.recipients: list[str] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        data: bytes = envelope.original_content or envelope.content
+        headers_end = data.find(b"\r\n\r\n")
+        found = _MESSAGE_ID.search(data, 0, headers_end if headers_end >= 0 else len(data))  # headers only
+        self.message_ids.append(found.group(1) if found else b"")
+        self.recipients.extend(envelope.rcpt_tos)
+        with self.accepted.get_lock():
+            self.accepted.value += 1
+        return "250 2.0.0 Message accepted for delivery"
+
+
+def _serve_sink(host: str, port: int, accepted: Synchronized[int], commands: Connection) -> None:
+    """The sink process: serve until told to stop, answering "report" with a SinkReport."""
+    handler = SinkHandler(accepted)
+    controller = Controller(handler, hostname=host, port=port)
+    controller.start()
+    commands.send("ready")
+    try:
+        while (command := commands.recv()) != "stop":
+            assert command == "report", command
+            commands.send(SinkReport(list(handler.message_ids), list(handler.recipients)))
+    finally:
+        controller.stop()
+
+
+class MailSink:
+    """A real SMTP server (aiosmtpd) for benchmarks, in a process of its own (`pid`, for measuring its
+    CPU apart from the client's): counts what it accepts, keeps Message-IDs and recipients, parses nothing."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        context = multiprocessing.get_context("spawn")  # no copy of the benchmark's threads and sockets
+        self._accepted = context.Value("q", 0)
+        self._commands, theirs = context.Pipe()
+        self._process = context.Process(
+            target=_serve_sink, args=(host, port, self._accepted, theirs), name="smtp-sink", daemon=True
+        )
+        self._process.start()
+        if not self._commands.poll(30) or self._commands.recv() != "ready":
+            self.stop()
+            raise RuntimeError("the SMTP sink did not start")
+
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None
+        return self._process.pid
+
+    @property
+    def received(self) -> int:
+        """How many messages were accepted so far."""
+        return int(self._accepted.value)
+
+    def wait_for_count(self, count: int, timeout: float = 10.0, poll: float = 0.002) -> None:
+        """Wait up to `timeout` seconds until `count` messages in all were accepted."""
+        deadline = time.monotonic() + timeout
+        while self.received < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} message(s) within {timeout}s, got {self.received}")
+            time.sleep(poll)
+
+    def report(self) -> SinkReport:
+        self._commands.send("report")
+        report: SinkReport = self._commands.recv()
+        return report
+
+    def stop(self) -> None:
+        if self._process.is_alive():
+            self._commands.send("stop")
+            self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+
+
+@contextmanager
+def running_mail_sink(host: str = HOST) -> Iterator[MailSink]:
+    """A MailSink on a free loopback port for the duration of the block."""
+    sink = MailSink(host, free_port(host))
+    try:
+        yield sink
+    finally:
+        sink.stop()

@@ -784,6 +784,7 @@ def test_the_listing_function_reveals_team_ids_and_nothing_else(database, admin_
         "nyxcore_memberships_to_end",  # the same
         "nyxcore_member_matches",  # member ids of the context's team whose name or address matches (0017)
         "nyxcore_member_window",  # the same, among the next few hundred members in join order (0017)
+        "nyxcore_member_page",  # the member list's columns, for the context's team named by the caller (0018)
     }
     for function in functions:
         assert function.prosecdef

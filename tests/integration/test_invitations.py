@@ -813,6 +813,21 @@ def test_invitations_per_team_per_hour_count_addresses(app_config, request, admi
     refused = invite(admin, "c@example.com, d@example.com")
     assert refused.status_code == 429
     assert "This team may send 3 invitations an hour and has 1 left now." in page(refused)
+    # Room for two frees when the first of the hour leaves the window, an hour after it was sent.
+    assert "Invite fewer people at once, or try again in 60 minutes." in page(refused)
     assert count(admin_engine, "SELECT count(*) FROM invitations") == 2  # nobody of the refused batch
     assert "1 of 1 address invited." in page(invite(admin, "c@example.com"))
-    assert invite(admin, "d@example.com").status_code == 429
+    full = invite(admin, "d@example.com")
+    assert full.status_code == 429
+    assert "has 0 left now." in page(full)
+    # Back-date the hour's first two: room for one more frees when the older of them leaves.
+    with admin_engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE invitations SET created_at = now() - interval '50 minutes' WHERE email = 'a@example.com'"
+        )
+        conn.exec_driver_sql(
+            "UPDATE invitations SET created_at = now() - interval '30 minutes' WHERE email = 'b@example.com'"
+        )
+    assert "try again in 10 minutes." in page(invite(admin, "d@example.com"))
+    assert "try again in 30 minutes." in page(invite(admin, "d@example.com, e@example.com"))
+    assert "Invite at most 3 people at once." in page(invite(admin, "f@a.com, g@a.com, h@a.com, i@a.com"))

@@ -204,3 +204,63 @@ def test_migration_0017_upgrades_and_downgrades(fresh_database):  # noqa: F811
         assert scalar(admin, indexes) == 2
     finally:
         admin.dispose()
+
+
+PAGE = "SELECT * FROM nyxcore_member_page(:team, NULL, NULL, false, 1000, CAST(:ids AS uuid[]))"
+
+
+def test_the_page_function_answers_for_the_named_context_team_only(app_engine, admin_engine, crowd, make_user):
+    """nyxcore_member_page (migration 0018) reads `users` past its policies, so it must never widen them:
+    no context, or a team other than the context's, gives no row; an inviter outside the team stays unnamed."""
+    _, _, team_id = crowd
+    outsider = make_user(name="Outside Inviter")
+    mine = rows(
+        admin_engine,
+        "SELECT m.id, m.user_id, u.name FROM tenant_members m JOIN users u ON u.id = m.user_id "
+        "WHERE m.tenant_id = :t ORDER BY m.joined_at, m.id",
+        t=team_id,
+    )
+    inside, outside = mine[1].id, mine[2].id
+    with admin_engine.begin() as conn:
+        conn.execute(text("UPDATE tenant_members SET invited_by = :u WHERE id = :m"), {"u": mine[0].user_id, "m": inside})
+        conn.execute(text("UPDATE tenant_members SET invited_by = :u WHERE id = :m"), {"u": outsider.user_id, "m": outside})
+    with app_engine.begin() as conn:
+        assert conn.execute(text(PAGE), {"team": team_id, "ids": None}).all() == []  # no context
+        conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(outsider.team_id)})
+        assert conn.execute(text(PAGE), {"team": team_id, "ids": None}).all() == []  # another team's context
+        conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(team_id)})
+        assert conn.execute(text(PAGE), {"team": outsider.team_id, "ids": None}).all() == []  # names another team
+        page = conn.execute(text(PAGE), {"team": team_id, "ids": None}).all()
+        assert [row.id for row in page] == [row.id for row in mine]  # the whole team, in join order
+        inviters = {row.id: row.inviter_name for row in page}
+        assert inviters[inside] == mine[0].name and inviters[outside] is None  # as the users policy shows them
+        chosen = conn.execute(text(PAGE), {"team": team_id, "ids": [str(outside), str(uuid.uuid4())]}).all()
+        assert [row.id for row in chosen] == [outside]
+
+
+def test_migration_0018_upgrades_and_downgrades(fresh_database):  # noqa: F811
+    _migrate(fresh_database, "head")
+    admin = create_engine(fresh_database.admin_url)
+    functions = "SELECT count(*) FROM pg_proc WHERE proname = 'nyxcore_member_page' AND prosecdef"
+    try:
+        assert scalar(admin, functions) == 1
+        app = create_app(conftest.test_config(fresh_database))
+        with app.app_context():
+            downgrade(revision="0017")
+            db.engine.dispose()
+        assert scalar(admin, functions) == 0
+        _migrate(fresh_database, "head")
+        assert scalar(admin, functions) == 1
+    finally:
+        admin.dispose()
+
+
+def test_a_search_counts_its_matches_up_to_the_match_cap(crowd, monkeypatch):
+    """A search's count is a second search: it stops at MATCH_CAP, and is the page's own rows when they are all."""
+    client, order, _ = crowd
+    assert "Members (100+)" in _page(client, "/team/?q=member")[0]  # 130 matches
+    monkeypatch.setattr(member_list, "MATCH_CAP", 200)
+    assert "Members (130)" in _page(client, "/team/?q=member")[0]
+    one = order[7][0]
+    body, names = _page(client, f"/team/?q={quote(one.lower())}")
+    assert names == [one] and "Members (1)" in body  # counted from the page (no second search)

@@ -7,9 +7,10 @@ about who may do what is kept between requests: a role change or a removal count
 
 from __future__ import annotations
 
+import re
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import joinedload
 
 from nyxcore import tenancy
@@ -93,3 +94,24 @@ def test_a_removal_counts_on_the_next_request(team, admin_engine, as_owner, as_m
     page = as_member.get("/team/").get_data(as_text=True)  # back in their own personal team
     assert team.accounts[O].email not in page
     assert "Members (1)" in page
+
+
+def test_the_member_rows_escape_names_and_keep_their_labels(team, admin_engine, as_owner):
+    """The rows are filled into markup outside Jinja's autoescape (blueprints/member_rows.py): a name is
+    still escaped everywhere it shows, and each row keeps its cell labels, control labels and forms."""
+    viewer = team.accounts[V]
+    with admin_engine.begin() as conn:
+        conn.execute(text("UPDATE users SET name = :n WHERE id = :u"), {"n": '<b>"Vi" & co</b>', "u": viewer.user_id})
+        conn.execute(
+            text("UPDATE tenant_members SET ends_at = '2031-02-01' WHERE user_id = :u AND tenant_id = :t"),
+            {"u": viewer.user_id, "t": team.id},
+        )
+    page = as_owner.get("/team/").get_data(as_text=True)
+    assert "<b>" not in page and page.count("&lt;b&gt;&#34;Vi&#34; &amp; co&lt;/b&gt;") == 7  # its cell and six control labels
+    row = re.search(r"<tr>\s*<td data-label=\"Name\">&lt;b&gt;.*?</tr>", page, re.S)
+    assert row is not None
+    cells = re.findall(r"<td[^>]*>", row.group(0))
+    assert len(cells) == 7 and all("data-label=" in cell for cell in cells)
+    ends = re.search(r'id="ends-[0-9a-f-]+" type="date" name="ends_on" value="2031-01-31"', row.group(0))
+    assert ends and "until 31 Jan 2031" in row.group(0) and "Clear end date" in row.group(0)
+    assert row.group(0).count('name="csrf_token"') == 3 and '<option value="viewer" selected>' in row.group(0)

@@ -112,7 +112,9 @@ class TenantQuery:
 
 
 QUERIES = [
-    TenantQuery("members page", "tenant_members", "/team/", "ORDER BY tenant_members.joined_at"),
+    # The rows come from nyxcore_member_page (migration 0018, planned inside it); the statement around it
+    # counts the team's members.
+    TenantQuery("members page", "tenant_members", "/team/", "FROM nyxcore_member_page("),
     TenantQuery("notes list", "notes", "/notes/", "ORDER BY notes.updated_at"),
     TenantQuery("invitations list", "invitations", "/team/invitations", "ORDER BY invitations.created_at"),
     TenantQuery("audit events page", "audit_events", "/team/audit", "ORDER BY audit_events.at"),

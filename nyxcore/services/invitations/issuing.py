@@ -20,7 +20,7 @@ from nyxcore.models import Invitation, Tenant, TenantMember, User
 from nyxcore.pagination import Page
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
-from nyxcore.services import audit, domain_policy, seats, voiding
+from nyxcore.services import audit, domain_policy, mail, seats, voiding
 from nyxcore.services.invitations import addresses, limits, tokens
 from nyxcore.services.invitations.addresses import InviteOutcome, InviteResult
 from nyxcore.services.invitations.display import utc
@@ -59,14 +59,16 @@ def issue_invitation(
     )
     try:
         with db.session.begin_nested():
+            # The email first, so that the invitation is inserted pointing at it (no UPDATE after), and
+            # both in the savepoint: a conflict takes the email back with the invitation.
+            outbox = queue_invitation_email(
+                inviter, tenant, token, email, role, expires_at, reminder=reminding_until is not None
+            )
+            invitation.outbox_email_id = outbox.id
             db.session.add(invitation)
     except IntegrityError as exc:  # uq_invitations_open_email: a concurrent request invited them first
+        mail.unqueue(invitation.outbox_email_id)
         raise Conflict(f"{email} already has an open invitation.", field="emails") from exc
-    outbox = queue_invitation_email(
-        inviter, tenant, token, email, role, expires_at, reminder=reminding_until is not None
-    )
-    invitation.outbox_email_id = outbox.id
-    db.session.flush()
     return invitation
 
 

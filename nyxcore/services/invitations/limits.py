@@ -12,7 +12,7 @@ from nyxcore.errors import RateLimited
 from nyxcore.extensions import db
 from nyxcore.models import Invitation, Tenant
 from nyxcore.services import quotas
-from nyxcore.services.invitations.states import now
+from nyxcore.services.invitations.states import aware, now
 from nyxcore.tenancy import Actor
 
 
@@ -40,9 +40,30 @@ def check_rate(tenant_id: uuid.UUID, wanted: int) -> None:
         left = max(limit - used, 0)
         raise RateLimited(
             f"This team may send {limit} invitations an hour and has {left} left now. "
-            "Invite fewer people at once, or try again later.",
+            + _when_room_frees(limit, used, wanted),
             field="emails",
         )
+
+
+def _when_room_frees(limit: int, used: int, wanted: int) -> str:
+    """Say when the hour's window will have room for `wanted`: as the oldest of it age out of it."""
+    if wanted > limit:
+        return f"Invite at most {limit} people at once."
+    # The window must lose (used + wanted - limit) invitations: the oldest of those sets the time.
+    leaving = used + wanted - limit
+    last_to_leave = db.session.scalar(
+        select(Invitation.created_at)
+        .where(Invitation.created_at > now() - timedelta(hours=1))
+        .order_by(Invitation.created_at)
+        .offset(leaving - 1)
+        .limit(1)
+    )
+    if last_to_leave is None:  # they aged out while we counted: try again is true now
+        return "Try again now."
+    wait = aware(last_to_leave) + timedelta(hours=1) - now()
+    minutes = max(1, -(-int(wait.total_seconds()) // 60))  # round up: never say a time too early
+    unit = "minute" if minutes == 1 else "minutes"
+    return f"Invite fewer people at once, or try again in {minutes} {unit}."
 
 
 def spend_daily_allowances(actor: Actor, wanted: int) -> None:
