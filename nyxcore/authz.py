@@ -24,6 +24,7 @@ from werkzeug.wrappers.response import Response
 
 from nyxcore import tenancy
 from nyxcore.extensions import login_manager
+from nyxcore.fixed_cost import current_session, request_globals
 from nyxcore.models import AccountToken, TenantMember, User
 from nyxcore.permissions import Operation, operation
 from nyxcore.roles import TenantRole
@@ -106,10 +107,11 @@ def needs_verification(name: str) -> bool:
 
 def bind_request_actor() -> None:
     """The request hook: the user, their active team, the Actor, and the tenant context until teardown."""
-    stack = g.setdefault(_STACK, ExitStack())
-    stack.enter_context(tenancy.tenant_context())  # whatever ran before, this request starts with none
-    g.actor, g.my_teams = None, []
-    if not session:
+    request_g = request_globals()  # `g` itself, looked up once (nyxcore/fixed_cost.py): every request runs this
+    if tenancy.current() is not tenancy.EMPTY:  # whatever ran before, this request starts with none
+        request_g.setdefault(_STACK, ExitStack()).enter_context(tenancy.tenant_context())
+    request_g.actor, request_g.my_teams = None, []
+    if not current_session():
         # No session cookie (or an empty one): no one is signed in, and Flask-Login need not look
         # (its session protection hashes the address and browser, its remember-me reads cookies).
         login_manager._update_request_context_with_user()
@@ -117,17 +119,17 @@ def bind_request_actor() -> None:
     if not current_user.is_authenticated:
         return
     user: User = current_user._get_current_object()
-    stack.enter_context(tenancy.tenant_context(user_id=user.id))
+    request_g.setdefault(_STACK, ExitStack()).enter_context(tenancy.tenant_context(user_id=user.id))
     # Read with the user (load_user): the wanted team's membership, and the switcher's teams.
-    signed_in: sessions.SignedIn = g.pop(_SIGNED_IN, None) or sessions.SignedIn(user, None, [])
+    signed_in: sessions.SignedIn = request_g.pop(_SIGNED_IN, None) or sessions.SignedIn(user, None, [])
     membership = signed_in.membership
     wanted = _session_tenant_id() or user.last_tenant_id  # a new session starts in the team last used
     if wanted is not None and membership is None:
         tell_of_lost_team(wanted)  # only now: a page whose team is still active asks nothing
     if membership is None and signed_in.choices:  # no team chosen yet, or it was lost: the earliest joined
         membership = teams.first_joined(user.id)
-    g.my_teams = teams.switcher(signed_in.choices, membership)
-    g.more_teams = len(signed_in.choices) > teams.SWITCHER_TEAMS
+    request_g.my_teams = teams.switcher(signed_in.choices, membership)
+    request_g.more_teams = len(signed_in.choices) > teams.SWITCHER_TEAMS
     if membership is None:
         session.pop(ACTIVE_TENANT_KEY, None)
         return
@@ -144,8 +146,7 @@ def tell_of_lost_team(tenant_id: uuid.UUID) -> bool:
 
 def unbind_request_actor() -> None:
     """Leave every tenant context the request entered (teardown)."""
-    stack: ExitStack | None = g.pop(_STACK, None)
-    if stack is not None:
+    if (stack := request_globals().pop(_STACK, None)) is not None:
         stack.close()
 
 

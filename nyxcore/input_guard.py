@@ -27,9 +27,10 @@ from itertools import chain
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
-from flask import Flask, request
+from flask import Flask
 
 from nyxcore.errors import InvalidInput
+from nyxcore.fixed_cost import current_request
 
 # C0 controls except TAB (09), LF (0A) and CR (0D); DEL and the C1 controls (7F-9F); surrogates;
 # the bidirectional embeddings and overrides (202A-202E) and isolates (2066-2069).
@@ -100,17 +101,18 @@ def first_undecodable(raw: bytes) -> Refusal | None:
 
 def check_request() -> None:
     """Refuse the request (`UncleanInput`, a 400) if a query argument or form field is not clean text."""
-    has_body = request.method not in _SAFE_METHODS
-    if not request.query_string and not has_body:
+    this_request = current_request()  # looked up once, not through the proxy (nyxcore/fixed_cost.py)
+    has_body = this_request.method not in _SAFE_METHODS
+    if not this_request.query_string and not has_body:
         return
-    refusal = first_undecodable(request.query_string)
-    if refusal is None and has_body and request.mimetype == _FORM_URLENCODED:
-        refusal = first_undecodable(request.get_data(cache=True))
+    refusal = first_undecodable(this_request.query_string)
+    if refusal is None and has_body and this_request.mimetype == _FORM_URLENCODED:
+        refusal = first_undecodable(this_request.get_data(cache=True))
     if refusal is None:
-        pairs: Iterable[tuple[str, str]] = request.args.items(multi=True)
+        pairs: Iterable[tuple[str, str]] = this_request.args.items(multi=True)
         if has_body:
             # `form` parses only form bodies (and keeps the result for the view); files are not read here.
-            pairs = chain(pairs, request.form.items(multi=True))
+            pairs = chain(pairs, this_request.form.items(multi=True))
         refusal = first_forbidden(pairs)
     if refusal is not None:
         raise UncleanInput(refusal)

@@ -8,7 +8,10 @@ import re
 import sys
 from datetime import UTC, datetime
 
-from flask import Flask, g, has_request_context
+from flask import Flask, has_request_context, request
+
+# The WSGI environ key of the request's id, put there by NyxCoreFlask.wsgi_app (nyxcore/web.py).
+REQUEST_ID = "nyxcore.request_id"
 
 # Magic-link and join-link paths carry the raw token, also percent-encoded inside a `next=` query parameter;
 # GitHub tokens have well-known prefixes.
@@ -37,7 +40,7 @@ class RedactingFilter(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, None
         if not hasattr(record, "request_id"):
-            record.request_id = g.get("request_id", "") if has_request_context() else ""
+            record.request_id = request.environ.get(REQUEST_ID, "") if has_request_context() else ""
         return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
+from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +30,16 @@ class TrustedProxyFix:
         self.app = app
         self.trusted = tuple(trusted)
         self.proxied = ProxyFix(app, **proxy_fix)
+        # Behind a proxy every request comes from the same few peers: each address is parsed once.
+        self._judged = lru_cache(maxsize=1024)(self._judge)
 
     def is_trusted(self, peer: str | None) -> bool:
         """True when the socket peer's address lies in one of the trusted networks."""
+        return self._judged(peer or "")
+
+    def _judge(self, peer: str) -> bool:
         try:
-            address = ip_address(peer or "")
+            address = ip_address(peer)
         except ValueError:  # a Unix socket or no peer at all
             return False
         return any(address in network for network in self.trusted)

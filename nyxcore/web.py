@@ -11,24 +11,23 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, flash, g, redirect, render_template, request, session
-from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
-from flask.wrappers import Request
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import validate_csrf
-from itsdangerous import URLSafeTimedSerializer
+from werkzeug.routing import Rule
 from werkzeug.wrappers.response import Response
 from wtforms.validators import ValidationError
 
 from nyxcore import authz
 from nyxcore.extensions import db
+from nyxcore.fixed_cost import CookieSessions, current_request, request_globals, skip_idle_extension_hooks
+from nyxcore.logs import REQUEST_ID
 from nyxcore.services import mail
 
 if TYPE_CHECKING:
@@ -65,29 +64,6 @@ _NOTICES = "nyxcore_notices"  # on g: flash messages waiting for the commit
 _CARRIED = "nyxcore_field_error"  # in the session: a refused POST's field error for the page it redirected to
 
 
-class CookieSessions(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, without their fixed cost on a request that sends no cookie.
-
-    Flask builds a new signing serializer (and itsdangerous test-serializes `{}` to make one) on
-    every request, also when there is no cookie to read; here it is built once per key set, and a
-    request without the cookie gets an empty session at once. Signing, keys and expiry are Flask's.
-    """
-
-    def __init__(self) -> None:
-        self._serializers: dict[tuple[Any, ...], URLSafeTimedSerializer | None] = {}
-
-    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
-        keys = (app.secret_key, *(app.config["SECRET_KEY_FALLBACKS"] or ()))
-        if keys not in self._serializers:
-            self._serializers[keys] = super().get_signing_serializer(app)
-        return self._serializers[keys]
-
-    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
-        if app.secret_key and self.get_cookie_name(app) not in request.cookies:
-            return self.session_class()
-        return super().open_session(app, request)
-
-
 class NyxCoreFlask(Flask):
     """Flask, with the view's outcome (returned or raised) deciding the request's commit."""
 
@@ -97,16 +73,21 @@ class NyxCoreFlask(Flask):
         self._synchronous: dict[Callable[..., Any], Callable[..., Any]] = {}
 
     def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """Flask's, with the security headers added to every response that does not set them itself.
+        """Flask's, with the request's id and the security headers on every response that does not set them.
 
-        Added to the status line's plain list of pairs (one pass, constants checked once), so every
-        answer gets them, error pages included, for less than a pass over a response's Headers.
+        The id (the proxy's X-Request-ID, else a fresh one) is kept in the environ, where the error
+        pages and the logs find it. The headers are added to the status line's plain list of pairs
+        (one pass, constants checked once), so every answer gets them, error pages included, for
+        less than a pass over a response's Headers.
         """
+        request_id = environ[REQUEST_ID] = _request_id(environ)
         defaults = _SECURE_HEADERS if self.config["SESSION_COOKIE_SECURE"] else _SECURITY_HEADERS
 
         def with_security_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             present = {name.lower() for name, _ in headers}
             headers.extend(pair for lower, pair in defaults if lower not in present)
+            if "x-request-id" not in present:
+                headers.append(("X-Request-ID", request_id))
             return start_response(status, headers, exc_info)
 
         return super().wsgi_app(environ, with_security_headers)
@@ -122,9 +103,10 @@ class NyxCoreFlask(Flask):
 
     def dispatch_request(self) -> ResponseReturnValue:
         """Run the view; its changes are kept only if it returns (an exception rolls them back)."""
-        g.pop(_KEEP, None)
+        request_g = request_globals()
+        request_g.pop(_KEEP, None)
         result = super().dispatch_request()
-        g.setdefault(_KEEP, True)  # abandon_changes() may have said False already
+        request_g.setdefault(_KEEP, True)  # abandon_changes() may have said False already
         return result
 
 
@@ -189,39 +171,54 @@ def is_safe_next(target: str | None) -> bool:
     return not parts.scheme and not parts.netloc and all(ord(c) >= 32 for c in target)
 
 
+def _path_carries_token(rule: Rule) -> bool:
+    """A magic-link page, or any route with a `...token` argument (account links) in its path."""
+    return rule.endpoint.startswith("invite.") or any(name.endswith("token") for name in rule.arguments)
+
+
 def wants_json() -> bool:
     return request.path.startswith("/api/")
 
 
+def _request_id(environ: WSGIEnvironment) -> str:
+    """The proxy's X-Request-ID (at most 64 characters), else a fresh one."""
+    return str(environ.get("HTTP_X_REQUEST_ID", ""))[:64] or secrets.token_hex(8)
+
+
 def current_request_id() -> str:
-    """This request's id (the proxy's X-Request-ID, else a fresh one), also for a request refused before the hooks ran."""
-    if "request_id" not in g:
-        g.request_id = request.headers.get("X-Request-ID", "")[:64] or secrets.token_hex(8)
-    request_id: str = g.request_id
+    """This request's id, the one its response sends in X-Request-ID (NyxCoreFlask.wsgi_app made it).
+
+    A request context made without the WSGI app (`test_request_context`) gets one here.
+    """
+    environ = request.environ
+    if REQUEST_ID not in environ:
+        environ[REQUEST_ID] = _request_id(environ)
+    request_id: str = environ[REQUEST_ID]
     return request_id
 
 
 def register_request_hooks(app: Flask) -> None:
     """Bind the tenant context per request, commit once at the end, and add security headers."""
+    skip_idle_extension_hooks(app)
 
     @app.before_request
     def bind_context() -> tuple[str, int] | None:
-        current_request_id()
-        g.started_at = time.perf_counter()
-        if request.endpoint not in _SKIP_CONTEXT_ENDPOINTS:
-            authz.bind_request_actor()
-            return show_typed_input_after_sign_out()
-        return None
+        this_request = current_request()
+        if this_request.endpoint in _SKIP_CONTEXT_ENDPOINTS:
+            return None
+        authz.bind_request_actor()
+        return show_typed_input_after_sign_out() if this_request.method == "POST" else None
 
     @app.after_request
     def finish_transaction(response: Response) -> Response:
         # One commit per request, when its view returned; then the messages and queued mail.
         # A request that never touched the database (no session, or no transaction begun) sends nothing.
         used = db.session.registry.has()
-        if g.pop(_KEEP, False):
+        request_g = request_globals()
+        if request_g.pop(_KEEP, False):
             if used and db.session().in_transaction():
                 db.session.commit()
-            for message, category in g.pop(_NOTICES, []):
+            for message, category in request_g.pop(_NOTICES, []):
                 flash(message, category)
             if used:  # mail is queued on the session
                 mail.dispatch_queued()
@@ -231,16 +228,13 @@ def register_request_hooks(app: Flask) -> None:
         return response
 
     @app.after_request
-    def request_headers(response: Response) -> Response:
-        # The security headers go on in NyxCoreFlask.wsgi_app; these two depend on the request.
-        if (request.endpoint and request.endpoint.startswith("invite.")) or any(
-            name.endswith("token") for name in request.view_args or {}
-        ):
+    def hide_token_paths(response: Response) -> Response:
+        # The security headers and X-Request-ID go on in NyxCoreFlask.wsgi_app; this one depends on the route.
+        rule = current_request().url_rule
+        if rule is not None and _path_carries_token(rule):
             # A token in the path (magic links, account links): send only the origin (which CSRF
             # checks over HTTPS need), never the path.
             response.headers["Referrer-Policy"] = "strict-origin"
-        if "X-Request-ID" not in response.headers:
-            response.headers["X-Request-ID"] = current_request_id()
         return response
 
     @app.teardown_request
@@ -260,8 +254,10 @@ def keeps_typed_input(view: V) -> V:
 
 def _keeps_typed_input() -> Any | None:
     """The view of this POST if it is marked `keeps_typed_input`, else None."""
+    if request.method != "POST":  # every GET asks: the cheapest test first
+        return None
     view = current_app.view_functions.get(request.endpoint or "")
-    if view is None or request.method != "POST" or not getattr(view, "keeps_typed_input", False):
+    if view is None or not getattr(view, "keeps_typed_input", False):
         return None
     return view
 

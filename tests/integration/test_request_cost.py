@@ -8,6 +8,7 @@ pinned in test_auth.py, next to the server-side session's ending.)
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from flask import session
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.orm import Session
@@ -230,3 +232,73 @@ def test_a_rolled_back_write_is_gone(app, team, admin_engine):
         assert db.session.scalar(select(func.count()).select_from(Note)) == 1
         db.session.rollback()
     assert count(admin_engine, "SELECT count(*) FROM notes WHERE title = 'Never kept'") == 0
+
+
+def test_flask_wtf_checks_only_the_methods_it_protects(anonymous, monkeypatch):
+    from nyxcore.extensions import csrf
+
+    checked: list[str] = []
+    protect = csrf.protect
+    monkeypatch.setattr(csrf, "protect", lambda **kwargs: checked.append("checked") or protect(**kwargs))
+    assert anonymous.get("/auth/login").status_code == 200
+    assert checked == []  # a GET: Flask-WTF's hook would work out the exemptions and then not check
+    assert anonymous.post("/auth/logout").status_code == 400  # a POST without its token is still refused
+    assert checked == ["checked"]
+
+
+@pytest.mark.own_app  # it adds a route
+def test_flask_logins_remember_me_hook_still_acts_on_a_session_that_asks(app, anonymous):
+    # NyxCore asks for no remember-me cookie; the hook is skipped only while the session is empty.
+    wrapped = [getattr(h, "__wrapped__", None) for h in app.after_request_funcs[None]]
+    assert login_manager._update_remember_cookie in wrapped
+
+    @app.get("/remember-me")
+    def remember_me() -> str:
+        session.update(_user_id="someone", _remember="set")
+        return "asked"
+
+    assert not any(c.startswith("remember_token=") for c in anonymous.get("/no-such-page").headers.getlist("Set-Cookie"))
+    asked = anonymous.get("/remember-me")
+    assert any(c.startswith("remember_token=") for c in asked.headers.getlist("Set-Cookie"))
+
+
+def test_a_page_without_a_cookie_sends_none_and_varies_on_it(anonymous):
+    answer = anonymous.get("/no-such-page")
+    assert answer.status_code == 404
+    assert "Set-Cookie" not in answer.headers
+    assert answer.headers.get_all("Vary") == ["Cookie"]
+
+
+@pytest.mark.own_app  # it adds a route
+def test_a_signed_out_request_starts_outside_any_tenant_context(app, anonymous, team):
+    @app.get("/context-probe")
+    def probe() -> dict[str, object]:
+        return {"empty": tenancy.current() == tenancy.EMPTY}
+
+    with tenancy.tenant_context(tenant_id=team.id):  # left over from whatever ran before in this thread
+        assert anonymous.get("/context-probe").json == {"empty": True}
+    assert anonymous.get("/context-probe").json == {"empty": True}
+    assert tenancy.current() is tenancy.EMPTY
+
+
+@pytest.mark.own_app  # it adds a route
+def test_the_request_id_of_the_response_is_the_one_in_the_log(app, anonymous, caplog):
+    @app.get("/logs-something")
+    def logs_something() -> str:
+        logging.getLogger("nyxcore").warning("something happened")
+        return "logged"
+
+    with caplog.at_level(logging.INFO, logger="nyxcore"):
+        answer = anonymous.get("/logs-something")
+        forwarded = anonymous.get("/logs-something", headers={"X-Request-ID": "from-nginx-7"})
+    ids = [r.request_id for r in caplog.records if r.getMessage() == "something happened"]
+    assert ids == [answer.headers["X-Request-ID"], "from-nginx-7"]
+    assert forwarded.headers.get_all("X-Request-ID") == ["from-nginx-7"]
+    assert len(answer.headers["X-Request-ID"]) == 16
+
+
+def test_a_request_context_without_the_wsgi_app_has_one_request_id(app):
+    from nyxcore.web import current_request_id
+
+    with app.test_request_context("/"):
+        assert current_request_id() == current_request_id() != ""

@@ -67,3 +67,12 @@ def test_a_chunked_body_over_the_limit_reaches_the_app_with_its_length() -> None
     bounded(environ, lambda *args: None)
     # One byte over the limit is read, never the rest; Werkzeug then refuses the length (413).
     assert seen == {"length": "11", "body": b"x" * 11}
+
+
+def test_a_peer_is_judged_against_each_proxy_fixs_own_networks() -> None:
+    # The parsed answer is kept per peer and set of networks: one app's trust never leaks into another's.
+    loopback = TrustedProxyFix(Flask(__name__).wsgi_app, [ip_network("127.0.0.1/32")])
+    private = TrustedProxyFix(Flask(__name__).wsgi_app, [ip_network("10.0.0.0/8")])
+    for _ in range(2):
+        assert loopback.is_trusted("127.0.0.1") and not private.is_trusted("127.0.0.1")
+        assert private.is_trusted("10.9.8.7") and not loopback.is_trusted("10.9.8.7")
