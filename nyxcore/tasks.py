@@ -125,7 +125,8 @@ def deliver_outbox_emails(outbox_ids: list[str]) -> int:
     mid-batch can duplicate at most the message in flight, as before: the task is acknowledged only
     once it ran, so it runs again and skips what was sent. A message that fails (its attempt recorded)
     goes on as its own `deliver_outbox_email` retry chain and the others go on here; once the server
-    is unreachable, the rest go on as one task each instead of each waiting for it here in turn.
+    is unreachable, the rest go on as one task each instead of each waiting for it here in turn. Any
+    other error is one message's: it is logged, and the batch goes on.
     """
     one = current_app.extensions["celery"].tasks[mail.DELIVER_TASK]
     sent = 0
@@ -139,6 +140,11 @@ def deliver_outbox_emails(outbox_ids: list[str]) -> int:
                 for rest in outbox_ids[position + 1 :]:
                     _hand_on(one, rest)
                 break
+        except Exception as exc:  # not the transport's (a message that cannot be rendered, say)
+            # Its attempt is recorded, as a single task's is; like that task it gets no retry chain and is
+            # left to the sweep. It must not cost the rest of the batch their delivery.
+            db.session.rollback()
+            log.warning("outbox email %s failed (%s); its batch goes on", outbox_id, type(exc).__name__)
     return sent
 
 

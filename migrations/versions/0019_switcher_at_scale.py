@@ -9,7 +9,7 @@
   The old index was its prefix, so nothing that used it loses an index.
 
 Revision ID: 0019
-Revises: 0017
+Revises: 0018
 Create Date: 2026-12-02
 """
 

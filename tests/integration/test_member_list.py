@@ -238,6 +238,23 @@ def test_the_page_function_answers_for_the_named_context_team_only(app_engine, a
         assert [row.id for row in chosen] == [outside]
 
 
+
+def test_the_page_function_never_returns_another_teams_member_whose_id_it_is_given(app_engine, admin_engine, crowd, make_user):
+    """The ids a search hands nyxcore_member_page are the caller's: another team's member ids, given in the
+    context of the caller's team (or the context set to that team but the call naming this one), give no row."""
+    _, _, team_id = crowd
+    other = make_user(name="Other Team Owner")
+    theirs = [str(row.id) for row in rows(admin_engine, "SELECT id FROM tenant_members WHERE tenant_id = :t", t=other.team_id)]
+    with app_engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(team_id)})
+        conn.execute(text("SELECT set_config('app.user_id', :u, true)"), {"u": str(other.user_id)})
+        assert conn.execute(text(PAGE), {"team": team_id, "ids": theirs}).all() == []
+        for direction in ("false", "true"):  # both directions' statements
+            backwards = PAGE.replace("false", direction)
+            assert conn.execute(text(backwards), {"team": team_id, "ids": theirs}).all() == []
+        conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(other.team_id)})
+        assert conn.execute(text(PAGE), {"team": team_id, "ids": theirs}).all() == []
+
 def test_migration_0018_upgrades_and_downgrades(fresh_database):  # noqa: F811
     _migrate(fresh_database, "head")
     admin = create_engine(fresh_database.admin_url)

@@ -138,3 +138,25 @@ def test_once_the_server_is_unreachable_the_rest_of_a_batch_go_on_one_task_each(
         mail_server.wait_for(3, timeout=10)
         mail_server.assert_quiet(0.5, expected=3)
     assert mail_server.deliveries() == {f"batch{n}@example.com": 1 for n in range(3)}
+
+
+@pytest.mark.usefixtures("purged")
+def test_a_message_that_fails_outside_smtp_does_not_hold_back_the_rest_of_its_batch(
+    app: Flask, mail_server: MailServer, admin_engine: Engine
+) -> None:
+    # A stored subject with a line break: render() refuses it with a ValueError, not an SMTP error.
+    ids = queue(app, 3)
+    with admin_engine.begin() as conn:
+        conn.execute(text("UPDATE outbox_emails SET subject = 'Hi\nthere' WHERE id = :i"), {"i": ids[0]})
+    assert deliver_batch(app, ids) == 2
+    stored = rows(admin_engine)
+    # Its attempt is recorded as a single task records it (left to the sweep once its retry is overdue).
+    assert stored["batch0@example.com"] == {
+        "attempts": 1,
+        "failure": "unknown",
+        "sent": False,
+        "retry_due": True,
+        "has_body": True,
+    }
+    assert mail_server.deliveries() == {"batch1@example.com": 1, "batch2@example.com": 1}
+    assert celery_worker.waiting_messages() == 0  # no retry chain of its own, as a single task has none

@@ -302,3 +302,15 @@ def test_a_request_context_without_the_wsgi_app_has_one_request_id(app):
 
     with app.test_request_context("/"):
         assert current_request_id() == current_request_id() != ""
+
+
+@pytest.mark.own_app  # it adds a route
+def test_csrf_is_still_checked_on_every_unsafe_method_not_only_post(app, anonymous):
+    # The wrapped Flask-WTF hook (nyxcore/fixed_cost.py) skips only the methods it would not check.
+    @app.route("/unsafe-probe", methods=["GET", "PUT", "PATCH", "DELETE"])
+    def unsafe_probe() -> str:
+        return "done"
+
+    assert anonymous.get("/unsafe-probe").status_code == 200
+    for method in ("PUT", "PATCH", "DELETE"):
+        assert anonymous.open("/unsafe-probe", method=method).status_code == 400, method
