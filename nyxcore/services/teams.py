@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ScalarSelect, bindparam, select
+from sqlalchemy import JSON, ScalarSelect, bindparam, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import contains_eager, joinedload
@@ -166,7 +166,12 @@ class TeamChoice:
 
 
 class _json_rows(FunctionElement[Any]):
-    """The rows of its columns as one JSON array of arrays: many rows carried in one value of one row."""
+    """The rows of its columns as one JSON array of arrays: many rows carried in one value of one row.
+
+    The last clause is the rows' order, descending, not carried: PostgreSQL aggregates `ORDER BY` it
+    (a sorted sub-select only "usually" keeps its order through an aggregate); SQLite (development),
+    which has no ordered aggregates before 3.44, keeps the sub-select's order.
+    """
 
     type = JSON()
     inherit_cache = True
@@ -174,12 +179,14 @@ class _json_rows(FunctionElement[Any]):
 
 @compiles(_json_rows, "postgresql")
 def _json_rows_postgresql(element: _json_rows, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_agg(json_build_array({compiler.process(element.clauses, **kw)}))"
+    *values, order = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"json_agg(json_build_array({', '.join(values)}) ORDER BY {order} DESC)"
 
 
 @compiles(_json_rows, "sqlite")
 def _json_rows_sqlite(element: _json_rows, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_group_array(json_array({compiler.process(element.clauses, **kw)}))"
+    values = [compiler.process(clause, **kw) for clause in element.clauses][:-1]
+    return f"json_group_array(json_array({', '.join(values)}))"
 
 
 def _switcher_choices() -> ScalarSelect[Any]:
@@ -195,13 +202,14 @@ def _switcher_choices() -> ScalarSelect[Any]:
     # teams table is small (a few hundred rows, most of them the user's).
     team_name = select(Tenant.name).where(Tenant.id == TenantMember.tenant_id).scalar_subquery()
     latest_joined = (
-        select(TenantMember.tenant_id, team_name, TenantMember.role)
+        select(TenantMember.tenant_id, team_name, TenantMember.role, TenantMember.joined_at, TenantMember.id)
         .where(TenantMember.user_id == bindparam("user_id"), NOT_ENDED)
         .order_by(TenantMember.joined_at.desc(), TenantMember.id.desc())
         .limit(SWITCHER_TEAMS + 1)
         .subquery()
     )
-    return select(_json_rows(*latest_joined.c)).scalar_subquery()
+    newest_first = tuple_(latest_joined.c.joined_at, latest_joined.c.id)
+    return select(_json_rows(*list(latest_joined.c)[:3], newest_first)).scalar_subquery()
 
 
 SWITCHER_CHOICES = _switcher_choices()

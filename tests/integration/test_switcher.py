@@ -215,3 +215,14 @@ def test_a_page_of_a_user_in_500_teams_reads_the_switchers_21_not_all_500(app, m
         nodes = _plan_nodes(document_plan)
     read = {(n["Node Type"], n["Relation Name"], n["Actual Rows"]) for n in nodes if n.get("Relation Name") in ("tenants", "tenant_members")}
     assert read and max(rows for _, _, rows in read) <= SWITCHER_TEAMS + 1, json.dumps(document_plan, indent=1)
+
+
+def test_the_switchers_teams_keep_their_order_through_the_aggregate():
+    """PostgreSQL only "usually" keeps a sorted sub-select's order through json_agg: the order is the
+    aggregate's own, so which 20 teams the switcher offers never depends on the plan."""
+    from sqlalchemy.dialects import postgresql
+
+    from nyxcore.services.teams import SWITCHER_CHOICES
+
+    sql = " ".join(str(SWITCHER_CHOICES.compile(dialect=postgresql.dialect())).split())
+    assert re.search(r"json_agg\(json_build_array\([^)]*\) ORDER BY \(\S+joined_at, \S+id\) DESC\)", sql), sql
