@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/run_all.py [name ...]     # e.g. `load` to run bench/load.py only
 
-Runs rls_overhead.py, load.py, size.py and email_pipeline.py (when it exists) with their default settings;
-their figures go to the terminal (record them in RESULTS.md). load.py needs wrk: when it is
-missing, it is skipped with the command that installs it, and the run ends with status 1.
+Runs rls_overhead.py, load.py, instructions.py, size.py and email_pipeline.py (when it exists) with their
+default settings; their figures go to the terminal (record them in RESULTS.md). load.py needs wrk and
+instructions.py valgrind: when one is missing, its benchmark is skipped with the command that installs
+it, and the run ends with status 1.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-BENCHMARKS = ("rls_overhead", "load", "size", "email_pipeline")
-NEEDS = {"load": "wrk"}
-INSTALL = {"wrk": "sudo apt-get install wrk   (Debian/Ubuntu package `wrk`)"}
+BENCHMARKS = ("rls_overhead", "load", "instructions", "size", "email_pipeline")
+NEEDS = {"load": "wrk", "instructions": "valgrind"}
+INSTALL = {
+    "wrk": "sudo apt-get install wrk   (Debian/Ubuntu package `wrk`)",
+    "valgrind": "sudo apt-get install valgrind   (Debian/Ubuntu package `valgrind`)",
+}
 
 
 def main(argv: list[str]) -> int:
