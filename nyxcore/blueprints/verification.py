@@ -60,7 +60,7 @@ def verify(verify_token: str) -> Response | tuple[str, int]:
             second_factor = not current_user.is_authenticated and user.two_factor_enabled_at is not None
             if not current_user.is_authenticated and not second_factor:
                 authz.sign_in(user)
-                membership = teams.choose_active(teams.memberships_of(user.id), None)
+                membership = teams.first_joined(user.id)  # the team a new session starts in
     except DomainError as exc:
         return _refusal("This verification link does not work", exc.message, exc.status_code, again=True)
     if second_factor:

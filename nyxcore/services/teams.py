@@ -129,14 +129,6 @@ def memberships_of(user_id: uuid.UUID) -> list[TenantMember]:
     return list(db.session.scalars(_MEMBERSHIPS, {"user_id": user_id, "now": datetime.now(UTC)}))
 
 
-def choose_active(memberships: list[TenantMember], wanted_tenant_id: uuid.UUID | None) -> TenantMember | None:
-    """The membership in `wanted_tenant_id` if the user still has it, else their earliest joined one."""
-    for membership in memberships:
-        if membership.tenant_id == wanted_tenant_id:
-            return membership
-    return min(memberships, key=lambda m: (m.joined_at, str(m.id)), default=None)
-
-
 def remember_active(user: User, tenant_id: uuid.UUID) -> None:
     """Keep `tenant_id` as the user's last active team, picked again at their next log in.
 

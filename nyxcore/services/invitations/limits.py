@@ -6,7 +6,7 @@ import uuid
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from nyxcore.errors import RateLimited
 from nyxcore.extensions import db
@@ -30,9 +30,7 @@ def check_rate(tenant_id: uuid.UUID, wanted: int) -> None:
     db.session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
     used = (
         db.session.scalar(
-            select(func.count())
-            .select_from(Invitation)
-            .where(Invitation.created_at > now() - timedelta(hours=1))  # portable to SQLite (dev)
+            select(func.count()).select_from(Invitation).where(_this_hour())
         )
         or 0
     )
@@ -45,6 +43,11 @@ def check_rate(tenant_id: uuid.UUID, wanted: int) -> None:
         )
 
 
+def _this_hour() -> ColumnElement[bool]:
+    """The team's invitations that count against this hour (a comparison SQLite, in development, can do too)."""
+    return Invitation.created_at > now() - timedelta(hours=1)
+
+
 def _when_room_frees(limit: int, used: int, wanted: int) -> str:
     """Say when the hour's window will have room for `wanted`: as the oldest of it age out of it."""
     if wanted > limit:
@@ -53,7 +56,7 @@ def _when_room_frees(limit: int, used: int, wanted: int) -> str:
     leaving = used + wanted - limit
     last_to_leave = db.session.scalar(
         select(Invitation.created_at)
-        .where(Invitation.created_at > now() - timedelta(hours=1))
+        .where(_this_hour())
         .order_by(Invitation.created_at)
         .offset(leaving - 1)
         .limit(1)
