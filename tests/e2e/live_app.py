@@ -137,7 +137,7 @@ def delete_queue(queue: str) -> None:
 def running_live_app(
     database: TestDatabase, mail: MailServer, dns: RunningDns, *, log_dir: Path
 ) -> Iterator[LiveApp]:
-    """gunicorn (2 workers) and a Celery worker on the test database, stopped when the block ends."""
+    """gunicorn (2 workers of 4 threads) and a Celery worker on the test database, stopped when the block ends."""
     port = free_port()
     queue = f"nyxcore-e2e-{uuid.uuid4().hex[:12]}"
     env = environment(database, mail, dns, port=port, queue=queue)
@@ -145,8 +145,11 @@ def running_live_app(
     try:
         with LiveServers(log_dir) as servers:
             # gunicorn also reads ./gunicorn.conf.py when there is one (access log, redacting logger,
-            # start-up checks), as in production; the command line wins for what it names.
-            web_command = [*GUNICORN, "--bind", f"{HOST}:{port}", "--workers", "2", "--threads", "1"]
+            # start-up checks), as in production; the command line wins for what it names. The threads
+            # stay at production's 4: gunicorn's gthread worker gives a new connection a thread and
+            # waits up to 5 s for its first bytes, and Chromium opens speculative connections it may
+            # never use, so with one thread a worker sat out 5 s and a click timed out (CI, 2026-12-02).
+            web_command = [*GUNICORN, "--bind", f"{HOST}:{port}", "--workers", "2", "--threads", "4"]
             web = servers.spawn("gunicorn", web_command, env=env)
             worker = servers.spawn("celery-worker", [*CELERY_WORKER, "--hostname", f"{queue}@%h"], env=env)
             servers.wait_until(healthy(url), "gunicorn answers /api/v1/health", watch=[web, worker])
