@@ -131,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"reference / {name}: {counts['reference'] / counts[name]:.3f} (Python side only; target 0.6 counts PostgreSQL too)"
         )
+    # Information, no target: what every signed-in page pays before its own content (the session
+    # load, the Actor, the layout), against the reference and as a share of each signed-in page.
+    for name in ("team", "notes"):
+        print(f"layout / {name}: {counts['layout'] / counts[name]:.3f} (the signed-in fixed cost's share of the page)")
+    print(f"layout / reference: {counts['layout'] / counts['reference']:.3f}")
     fixed = counts["hello"] / counts["bare"]
     verdict = "PASS" if fixed <= HELLO_TARGET else "BELOW TARGET"
     print(

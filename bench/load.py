@@ -482,6 +482,8 @@ def pages_for(args: argparse.Namespace, token: str) -> list[Page]:
         Page("notes", "NyxBook list /notes/", "/notes/", "/notes/", signed_in=True, expect="Bench note 0-0"),
         Page("invite", "magic-link page", f"/invite/{token}", "/invite/<token>", signed_in=False,
              expect="Join Bench team 0"),
+        Page("layout", "signed-in layout (info)", "/bench/layout", "/bench/layout", signed_in=True,
+             expect="<title>Layout · NyxCore</title>"),
         Page("hello", "hello page", "/bench/hello", "/bench/hello", signed_in=False,
              expect="Hello from NyxCore"),
         Page("bare", "bare Flask hello", "/bench/hello", "bare Flask /bench/hello", signed_in=False,

@@ -10,6 +10,9 @@
   the page itself costs on top of the stack for the same kind of work.
 - `GET /bench/hello`: a constant string, no database: the stack's fixed cost per request, compared
   with a bare Flask app (bench/bare_app.py) under the same gunicorn configuration.
+- `GET /bench/layout`: what every signed-in page pays before its own content. Guarded as a viewer
+  page is (`role_required(notes.READ)`: the session load, the Actor and the tenant context), it
+  renders base.html (navigation, team switcher, flashes, CSRF token) with an empty content block.
 
 Serving every URL from one app keeps the reference in the same processes and configuration as the
 pages it is compared with. Never deployed: wsgi.py does not import this module.
@@ -24,8 +27,10 @@ from flask import Blueprint, render_template
 from sqlalchemy import select
 
 from nyxcore import tenancy
+from nyxcore.authz import role_required
 from nyxcore.extensions import db
 from nyxcore.models import Note
+from nyxcore.services import notes
 from wsgi import app  # the app exactly as deployed
 
 # The seed's team 0 (bench/_common.py: md5('team-0')::uuid).
@@ -52,6 +57,13 @@ def ref50() -> str:
 def hello() -> str:
     """No database, no template."""
     return "Hello from NyxCore"
+
+
+@bench.get("/layout")
+@role_required(notes.READ)
+def layout() -> str:
+    """The layout of every signed-in page around an empty content block: the signed-in fixed cost."""
+    return render_template("bench/layout.html")
 
 
 app.register_blueprint(bench)
