@@ -13,8 +13,21 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Uuid, and_, bindparam, func, select, update
-from sqlalchemy.orm import contains_eager
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Executable,
+    Uuid,
+    and_,
+    bindparam,
+    column,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import class_mapper, contains_eager
+from sqlalchemy.sql.elements import ColumnClause
 
 from nyxcore import tenancy
 from nyxcore.errors import NotFound
@@ -99,6 +112,40 @@ _LIVE_SESSION = (
 )
 
 
+def _loaded_columns(model: type[object]) -> list[ColumnClause[object]]:
+    """The table columns the ORM loads for `model` (its deferred ones, a password hash, left out), in its order."""
+    return [prop.columns[0] for prop in class_mapper(model).column_attrs if not prop.deferred]  # type: ignore[misc]
+
+
+def _live_session_call() -> Executable:
+    """_LIVE_SESSION's row through `nyxcore_signed_in` (migration 0020): planned once per connection.
+
+    The function returns the columns the ORM loads of the user, session, membership and team, named
+    `<part>_<column>`; they are selected by name (a column the function lacks fails loudly) and matched
+    to the models by position (`columns(...)` with the models' own Column objects), so the same
+    objects come back as from _LIVE_SESSION.
+    """
+    parts = {"account": User, "session": UserSession, "membership": TenantMember, "team": Tenant}
+    fields = [(part, loaded) for part, model in parts.items() for loaded in _loaded_columns(model)]
+    choices = column("choices", JSON)
+    # The names are the models' own columns, fixed at import; every value is bound.
+    selected = ", ".join(f"signed.{part}_{loaded.name}" for part, loaded in fields)
+    sql = text(
+        f"SELECT {selected}, signed.choices FROM nyxcore_signed_in(:token_hash, :user_id, :now, :idle_since, "  # noqa: S608
+        ":wanted_tenant_id, :max_choices) AS signed"
+    ).bindparams(bindparam("user_id", type_=Uuid), bindparam("wanted_tenant_id", type_=Uuid))
+    return (
+        select(User, UserSession, TenantMember, choices)
+        .from_statement(sql.columns(*(loaded for _, loaded in fields), choices))
+        .options(contains_eager(TenantMember.tenant))
+        .execution_options(**{tenancy.ALL_TENANTS: True})
+    )
+
+
+# PostgreSQL's form of _LIVE_SESSION (SQLite, in development, runs _LIVE_SESSION itself).
+_LIVE_SESSION_CALL = _live_session_call()
+
+
 @dataclass(frozen=True)
 class SignedIn:
     """A live session's user; their membership in the wanted team (else in their last team), if they
@@ -114,14 +161,16 @@ def load(
 ) -> SignedIn | None:
     """The user of a live session named by `token` and their teams, in one query; None when it has ended."""
     now = _now()
+    on_postgresql = db.session.get_bind().dialect.name == "postgresql"
     row = db.session.execute(
-        _LIVE_SESSION,
+        _LIVE_SESSION_CALL if on_postgresql else _LIVE_SESSION,
         {
             "token_hash": _hash(token),
             "user_id": user_id,
             "now": now,
             "idle_since": now - idle,
             "wanted_tenant_id": wanted_tenant_id,
+            "max_choices": teams.SWITCHER_TEAMS + 1,
         },
     ).first()
     if row is None:
