@@ -6,13 +6,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from flask import Flask, g, request, url_for
+from flask import Flask, g, has_request_context, request, url_for
 from flask_login import current_user
 
 from nyxcore import authz, navigation, timezones
+from nyxcore.fixed_cost import current_request
 from nyxcore.services import notices
 
 _SLOT = uuid.UUID(int=0)
+# Fixed URLs kept per app (see fixed_urls); more than this many distinct ones (script roots a proxy
+# sent, say) and the table starts again rather than grow.
+_FIXED_URLS_KEPT = 512
 
 
 def url_pattern(endpoint: str, argument: str, **values: Any) -> str:
@@ -45,7 +49,36 @@ def local_time(value: datetime | None) -> str:
     return viewer_zone().local(value).strftime("%Y-%m-%d %H:%M") if value else ""
 
 
+def fixed_urls(app: Flask) -> Any:
+    """The templates' `url_for`: Flask's, with a URL that names no object (a page's address, a static
+    file's) built once per script root and kept, not routed again on every page.
+
+    The layout of every signed-in page builds a dozen such URLs. They are the same on every request:
+    this app has no `url_defaults`, no subdomain or host routing, and a relative URL depends only on
+    the script root. Anything else (arguments, `_external`, a blueprint-relative `.endpoint`, no
+    request) goes to Flask's `url_for` unchanged.
+    """
+    kept: dict[tuple[str, str, Any], str] = {}
+
+    def url_for_template(endpoint: str, **values: Any) -> str:
+        if endpoint.startswith(".") or not has_request_context():
+            return url_for(endpoint, **values)
+        if values and (endpoint != "static" or len(values) != 1 or "filename" not in values):
+            return url_for(endpoint, **values)
+        key = (current_request().script_root, endpoint, values.get("filename"))
+        found = kept.get(key)
+        if found is None:
+            if len(kept) >= _FIXED_URLS_KEPT:
+                kept.clear()
+            found = kept[key] = app.url_for(endpoint, **values)
+        return found
+
+    return url_for_template
+
+
 def init_app(app: Flask) -> None:
+    app.jinja_env.globals["url_for"] = fixed_urls(app)
+
     @app.context_processor
     def inject() -> dict[str, Any]:
         return {
