@@ -85,11 +85,12 @@ def _live(user_id: uuid.UUID, now: datetime, idle: timedelta) -> list[ColumnElem
 # Built once: a request pays for its parameters only, not for building and keying the statement.
 # The user, their live session, their membership in the wanted team (else in the team they were last
 # in, read by the (tenant_id, user_id) key) and the switcher's teams as one JSON value
-# (teams.SWITCHER_CHOICES): one row, one round trip per request, whatever the number of teams. The
+# (teams.SWITCHER_CHOICES): one row, one round trip per request, whatever the number of teams. Of the
+# session only its id and last_seen_at, as plain values: an ORM object would be made for two fields. The
 # memberships are the user's own in every team (row-level security: own memberships and their
 # teams); no team is active while this runs.
 _LIVE_SESSION = (
-    select(User, UserSession, TenantMember, teams.SWITCHER_CHOICES)
+    select(User, UserSession.id, UserSession.last_seen_at, TenantMember, teams.SWITCHER_CHOICES)
     .join(UserSession, UserSession.user_id == User.id)
     .outerjoin(
         TenantMember,
@@ -123,10 +124,17 @@ def _live_session_call() -> Executable:
     The function returns the columns the ORM loads of the user, session, membership and team, named
     `<part>_<column>`; they are selected by name (a column the function lacks fails loudly) and matched
     to the models by position (`columns(...)` with the models' own Column objects), so the same
-    objects come back as from _LIVE_SESSION.
+    objects come back as from _LIVE_SESSION. Of the session, only what `load` reads: its id and when
+    it was last seen (no ORM object made for it on every request).
     """
-    parts = {"account": User, "session": UserSession, "membership": TenantMember, "team": Tenant}
-    fields = [(part, loaded) for part, model in parts.items() for loaded in _loaded_columns(model)]
+    session_columns = [UserSession.__table__.c.id, UserSession.__table__.c.last_seen_at]
+    parts = (
+        ("account", _loaded_columns(User)),
+        ("session", session_columns),
+        ("membership", _loaded_columns(TenantMember)),
+        ("team", _loaded_columns(Tenant)),
+    )
+    fields = [(part, loaded) for part, columns in parts for loaded in columns]
     choices = column("choices", JSON)
     # The names are the models' own columns, fixed at import; every value is bound.
     selected = ", ".join(f"signed.{part}_{loaded.name}" for part, loaded in fields)
@@ -135,7 +143,7 @@ def _live_session_call() -> Executable:
         ":wanted_tenant_id, :max_choices) AS signed"
     ).bindparams(bindparam("user_id", type_=Uuid), bindparam("wanted_tenant_id", type_=Uuid))
     return (
-        select(User, UserSession, TenantMember, choices)
+        select(User, UserSession.id, UserSession.last_seen_at, TenantMember, choices)
         .from_statement(sql.columns(*(loaded for _, loaded in fields), choices))
         .options(contains_eager(TenantMember.tenant))
         .execution_options(**{tenancy.ALL_TENANTS: True})
@@ -175,9 +183,9 @@ def load(
     ).first()
     if row is None:
         return None
-    user, record, membership, choices = row
-    if _aware(record.last_seen_at) < now - SEEN_EVERY:
-        record.last_seen_at = now  # written with the request's commit
+    user, session_id, last_seen_at, membership, choices = row
+    if _aware(last_seen_at) < now - SEEN_EVERY:  # committed (or rolled back) with the request
+        db.session.execute(update(UserSession).where(UserSession.id == session_id).values(last_seen_at=now))
     return SignedIn(user, membership, teams.choices_from(choices))
 
 

@@ -59,11 +59,12 @@ def test_the_function_loads_what_the_orm_statement_loads(app, make_user):
     loaded = []
     for statement in (sessions._LIVE_SESSION_CALL, sessions._LIVE_SESSION):
         with app.app_context(), tenancy.tenant_context(user_id=user.user_id):
-            account, record, membership, choices = db.session.execute(statement, params).one()  # type: ignore[call-overload]
+            account, session_id, last_seen_at, membership, choices = db.session.execute(statement, params).one()  # type: ignore[call-overload]
             loaded.append(
                 (
                     _values(account),
-                    _values(record),
+                    session_id,
+                    last_seen_at,
                     _values(membership),
                     _values(membership.tenant),
                     choices,
@@ -71,7 +72,7 @@ def test_the_function_loads_what_the_orm_statement_loads(app, make_user):
             )
     through_function, through_orm = loaded
     assert through_function == through_orm
-    assert through_function[2]["tenant_id"] == user.team_id
+    assert through_function[3]["tenant_id"] == user.team_id
 
 
 def _revoke(conn, user_id: uuid.UUID) -> None:
@@ -144,3 +145,20 @@ def test_the_function_runs_as_its_caller_with_a_plan_kept_per_connection(admin_e
     [(definer, config)] = rows(admin_engine, "SELECT prosecdef, proconfig FROM pg_proc WHERE proname = 'nyxcore_signed_in'")
     assert definer is False
     assert "plan_cache_mode=force_generic_plan" in config
+
+
+def test_last_seen_is_written_at_most_every_five_minutes(make_user, login_as, admin_engine):
+    """A page seen 6 minutes after the last write records the visit; one 2 minutes after it writes nothing."""
+    user = make_user()
+    client = login_as(user)
+    for age, written in (("6 minutes", True), ("2 minutes", False)):
+        with admin_engine.begin() as conn:
+            conn.execute(
+                text(f"UPDATE user_sessions SET last_seen_at = now() - interval '{age}' WHERE user_id = :u"),
+                {"u": user.user_id},
+            )
+        assert client.get("/notes/").status_code == 200
+        seen_ago = scalar(
+            admin_engine, "SELECT extract(epoch FROM now() - last_seen_at) FROM user_sessions WHERE user_id = :u", u=user.user_id
+        )
+        assert (seen_ago < 60) is written, (age, seen_ago)
