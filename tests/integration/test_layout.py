@@ -36,3 +36,16 @@ def test_every_table_cell_names_its_column_for_the_phone_layout():
         if "data-label=" not in cell and "colspan=" not in cell
     ]
     assert unlabelled == []
+
+
+def test_the_layouts_kept_urls_follow_the_script_root_of_each_request(client, as_owner):
+    """The templates route a URL that names no object once per script root (nyxcore/templating.py):
+    an app mounted under a prefix links under it, the same app at the root links at the root, and
+    URLs with arguments (the page's own forms) are still routed per request."""
+    for root, prefix in (("http://localhost/nyx", "/nyx"), ("http://localhost/", ""), ("http://localhost/nyx", "/nyx")):
+        page = client.get("/auth/login", base_url=root).get_data(as_text=True)
+        assert f'<link rel="stylesheet" href="{prefix}/static/nyxcore.css">' in page, root
+        assert f'<a class="brand" href="{prefix}/">' in page, root
+    signed_in = as_owner.get("/notes/").get_data(as_text=True)
+    assert '<li><a href="/notes/" aria-current="page">NyxBook</a></li>' in signed_in
+    assert '<form method="post" action="/auth/logout">' in signed_in
