@@ -12,21 +12,11 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    ColumnElement,
-    Executable,
-    Uuid,
-    and_,
-    bindparam,
-    column,
-    func,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.orm import class_mapper, contains_eager
+from sqlalchemy import JSON, ColumnElement, Select, Uuid, and_, bindparam, column, func, select, true, update
+from sqlalchemy.orm import aliased, class_mapper, contains_eager
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ColumnClause
 
 from nyxcore import tenancy
@@ -118,36 +108,48 @@ def _loaded_columns(model: type[object]) -> list[ColumnClause[object]]:
     return [prop.columns[0] for prop in class_mapper(model).column_attrs if not prop.deferred]  # type: ignore[misc]
 
 
-def _live_session_call() -> Executable:
+def _live_session_call() -> Select[Any]:
     """_LIVE_SESSION's row through `nyxcore_signed_in` (migration 0020): planned once per connection.
 
-    The function returns the columns the ORM loads of the user, session, membership and team, named
-    `<part>_<column>`; they are selected by name (a column the function lacks fails loudly) and matched
-    to the models by position (`columns(...)` with the models' own Column objects), so the same
-    objects come back as from _LIVE_SESSION. Of the session, only what `load` reads: its id and when
-    it was last seen (no ORM object made for it on every request).
+    The function returns the columns the ORM loads of the user, membership and team, named
+    `<part>_<column>` (of the session only its id and last_seen_at, what `load` reads). Each part is
+    a LATERAL projection of the function's row under the model's own column names, which an
+    `aliased(..., adapt_on_names=True)` entity loads: the same objects as from _LIVE_SESSION,
+    through an ordinary ORM select (whose loading SQLAlchemy prepares once, unlike a
+    `from_statement`'s, which it prepared again on every request). PostgreSQL folds the
+    projections away: the statement plans as one function scan, without any table or policy.
+    A column the models gain and the function lacks fails loudly (no such column).
     """
-    session_columns = [UserSession.__table__.c.id, UserSession.__table__.c.last_seen_at]
-    parts = (
-        ("account", _loaded_columns(User)),
-        ("session", session_columns),
-        ("membership", _loaded_columns(TenantMember)),
-        ("team", _loaded_columns(Tenant)),
+    parts = {"account": User, "membership": TenantMember, "team": Tenant}
+    loaded = {part: _loaded_columns(model) for part, model in parts.items()}
+    returned = [column(f"{part}_{each.name}", each.type) for part in parts for each in loaded[part]]
+    returned += [column("session_id", Uuid), column("session_last_seen_at", UserSession.last_seen_at.type)]
+    signed = (
+        func.nyxcore_signed_in(
+            bindparam("token_hash"),
+            bindparam("user_id", type_=Uuid),
+            bindparam("now"),
+            bindparam("idle_since"),
+            bindparam("wanted_tenant_id", type_=Uuid),
+            bindparam("max_choices"),
+        )
+        .table_valued(*returned, column("choices", JSON))
+        .alias("signed")
     )
-    fields = [(part, loaded) for part, columns in parts for loaded in columns]
-    choices = column("choices", JSON)
-    # The names are the models' own columns, fixed at import; every value is bound.
-    selected = ", ".join(f"signed.{part}_{loaded.name}" for part, loaded in fields)
-    sql = text(
-        f"SELECT {selected}, signed.choices FROM nyxcore_signed_in(:token_hash, :user_id, :now, :idle_since, "  # noqa: S608
-        ":wanted_tenant_id, :max_choices) AS signed"
-    ).bindparams(bindparam("user_id", type_=Uuid), bindparam("wanted_tenant_id", type_=Uuid))
-    return (
-        select(User, UserSession.id, UserSession.last_seen_at, TenantMember, choices)
-        .from_statement(sql.columns(*(loaded for _, loaded in fields), choices))
-        .options(contains_eager(TenantMember.tenant))
-        .execution_options(**{tenancy.ALL_TENANTS: True})
+    projections = {
+        part: select(*(signed.c[f"{part}_{each.name}"].label(each.name) for each in loaded[part]))
+        .correlate(signed)
+        .lateral(part)
+        for part in parts
+    }
+    account, membership, team = (
+        aliased(model, projections[part], adapt_on_names=True) for part, model in parts.items()
     )
+    statement = select(account, signed.c.session_id, signed.c.session_last_seen_at, membership, team, signed.c.choices)
+    statement = statement.select_from(signed)
+    for projection in projections.values():
+        statement = statement.join(projection, true())
+    return statement.execution_options(**{tenancy.ALL_TENANTS: True})
 
 
 # PostgreSQL's form of _LIVE_SESSION (SQLite, in development, runs _LIVE_SESSION itself).
@@ -183,7 +185,12 @@ def load(
     ).first()
     if row is None:
         return None
-    user, session_id, last_seen_at, membership, choices = row
+    if on_postgresql:  # the team comes as an entity of its own (see _live_session_call)
+        user, session_id, last_seen_at, membership, team, choices = row
+        if membership is not None:
+            set_committed_value(membership, "tenant", team)
+    else:
+        user, session_id, last_seen_at, membership, choices = row
     if _aware(last_seen_at) < now - SEEN_EVERY:  # committed (or rolled back) with the request
         db.session.execute(update(UserSession).where(UserSession.id == session_id).values(last_seen_at=now))
     return SignedIn(user, membership, teams.choices_from(choices))
