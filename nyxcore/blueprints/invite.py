@@ -66,7 +66,6 @@ def pending_invitations(
     """
     return {
         "pending": invitations.list_pending(actor, page=page, per_page=per_page),
-        "confirm_form": ConfirmForm(),
         "lifecycle": invitations.lifecycle,  # the closed list's rows (ORM invitations)
         "manageable": frozenset(role for role in TenantRole if can_manage_role(actor.role, role, role)),
         "renew_url": url_pattern("invite.renew", "invitation_id"),
@@ -94,7 +93,9 @@ def manage_invitations() -> tuple[str, int]:
         else:
             form.emails.data = "\n".join(r.address for r in results if r.outcome is InviteOutcome.INVALID)
     status = form_status(form)
-    page = render_template("invite/invitations.html", form=form, results=results, **_live_pending(actor))
+    page = render_template(
+        "invite/invitations.html", form=form, results=results, confirm_form=ConfirmForm(), **_live_pending(actor)
+    )
     return page, status
 
 
