@@ -31,8 +31,15 @@ def two_teams(admin_engine: Engine, make_user: Any) -> tuple[Any, Any]:
         for account in (mine, theirs):
             for n in range(2):
                 conn.execute(
-                    text("INSERT INTO notes (id, tenant_id, author_id, title, body) VALUES (:i, :t, :a, :title, 'x')"),
-                    {"i": uuid.uuid4(), "t": account.team_id, "a": account.user_id, "title": f"{account.name} {n}"},
+                    text(
+                        "INSERT INTO notes (id, tenant_id, author_id, title, body) VALUES (:i, :t, :a, :title, 'x')"
+                    ),
+                    {
+                        "i": uuid.uuid4(),
+                        "t": account.team_id,
+                        "a": account.user_id,
+                        "title": f"{account.name} {n}",
+                    },
                 )
             for n, closed in ((0, False), (1, False), (2, True)):
                 conn.execute(
@@ -72,7 +79,9 @@ def test_a_page_function_answers_for_the_context_team_it_is_named(
         assert {row.total for row in rows} == {2}  # counted in the team alone (the open ones)
         assert {row[2] for row in rows} == {mine.name}  # the author / inviter, shown by the users policies
         conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(theirs.team_id)})
-        assert conn.execute(text(statement), {"team": mine.team_id}).all() == []  # the context is another team's
+        assert (
+            conn.execute(text(statement), {"team": mine.team_id}).all() == []
+        )  # the context is another team's
 
 
 def test_a_page_function_hides_an_author_or_inviter_the_users_policies_hide(
@@ -81,9 +90,13 @@ def test_a_page_function_hides_an_author_or_inviter_the_users_policies_hide(
     """A note's author and an invitation's inviter outside the team read NULL, as the LEFT JOIN under RLS gave."""
     mine, theirs = two_teams
     with admin_engine.begin() as conn:
-        conn.execute(text("UPDATE notes SET author_id = :u WHERE tenant_id = :t"), {"u": theirs.user_id, "t": mine.team_id})
         conn.execute(
-            text("UPDATE invitations SET invited_by = :u WHERE tenant_id = :t"), {"u": theirs.user_id, "t": mine.team_id}
+            text("UPDATE notes SET author_id = :u WHERE tenant_id = :t"),
+            {"u": theirs.user_id, "t": mine.team_id},
+        )
+        conn.execute(
+            text("UPDATE invitations SET invited_by = :u WHERE tenant_id = :t"),
+            {"u": theirs.user_id, "t": mine.team_id},
         )
     with app_engine.begin() as conn:
         conn.execute(
@@ -110,3 +123,57 @@ def test_the_page_functions_keep_row_level_security_on(admin_engine: Engine) -> 
         "nyxcore_member_page": True,  # 0018's documented exception, with its explicit team filter
     }
     assert all("plan_cache_mode=force_generic_plan" in f.proconfig for f in functions)
+
+
+def test_sqlite_development_mode_lists_the_teams_own_pending_invitations(tmp_path: Any) -> None:
+    """Without the functions (SQLite, `make run`), the ORM's tenant filter keeps each team's invitations apart."""
+    from flask_migrate import upgrade
+
+    from nyxcore import create_app
+    from nyxcore.config import load_config
+    from tests.conftest import Client
+
+    config = load_config({"NYXCORE_ENV": "testing", "DATABASE_URL": f"sqlite:///{tmp_path}/dev.db"})
+    app = create_app(config)
+    with app.app_context():
+        upgrade()
+    app.test_client_class = Client
+    clients = {name: app.test_client() for name in ("alice", "bob")}
+    for name, client in clients.items():
+        client.post_form(
+            "/auth/signup",
+            {"name": name, "email": f"{name}@example.com", "password": "correct horse battery"},
+        )
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{tmp_path}/dev.db")
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE users SET email_verified_at = CURRENT_TIMESTAMP"))
+            for user_id, team_id, name in conn.execute(
+                text(
+                    "SELECT u.id, m.tenant_id, u.name FROM users u JOIN tenant_members m ON m.user_id = u.id"
+                )
+            ).all():
+                conn.execute(
+                    text(
+                        "INSERT INTO invitations (id, tenant_id, token_hash, email, role, invited_by, created_at,"
+                        " expires_at) VALUES (:i, :t, :h, :e, 'member', :u, CURRENT_TIMESTAMP,"
+                        " datetime('now', '+1 day'))"
+                    ),
+                    {
+                        "i": uuid.uuid4().hex,
+                        "t": team_id,
+                        "h": uuid.uuid4().hex * 2,
+                        "e": f"guest-of-{name}@example.com",
+                        "u": user_id,
+                    },
+                )
+    finally:
+        engine.dispose()
+    for name, client in clients.items():
+        assert client.login(f"{name}@example.com", "correct horse battery").status_code == 302
+        body = client.get("/team/").get_data(as_text=True)
+        other = "bob" if name == "alice" else "alice"
+        assert "Pending invitations (1)" in body and f"guest-of-{name}@example.com" in body
+        assert f"guest-of-{other}@example.com" not in body
