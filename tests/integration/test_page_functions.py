@@ -114,12 +114,14 @@ def test_the_page_functions_keep_row_level_security_on(admin_engine: Engine) -> 
         functions = conn.execute(
             text(
                 "SELECT proname, prosecdef, proconfig FROM pg_proc "
-                "WHERE proname IN ('nyxcore_note_lines', 'nyxcore_pending_invitations', 'nyxcore_member_page')"
+                "WHERE proname IN ('nyxcore_note_lines', 'nyxcore_pending_invitations', 'nyxcore_seat_counts',"
+                " 'nyxcore_member_page')"
             )
         ).all()
     assert {f.proname: f.prosecdef for f in functions} == {
         "nyxcore_note_lines": False,
         "nyxcore_pending_invitations": False,
+        "nyxcore_seat_counts": False,
         "nyxcore_member_page": True,  # 0018's documented exception, with its explicit team filter
     }
     assert all("plan_cache_mode=force_generic_plan" in f.proconfig for f in functions)
@@ -177,3 +179,25 @@ def test_sqlite_development_mode_lists_the_teams_own_pending_invitations(tmp_pat
         other = "bob" if name == "alice" else "alice"
         assert "Pending invitations (1)" in body and f"guest-of-{name}@example.com" in body
         assert f"guest-of-{other}@example.com" not in body
+
+
+SEATS = "SELECT members, open_invitations FROM nyxcore_seat_counts(:team, 1001)"
+
+
+def test_the_seat_counts_count_the_named_context_team_alone(
+    app_engine: Engine, admin_engine: Engine, two_teams: tuple[Any, Any]
+) -> None:
+    """Live members and unexpired open invitations of the context's team; nothing of another team's."""
+    mine, theirs = two_teams
+    with admin_engine.begin() as conn:  # an expired invitation holds no seat
+        conn.execute(
+            text("UPDATE invitations SET expires_at = now() - interval '1 hour' WHERE email LIKE 'guest0-%'")
+        )
+    with app_engine.begin() as conn:
+        assert conn.execute(text(SEATS), {"team": mine.team_id}).one() == (0, 0)  # no context
+        conn.execute(
+            text("SELECT set_config('app.tenant_id', :t, true), set_config('app.user_id', :u, true)"),
+            {"t": str(mine.team_id), "u": str(mine.user_id)},
+        )
+        assert conn.execute(text(SEATS), {"team": mine.team_id}).one() == (1, 1)
+        assert conn.execute(text(SEATS), {"team": theirs.team_id}).one() == (0, 0)  # names another team

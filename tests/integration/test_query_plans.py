@@ -112,16 +112,14 @@ class TenantQuery:
 
 
 QUERIES = [
-    # The rows come from nyxcore_member_page (migration 0018, planned inside it); the statement around it
-    # counts the team's members.
-    TenantQuery("members page", "tenant_members", "/team/", "FROM nyxcore_member_page("),
+    # The member list's rows and its seat count come from functions (migrations 0018, 0021): planned
+    # there, below (test_page_function_reads_by_a_tenant_id_index).
     # NyxBook's list and the open invitations are read inside functions (migration 0021): planned there,
     # below (test_page_function_reads_by_a_tenant_id_index). This page's invitations are the closed list.
     TenantQuery("invitations list", "invitations", "/team/invitations", "ORDER BY invitations.created_at"),
     TenantQuery("audit events page", "audit_events", "/team/audit", "ORDER BY audit_events.at"),
     TenantQuery("github token", "github_tokens", "/github/", "FROM github_tokens"),
 ]
-
 
 
 def _seed(admin_engine: Engine, table: str) -> None:
@@ -163,7 +161,9 @@ def _page_statements(app: Flask, client: Any, query: TenantQuery) -> list[Captur
     """The statements of `query.table` that requesting `query.page` sends, matching `query.marker`."""
     sent: list[Captured] = []
 
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+    def record(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
         # The first statement of a transaction carries the tenant context in front; _plan sets its own.
         sent.append(Captured(CONTEXT_PREFIX.sub("", statement), parameters))
 
@@ -175,7 +175,9 @@ def _page_statements(app: Flask, client: Any, query: TenantQuery) -> list[Captur
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
-    found = [c for c in sent if query.marker in c.statement and c.statement.lstrip().upper().startswith("SELECT")]
+    found = [
+        c for c in sent if query.marker in c.statement and c.statement.lstrip().upper().startswith("SELECT")
+    ]
     shown = "\n\n".join(c.statement for c in sent)
     assert found, f"GET {query.page} sent no statement with {query.marker!r}; it sent:\n{shown}"
     return found
@@ -249,7 +251,9 @@ def test_tenant_query_uses_a_tenant_id_index(
             f"tenant_id is cast, so no index can serve it:\n{shown}"
         )
 
-        seq_scans = [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == query.table]
+        seq_scans = [
+            n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == query.table
+        ]
         assert not seq_scans, f"sequential scan of {query.table}:\n{shown}"
         tenant_scans = [
             n
@@ -264,14 +268,20 @@ def test_tenant_query_uses_a_tenant_id_index(
             assert any(POLICY_TENANT in n["Index Cond"] for n in tenant_scans), shown
 
 
-# The functions of migration 0021, each with the page whose statements call it and its table.
+# The page functions (migrations 0018 and 0021), each with the page whose statement calls it and its table.
 FUNCTIONS = [
+    # nyxcore_member_page's statement and nyxcore_seat_counts's, both called by the member list's statement
+    TenantQuery("members page", "tenant_members", "/team/", "FROM nyxcore_member_page("),
     TenantQuery("notes list", "notes", "/notes/", "FROM nyxcore_note_lines("),
-    TenantQuery("pending invitations", "invitations", "/team/invitations", "FROM nyxcore_pending_invitations("),
+    TenantQuery(
+        "pending invitations", "invitations", "/team/invitations", "FROM nyxcore_pending_invitations("
+    ),
 ]
 
 
-def _nested_plans(admin_engine: Engine, app_role: str, captured: Captured, *, user_id: uuid.UUID) -> list[dict[str, Any]]:
+def _nested_plans(
+    admin_engine: Engine, app_role: str, captured: Captured, *, user_id: uuid.UUID
+) -> list[dict[str, Any]]:
     """The plans of the statements run inside a function call, as the app role, the plans it keeps.
 
     auto_explain (loaded by the superuser, then SET ROLE to the app role: row-level security applies
@@ -335,9 +345,13 @@ def test_page_function_reads_by_a_tenant_id_index(
         shown = _describe(plan)
         assert POLICY_SETTING in json.dumps(plan), f"no tenant policy in the plan:\n{shown}"
         nodes = list(_nodes(plan))
-        assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == query.table], shown
+        assert not [
+            n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == query.table
+        ], shown
         assert [
             n
             for n in nodes
-            if n["Node Type"] in INDEX_SCANS and n.get("Index Name") in tenant_indexes and "tenant_id = " in n.get("Index Cond", "")
+            if n["Node Type"] in INDEX_SCANS
+            and n.get("Index Name") in tenant_indexes
+            and "tenant_id = " in n.get("Index Cond", "")
         ], f"no scan of a tenant_id index ({', '.join(sorted(tenant_indexes))}):\n{shown}"
