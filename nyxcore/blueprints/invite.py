@@ -32,7 +32,7 @@ from nyxcore.pagination import page_number
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import invitations, mail
 from nyxcore.services.invitations import InviteOutcome, Standing
-from nyxcore.templating import viewer_zone
+from nyxcore.templating import url_pattern, viewer_zone
 from nyxcore.tenancy import Actor
 from nyxcore.web import form_status, keeps_typed_input, notify
 
@@ -59,13 +59,18 @@ class InviteForm(FlaskForm):  # type: ignore[misc]
 def pending_invitations(
     actor: Actor, *, page: int, per_page: int = invitations.PER_PAGE
 ) -> dict[str, Any]:
-    """What templates/invite/_pending.html needs: a page of open invitations and how to show them."""
+    """What templates/invite/_pending.html needs: a page of open invitations and how to show them.
+
+    Each row carries its delivery and where it stands; who may manage which role, and the rows'
+    URLs, are worked out once for the page (from this request's actor: nothing outlives it).
+    """
     return {
-        "pending": invitations.list_pending(page=page, per_page=per_page),
-        "confirm_form": ConfirmForm(),
-        "delivery": invitations.delivery,
-        "lifecycle": invitations.lifecycle,
-        "can_manage": lambda invitation: can_manage_role(actor.role, invitation.role, invitation.role),
+        "pending": invitations.list_pending(actor, page=page, per_page=per_page),
+        "lifecycle": invitations.lifecycle,  # the closed list's rows (ORM invitations)
+        "manageable": frozenset(role for role in TenantRole if can_manage_role(actor.role, role, role)),
+        "renew_url": url_pattern("invite.renew", "invitation_id"),
+        "resend_url": url_pattern("invite.resend", "invitation_id"),
+        "revoke_url": url_pattern("invite.revoke", "invitation_id"),
         "max_attempts": mail.MAX_ATTEMPTS,
     }
 
@@ -88,7 +93,9 @@ def manage_invitations() -> tuple[str, int]:
         else:
             form.emails.data = "\n".join(r.address for r in results if r.outcome is InviteOutcome.INVALID)
     status = form_status(form)
-    page = render_template("invite/invitations.html", form=form, results=results, **_live_pending(actor))
+    page = render_template(
+        "invite/invitations.html", form=form, results=results, confirm_form=ConfirmForm(), **_live_pending(actor)
+    )
     return page, status
 
 
@@ -103,13 +110,10 @@ def _live_pending(actor: Actor) -> dict[str, Any]:
     """The full pending list, whether mail is still queued (the page then refreshes it), and when this was read."""
     context = pending_invitations(actor, page=page_number(request.args.get("page")))
     zone = viewer_zone()
-    # Each row's outbox state is read once, here: the table and the refresh decision share it.
-    deliveries = {inv.id: invitations.delivery(inv) for inv in context["pending"].items}
     context.update(
         pending_full_list=True,
         closed=invitations.list_closed(),
-        deliveries=deliveries,
-        waiting=any(invitations.lifecycle(inv, deliveries[inv.id]) == "queued" for inv in context["pending"].items),
+        waiting=any(inv.lifecycle == "queued" for inv in context["pending"].items),
         checked_at=f"{zone.local(datetime.now(UTC)):%H:%M:%S} ({zone.name})",
     )
     return context

@@ -20,7 +20,7 @@ from nyxcore.blueprints.member_rows import RowParts, member_rows
 from nyxcore.blueprints.seats import seat_limit_form
 from nyxcore.confirmation import Confirmation, back_on_failure, confirm_page, is_confirmed
 from nyxcore.errors import DomainError, InvalidInput
-from nyxcore.forms import ConfirmForm, add_domain_error
+from nyxcore.forms import add_domain_error
 from nyxcore.navigation import NavEntry
 from nyxcore.pagination import Position, page_number
 from nyxcore.roles import TenantRole
@@ -80,7 +80,6 @@ def overview() -> str:
     pending: dict[str, Any] = {}
     if invitations.MANAGE.permits(actor.role, email_verified=actor.email_verified):
         pending = pending_invitations(actor, page=1, per_page=10)
-        del pending["confirm_form"]  # the page has its own bare CSRF form
     # The rows are filled into markup made once per page (blueprints/member_rows.py).
     parts = RowParts.for_page(
         actor,
@@ -99,7 +98,6 @@ def overview() -> str:
         parts=parts,
         member_rows=member_rows(page.items, parts),
         sole_owner=member_list.sole_owner_on(page, actor, searched=bool(search)),
-        confirm_form=ConfirmForm(),
         **pending,
     )
 

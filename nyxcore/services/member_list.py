@@ -33,6 +33,7 @@ from typing import Any
 
 from sqlalchemy import (
     DateTime,
+    Integer,
     Select,
     String,
     Uuid,
@@ -212,7 +213,18 @@ def _member_page(direction: str, mode: str) -> Select[Any]:
     shown = [column(f.name, _TYPES.get(f.name)) for f in fields(MemberRow)]
     page = func.nyxcore_member_page(bindparam("tenant_id"), *_KEY, backwards, bindparam("limit"), only)
     rows = page.table_valued(*shown, with_ordinality="n").render_derived()
-    query = select(*rows.c[:_WIDTH], *_extras(direction, mode)).order_by(rows.c.n)
+    # The seat count's two sub-selects, planned once per connection inside a function too (migration 0021).
+    counts = (
+        func.nyxcore_seat_counts(bindparam("tenant_id"), bindparam("cap"))
+        .table_valued(column("members", Integer), column("open_invitations", Integer))
+        .render_derived()
+    )
+    query = (
+        select(*rows.c[:_WIDTH], counts.c.members, counts.c.open_invitations, *_extras(direction, mode)[2:])
+        .select_from(rows)
+        .join(counts, true())
+        .order_by(rows.c.n)
+    )
     return query.execution_options(**{tenancy.ALL_TENANTS: True})
 
 

@@ -6,9 +6,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import DateTime, Integer, String, Uuid, bindparam, func, select, text
 from sqlalchemy.orm import joinedload
 
+from nyxcore import tenancy
 from nyxcore.errors import InvalidInput, NotFound
 from nyxcore.extensions import db
 from nyxcore.models import Note, User
@@ -45,10 +46,20 @@ _NOTE_LINES = (
 )
 
 
+# PostgreSQL reads the page through `nyxcore_note_lines` (migration 0021: planned once per connection,
+# under the same policies, filtered by the team named here); SQLite (`make run`) through `_NOTE_LINES`.
+_NOTE_PAGE = (
+    text("SELECT id, title, updated_at, author_name, total FROM nyxcore_note_lines(:tenant_id, :limit, :offset)")
+    .columns(id=Uuid(), title=String(), updated_at=DateTime(timezone=True), author_name=String(), total=Integer())
+    .execution_options(**{tenancy.ALL_TENANTS: True})
+)
+
+
 def list_notes(actor: Actor, *, page: int, per_page: int = PER_PAGE) -> Page[NoteLine]:
     """A page of the actor's team's notes, most recently changed first, and how many there are (one statement)."""
     params = {"tenant_id": actor.tenant_id, "limit": per_page, "offset": (page - 1) * per_page}
-    rows = db.session.execute(_NOTE_LINES, params).all()
+    postgresql = db.session.get_bind().dialect.name == "postgresql"
+    rows = db.session.execute(_NOTE_PAGE if postgresql else _NOTE_LINES, params).all()
     if rows:
         total = rows[0][-1]
     elif page > 1:  # past the end: no row carried the count

@@ -112,15 +112,14 @@ class TenantQuery:
 
 
 QUERIES = [
-    # The rows come from nyxcore_member_page (migration 0018, planned inside it); the statement around it
-    # counts the team's members.
-    TenantQuery("members page", "tenant_members", "/team/", "FROM nyxcore_member_page("),
-    TenantQuery("notes list", "notes", "/notes/", "ORDER BY notes.updated_at"),
+    # The member list's rows and its seat count come from functions (migrations 0018, 0021): planned
+    # there, below (test_page_function_reads_by_a_tenant_id_index).
+    # NyxBook's list and the open invitations are read inside functions (migration 0021): planned there,
+    # below (test_page_function_reads_by_a_tenant_id_index). This page's invitations are the closed list.
     TenantQuery("invitations list", "invitations", "/team/invitations", "ORDER BY invitations.created_at"),
     TenantQuery("audit events page", "audit_events", "/team/audit", "ORDER BY audit_events.at"),
     TenantQuery("github token", "github_tokens", "/github/", "FROM github_tokens"),
 ]
-
 
 
 def _seed(admin_engine: Engine, table: str) -> None:
@@ -162,7 +161,9 @@ def _page_statements(app: Flask, client: Any, query: TenantQuery) -> list[Captur
     """The statements of `query.table` that requesting `query.page` sends, matching `query.marker`."""
     sent: list[Captured] = []
 
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+    def record(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
         # The first statement of a transaction carries the tenant context in front; _plan sets its own.
         sent.append(Captured(CONTEXT_PREFIX.sub("", statement), parameters))
 
@@ -174,7 +175,9 @@ def _page_statements(app: Flask, client: Any, query: TenantQuery) -> list[Captur
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
-    found = [c for c in sent if query.marker in c.statement and c.statement.lstrip().upper().startswith("SELECT")]
+    found = [
+        c for c in sent if query.marker in c.statement and c.statement.lstrip().upper().startswith("SELECT")
+    ]
     shown = "\n\n".join(c.statement for c in sent)
     assert found, f"GET {query.page} sent no statement with {query.marker!r}; it sent:\n{shown}"
     return found
@@ -248,7 +251,9 @@ def test_tenant_query_uses_a_tenant_id_index(
             f"tenant_id is cast, so no index can serve it:\n{shown}"
         )
 
-        seq_scans = [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == query.table]
+        seq_scans = [
+            n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == query.table
+        ]
         assert not seq_scans, f"sequential scan of {query.table}:\n{shown}"
         tenant_scans = [
             n
@@ -261,3 +266,92 @@ def test_tenant_query_uses_a_tenant_id_index(
         if not explicit_filter:
             # Only the policy names the tenant, so the index is searched with the policy's own expression.
             assert any(POLICY_TENANT in n["Index Cond"] for n in tenant_scans), shown
+
+
+# The page functions (migrations 0018 and 0021), each with the page whose statement calls it and its table.
+FUNCTIONS = [
+    # nyxcore_member_page's statement and nyxcore_seat_counts's, both called by the member list's statement
+    TenantQuery("members page", "tenant_members", "/team/", "FROM nyxcore_member_page("),
+    TenantQuery("notes list", "notes", "/notes/", "FROM nyxcore_note_lines("),
+    TenantQuery(
+        "pending invitations", "invitations", "/team/invitations", "FROM nyxcore_pending_invitations("
+    ),
+]
+
+
+def _nested_plans(
+    admin_engine: Engine, app_role: str, captured: Captured, *, user_id: uuid.UUID
+) -> list[dict[str, Any]]:
+    """The plans of the statements run inside a function call, as the app role, the plans it keeps.
+
+    auto_explain (loaded by the superuser, then SET ROLE to the app role: row-level security applies
+    as for the app) reports each nested statement's plan to the client as a NOTICE.
+    """
+    with admin_engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET auto_explain.log_min_duration = 0",
+            "SET auto_explain.log_nested_statements = on",
+            "SET auto_explain.log_format = json",
+            "SET auto_explain.log_level = notice",
+            "SET client_min_messages = notice",
+            f"SET ROLE {app_role}",
+        ):
+            conn.exec_driver_sql(setting)
+        conn.execute(
+            text("SELECT set_config('app.tenant_id', :t, false), set_config('app.user_id', :u, false)"),
+            {"t": str(_team_id(TEAM)), "u": str(user_id)},
+        )
+        cursor = raw.cursor()  # psycopg2's own: its notices are those of this cursor's statements
+        for _ in range(3):  # the plan the function keeps (force_generic_plan: the same from the first call)
+            del raw.notices[:]
+            cursor.execute(captured.statement, captured.parameters)
+            cursor.fetchall()
+        notices = list(raw.notices)  # now: SQLAlchemy logs (and empties) them after its own statements
+        conn.exec_driver_sql("RESET ROLE")
+        conn.rollback()
+        plans = []
+        for notice in notices:
+            document = notice[notice.index("{") :]
+            plan = json.loads(document)
+            if "nyxcore_" not in plan.get("Query Text", ""):  # the function's own statements, not the call
+                plans.append(plan["Plan"])
+        return plans
+
+
+@pytest.mark.parametrize("query", FUNCTIONS, ids=[q.name for q in FUNCTIONS])
+def test_page_function_reads_by_a_tenant_id_index(
+    admin_engine: Engine,
+    app: Flask,
+    database: Any,
+    make_user: Any,
+    add_member: Any,
+    login_as: Any,
+    query: TenantQuery,
+) -> None:
+    """The statement inside each page function (planned once per connection, generic plan) reads its
+    table by a tenant_id index, with the tenant policy in the plan."""
+    _seed(admin_engine, query.table)
+    with admin_engine.connect() as conn:
+        tenant_indexes = _tenant_first_indexes(conn, query.table)
+    owner = make_user(name="Plan Owner")
+    add_member(_team_id(TEAM), owner, TenantRole.OWNER)
+    client = login_as(owner, _team_id(TEAM))
+    (call,) = _page_statements(app, client, query)
+    plans = _nested_plans(admin_engine, database.app_role, call, user_id=owner.user_id)
+    assert plans, f"no nested statement was explained for {call.statement}"
+    for plan in plans:
+        shown = _describe(plan)
+        assert POLICY_SETTING in json.dumps(plan), f"no tenant policy in the plan:\n{shown}"
+        nodes = list(_nodes(plan))
+        assert not [
+            n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == query.table
+        ], shown
+        assert [
+            n
+            for n in nodes
+            if n["Node Type"] in INDEX_SCANS
+            and n.get("Index Name") in tenant_indexes
+            and "tenant_id = " in n.get("Index Cond", "")
+        ], f"no scan of a tenant_id index ({', '.join(sorted(tenant_indexes))}):\n{shown}"

@@ -65,16 +65,46 @@ def article(role: TenantRole) -> str:
     return article_for(role.value)
 
 
+@dataclass(frozen=True)
+class OutboxState:
+    """The columns of an invitation's outbox row that say how its e-mail fares (never its sealed body)."""
+
+    queued_at: datetime
+    sent_at: datetime | None
+    attempts: int
+    has_body: bool
+    failure: str | None
+    last_error: str | None
+    retry_at: datetime | None
+
+
 def delivery(invitation: Invitation) -> Delivery:
     """Queued, sent (when), or failed (why in words, attempts, next try, or given up). Needs outbox_email loaded."""
     outbox: OutboxEmail | None = invitation.outbox_email
     if outbox is None:
+        return delivery_of(None)
+    return delivery_of(
+        OutboxState(
+            outbox.created_at,
+            outbox.sent_at,
+            outbox.attempts,
+            outbox.body_ciphertext is not None,
+            outbox.failure,
+            outbox.last_error,
+            outbox.retry_at,
+        )
+    )
+
+
+def delivery_of(outbox: OutboxState | None) -> Delivery:
+    """`delivery` from the outbox row's columns (None: the invitation has no e-mail queued)."""
+    if outbox is None:
         return Delivery("not queued")
     if outbox.sent_at is not None:
         return Delivery("sent", at=outbox.sent_at, attempts=outbox.attempts)
-    gave_up = mail.given_up(outbox.attempts, outbox.body_ciphertext is not None)
+    gave_up = mail.given_up(outbox.attempts, outbox.has_body)
     if outbox.failure is None and outbox.last_error is None:
-        return Delivery("queued", at=outbox.created_at)
+        return Delivery("queued", at=outbox.queued_at)
     # last_error alone: cancelled, in our own words (services/mail.cancel_unsent).
     reason = mail_failures.words(outbox.failure) if outbox.failure else outbox.last_error
     return Delivery(
@@ -98,7 +128,13 @@ def lifecycle(invitation: Invitation, sent: Delivery | None = None) -> Lifecycle
         return Lifecycle.REVOKED
     if is_expired(invitation):
         return Lifecycle.EXPIRED
-    sent = sent or delivery(invitation)
+    return open_lifecycle(invitation.expires_at, sent or delivery(invitation))
+
+
+def open_lifecycle(expires_at: datetime, sent: Delivery) -> Lifecycle:
+    """Where an open (neither accepted nor revoked) invitation stands, from its expiry and its delivery."""
+    if aware(expires_at) <= now():
+        return Lifecycle.EXPIRED
     if sent.state == "sent":
         return Lifecycle.SENT
     return Lifecycle.FAILED if sent.gave_up else Lifecycle.QUEUED

@@ -7,13 +7,16 @@ handed only the outbox id after the commit.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import DateTime, Uuid, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
+from nyxcore import tenancy
 from nyxcore.errors import Conflict, NotFound, PermissionDenied
 from nyxcore.extensions import db
 from nyxcore.models import Invitation, Tenant, TenantMember, User
@@ -21,7 +24,7 @@ from nyxcore.pagination import Page
 from nyxcore.permissions import Operation
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services import audit, domain_policy, mail, seats, voiding
-from nyxcore.services.invitations import addresses, limits, tokens
+from nyxcore.services.invitations import addresses, display, limits, tokens
 from nyxcore.services.invitations.addresses import InviteOutcome, InviteResult
 from nyxcore.services.invitations.display import utc
 from nyxcore.services.invitations.message import queue_invitation_email
@@ -183,28 +186,103 @@ def _invite_one(
     return InviteResult(email, InviteOutcome.INVITED, message, invitation.id)
 
 
-def list_pending(*, page: int, per_page: int = PER_PAGE) -> Page[Invitation]:
-    """The active team's open invitations (expired ones included), newest first, with inviter and email.
+@dataclass(frozen=True)
+class PendingInvitation:
+    """An open invitation as the pending list shows it: no token hash, no sealed e-mail, no ORM objects."""
 
-    One statement: the page and, with `count(*) OVER ()`, how many there are.
-    """
-    query = select(Invitation, func.count().over()).where(
-        Invitation.consumed_at.is_(None), Invitation.revoked_at.is_(None)
+    id: uuid.UUID
+    email: str
+    role: TenantRole
+    inviter_name: str | None  # None: the inviter left (or the users policies do not show them)
+    expires_at: datetime
+    reminded_at: datetime | None
+    delivery: display.Delivery
+    lifecycle: display.Lifecycle
+
+
+# PostgreSQL reads the page through `nyxcore_pending_invitations` (migration 0021: planned once per
+# connection, under the same policies, filtered by the team named here); SQLite (`make run`) through
+# the ORM, whose scoping adds the team.
+_PENDING_PAGE = (
+    text(
+        "SELECT id, email, role, inviter_name, expires_at, reminded_at, queued, queued_at, sent_at, attempts,"
+        " has_body, failure, last_error, retry_at, total"
+        " FROM nyxcore_pending_invitations(:tenant_id, :limit, :offset)"
     )
+    .columns(
+        id=Uuid(),
+        expires_at=DateTime(timezone=True),
+        reminded_at=DateTime(timezone=True),
+        queued_at=DateTime(timezone=True),
+        sent_at=DateTime(timezone=True),
+        retry_at=DateTime(timezone=True),
+    )
+    .execution_options(**{tenancy.ALL_TENANTS: True})
+)
+_OPEN = (Invitation.consumed_at.is_(None), Invitation.revoked_at.is_(None))
+_OPEN_COUNT = select(func.count()).select_from(Invitation).where(*_OPEN)
+
+
+def list_pending(actor: Actor, *, page: int, per_page: int = PER_PAGE) -> Page[PendingInvitation]:
+    """The actor's team's open invitations (expired ones included), newest first, with inviter and delivery.
+
+    One statement: the page and how many there are.
+    """
     page = max(page, 1)
-    rows = db.session.execute(
-        query.options(joinedload(Invitation.inviter), joinedload(Invitation.outbox_email))
-        .order_by(Invitation.created_at.desc(), Invitation.id.desc())
-        .limit(per_page)
-        .offset((page - 1) * per_page)
-    ).all()
-    if rows:
-        total = rows[0][1]
-    elif page > 1:  # past the end: the window had no row to carry the count
-        total = db.session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    offset = (page - 1) * per_page
+    params = {"tenant_id": actor.tenant_id, "limit": per_page, "offset": offset}
+    if db.session.get_bind().dialect.name == "postgresql":
+        rows = db.session.execute(_PENDING_PAGE, params).all()
+        items = [_pending_row(row) for row in rows]
+        total = rows[0].total if rows else 0
     else:
-        total = 0
-    return Page([row[0] for row in rows], page, per_page, total)
+        found = db.session.execute(
+            select(Invitation, func.count().over())
+            .where(*_OPEN)
+            .options(joinedload(Invitation.inviter), joinedload(Invitation.outbox_email))
+            .order_by(Invitation.created_at.desc(), Invitation.id.desc())
+            .limit(per_page)
+            .offset(offset)
+        ).all()
+        items = [_pending_invitation(invitation) for invitation, _ in found]
+        total = found[0][1] if found else 0
+    if not items and page > 1:  # past the end: no row carried the count
+        total = db.session.scalar(_OPEN_COUNT) or 0
+    return Page(items, page, per_page, total)
+
+
+def _pending_row(row: Any) -> PendingInvitation:
+    outbox = None
+    if row.queued:
+        outbox = display.OutboxState(
+            row.queued_at, row.sent_at, row.attempts, row.has_body, row.failure, row.last_error, row.retry_at
+        )
+    sent = display.delivery_of(outbox)
+    return PendingInvitation(
+        row.id,
+        row.email,
+        TenantRole(row.role),
+        row.inviter_name,
+        row.expires_at,
+        row.reminded_at,
+        sent,
+        display.open_lifecycle(row.expires_at, sent),
+    )
+
+
+def _pending_invitation(invitation: Invitation) -> PendingInvitation:
+    sent = display.delivery(invitation)
+    inviter = invitation.inviter
+    return PendingInvitation(
+        invitation.id,
+        invitation.email,
+        invitation.role,
+        inviter.name if inviter else None,
+        invitation.expires_at,
+        invitation.reminded_at,
+        sent,
+        display.open_lifecycle(invitation.expires_at, sent),
+    )
 
 
 def _managed_open_invitation(actor: Actor, invitation_id: uuid.UUID) -> Invitation:
