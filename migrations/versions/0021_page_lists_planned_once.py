@@ -31,7 +31,7 @@ three functions here say `plan_cache_mode = force_generic_plan`, so no call re-p
 switch back to custom plans.
 
 Revision ID: 0021
-Revises: 0019
+Revises: 0020
 Create Date: 2026-12-02
 """
 
@@ -41,7 +41,7 @@ from flask import current_app
 from nyxcore.dbroles import quote_role
 
 revision = "0021"
-down_revision = "0019"
+down_revision = "0020"
 branch_labels = None
 depends_on = None
 
