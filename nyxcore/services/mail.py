@@ -124,7 +124,7 @@ def cancel_unsent(outbox_id: uuid.UUID, reason: str) -> bool:
 # A delivery's statements, built once: building them anew for every message cost the worker more CPU
 # than PostgreSQL spends running them. _LOCK_UNSENT locks an unsent row (skipping one that another
 # worker holds: it is sending it) and returns what it holds; _MARK_SENT marks it sent and wipes the
-# body; _CLAIM does both in one statement.
+# body (SQLite runs these two).
 _UNSENT = (
     OutboxEmail.id == bindparam("outbox_id", type_=Uuid),
     OutboxEmail.sent_at.is_(None),
@@ -157,12 +157,17 @@ _MARK_SENT = (
     )
     .execution_options(synchronize_session=False)
 )
-_locked = select(OutboxEmail.id, *_CONTENT).where(*_UNSENT).with_for_update(skip_locked=True).cte("locked")
-# PostgreSQL: lock, mark and return the content as it was, in one statement (UPDATE ... FROM a locking
-# CTE, RETURNING the CTE's columns). SQLite returns wrong values for a FROM table's columns (silently),
-# and needs no lock: there _claim runs _LOCK_UNSENT and _MARK_SENT.
-_CLAIM = _MARK_SENT.where(OutboxEmail.id == _locked.c.id).returning(
-    *(_locked.c[column.key] for column in _CONTENT)
+# PostgreSQL: both in one call of `nyxcore_claim_outbox` (migration 0020), whose two statements are
+# planned once per connection; a statement of its own was planned for every message, with the outbox
+# policies in it. It is SECURITY INVOKER: the same policies hold inside.
+_CLAIM = (
+    text("SELECT * FROM nyxcore_claim_outbox(:outbox_id, :sent_at, :max_attempts)")
+    .bindparams(
+        bindparam("outbox_id", type_=Uuid),
+        bindparam("sent_at", type_=DateTime(timezone=True)),
+        bindparam("max_attempts", type_=Integer, value=MAX_ATTEMPTS),
+    )
+    .columns(*(column.expression for column in _CONTENT))  # typed as the model's: bytes, not memoryview
 )
 
 
@@ -174,8 +179,8 @@ def _claim(outbox_id: uuid.UUID) -> Row[Any] | None:
     """
     params = {"outbox_id": outbox_id, "sent_at": datetime.now(UTC)}
     if db.session.get_bind().dialect.name == "postgresql":
-        # On the session's connection, in its transaction: the ORM's bulk-update machinery (it
-        # has no objects to keep in step here) cost more CPU than the rest of the delivery.
+        # On the session's connection, in its transaction: the ORM's execution machinery (it has
+        # no objects to keep in step here) cost more CPU than the rest of the delivery.
         return db.session.connection().execute(_CLAIM, params).one_or_none()
     outbox = db.session.execute(_LOCK_UNSENT, params).one_or_none()
     if outbox is not None:
