@@ -5,9 +5,10 @@
 
 Creates its own database and roles and migrates it; starts the SMTP sink of
 tests/integration/mailserver.py (a real aiosmtpd server in a process of its own that counts what it
-accepts and keeps each Message-ID and recipient, parsing nothing) on a free loopback port, and a real
-worker, `celery -A worker worker`, as a subprocess with the environment production would give it (the
-app role, SMTP pointed at that server), on a Redis database of its own and a queue unique to the run.
+accepts and keeps each Message-ID and recipient, parsing nothing, and offers PIPELINING as production
+relays do) on a free loopback port, and a real worker, `celery -A worker worker`, as a subprocess with
+the environment production would give it (the app role, SMTP pointed at that server), on a Redis
+database of its own and a queue unique to the run.
 The worker is prefork with 4 processes by default: the work per email is mostly Python on the CPU
 (writing the message, SQLAlchemy), which prefork spreads over both cores where threads share
 one GIL; 4 rather than 2 so that one process's wait for SMTP or PostgreSQL leaves the CPU to another.

@@ -4,7 +4,8 @@
 and remembers its id on the session. Only after that transaction commits does `dispatch_queued`
 hand the ids (never the content) to Celery, DELIVERY_BATCH to a task. The worker's `deliver`
 claims one row, decrypts, sends, marks it sent and wipes the body, in a transaction of its own
-for each message; the beat sweep re-enqueues what an outage left behind.
+for each message on the task's one connection (`delivery_connection`); the beat sweep re-enqueues
+what an outage left behind.
 """
 
 from __future__ import annotations
