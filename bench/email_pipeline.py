@@ -5,9 +5,10 @@
 
 Creates its own database and roles and migrates it; starts the SMTP sink of
 tests/integration/mailserver.py (a real aiosmtpd server in a process of its own that counts what it
-accepts and keeps each Message-ID and recipient, parsing nothing) on a free loopback port, and a real
-worker, `celery -A worker worker`, as a subprocess with the environment production would give it (the
-app role, SMTP pointed at that server), on a Redis database of its own and a queue unique to the run.
+accepts and keeps each Message-ID and recipient, parsing nothing, and offers PIPELINING as production
+relays do) on a free loopback port, and a real worker, `celery -A worker worker`, as a subprocess with
+the environment production would give it (the app role, SMTP pointed at that server), on a Redis
+database of its own and a queue unique to the run.
 The worker is prefork with 4 processes by default: the work per email is mostly Python on the CPU
 (writing the message, SQLAlchemy), which prefork spreads over both cores where threads share
 one GIL; 4 rather than 2 so that one process's wait for SMTP or PostgreSQL leaves the CPU to another.
@@ -626,24 +627,24 @@ def profile_deliver(database: BenchDatabase, environment: dict[str, str], admin:
                 smtp = mail.SMTPTransport(mail_settings(app.config))
                 transport = TimedTransport(smtp, stages["send"])
                 try:
-                    counter.take()
-                    with tenancy.tenant_context(outbox_id=ids[0]):  # as the task does
-                        mail.deliver(ring, smtp, sender, ids[0])
-                    db.session.remove()  # a new session (and pool checkout) per message: dearer than a batch
-                    wire = counter.take()
-                    with timed_render(stages["build"]):
-                        for outbox_id in ids[1:]:
-                            with stages["whole"].timing(), tenancy.tenant_context(outbox_id=outbox_id):
-                                mail.deliver(ring, transport, sender, outbox_id)
-                                db.session.remove()
+                    with mail.delivery_connection() as connection:  # as a batch task holds it
+                        counter.take()
+                        with tenancy.tenant_context(outbox_id=ids[0]):  # as the task does
+                            mail.deliver(connection, ring, smtp, sender, ids[0])
+                        wire = counter.take()
+                        with timed_render(stages["build"]):
+                            for outbox_id in ids[1:]:
+                                with stages["whole"].timing(), tenancy.tenant_context(outbox_id=outbox_id):
+                                    mail.deliver(connection, ring, transport, sender, outbox_id)
                 finally:
                     smtp.close_all()
     finally:
         counter.close()
     print(f"one deliver() (in-process, app role, {len(wire)} query messages on the wire, each a round trip):")
     for number, query in enumerate(wire, 1):
-        if query.startswith("SELECT set_config("):  # the tenancy event's prefix, in the same message
-            query = "[tenant context: SELECT set_config(...);] " + query.partition("; ")[2]
+        begin = "BEGIN; " if query.startswith("BEGIN; ") else ""  # the tenancy event's prefix, in the same message
+        if query.removeprefix(begin).startswith("SELECT set_config("):
+            query = begin + "[tenant context: SELECT set_config(...);] " + query.removeprefix(begin).partition("; ")[2]
         query = re.sub(r"SELECT (?!set_config)(.+?) FROM", "SELECT ... FROM", " ".join(query.split()))
         query = re.sub(r" SET (.+?) (FROM|WHERE) ", r" SET ... \2 ", query)
         print(f"    {number}. {query if len(query) <= 400 else query[:397] + '...'}")
@@ -653,10 +654,10 @@ def profile_deliver(database: BenchDatabase, environment: dict[str, str], admin:
         f"deliver() in-process, one message at a time, median of {samples} (wall ms / CPU ms of this thread):"
     )
     for label, (wall, cpu) in (
-        ("whole deliver(), session removed after it", whole),
+        ("whole deliver(), on the run's one connection", whole),
         ("render the message", build),
         ("send: the SMTP exchange", send),
-        ("the rest: pool checkout, claim, COMMIT, decrypt", rest),
+        ("the rest: claim, COMMIT, decrypt", rest),
     ):
         print(f"    {label:<48} {wall:6.2f} / {cpu:5.2f}")
     print(

@@ -21,6 +21,7 @@ from celery import current_app as current_celery_app
 from celery.signals import worker_process_shutdown, worker_shutdown
 from celery.utils.time import get_exponential_backoff_interval
 from flask import Flask, current_app
+from sqlalchemy.engine import Connection
 
 from nyxcore import tenancy
 from nyxcore.extensions import db, keyring
@@ -93,10 +94,12 @@ def _next_try(retries: int) -> tuple[float, datetime | None]:
     return countdown, retry_at
 
 
-def _deliver(outbox_id: uuid.UUID, retry_at: datetime | None) -> bool:
+def _deliver(connection: Connection, outbox_id: uuid.UUID, retry_at: datetime | None) -> bool:
     """mail.deliver for one row, in the message's own context: RLS shows the worker that one message."""
     with tenancy.tenant_context(outbox_id=outbox_id):
-        return mail.deliver(keyring.get(), transport(), current_app.config["MAIL_FROM"], outbox_id, retry_at)
+        return mail.deliver(
+            connection, keyring.get(), transport(), current_app.config["MAIL_FROM"], outbox_id, retry_at
+        )
 
 
 @shared_task(  # type: ignore[untyped-decorator]
@@ -110,7 +113,8 @@ def deliver_outbox_email(self: Task, outbox_id: str) -> bool:
     retries: int = self.request.retries
     countdown, retry_at = _next_try(retries)
     try:
-        return _deliver(uuid.UUID(outbox_id), retry_at)
+        with mail.delivery_connection() as connection:
+            return _deliver(connection, uuid.UUID(outbox_id), retry_at)
     except (smtplib.SMTPException, OSError) as exc:
         if retry_at is None:
             raise
@@ -130,21 +134,22 @@ def deliver_outbox_emails(outbox_ids: list[str]) -> int:
     """
     one = current_app.extensions["celery"].tasks[mail.DELIVER_TASK]
     sent = 0
-    for position, outbox_id in enumerate(outbox_ids):
-        countdown, retry_at = _next_try(0)
-        try:
-            sent += _deliver(uuid.UUID(outbox_id), retry_at)
-        except (smtplib.SMTPException, OSError) as exc:
-            _hand_on(one, outbox_id, countdown=countdown, retries=1)  # as its first retry
-            if failure_kind(exc) is FailureKind.UNREACHABLE:
-                for rest in outbox_ids[position + 1 :]:
-                    _hand_on(one, rest)
-                break
-        except Exception as exc:  # not the transport's (a message that cannot be rendered, say)
-            # Its attempt is recorded, as a single task's is; like that task it gets no retry chain and is
-            # left to the sweep. It must not cost the rest of the batch their delivery.
-            db.session.rollback()
-            log.warning("outbox email %s failed (%s); its batch goes on", outbox_id, type(exc).__name__)
+    with mail.delivery_connection() as connection:
+        for position, outbox_id in enumerate(outbox_ids):
+            countdown, retry_at = _next_try(0)
+            try:
+                sent += _deliver(connection, uuid.UUID(outbox_id), retry_at)
+            except (smtplib.SMTPException, OSError) as exc:
+                _hand_on(one, outbox_id, countdown=countdown, retries=1)  # as its first retry
+                if failure_kind(exc) is FailureKind.UNREACHABLE:
+                    for rest in outbox_ids[position + 1 :]:
+                        _hand_on(one, rest)
+                    break
+            except Exception as exc:  # not the transport's (a message that cannot be rendered, say)
+                # Its attempt is recorded (or its claim rolled back), as a single task's is; like that task
+                # it gets no retry chain and is left to the sweep. It must not cost the rest of the batch
+                # their delivery.
+                log.warning("outbox email %s failed (%s); its batch goes on", outbox_id, type(exc).__name__)
     return sent
 
 

@@ -4,7 +4,8 @@
 and remembers its id on the session. Only after that transaction commits does `dispatch_queued`
 hand the ids (never the content) to Celery, DELIVERY_BATCH to a task. The worker's `deliver`
 claims one row, decrypts, sends, marks it sent and wipes the body, in a transaction of its own
-for each message; the beat sweep re-enqueues what an outage left behind.
+for each message on the task's one connection (`delivery_connection`); the beat sweep re-enqueues
+what an outage left behind.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app
 from sqlalchemy import DateTime, Integer, LargeBinary, Row, String, Uuid, bindparam, or_, select, text, update
+from sqlalchemy.engine import Connection
 
 from nyxcore.crypto import DecryptionError, KeyRing, Sealed
 from nyxcore.extensions import db
@@ -124,7 +128,7 @@ def cancel_unsent(outbox_id: uuid.UUID, reason: str) -> bool:
 # A delivery's statements, built once: building them anew for every message cost the worker more CPU
 # than PostgreSQL spends running them. _LOCK_UNSENT locks an unsent row (skipping one that another
 # worker holds: it is sending it) and returns what it holds; _MARK_SENT marks it sent and wipes the
-# body; _CLAIM does both in one statement.
+# body (SQLite runs these two).
 _UNSENT = (
     OutboxEmail.id == bindparam("outbox_id", type_=Uuid),
     OutboxEmail.sent_at.is_(None),
@@ -157,29 +161,48 @@ _MARK_SENT = (
     )
     .execution_options(synchronize_session=False)
 )
-_locked = select(OutboxEmail.id, *_CONTENT).where(*_UNSENT).with_for_update(skip_locked=True).cte("locked")
-# PostgreSQL: lock, mark and return the content as it was, in one statement (UPDATE ... FROM a locking
-# CTE, RETURNING the CTE's columns). SQLite returns wrong values for a FROM table's columns (silently),
-# and needs no lock: there _claim runs _LOCK_UNSENT and _MARK_SENT.
-_CLAIM = _MARK_SENT.where(OutboxEmail.id == _locked.c.id).returning(
-    *(_locked.c[column.key] for column in _CONTENT)
+# PostgreSQL: both in one call of `nyxcore_claim_outbox` (migration 0020), whose two statements are
+# planned once per connection; a statement of its own was planned for every message, with the outbox
+# policies in it. It is SECURITY INVOKER: the same policies hold inside.
+_CLAIM = (
+    text("SELECT * FROM nyxcore_claim_outbox(:outbox_id, :sent_at, :max_attempts)")
+    .bindparams(
+        bindparam("outbox_id", type_=Uuid),
+        bindparam("sent_at", type_=DateTime(timezone=True)),
+        bindparam("max_attempts", type_=Integer, value=MAX_ATTEMPTS),
+    )
+    .columns(*(column.expression for column in _CONTENT))  # typed as the model's: bytes, not memoryview
 )
 
 
-def _claim(outbox_id: uuid.UUID) -> Row[Any] | None:
+@contextmanager
+def delivery_connection() -> Iterator[Connection]:
+    """A connection for a run of deliveries, each of which begins and commits a transaction of its own.
+
+    One connection for the run: a session checked a connection out of the pool and back for every
+    message, and its commit machinery cost more than the COMMIT itself (issue 15). When the session is
+    bound to one connection (the tests' outer transaction), that one, and each delivery is a savepoint.
+    """
+    bind = db.session.get_bind()
+    if isinstance(bind, Connection):
+        yield bind
+        return
+    with bind.connect() as connection:
+        yield connection
+
+
+def _claim(connection: Connection, outbox_id: uuid.UUID) -> Row[Any] | None:
     """Lock an unsent row, mark it sent and wipe its body in this transaction; return its content.
 
     None if it was sent or cancelled, or another worker holds it. Commit once the message is
     sent; roll back to put the row back as it was.
     """
     params = {"outbox_id": outbox_id, "sent_at": datetime.now(UTC)}
-    if db.session.get_bind().dialect.name == "postgresql":
-        # On the session's connection, in its transaction: the ORM's bulk-update machinery (it
-        # has no objects to keep in step here) cost more CPU than the rest of the delivery.
-        return db.session.connection().execute(_CLAIM, params).one_or_none()
-    outbox = db.session.execute(_LOCK_UNSENT, params).one_or_none()
+    if connection.dialect.name == "postgresql":
+        return connection.execute(_CLAIM, params).one_or_none()
+    outbox = connection.execute(_LOCK_UNSENT, params).one_or_none()
     if outbox is not None:
-        db.session.execute(_MARK_SENT, params)
+        connection.execute(_MARK_SENT, params)
     return outbox
 
 
@@ -209,15 +232,20 @@ def given_up(attempts: int, has_body: bool) -> bool:
 
 
 def _release(
-    outbox_id: uuid.UUID, outbox: Row[Any], attempts: int, kind: FailureKind, retry_at: datetime | None
+    connection: Connection,
+    outbox_id: uuid.UUID,
+    outbox: Row[Any],
+    attempts: int,
+    kind: FailureKind,
+    retry_at: datetime | None,
 ) -> bool:
-    """Note a failed attempt on the claimed row and commit; True when the message is given up on.
+    """Note a failed attempt on the claimed row (the caller commits); True when the message is given up on.
 
     Given up (a permanent failure, or the last attempt), the body is wiped and no retry is due.
     """
     give_up = kind.permanent or attempts >= MAX_ATTEMPTS
     keep = not give_up or kind is FailureKind.UNREADABLE  # an unreadable body stays, for an operator
-    db.session.execute(
+    connection.execute(
         _RELEASE,
         {
             "outbox_id": outbox_id,
@@ -229,14 +257,19 @@ def _release(
             "body_ciphertext": outbox.body_ciphertext if keep else None,
         },
     )
-    db.session.commit()
     return give_up
 
 
 def deliver(
-    ring: KeyRing, transport: Transport, sender: str, outbox_id: uuid.UUID, retry_at: datetime | None = None
+    connection: Connection,
+    ring: KeyRing,
+    transport: Transport,
+    sender: str,
+    outbox_id: uuid.UUID,
+    retry_at: datetime | None = None,
 ) -> bool:
-    """Send one outbox row unless it was sent already, given up on, or another worker holds it; commits.
+    """Send one outbox row unless it was sent already, given up on, or another worker holds it, in a
+    transaction of its own on `connection` (see `delivery_connection`), which it commits.
 
     Run it in the message's own context (`tenant_context(outbox_id=...)`): row-level security shows
     a worker that one row and no other.
@@ -248,27 +281,33 @@ def deliver(
     """
     # The row stays locked until this transaction ends, so no other worker (nor a revoke) takes it
     # while its message is being sent. On PostgreSQL a sent message costs two statements: the claim,
-    # and COMMIT once the SMTP server has accepted it.
-    outbox = _claim(outbox_id)
-    if outbox is None:
-        db.session.rollback()
-        return False
-    try:
-        sealed = Sealed(outbox.key_id, outbox.nonce, outbox.body_ciphertext)
-        body = json.loads(ring.decrypt(sealed, seal_context(outbox_id)))
-        transport.send(render(outbox_id, outbox.to_address, outbox.subject, sender, body["text"], body["html"]))
-    except DecryptionError:
-        # It will never decrypt: stop retrying (its attempts used up).
-        _release(outbox_id, outbox, MAX_ATTEMPTS, FailureKind.UNREADABLE, None)
-        log.error("outbox email %s cannot be decrypted", outbox_id)
-        return False
-    except Exception as exc:
-        kind = failure_kind(exc)
-        log.warning("outbox email %s not delivered: %s (%s)", outbox_id, kind.value, type(exc).__name__)
-        if _release(outbox_id, outbox, outbox.attempts + 1, kind, retry_at):
+    # and COMMIT once the SMTP server has accepted it. Anything unforeseen rolls the claim back.
+    transaction = connection.begin_nested() if connection.in_transaction() else connection.begin()
+    with transaction:
+        outbox = _claim(connection, outbox_id)
+        if outbox is None:
+            transaction.rollback()
             return False
-        raise
-    db.session.commit()
+        try:
+            sealed = Sealed(outbox.key_id, outbox.nonce, outbox.body_ciphertext)
+            body = json.loads(ring.decrypt(sealed, seal_context(outbox_id)))
+            message = render(outbox_id, outbox.to_address, outbox.subject, sender, body["text"], body["html"])
+            transport.send(message)
+        except DecryptionError:
+            # It will never decrypt: stop retrying (its attempts used up).
+            _release(connection, outbox_id, outbox, MAX_ATTEMPTS, FailureKind.UNREADABLE, None)
+            transaction.commit()
+            log.error("outbox email %s cannot be decrypted", outbox_id)
+            return False
+        except Exception as exc:
+            kind = failure_kind(exc)
+            log.warning("outbox email %s not delivered: %s (%s)", outbox_id, kind.value, type(exc).__name__)
+            given_up_now = _release(connection, outbox_id, outbox, outbox.attempts + 1, kind, retry_at)
+            transaction.commit()
+            if given_up_now:
+                return False
+            raise
+        transaction.commit()
     return True
 
 

@@ -2,10 +2,17 @@
 
 `mail.deliver` sends through a Transport; the console transport keeps the last messages for the
 development outbox page.
+
+A rendered message (`WireMessage`) goes out by `send_wire`: the SMTP dialogue of smtplib's `sendmail`
+without its address parsing (two thirds of its CPU; the envelope's addresses are plain already), and
+with MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920): two round trips
+per message instead of four (issue 15).
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import select as io_select  # sqlalchemy.select is `select` here
 import smtplib
 import threading
@@ -128,7 +135,7 @@ class SMTPTransport:
             smtp = self._local.smtp = self._connect()
         try:
             if isinstance(message, WireMessage):
-                smtp.sendmail(message.envelope_sender, [message.recipient], message.data)
+                send_wire(smtp, message)
             else:
                 smtp.send_message(message)
         except (smtplib.SMTPServerDisconnected, OSError):
@@ -156,6 +163,66 @@ class SMTPTransport:
             smtp.quit()
         except (smtplib.SMTPException, OSError):
             smtp.close()
+
+
+# An address sent in the envelope as it is: what smtplib's quoteaddr would put between the brackets.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
+_LEADING_PERIOD = re.compile(rb"(?m)^\.")  # RFC 5321 4.5.2 transparency, as smtplib quotes
+
+
+def send_wire(smtp: smtplib.SMTP, message: WireMessage) -> None:
+    """`smtp.sendmail` for one rendered message, raising what it raises (SMTPSenderRefused,
+    SMTPRecipientsRefused, SMTPDataError, SMTPServerDisconnected), and leaving the connection as it does
+    (RSET after a refusal, closed after a 421). Pipelined when the server offers it."""
+    sender, recipient = message.envelope_sender, message.recipient
+    if not (_PLAIN_ADDRESS.fullmatch(sender) and _PLAIN_ADDRESS.fullmatch(recipient)):
+        smtp.sendmail(sender, [recipient], message.data)  # quoted, or refused, by smtplib
+        return
+    smtp.ehlo_or_helo_if_needed()
+    data = _LEADING_PERIOD.sub(b"..", message.data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    size = f" SIZE={len(message.data)}" if smtp.does_esmtp and smtp.has_extn("size") else ""
+    commands = [f"MAIL FROM:<{sender}>{size}\r\n", f"RCPT TO:<{recipient}>\r\n", "DATA\r\n"]
+    pipelining = smtp.has_extn("pipelining")
+    if pipelining:
+        smtp.send("".join(commands))
+    replies: list[tuple[int, bytes]] = []
+    for command, accepted in zip(commands, ((250,), (250, 251), (354,)), strict=True):
+        if not pipelining:
+            smtp.send(command)
+        replies.append(smtp.getreply())  # pipelined: every reply is read, refused or not
+        if replies[-1][0] == 421 or (replies[-1][0] not in accepted and not pipelining):
+            break  # 421: the server is closing the connection
+    (mail_code, mail_reply), *rest = replies
+    rcpt_code, rcpt_reply = rest[0] if rest else (503, b"not sent")
+    data_code, data_reply = rest[1] if len(rest) > 1 else (503, b"not sent")
+    if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
+        smtp.send(b".\r\n")  # the server wants a message it has nobody to give to: an empty one ends it
+        smtp.getreply()
+    if mail_code != 250:
+        _abandon(smtp, mail_code)
+        raise smtplib.SMTPSenderRefused(mail_code, mail_reply, sender)
+    if rcpt_code not in (250, 251):
+        _abandon(smtp, rcpt_code)
+        raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_reply)})
+    if data_code != 354:
+        _abandon(smtp, data_code)
+        raise smtplib.SMTPDataError(data_code, data_reply)
+    smtp.send(data + b".\r\n")
+    code, reply = smtp.getreply()
+    if code != 250:
+        _abandon(smtp, code)
+        raise smtplib.SMTPDataError(code, reply)
+
+
+def _abandon(smtp: smtplib.SMTP, code: int) -> None:
+    """After a refusal, as sendmail: close on 421 (the server is closing), else RSET for the next message."""
+    if code == 421:
+        smtp.close()
+        return
+    with contextlib.suppress(smtplib.SMTPServerDisconnected):  # shown by the next command, as smtplib's _rset
+        smtp.rset()
 
 
 def _hung_up(smtp: smtplib.SMTP) -> bool:

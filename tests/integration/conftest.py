@@ -22,7 +22,7 @@ from tests.integration.mailserver import MailServer, running_mail_server
 
 @pytest.fixture
 def mail_server() -> Iterator[MailServer]:
-    with running_mail_server() as server:
+    with running_mail_server(pipelining=True) as server:
         yield server
 
 

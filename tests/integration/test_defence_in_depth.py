@@ -233,6 +233,24 @@ def test_outbox_mail_is_seen_by_its_team_and_by_the_worker_delivering_it(app_eng
         assert {row[0] for row in listed} >= {world.outbox_b} and all(len(row) == 1 for row in listed)
 
 
+def test_the_outbox_claim_takes_only_the_message_the_context_names(app_engine, admin_engine, world):
+    """nyxcore_claim_outbox (migration 0020) is SECURITY INVOKER: the outbox policies hold inside it."""
+    claim = "SELECT * FROM nyxcore_claim_outbox(:o, now(), 12)"
+    with app_engine.connect() as conn:
+        for context in ({"tenant_id": world.team_a}, {"outbox_id": uuid.uuid4()}, {}):
+            with conn.begin():
+                _context(conn, **context)  # another team's, another message's, or none
+                assert conn.execute(text(claim), {"o": world.outbox_b}).all() == []
+        with conn.begin():
+            _context(conn, outbox_id=world.outbox_b)
+            (claimed,) = conn.execute(text(claim), {"o": world.outbox_b}).all()
+            assert (claimed.attempts, claimed.key_id, bytes(claimed.body_ciphertext)) == (0, "k1", b"\x00")
+            assert conn.execute(text(claim), {"o": world.outbox_b}).all() == []  # claimed: marked sent
+            conn.rollback()
+    unsent = "SELECT count(*) FROM outbox_emails WHERE id = :o AND sent_at IS NULL AND body_ciphertext IS NOT NULL"
+    assert count(admin_engine, unsent, o=world.outbox_b) == 1  # refused claims changed nothing; the rollback undid one
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -1,11 +1,21 @@
 """The benchmarks' SMTP sink (tests/integration/mailserver.py): a real aiosmtpd server in a process of
-its own that counts what it accepts and finds a message sent twice by its Message-ID."""
+its own that counts what it accepts and finds a message sent twice by its Message-ID, and reads each
+message as aiosmtpd does."""
 
 from __future__ import annotations
 
 import smtplib
 
-from tests.integration.mailserver import running_mail_sink
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+from tests.helpers import HOST, free_port
+from tests.integration.mailserver import (
+    BlockReadingSMTP,
+    CollectingHandler,
+    SinkController,
+    running_mail_sink,
+)
 
 
 def message(message_id: str, body: str = "Hello") -> bytes:
@@ -19,7 +29,9 @@ def test_the_sink_counts_messages_and_finds_a_message_id_that_arrived_twice() ->
             client.sendmail("a@example.com", ["one@example.com"], message("<1@example.com>"))
             client.sendmail("a@example.com", ["two@example.com"], message("<2@example.com>"))
             # The same message again; a Message-ID quoted in a body is not the message's own.
-            client.sendmail("a@example.com", ["one@example.com"], message("<1@example.com>", "Message-ID: <3@x>"))
+            client.sendmail(
+                "a@example.com", ["one@example.com"], message("<1@example.com>", "Message-ID: <3@x>")
+            )
         finally:
             client.quit()
         sink.wait_for_count(3)
@@ -27,3 +39,32 @@ def test_the_sink_counts_messages_and_finds_a_message_id_that_arrived_twice() ->
     assert report.message_ids == [b"<1@example.com>", b"<2@example.com>", b"<1@example.com>"]
     assert report.recipients == ["one@example.com", "two@example.com", "one@example.com"]
     assert report.duplicates() == 1
+
+
+def test_the_sinks_server_reads_each_message_as_aiosmtpd_does() -> None:
+    """The sink's block-reading DATA (BlockReadingSMTP) keeps what aiosmtpd's line-by-line DATA keeps:
+    the period transparency undone, lines that end with a period, a message larger than a read."""
+    messages = [
+        b"Subject: a\r\n\r\nHi.\r\n.hidden\r\n..two\r\n.\r\nend.",
+        b"Subject: only headers\r\n",
+        b"x",
+        b"Subject: long\r\n\r\n" + b"".join(b"line %d of a long message.\r\n" % n for n in range(5000)),
+    ]
+    received = []
+    for server in (BlockReadingSMTP, SMTP):
+        handler = CollectingHandler()
+        port = free_port(HOST)
+        controller = SinkController(handler, hostname=HOST, port=port) if server is BlockReadingSMTP else None
+        controller = controller or Controller(handler, hostname=HOST, port=port)
+        controller.start()
+        try:
+            client = smtplib.SMTP(HOST, port, timeout=10)
+            for data in messages:
+                client.sendmail("a@example.com", ["b@example.com"], data)
+            client.quit()
+        finally:
+            controller.stop()
+        received.append(handler.received)
+    block_read, line_read = received
+    assert block_read == line_read and len(block_read) == len(messages)
+    assert block_read[0] == b"Subject: a\r\n\r\nHi.\r\n.hidden\r\n..two\r\n.\r\nend.\r\n"
