@@ -161,7 +161,7 @@ _MARK_SENT = (
     )
     .execution_options(synchronize_session=False)
 )
-# PostgreSQL: both in one call of `nyxcore_claim_outbox` (migration 0020), whose two statements are
+# PostgreSQL: both in one call of `nyxcore_claim_outbox` (migration 0022), whose two statements are
 # planned once per connection; a statement of its own was planned for every message, with the outbox
 # policies in it. It is SECURITY INVOKER: the same policies hold inside.
 _CLAIM = (

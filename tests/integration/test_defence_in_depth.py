@@ -234,7 +234,7 @@ def test_outbox_mail_is_seen_by_its_team_and_by_the_worker_delivering_it(app_eng
 
 
 def test_the_outbox_claim_takes_only_the_message_the_context_names(app_engine, admin_engine, world):
-    """nyxcore_claim_outbox (migration 0020) is SECURITY INVOKER: the outbox policies hold inside it."""
+    """nyxcore_claim_outbox (migration 0022) is SECURITY INVOKER: the outbox policies hold inside it."""
     claim = "SELECT * FROM nyxcore_claim_outbox(:o, now(), 12)"
     with app_engine.connect() as conn:
         for context in ({"tenant_id": world.team_a}, {"outbox_id": uuid.uuid4()}, {}):

@@ -16,8 +16,8 @@ Isolation is unchanged: it is SECURITY INVOKER, so both statements run as the ap
 (`delivery`: `app.outbox_id`) or rows of the team in its context (`tenant_isolation`), as before; the
 `keep_tenant_id` trigger still guards the UPDATE. It reads nothing the caller could not read itself.
 
-Revision ID: 0020
-Revises: 0019
+Revision ID: 0022
+Revises: 0021
 Create Date: 2026-12-02
 """
 
@@ -26,8 +26,8 @@ from flask import current_app
 
 from nyxcore.dbroles import quote_role
 
-revision = "0020"
-down_revision = "0019"
+revision = "0022"
+down_revision = "0021"
 branch_labels = None
 depends_on = None
 
