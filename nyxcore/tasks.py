@@ -19,6 +19,7 @@ from typing import Any
 from celery import Celery, Task, shared_task
 from celery import current_app as current_celery_app
 from celery.signals import worker_process_shutdown, worker_shutdown
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from flask import Flask, current_app
 from sqlalchemy.engine import Connection
@@ -145,6 +146,8 @@ def deliver_outbox_emails(outbox_ids: list[str]) -> int:
                     for rest in outbox_ids[position + 1 :]:
                         _hand_on(one, rest)
                     break
+            except SoftTimeLimitExceeded:  # an operator's time limit ends the batch, not one message
+                raise
             except Exception as exc:  # not the transport's (a message that cannot be rendered, say)
                 # Its attempt is recorded (or its claim rolled back), as a single task's is; like that task
                 # it gets no retry chain and is left to the sweep. It must not cost the rest of the batch

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from flask import Flask
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -160,3 +161,26 @@ def test_a_message_that_fails_outside_smtp_does_not_hold_back_the_rest_of_its_ba
     }
     assert mail_server.deliveries() == {"batch1@example.com": 1, "batch2@example.com": 1}
     assert celery_worker.waiting_messages() == 0  # no retry chain of its own, as a single task has none
+
+
+@pytest.mark.usefixtures("purged")
+def test_a_soft_time_limit_ends_the_batch_instead_of_counting_as_one_messages_failure(
+    app: Flask, mail_server: MailServer, admin_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An operator's soft time limit (Celery raises it inside whatever runs) stops the task; the batch's
+    # catch-all for one message's error must not swallow it and go on sending.
+    ids = queue(app, 3)
+    real_render = mail.render
+
+    def out_of_time(outbox_id: uuid.UUID, *args: object) -> object:
+        if outbox_id == ids[0]:
+            raise SoftTimeLimitExceeded()
+        return real_render(outbox_id, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mail, "render", out_of_time)
+    with pytest.raises(SoftTimeLimitExceeded):
+        deliver_batch(app, ids)
+    assert mail_server.deliveries() == {}
+    stored = rows(admin_engine)
+    assert [stored[f"batch{n}@example.com"]["attempts"] for n in range(3)] == [1, 0, 0]
+    assert not any(row["sent"] for row in stored.values())
