@@ -18,8 +18,8 @@ from typing import Any
 
 from celery import Celery, Task, shared_task
 from celery import current_app as current_celery_app
-from celery.signals import worker_process_shutdown, worker_shutdown
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_shutdown, worker_shutdown
 from celery.utils.time import get_exponential_backoff_interval
 from flask import Flask, current_app
 from sqlalchemy.engine import Connection
