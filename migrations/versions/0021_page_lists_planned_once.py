@@ -23,12 +23,12 @@ the LEFT JOINs under RLS gave). They also filter by the team the caller names (t
 as a query outside the ORM's scoping must: naming another team than the context's gives no row (no
 seat).
 
-`nyxcore_member_page` (0018) planned its statements anew for each of a connection's first five calls
-(PostgreSQL's custom plans) before settling on its generic plan: measured with EXPLAIN ANALYZE as the
-app role on the bench seed, 1.0-1.1 ms a call with custom plans against 0.36-0.48 with the generic one,
-which is also what its statements were written for (0018 on the member ids as a join). It and the
-three functions here say `plan_cache_mode = force_generic_plan`, so no call re-plans and no heuristic can
-switch back to custom plans.
+The three functions here say `plan_cache_mode = force_generic_plan`, so no call re-plans: their
+statements read one team's rows by its index whatever the parameters. `nyxcore_member_page` (0018) is
+left to PostgreSQL's choice: it planned its statements anew for a connection's first five calls (1.0-1.1
+ms a call against 0.36-0.48 with the generic plan, on the bench seed) and then keeps the generic plan
+for a small team; forced generic, its plan for a 50,000-member team's middle page sorted every member
+(bench/size.py: p95 10.8 to 33.7 ms), which the custom plans it keeps choosing there do not.
 
 Revision ID: 0021
 Revises: 0020
@@ -45,7 +45,6 @@ down_revision = "0020"
 branch_labels = None
 depends_on = None
 
-MEMBER_PAGE = "nyxcore_member_page(uuid, timestamptz, uuid, boolean, integer, uuid[])"
 NOTE_LINES = "nyxcore_note_lines(uuid, integer, integer)"
 PENDING = "nyxcore_pending_invitations(uuid, integer, integer)"
 SEAT_COUNTS = "nyxcore_seat_counts(uuid, integer)"
@@ -124,7 +123,6 @@ def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     app_role = quote_role(current_app.config["NYXCORE_APP_ROLE"])
-    op.execute(f"ALTER FUNCTION public.{MEMBER_PAGE} SET plan_cache_mode = force_generic_plan")
     for signature, body in (
         (NOTE_LINES, NOTE_LINES_BODY),
         (PENDING, PENDING_BODY),
@@ -140,4 +138,3 @@ def downgrade() -> None:
         return
     for signature in (NOTE_LINES, PENDING, SEAT_COUNTS):
         op.execute(f"DROP FUNCTION IF EXISTS public.{signature}")
-    op.execute(f"ALTER FUNCTION public.{MEMBER_PAGE} RESET plan_cache_mode")

@@ -789,10 +789,7 @@ def test_the_listing_function_reveals_team_ids_and_nothing_else(database, admin_
     for function in functions:
         assert function.prosecdef
         assert function.owner == database.owner_role
-        settings = ["search_path=pg_catalog, pg_temp"]
-        if function.proname == "nyxcore_member_page":  # its plan settled once per connection (migration 0021)
-            settings.append("plan_cache_mode=force_generic_plan")
-        assert function.proconfig == settings
+        assert function.proconfig == ["search_path=pg_catalog, pg_temp"]
         assert not any(entry.startswith("=") for entry in function.acl), "PUBLIC may execute it"
         assert any(entry.startswith(f"{database.app_role}=X/") for entry in function.acl)
 

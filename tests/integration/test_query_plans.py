@@ -304,7 +304,7 @@ def _nested_plans(
             {"t": str(_team_id(TEAM)), "u": str(user_id)},
         )
         cursor = raw.cursor()  # psycopg2's own: its notices are those of this cursor's statements
-        for _ in range(3):  # the plan the function keeps (force_generic_plan: the same from the first call)
+        for _ in range(3):  # the last call's plans are read (a forced generic plan is the same from the first)
             del raw.notices[:]
             cursor.execute(captured.statement, captured.parameters)
             cursor.fetchall()
