@@ -10,6 +10,7 @@ session and Celery only once the transaction is committed.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -180,9 +181,21 @@ def wants_json() -> bool:
     return request.path.startswith("/api/")
 
 
+# What a proxy's request id looks like (nginx's $request_id: 32 hex digits; others add dots, dashes,
+# colons or equals signs): anything else a client sent is not kept, logged or echoed.
+_PROXY_REQUEST_ID = re.compile(r"[A-Za-z0-9._:=-]{1,64}")
+
+
 def _request_id(environ: WSGIEnvironment) -> str:
-    """The proxy's X-Request-ID (at most 64 characters), else a fresh one."""
-    return str(environ.get("HTTP_X_REQUEST_ID", ""))[:64] or secrets.token_hex(8)
+    """The proxy's X-Request-ID when it looks like one, else a fresh one.
+
+    nginx (nginx.conf) overwrites whatever a client sent; a client reaching gunicorn directly could
+    otherwise put any text in the logs and pages that quote the id.
+    """
+    supplied = environ.get("HTTP_X_REQUEST_ID")
+    if supplied and _PROXY_REQUEST_ID.fullmatch(supplied):
+        return str(supplied)
+    return secrets.token_hex(8)
 
 
 def current_request_id() -> str:

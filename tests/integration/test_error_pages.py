@@ -42,8 +42,12 @@ def test_every_error_page_shows_the_request_id_it_was_logged_under(app: Flask, a
     response = anonymous.get("/fails")
     assert response.status_code == status
     assert quoted_id(response) == response.headers["X-Request-ID"]
-    sent = anonymous.get("/fails", headers={"X-Request-ID": "edge-<b>7</b>"})  # nginx's id is quoted, escaped
-    assert "<code>edge-&lt;b&gt;7&lt;/b&gt;</code>" in sent.get_data(as_text=True)
+    sent = anonymous.get("/fails", headers={"X-Request-ID": "edge-7f3a.1"})  # a proxy's id is kept and quoted
+    assert "<code>edge-7f3a.1</code>" in sent.get_data(as_text=True) and sent.headers["X-Request-ID"] == "edge-7f3a.1"
+    for forged in ("edge-<b>7</b>", "a b", "x" * 65):  # not an id: a fresh one instead, the text nowhere
+        answer = anonymous.get("/fails", headers={"X-Request-ID": forged})
+        assert re.fullmatch(r"[0-9a-f]{16}", answer.headers["X-Request-ID"])
+        assert quoted_id(answer) == answer.headers["X-Request-ID"] and forged not in answer.get_data(as_text=True)
 
 
 def test_real_404_and_405_pages_and_api_errors_carry_the_id(anonymous: Any) -> None:
