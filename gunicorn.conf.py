@@ -40,7 +40,7 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # Every atom is passed through nyxcore.logs.redact by RedactingLogger: no magic-link token in the log.
 logger_class = RedactingLogger
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(f)s" "%(a)s" %({x-request-id}o)s'
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(f)s" "%(a)s" %({x-request-id}i)s'
 
 # Production refuses an app database role that can bypass row-level security, checked once here.
 on_starting = refuse_unsafe_database_role

@@ -74,17 +74,15 @@ def test_access_log_makes_only_the_atoms_its_format_uses():
         "HTTP_X_REQUEST_ID": "abc",
         "wsgi.input": object(),
     }
-    # The id logged is the one the app answered with (a proxy's when it looks like one, else its own:
-    # nyxcore/web.py), not whatever a client sent.
-    response = SimpleNamespace(status="200 OK", headers=[("Content-Type", "text/html"), ("X-Request-ID", "def")], sent=5)
+    response = SimpleNamespace(status="200 OK", headers=[("Content-Type", "text/html")], sent=5)
     request = SimpleNamespace(headers=[("USER-AGENT", "curl/8"), ("X-REQUEST-ID", "abc")])
     logger = object.__new__(RedactingLogger)
     logger.cfg = SimpleNamespace(access_log_format=read_gunicorn_conf_format())
 
     atoms = logger.atoms(response, request, environ, timedelta(milliseconds=3))
 
-    assert set(atoms) == {"h", "r", "s", "b", "M", "f", "a", "{x-request-id}o"}
-    assert atoms["{x-request-id}o"] == "def"
+    assert set(atoms) == {"h", "r", "s", "b", "M", "f", "a", "{x-request-id}i"}
+    assert atoms["{x-request-id}i"] == "abc"
     assert atoms["a"] == "curl/8"
     assert atoms["M"] == 3
 
