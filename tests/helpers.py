@@ -12,6 +12,7 @@ what the policies let through.
 from __future__ import annotations
 
 import html
+import json
 import os
 import socket
 import subprocess
@@ -148,3 +149,42 @@ def entry_point_says(code: str, **environment: str) -> str:
         check=True,
     )
     return done.stdout.strip().splitlines()[-1]
+
+
+def explained_plans(
+    admin_engine: Engine,
+    app_role: str,
+    statement: str,
+    parameters: Any,
+    *,
+    context: dict[str, str],
+    calls: int = 1,
+    analyze: bool = False,
+) -> list[dict[str, Any]]:
+    """The plan documents ("Query Text", "Plan", ...) auto_explain reports for every statement that
+    `statement` runs, those inside PL/pgSQL functions included (an EXPLAIN of a function's call shows
+    only the call), on the last of `calls` runs: the plans a connection keeps.
+
+    auto_explain is loaded by the superuser, then SET ROLE `app_role` with `context` (app.* settings)
+    set, so row-level security applies as for the app; all of it is rolled back afterwards.
+    """
+    connection = admin_engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        cursor.execute("LOAD 'auto_explain'")
+        settings = ["log_min_duration = 0", "log_nested_statements = on", "log_format = json", "log_level = notice"]
+        for setting in [*settings, *(["log_analyze = on"] if analyze else [])]:
+            cursor.execute(f"SET auto_explain.{setting}")
+        cursor.execute("SET client_min_messages = notice")
+        cursor.execute(f"SET ROLE {app_role}")
+        for name, value in context.items():
+            cursor.execute("SELECT set_config(%s, %s, false)", (name, value))
+        for _ in range(calls):
+            del connection.notices[:]
+            cursor.execute(statement, parameters)
+            cursor.fetchall()
+        notices = list(connection.notices)
+    finally:
+        connection.rollback()
+        connection.close()
+    return [json.loads(notice[notice.index("{") :]) for notice in notices if "plan:" in notice]

@@ -152,8 +152,9 @@ def _window_end(direction: str, part: Any) -> Any:
     return query.offset(bindparam("scan_last")).limit(1).scalar_subquery()
 
 
-def _extras(direction: str, mode: str, *, with_rows: bool = True) -> list[Any]:
-    """The columns after a row's: all members, open invitations, matches, the short-term window's end.
+def _extras(direction: str, mode: str, *, with_rows: bool = True, with_counts: bool = True) -> list[Any]:
+    """The columns after a row's: all members, open invitations (not `with_counts`: the caller reads
+    those two from nyxcore_seat_counts), matches, the short-term window's end.
 
     A search's matches are not counted when the rows at hand are all of them (the first or the last
     page, not full): NULL, and the page counts its rows. PostgreSQL runs the count's sub-select only
@@ -163,9 +164,9 @@ def _extras(direction: str, mode: str, *, with_rows: bool = True) -> list[Any]:
     if mode == INDEXED and with_rows and direction in (FIRST, LAST):
         matched = case((func.count().over() > bindparam("per_page"), matched), else_=null())
     ends = [_window_end(direction, TenantMember.joined_at), _window_end(direction, TenantMember.id)]
+    counts = [_capped_count(), seats.open_invitations(bindparam("tenant_id"))] if with_counts else []
     return [
-        _capped_count(),
-        seats.open_invitations(bindparam("tenant_id")),
+        *counts,
         matched,
         *(ends if mode == SHORT else [null(), null()]),
     ]
@@ -220,7 +221,7 @@ def _member_page(direction: str, mode: str) -> Select[Any]:
         .render_derived()
     )
     query = (
-        select(*rows.c[:_WIDTH], counts.c.members, counts.c.open_invitations, *_extras(direction, mode)[2:])
+        select(*rows.c[:_WIDTH], counts.c.members, counts.c.open_invitations, *_extras(direction, mode, with_counts=False))
         .select_from(rows)
         .join(counts, true())
         .order_by(rows.c.n)

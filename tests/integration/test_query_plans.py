@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from nyxcore.extensions import db
 from nyxcore.roles import TenantRole
+from tests.helpers import explained_plans
 
 TEAMS = 400
 MEMBERS_PER_TEAM = 30
@@ -279,47 +280,6 @@ FUNCTIONS = [
 ]
 
 
-def _nested_plans(
-    admin_engine: Engine, app_role: str, captured: Captured, *, user_id: uuid.UUID
-) -> list[dict[str, Any]]:
-    """The plans of the statements run inside a function call, as the app role, the plans it keeps.
-
-    auto_explain (loaded by the superuser, then SET ROLE to the app role: row-level security applies
-    as for the app) reports each nested statement's plan to the client as a NOTICE.
-    """
-    with admin_engine.connect() as conn:
-        raw = conn.connection.dbapi_connection
-        for setting in (
-            "LOAD 'auto_explain'",
-            "SET auto_explain.log_min_duration = 0",
-            "SET auto_explain.log_nested_statements = on",
-            "SET auto_explain.log_format = json",
-            "SET auto_explain.log_level = notice",
-            "SET client_min_messages = notice",
-            f"SET ROLE {app_role}",
-        ):
-            conn.exec_driver_sql(setting)
-        conn.execute(
-            text("SELECT set_config('app.tenant_id', :t, false), set_config('app.user_id', :u, false)"),
-            {"t": str(_team_id(TEAM)), "u": str(user_id)},
-        )
-        cursor = raw.cursor()  # psycopg2's own: its notices are those of this cursor's statements
-        for _ in range(3):  # the last call's plans are read (a forced generic plan is the same from the first)
-            del raw.notices[:]
-            cursor.execute(captured.statement, captured.parameters)
-            cursor.fetchall()
-        notices = list(raw.notices)  # now: SQLAlchemy logs (and empties) them after its own statements
-        conn.exec_driver_sql("RESET ROLE")
-        conn.rollback()
-        plans = []
-        for notice in notices:
-            document = notice[notice.index("{") :]
-            plan = json.loads(document)
-            if "nyxcore_" not in plan.get("Query Text", ""):  # the function's own statements, not the call
-                plans.append(plan["Plan"])
-        return plans
-
-
 @pytest.mark.parametrize("query", FUNCTIONS, ids=[q.name for q in FUNCTIONS])
 def test_page_function_reads_by_a_tenant_id_index(
     admin_engine: Engine,
@@ -339,7 +299,12 @@ def test_page_function_reads_by_a_tenant_id_index(
     add_member(_team_id(TEAM), owner, TenantRole.OWNER)
     client = login_as(owner, _team_id(TEAM))
     (call,) = _page_statements(app, client, query)
-    plans = _nested_plans(admin_engine, database.app_role, call, user_id=owner.user_id)
+    # The plans the function keeps: its own statements' (not the call's), on the third call of a connection.
+    documents = explained_plans(
+        admin_engine, database.app_role, call.statement, call.parameters,
+        context={"app.tenant_id": str(_team_id(TEAM)), "app.user_id": str(owner.user_id)}, calls=3,
+    )  # fmt: skip
+    plans = [document["Plan"] for document in documents if "nyxcore_" not in document.get("Query Text", "")]
     assert plans, f"no nested statement was explained for {call.statement}"
     for plan in plans:
         shown = _describe(plan)

@@ -22,7 +22,7 @@ from nyxcore import tenancy
 from nyxcore.extensions import db
 from nyxcore.services import sessions
 from nyxcore.services.teams import SWITCHER_TEAMS
-from tests.helpers import statements_for
+from tests.helpers import explained_plans, statements_for
 
 TEAMS = 25
 # The tenant context a transaction's first statement carries in front (EXPLAIN sets its own).
@@ -185,29 +185,6 @@ def _plan_nodes(plan: dict) -> list[dict]:
     return [plan, *(node for child in plan.get("Plans", []) for node in _plan_nodes(child))]
 
 
-def _plans_as_app_role(app, admin_engine, user_id: uuid.UUID, statement: str, parameters: object) -> list[dict]:
-    """Run `statement` as the app role (acting as `user_id`) with auto_explain reporting, as notices, the
-    analysed plan of every statement it runs, those inside PL/pgSQL functions included
-    (`nyxcore_signed_in`, migration 0020: an EXPLAIN of its call shows only the call)."""
-    connection = admin_engine.raw_connection()
-    try:
-        cursor = connection.cursor()
-        cursor.execute("LOAD 'auto_explain'")
-        for setting in ("log_min_duration = 0", "log_analyze = on", "log_nested_statements = on",
-                        "log_format = json", "log_level = notice"):  # fmt: skip
-            cursor.execute(f"SET auto_explain.{setting}")
-        cursor.execute(f"SET ROLE {app.config['NYXCORE_APP_ROLE']}")
-        cursor.execute("SELECT set_config('app.user_id', %s, false)", (str(user_id),))
-        del connection.notices[:]
-        cursor.execute(statement, parameters)
-        notices = list(connection.notices)
-    finally:
-        connection.rollback()
-        connection.close()
-    plans = [json.loads(notice.split("plan:", 1)[1])["Plan"] for notice in notices if "plan:" in notice]
-    return [node for plan in plans for node in _plan_nodes(plan)]
-
-
 def test_a_page_of_a_user_in_500_teams_reads_the_switchers_21_not_all_500(app, make_user, login_as, admin_engine):
     """The analysed plans, as the app role, of the statement that loads the user (and of the statement
     inside `nyxcore_signed_in` that it calls): no scan of memberships or teams returns more rows than the
@@ -233,7 +210,12 @@ def test_a_page_of_a_user_in_500_teams_reads_the_switchers_21_not_all_500(app, m
     finally:
         event.remove(engine, "before_cursor_execute", record)
     [(loading, parameters)] = sent
-    nodes = _plans_as_app_role(app, admin_engine, crowd.user_id, loading, parameters)
+    # The analysed plans of the statement and of those inside `nyxcore_signed_in` (migration 0020).
+    documents = explained_plans(
+        admin_engine, app.config["NYXCORE_APP_ROLE"], loading, parameters,
+        context={"app.user_id": str(crowd.user_id)}, analyze=True,
+    )  # fmt: skip
+    nodes = [node for document in documents for node in _plan_nodes(document["Plan"])]
     read = {(n["Node Type"], n["Relation Name"], n["Actual Rows"]) for n in nodes if n.get("Relation Name") in ("tenants", "tenant_members")}
     assert read and max(rows for _, _, rows in read) <= SWITCHER_TEAMS + 1, json.dumps(nodes, indent=1)
 
