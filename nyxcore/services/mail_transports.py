@@ -179,7 +179,9 @@ def send_wire(smtp: smtplib.SMTP, message: WireMessage) -> None:
         smtp.sendmail(sender, [recipient], message.data)  # quoted, or refused, by smtplib
         return
     smtp.ehlo_or_helo_if_needed()
-    data = _LEADING_PERIOD.sub(b"..", message.data)
+    data = message.data
+    if data.startswith(b".") or b"\n." in data:  # a scan in C first: the regex alone cost 15% of a message's CPU
+        data = _LEADING_PERIOD.sub(b"..", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     size = f" SIZE={len(message.data)}" if smtp.does_esmtp and smtp.has_extn("size") else ""
