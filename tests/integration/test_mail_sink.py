@@ -46,6 +46,7 @@ def test_the_sinks_server_reads_each_message_as_aiosmtpd_does() -> None:
     the period transparency undone, lines that end with a period, a message larger than a read."""
     messages = [
         b"Subject: a\r\n\r\nHi.\r\n.hidden\r\n..two\r\n.\r\nend.",
+        b".a first line that begins with a period\r\n\r\nbody",
         b"Subject: only headers\r\n",
         b"x",
         b"Subject: long\r\n\r\n" + b"".join(b"line %d of a long message.\r\n" % n for n in range(5000)),
@@ -68,3 +69,41 @@ def test_the_sinks_server_reads_each_message_as_aiosmtpd_does() -> None:
     block_read, line_read = received
     assert block_read == line_read and len(block_read) == len(messages)
     assert block_read[0] == b"Subject: a\r\n\r\nHi.\r\n.hidden\r\n..two\r\n.\r\nend.\r\n"
+
+
+def test_the_sinks_server_parses_envelope_addresses_as_aiosmtpd_does() -> None:
+    """BlockReadingSMTP takes a plain `<local@domain>` without aiosmtpd's general parse; what it finds (the
+    address and the parameters after it) is what aiosmtpd finds, for those and for every other form."""
+    arguments = [
+        "<invitee-r1-0001@bench.example> SIZE=2345",
+        "<no-reply@localhost>",
+        " <a@b.example>",
+        "\t<a@b.example>  SIZE=1 BODY=8BITMIME",
+        "<A+B_c=d/e{f}@EX-ample.org>",
+        "<a@b.example>\t",
+        "<a@b.example>x",
+        "<a@b.example>(a comment) SIZE=1",
+        "<a@b.example> (a comment) SIZE=1",
+        "<a@b.example> \r\n SIZE=1",
+        "<a.b@c.example>",
+        "<a..b@c.example>",
+        "<.a@c.example>",
+        "<a.@c.example>",
+        '<"quoted local"@c.example>',
+        "<@route.example:a@b.example>",
+        "<a@[192.0.2.1]>",
+        "<a@b..example>",
+        "<a@b.example.>",
+        "<a@-b.example>",
+        "a@b.example",
+        "<>",
+        "",
+        "<" + "x" * 70 + "@b.example>",
+    ]
+    for limit in (0, 64):
+        ours, stock = BlockReadingSMTP(CollectingHandler()), SMTP(CollectingHandler())
+        ours.local_part_limit = stock.local_part_limit = limit  # a class attribute in aiosmtpd
+        for argument in arguments:
+            assert ours._getaddr(argument) == stock._getaddr(argument), (limit, argument)
+    assert ours._getaddr("<invitee-r1-0001@bench.example> SIZE=2345") == ("invitee-r1-0001@bench.example", "SIZE=2345")
+    assert ours._getaddr("<" + "x" * 70 + "@b.example>") == (None, None)  # over the local part's limit
