@@ -85,7 +85,8 @@ def all_my_teams() -> list[TenantMember]:
 
 def email_verified() -> bool:
     """Whether the signed-in user's address is verified (False when signed out)."""
-    return bool(current_user.is_authenticated and current_user.email_verified_at is not None)
+    user = current_user._get_current_object()  # one look-up through the proxy, not two
+    return bool(user.is_authenticated and user.email_verified_at is not None)
 
 
 def permits(needed: Operation) -> bool:
@@ -116,9 +117,9 @@ def bind_request_actor() -> None:
         # (its session protection hashes the address and browser, its remember-me reads cookies).
         login_manager._update_request_context_with_user()
         return
-    if not current_user.is_authenticated:
+    user: User = current_user._get_current_object()  # loads the user (load_user); then one look-up, not three
+    if not user.is_authenticated:
         return
-    user: User = current_user._get_current_object()
     request_g.setdefault(_STACK, ExitStack()).enter_context(tenancy.tenant_context(user_id=user.id))
     # Read with the user (load_user): the wanted team's membership, and the switcher's teams.
     signed_in: sessions.SignedIn = request_g.pop(_SIGNED_IN, None) or sessions.SignedIn(user, None, [])
@@ -133,7 +134,7 @@ def bind_request_actor() -> None:
     if membership is None:
         session.pop(ACTIVE_TENANT_KEY, None)
         return
-    activate_team(membership)
+    activate_team(membership, user)
 
 
 def tell_of_lost_team(tenant_id: uuid.UUID) -> bool:
@@ -150,18 +151,25 @@ def unbind_request_actor() -> None:
         stack.close()
 
 
-def activate_team(membership: TenantMember) -> None:
-    """Make `membership`'s team the active one for the rest of this request and for the session."""
-    changed = session.get(ACTIVE_TENANT_KEY) != str(membership.tenant_id)
+def activate_team(membership: TenantMember, user: User | None = None) -> None:
+    """Make `membership`'s team the active one for the rest of this request and for the session.
+
+    `user` is the signed-in user (the request hook has it at hand); by default, Flask-Login's.
+    """
+    request_g, flask_session = request_globals(), current_session()
+    tenant_id = str(membership.tenant_id)
+    changed = flask_session.get(ACTIVE_TENANT_KEY) != tenant_id
     if changed:
-        session[ACTIVE_TENANT_KEY] = str(membership.tenant_id)
-    g.actor = Actor(user=current_user._get_current_object(), membership=membership)
-    g.setdefault(_STACK, ExitStack()).enter_context(
+        flask_session[ACTIVE_TENANT_KEY] = tenant_id
+    actor = request_g.actor = Actor(
+        user=current_user._get_current_object() if user is None else user, membership=membership
+    )
+    request_g.setdefault(_STACK, ExitStack()).enter_context(
         tenancy.tenant_context(user_id=membership.user_id, tenant_id=membership.tenant_id)
     )
     if changed:  # kept for the next log in; written (in the new team's context) when the session's team
         # changes, not on every page: two browsers in two teams do not rewrite and lock the user's row
-        teams.remember_active(g.actor.user, membership.tenant_id)
+        teams.remember_active(actor.user, membership.tenant_id)
 
 
 @contextmanager
@@ -302,10 +310,12 @@ def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R
     def decorator(view: Callable[P, R]) -> Callable[P, R | Response]:
         @wraps(view)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R | Response:
-            if not current_user.is_authenticated:
+            # The Actor is made only for the signed-in user (bind_request_actor): with one, no need to
+            # ask Flask-Login again whether someone is signed in.
+            actor = current_actor()
+            if actor is None and not current_user.is_authenticated:
                 response: Response = login_manager.unauthorized()
                 return response
-            actor = current_actor()
             if actor is None:
                 flash("You are not in any team now: create one, or ask a team's admin for an invitation.", "info")  # nothing to commit
                 return redirect(url_for("teams.new"))

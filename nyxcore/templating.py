@@ -10,7 +10,7 @@ from flask import Flask, g, has_request_context, request, url_for
 from flask_login import current_user
 
 from nyxcore import authz, navigation, timezones
-from nyxcore.fixed_cost import current_request
+from nyxcore.fixed_cost import csrf_token_function, current_request
 from nyxcore.services import notices
 
 _SLOT = uuid.UUID(int=0)
@@ -78,6 +78,7 @@ def fixed_urls(app: Flask) -> Any:
 
 def init_app(app: Flask) -> None:
     app.jinja_env.globals["url_for"] = fixed_urls(app)
+    app.jinja_env.globals["csrf_token"] = csrf_token_function(app)  # in place of Flask-WTF's generate_csrf
 
     @app.context_processor
     def inject() -> dict[str, Any]:
