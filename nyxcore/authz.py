@@ -25,7 +25,7 @@ from werkzeug.wrappers.response import Response
 from nyxcore import tenancy
 from nyxcore.extensions import login_manager
 from nyxcore.fixed_cost import current_session, request_globals
-from nyxcore.models import AccountToken, TenantMember, User
+from nyxcore.models import AccountToken, Invitation, TenantMember, User
 from nyxcore.permissions import Operation, operation
 from nyxcore.roles import TenantRole
 from nyxcore.services import account_tokens, invitations, notices, sessions, teams
@@ -220,19 +220,22 @@ def acting_for_a_new_team(user_id: uuid.UUID) -> Iterator[uuid.UUID]:
 
 
 @contextmanager
-def presenting_invitation(token: str) -> Iterator[None]:
+def presenting_invitation(token: str) -> Iterator[Invitation]:
     """Act as the holder of a magic link: with the token's hash, in the invitation's team.
 
     The hash alone lets row-level security show the invitation (and name its team); the team's
     context then lets acceptance read the inviter's membership and write the new member's row.
-    An unknown or malformed token raises NotFound.
+    Yields the invitation so found (with its team and inviter), which the block passes on to
+    `invitations.acceptance`/`accept` instead of reading it again. An unknown or malformed token
+    raises NotFound.
     """
-    user_id = current_user.id if current_user.is_authenticated else None
+    user = current_user._get_current_object()
+    user_id = user.id if user.is_authenticated else None
     token_hash = invitations.hash_token(token)
     with acting_as(user_id, invite_token_hash=token_hash):
-        tenant_id = invitations.find_by_token(token).tenant_id
-    with acting_as(user_id, tenant_id=tenant_id, invite_token_hash=token_hash):
-        yield
+        invitation = invitations.find_by_token(token)
+    with acting_as(user_id, tenant_id=invitation.tenant_id, invite_token_hash=token_hash):
+        yield invitation
 
 
 @contextmanager
@@ -299,7 +302,7 @@ def sign_in(user: User, *, second_factor_proved: bool = False) -> None:
 
 def _session_tenant_id() -> uuid.UUID | None:
     try:
-        return uuid.UUID(session.get(ACTIVE_TENANT_KEY, ""))
+        return uuid.UUID(current_session().get(ACTIVE_TENANT_KEY, ""))
     except (TypeError, ValueError):
         return None
 
@@ -340,7 +343,8 @@ def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R
 @login_manager.user_loader  # type: ignore[untyped-decorator]
 def load_user(user_id: str) -> User | None:
     """The user of a live server-side session; a cookie alone (after log out, say) signs in no one."""
-    token = session.get(SESSION_TOKEN_KEY)
+    flask_session = current_session()  # every signed-in request runs this: the session looked up once
+    token = flask_session.get(SESSION_TOKEN_KEY)
     try:
         uid = uuid.UUID(user_id)
     except ValueError:
@@ -352,7 +356,7 @@ def load_user(user_id: str) -> User | None:
             uid, token, idle=current_app.config["SESSION_IDLE_TIMEOUT"], wanted_tenant_id=_session_tenant_id()
         )
     if signed_in is None:
-        session.clear()  # the session ended: drop what the cookie still carries
+        flask_session.clear()  # the session ended: drop what the cookie still carries
         return None
-    g.setdefault(_SIGNED_IN, signed_in)  # for bind_request_actor, this request
+    request_globals().setdefault(_SIGNED_IN, signed_in)  # for bind_request_actor, this request
     return signed_in.user
