@@ -85,8 +85,7 @@ def all_my_teams() -> list[TenantMember]:
 
 def email_verified() -> bool:
     """Whether the signed-in user's address is verified (False when signed out)."""
-    user = current_user._get_current_object()  # one look-up through the proxy, not two
-    return bool(user.is_authenticated and user.email_verified_at is not None)
+    return bool((user := current_user._get_current_object()).is_authenticated and user.email_verified_at is not None)
 
 
 def permits(needed: Operation) -> bool:
@@ -152,18 +151,12 @@ def unbind_request_actor() -> None:
 
 
 def activate_team(membership: TenantMember, user: User | None = None) -> None:
-    """Make `membership`'s team the active one for the rest of this request and for the session.
-
-    `user` is the signed-in user (the request hook has it at hand); by default, Flask-Login's.
-    """
-    request_g, flask_session = request_globals(), current_session()
-    tenant_id = str(membership.tenant_id)
-    changed = flask_session.get(ACTIVE_TENANT_KEY) != tenant_id
-    if changed:
+    """Make `membership`'s team the active one for this request and the session (`user`: the signed-in one)."""
+    request_g, flask_session, tenant_id = request_globals(), current_session(), str(membership.tenant_id)
+    if changed := flask_session.get(ACTIVE_TENANT_KEY) != tenant_id:
         flask_session[ACTIVE_TENANT_KEY] = tenant_id
-    actor = request_g.actor = Actor(
-        user=current_user._get_current_object() if user is None else user, membership=membership
-    )
+    signed_in_user = current_user._get_current_object() if user is None else user
+    actor = request_g.actor = Actor(user=signed_in_user, membership=membership)
     request_g.setdefault(_STACK, ExitStack()).enter_context(
         tenancy.tenant_context(user_id=membership.user_id, tenant_id=membership.tenant_id)
     )
@@ -225,12 +218,10 @@ def presenting_invitation(token: str) -> Iterator[Invitation]:
 
     The hash alone lets row-level security show the invitation (and name its team); the team's
     context then lets acceptance read the inviter's membership and write the new member's row.
-    Yields the invitation so found (with its team and inviter), which the block passes on to
-    `invitations.acceptance`/`accept` instead of reading it again. An unknown or malformed token
-    raises NotFound.
+    Yields the invitation (for `invitations.acceptance`/`accept`, not to read it twice); an unknown
+    or malformed token raises NotFound.
     """
-    user = current_user._get_current_object()
-    user_id = user.id if user.is_authenticated else None
+    user_id = current_user.id if current_user.is_authenticated else None
     token_hash = invitations.hash_token(token)
     with acting_as(user_id, invite_token_hash=token_hash):
         invitation = invitations.find_by_token(token)
@@ -313,9 +304,7 @@ def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R
     def decorator(view: Callable[P, R]) -> Callable[P, R | Response]:
         @wraps(view)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R | Response:
-            # The Actor is made only for the signed-in user (bind_request_actor): with one, no need to
-            # ask Flask-Login again whether someone is signed in.
-            actor = current_actor()
+            actor = current_actor()  # made only for a signed-in user: with one, Flask-Login need not be asked
             if actor is None and not current_user.is_authenticated:
                 response: Response = login_manager.unauthorized()
                 return response
@@ -343,8 +332,7 @@ def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R
 @login_manager.user_loader  # type: ignore[untyped-decorator]
 def load_user(user_id: str) -> User | None:
     """The user of a live server-side session; a cookie alone (after log out, say) signs in no one."""
-    flask_session = current_session()  # every signed-in request runs this: the session looked up once
-    token = flask_session.get(SESSION_TOKEN_KEY)
+    token = current_session().get(SESSION_TOKEN_KEY)
     try:
         uid = uuid.UUID(user_id)
     except ValueError:
@@ -356,7 +344,7 @@ def load_user(user_id: str) -> User | None:
             uid, token, idle=current_app.config["SESSION_IDLE_TIMEOUT"], wanted_tenant_id=_session_tenant_id()
         )
     if signed_in is None:
-        flask_session.clear()  # the session ended: drop what the cookie still carries
+        session.clear()  # the session ended: drop what the cookie still carries
         return None
     request_globals().setdefault(_SIGNED_IN, signed_in)  # for bind_request_actor, this request
     return signed_in.user
