@@ -25,7 +25,7 @@ from werkzeug.wrappers.response import Response
 from nyxcore import tenancy
 from nyxcore.extensions import login_manager
 from nyxcore.fixed_cost import current_session, request_globals
-from nyxcore.models import AccountToken, TenantMember, User
+from nyxcore.models import AccountToken, Invitation, TenantMember, User
 from nyxcore.permissions import Operation, operation
 from nyxcore.roles import TenantRole
 from nyxcore.services import account_tokens, invitations, notices, sessions, teams
@@ -85,7 +85,7 @@ def all_my_teams() -> list[TenantMember]:
 
 def email_verified() -> bool:
     """Whether the signed-in user's address is verified (False when signed out)."""
-    return bool(current_user.is_authenticated and current_user.email_verified_at is not None)
+    return bool((user := current_user._get_current_object()).is_authenticated and user.email_verified_at is not None)
 
 
 def permits(needed: Operation) -> bool:
@@ -116,9 +116,9 @@ def bind_request_actor() -> None:
         # (its session protection hashes the address and browser, its remember-me reads cookies).
         login_manager._update_request_context_with_user()
         return
-    if not current_user.is_authenticated:
+    user: User = current_user._get_current_object()  # loads the user (load_user); then one look-up, not three
+    if not user.is_authenticated:
         return
-    user: User = current_user._get_current_object()
     request_g.setdefault(_STACK, ExitStack()).enter_context(tenancy.tenant_context(user_id=user.id))
     # Read with the user (load_user): the wanted team's membership, and the switcher's teams.
     signed_in: sessions.SignedIn = request_g.pop(_SIGNED_IN, None) or sessions.SignedIn(user, None, [])
@@ -133,7 +133,7 @@ def bind_request_actor() -> None:
     if membership is None:
         session.pop(ACTIVE_TENANT_KEY, None)
         return
-    activate_team(membership)
+    activate_team(membership, user)
 
 
 def tell_of_lost_team(tenant_id: uuid.UUID) -> bool:
@@ -150,18 +150,19 @@ def unbind_request_actor() -> None:
         stack.close()
 
 
-def activate_team(membership: TenantMember) -> None:
-    """Make `membership`'s team the active one for the rest of this request and for the session."""
-    changed = session.get(ACTIVE_TENANT_KEY) != str(membership.tenant_id)
-    if changed:
-        session[ACTIVE_TENANT_KEY] = str(membership.tenant_id)
-    g.actor = Actor(user=current_user._get_current_object(), membership=membership)
-    g.setdefault(_STACK, ExitStack()).enter_context(
+def activate_team(membership: TenantMember, user: User | None = None) -> None:
+    """Make `membership`'s team the active one for this request and the session (`user`: the signed-in one)."""
+    request_g, flask_session, tenant_id = request_globals(), current_session(), str(membership.tenant_id)
+    if changed := flask_session.get(ACTIVE_TENANT_KEY) != tenant_id:
+        flask_session[ACTIVE_TENANT_KEY] = tenant_id
+    signed_in_user = current_user._get_current_object() if user is None else user
+    actor = request_g.actor = Actor(user=signed_in_user, membership=membership)
+    request_g.setdefault(_STACK, ExitStack()).enter_context(
         tenancy.tenant_context(user_id=membership.user_id, tenant_id=membership.tenant_id)
     )
     if changed:  # kept for the next log in; written (in the new team's context) when the session's team
         # changes, not on every page: two browsers in two teams do not rewrite and lock the user's row
-        teams.remember_active(g.actor.user, membership.tenant_id)
+        teams.remember_active(actor.user, membership.tenant_id)
 
 
 @contextmanager
@@ -212,19 +213,20 @@ def acting_for_a_new_team(user_id: uuid.UUID) -> Iterator[uuid.UUID]:
 
 
 @contextmanager
-def presenting_invitation(token: str) -> Iterator[None]:
+def presenting_invitation(token: str) -> Iterator[Invitation]:
     """Act as the holder of a magic link: with the token's hash, in the invitation's team.
 
     The hash alone lets row-level security show the invitation (and name its team); the team's
     context then lets acceptance read the inviter's membership and write the new member's row.
-    An unknown or malformed token raises NotFound.
+    Yields the invitation (for `invitations.acceptance`/`accept`, not to read it twice); an unknown
+    or malformed token raises NotFound.
     """
     user_id = current_user.id if current_user.is_authenticated else None
     token_hash = invitations.hash_token(token)
     with acting_as(user_id, invite_token_hash=token_hash):
-        tenant_id = invitations.find_by_token(token).tenant_id
-    with acting_as(user_id, tenant_id=tenant_id, invite_token_hash=token_hash):
-        yield
+        invitation = invitations.find_by_token(token)
+    with acting_as(user_id, tenant_id=invitation.tenant_id, invite_token_hash=token_hash):
+        yield invitation
 
 
 @contextmanager
@@ -291,7 +293,7 @@ def sign_in(user: User, *, second_factor_proved: bool = False) -> None:
 
 def _session_tenant_id() -> uuid.UUID | None:
     try:
-        return uuid.UUID(session.get(ACTIVE_TENANT_KEY, ""))
+        return uuid.UUID(current_session().get(ACTIVE_TENANT_KEY, ""))
     except (TypeError, ValueError):
         return None
 
@@ -302,10 +304,10 @@ def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R
     def decorator(view: Callable[P, R]) -> Callable[P, R | Response]:
         @wraps(view)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R | Response:
-            if not current_user.is_authenticated:
+            actor = current_actor()  # made only for a signed-in user: with one, Flask-Login need not be asked
+            if actor is None and not current_user.is_authenticated:
                 response: Response = login_manager.unauthorized()
                 return response
-            actor = current_actor()
             if actor is None:
                 flash("You are not in any team now: create one, or ask a team's admin for an invitation.", "info")  # nothing to commit
                 return redirect(url_for("teams.new"))
@@ -330,7 +332,7 @@ def role_required(needed: Operation) -> Callable[[Callable[P, R]], Callable[P, R
 @login_manager.user_loader  # type: ignore[untyped-decorator]
 def load_user(user_id: str) -> User | None:
     """The user of a live server-side session; a cookie alone (after log out, say) signs in no one."""
-    token = session.get(SESSION_TOKEN_KEY)
+    token = current_session().get(SESSION_TOKEN_KEY)
     try:
         uid = uuid.UUID(user_id)
     except ValueError:
@@ -344,5 +346,5 @@ def load_user(user_id: str) -> User | None:
     if signed_in is None:
         session.clear()  # the session ended: drop what the cookie still carries
         return None
-    g.setdefault(_SIGNED_IN, signed_in)  # for bind_request_actor, this request
+    request_globals().setdefault(_SIGNED_IN, signed_in)  # for bind_request_actor, this request
     return signed_in.user

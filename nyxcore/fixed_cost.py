@@ -10,6 +10,8 @@ something to do; what they do then is unchanged. (Flask-Limiter's hooks are trim
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -70,8 +72,13 @@ class CookieSessions(SecureCookieSessionInterface):
         return super().open_session(app, request)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        """Flask's, without working out seven cookie settings for an empty session that has nothing to write."""
-        if not session and not session.modified:
+        """Flask's, without working out seven cookie settings for a session that has nothing to write.
+
+        Nothing to write: an empty session not emptied by this request, or a session this request did
+        not change when the cookie is not re-signed on every request (SESSION_REFRESH_EACH_REQUEST off,
+        as NyxCore sets it: a signed-in page then sends no Set-Cookie, as in Flask's own `save_session`).
+        """
+        if not session.modified and (not session or not self.should_set_cookie(app, session)):
             if session.accessed:  # as Flask does: the answer depends on the cookie
                 _vary_on_cookie(response)
             return
@@ -119,13 +126,56 @@ def _csrf_when_checked(app: Flask, hook: Callable[[], Any]) -> Any:
 
 
 def _remember_when_possible(app: Flask, hook: Any) -> Any:
-    """Flask-Login's after_request hook, called only when the session holds something or the
-    remember-me cookie is refreshed on every request: it acts on a `_remember` key in the session."""
+    """Flask-Login's after_request hook, called only when the session holds its `_remember` key or the
+    remember-me cookie is refreshed on every request: without either it does nothing."""
 
     def update_remember_cookie(response: Response) -> Any:
-        if current_session() or app.config.get("REMEMBER_COOKIE_REFRESH_EACH_REQUEST"):
+        if "_remember" in current_session() or app.config.get("REMEMBER_COOKIE_REFRESH_EACH_REQUEST"):
             return hook(response)
         return response
 
     update_remember_cookie.__wrapped__ = hook  # type: ignore[attr-defined]
     return update_remember_cookie
+
+
+def csrf_token_function(app: Flask) -> Callable[[], str]:
+    """The templates' `csrf_token()`: Flask-WTF's `generate_csrf()`, with its signing serializer made once.
+
+    `generate_csrf` builds a URLSafeTimedSerializer on every request (itsdangerous test-serializes
+    `{}` to make one) and reads its settings through Flask's context proxies. This does the same
+    thing with one serializer per secret key: the same salt and key, so the same signed token of
+    the same per-session random value (made, as there, the first time a session needs one), kept in
+    `g` under the same name, so that a form's hidden field (Flask-WTF's own `generate_csrf`) and
+    this give one token per request. Checking a posted token is Flask-WTF's, unchanged.
+    """
+    serializers: dict[str | bytes, URLSafeTimedSerializer] = {}
+
+    def csrf_token() -> str:
+        config = app.config
+        field_name = config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+        if field_name is None:
+            raise RuntimeError("A field name is required to use CSRF.")
+        request_g = request_globals()
+        token: str | None = request_g.get(field_name)
+        if token is not None:
+            return token
+        secret_key = config.get("WTF_CSRF_SECRET_KEY", app.secret_key)
+        if secret_key is None:
+            raise RuntimeError("A secret key is required to use CSRF.")
+        serializer = serializers.get(secret_key)
+        if serializer is None:
+            if len(serializers) >= 8:  # keys rotated many times in one process (tests): start again
+                serializers.clear()
+            serializer = serializers[secret_key] = URLSafeTimedSerializer(secret_key, salt="wtf-csrf-token")
+        session_ = current_session()
+        if field_name not in session_:
+            session_[field_name] = hashlib.sha1(os.urandom(64)).hexdigest()  # noqa: S324 (Flask-WTF's own)
+        try:
+            token = str(serializer.dumps(session_[field_name]))
+        except TypeError:  # as Flask-WTF: a value it cannot sign is replaced
+            session_[field_name] = hashlib.sha1(os.urandom(64)).hexdigest()  # noqa: S324
+            token = str(serializer.dumps(session_[field_name]))
+        setattr(request_g, field_name, token)
+        return token
+
+    return csrf_token

@@ -47,13 +47,15 @@ def visible_entries() -> list[NavEntry]:
     The role and the address's verification are asked once for the bar (what `authz.permits` asks for
     each operation), not once per entry: every signed-in page draws the bar.
     """
-    app = current_app
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]  # once, not per entry
     entries: list[NavEntry] = app.extensions.get(_EXTENSION, [])
     role, verified = authz.current_role(), authz.email_verified()
+    views = app.view_functions
     return [
         entry
         for entry in entries
-        if (needed := required_operation(app, entry.endpoint)) is None or needed.permits(role, email_verified=verified)
+        if (needed := getattr(views[entry.endpoint], "operation", None)) is None
+        or needed.permits(role, email_verified=verified)
     ]
 
 

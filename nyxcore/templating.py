@@ -10,7 +10,7 @@ from flask import Flask, g, has_request_context, request, url_for
 from flask_login import current_user
 
 from nyxcore import authz, navigation, timezones
-from nyxcore.fixed_cost import current_request
+from nyxcore.fixed_cost import csrf_token_function, current_request
 from nyxcore.services import notices
 
 _SLOT = uuid.UUID(int=0)
@@ -76,8 +76,18 @@ def fixed_urls(app: Flask) -> Any:
     return url_for_template
 
 
+def _is_flask_wtfs_csrf_processor(processor: Any) -> bool:
+    """Flask-WTF's context processor: a lambda of flask_wtf.csrf offering csrf_token and csrf_meta_tag."""
+    return getattr(processor, "__module__", "") == "flask_wtf.csrf" and processor.__name__ == "<lambda>"
+
+
 def init_app(app: Flask) -> None:
     app.jinja_env.globals["url_for"] = fixed_urls(app)
+    # In place of Flask-WTF's generate_csrf, which it offers twice: as a global and from a context
+    # processor (whose value would win over the global); the processor goes, the global is ours.
+    app.jinja_env.globals["csrf_token"] = csrf_token_function(app)
+    processors = app.template_context_processors.setdefault(None, [])
+    processors[:] = [each for each in processors if not _is_flask_wtfs_csrf_processor(each)]
 
     @app.context_processor
     def inject() -> dict[str, Any]:

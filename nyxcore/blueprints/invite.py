@@ -177,8 +177,8 @@ def revoke(invitation_id: uuid.UUID) -> ResponseReturnValue:
 def show(token: str) -> tuple[str, int]:
     """The invitation: team, inviter and role, and what the visitor can do. Never consumes it."""
     user = current_user if current_user.is_authenticated else None
-    with authz.presenting_invitation(token):
-        acceptance = invitations.acceptance(token, user)
+    with authz.presenting_invitation(token) as found:
+        acceptance = invitations.acceptance(token, user, found=found)
     invitation = acceptance.invitation
     wrong = acceptance.standing is Standing.WRONG_ACCOUNT
     here = url_for("invite.show", token=token)
@@ -202,12 +202,12 @@ def accept(token: str) -> Response:
     """Accept the invitation as the signed-in user, then make its team the active one."""
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    with authz.presenting_invitation(token):
+    with authz.presenting_invitation(token) as found:
         if not current_user.is_authenticated:
-            invitations.acceptance(token, None)  # unknown or dead links answer 404/410 before any login
+            invitations.acceptance(token, None, found=found)  # unknown or dead links: 404/410 before any login
             response: Response = login_manager.unauthorized()
             return response
-        accepted = invitations.accept(token, current_user)
+        accepted = invitations.accept(token, current_user, found=found)
     authz.activate_team(accepted.membership)
     team = accepted.membership.tenant.name
     if accepted.joined:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,8 @@ from nyxcore.database import configure_engine
 from nyxcore.extensions import db, limiter, login_manager
 from nyxcore.models import Note
 from nyxcore.roles import TenantRole
+from nyxcore.services.invitations import tokens as invitation_tokens
+from tests.conftest import csrf_from
 from tests.helpers import count
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -314,3 +318,85 @@ def test_csrf_is_still_checked_on_every_unsafe_method_not_only_post(app, anonymo
     assert anonymous.get("/unsafe-probe").status_code == 200
     for method in ("PUT", "PATCH", "DELETE"):
         assert anonymous.open("/unsafe-probe", method=method).status_code == 400, method
+
+
+# --- what every signed-in page pays (issue 15, the layout) ---------------------------------------
+
+
+def _layout_token(page: str) -> str:
+    """The CSRF token the layout's log-out form carries (the templates' csrf_token())."""
+    match = re.search(r'action="/auth/logout">\s*<input type="hidden" name="csrf_token" value="([^"]+)"', page)
+    assert match, "no log-out form in the layout"
+    return match.group(1)
+
+
+def test_the_layouts_csrf_token_is_flask_wtfs_and_a_bad_or_missing_one_is_still_refused(as_member, make_client):
+    from flask_wtf.csrf import validate_csrf
+
+    page = as_member.get("/notes/").get_data(as_text=True)
+    token = _layout_token(page)
+    assert token == csrf_from(page)  # the layout's and the page form's: one token per request
+    with as_member.session_transaction() as stored:
+        raw = stored["csrf_token"]
+    with as_member.application.test_request_context():
+        session["csrf_token"] = raw
+        validate_csrf(token)  # Flask-WTF's own check, against this session's value: no exception
+    assert as_member.post("/auth/logout", data={"csrf_token": token[:-2] + "xx"}).status_code == 400  # tampered
+    assert as_member.post("/auth/logout", data={}).status_code == 400  # missing
+    other = make_client()
+    other.get("/auth/login")  # a session of its own, with its own secret value
+    assert other.post("/auth/logout", data={"csrf_token": token}).status_code == 400  # another session's
+    assert as_member.post("/auth/logout", data={"csrf_token": token}).status_code == 302  # the page's own
+    assert as_member.get("/notes/").status_code == 302  # and it did log out
+
+
+@pytest.mark.own_app  # a fresh app: its csrf_token() has made no serializer yet
+def test_the_csrf_serializer_is_made_once_and_each_session_still_gets_its_own_token(as_member, as_viewer, monkeypatch):
+    from flask_wtf import csrf as flask_wtf_csrf
+
+    from nyxcore import fixed_cost
+
+    made: list[str] = []
+    ours, theirs = fixed_cost.URLSafeTimedSerializer, flask_wtf_csrf.URLSafeTimedSerializer
+    monkeypatch.setattr(fixed_cost, "URLSafeTimedSerializer", lambda *a, **k: made.append("ours") or ours(*a, **k))
+    monkeypatch.setattr(
+        flask_wtf_csrf, "URLSafeTimedSerializer", lambda *a, **k: made.append("flask-wtf's") or theirs(*a, **k)
+    )
+    tokens = [_layout_token(as_member.get("/notes/").get_data(as_text=True)) for _ in range(3)]
+    other_token = _layout_token(as_viewer.get("/notes/").get_data(as_text=True))
+    # A page whose view builds no form (a FlaskForm makes its token as it is built, through Flask-WTF):
+    # the layout makes the token, with our serializer, made once for all sessions.
+    assert made == ["ours"]
+    assert other_token.split(".")[0] != tokens[0].split(".")[0]  # each session signs its own value
+    assert len({t.split(".")[0] for t in tokens}) == 1  # one session: the same value, signed afresh
+
+
+def test_an_unchanged_signed_in_session_sends_no_cookie_and_still_varies_on_it(as_member):
+    as_member.get("/notes/")  # the first page may note the active team in the cookie
+    page = as_member.get("/notes/")
+    assert page.status_code == 200
+    assert "Set-Cookie" not in page.headers
+    assert page.headers.get_all("Vary") == ["Cookie"]
+
+
+@pytest.mark.committed
+def test_the_magic_link_page_reads_its_invitation_once(app, team, anonymous, admin_engine):
+    token = invitation_tokens.new_token()
+    with admin_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO invitations (id, tenant_id, token_hash, email, role, invited_by, created_at, expires_at) "
+                "VALUES (:id, :t, :h, 'once@example.com', 'member', :by, now(), now() + interval '7 days')"
+            ),
+            {
+                "id": uuid.uuid4(),
+                "t": team.id,
+                "h": invitation_tokens.hash_token(token),
+                "by": team.accounts[TenantRole.ADMIN].user_id,
+            },
+        )
+    sent = _statements_sent(app, anonymous, f"/invite/{token}")
+    assert len([s for s in sent if re.search(r"\bFROM invitations\b", s)]) == 1, sent
+    shown = anonymous.get(f"/invite/{token}")
+    assert shown.status_code == 200 and "Join " in shown.get_data(as_text=True)
+    assert anonymous.get(f"/invite/{invitation_tokens.new_token()}").status_code == 404  # an unknown link

@@ -28,7 +28,7 @@ from nyxcore.services.invitations.display import (
     wrong_account_message,
 )
 from nyxcore.services.invitations.states import InvitationState, state_of
-from nyxcore.services.invitations.tokens import find_by_token
+from nyxcore.services.invitations.tokens import find_by_token, hash_token
 
 
 class Standing(StrEnum):
@@ -84,13 +84,15 @@ def _addressed_to(invitation: Invitation, user: User) -> bool:
     return accounts.normalise_email(user.email) == accounts.normalise_email(invitation.email)
 
 
-def acceptance(token: str, user: User | None) -> Acceptance:
+def acceptance(token: str, user: User | None, *, found: Invitation | None = None) -> Acceptance:
     """What the visitor of a magic link may do; changes nothing (mail scanners follow links).
 
     Raises NotFound (unknown token) or Gone (used, revoked, replaced, expired, or its inviter may no
     longer grant its role; the message says which), except that someone who already accepted it is told they are a member.
+    `found`: the invitation this request already looked `token` up as (authz.presenting_invitation
+    does, to enter its team), so as not to read it again (the ORM would hand back that same object).
     """
-    invitation = find_by_token(token)
+    invitation = found if found is not None and found.token_hash == hash_token(token) else find_by_token(token)
     state = state_of(invitation)
     if state is InvitationState.OPEN and not _inviter_may_grant(invitation, lock=False):
         state = InvitationState.INVITER_LOST_ROLE
@@ -112,7 +114,7 @@ def acceptance(token: str, user: User | None) -> Acceptance:
     return Acceptance(invitation, Standing.READY)
 
 
-def accept(token: str, user: User) -> Accepted:
+def accept(token: str, user: User, *, found: Invitation | None = None) -> Accepted:
     """Consume the invitation and make `user` a member of its team, atomically.
 
     Raises NotFound (unknown token), Gone (used, revoked, replaced, expired, its inviter may no
@@ -120,7 +122,7 @@ def accept(token: str, user: User) -> Accepted:
     A user who is already a member gets their membership back with `joined=False`, and the
     invitation stays open.
     """
-    result = acceptance(token, user)
+    result = acceptance(token, user, found=found)
     invitation = result.invitation
     if result.standing is Standing.WRONG_ACCOUNT:
         raise WrongAccount(wrong_account_message(invitation, user))
