@@ -57,15 +57,20 @@ class InviteForm(FlaskForm):  # type: ignore[misc]
 
 
 def pending_invitations(
-    actor: Actor, *, page: int, per_page: int = invitations.PER_PAGE
+    actor: Actor, *, page: int, per_page: int = invitations.PER_PAGE, read: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """What templates/invite/_pending.html needs: a page of open invitations and how to show them.
 
     Each row carries its delivery and where it stands; who may manage which role, and the rows'
     URLs, are worked out once for the page (from this request's actor: nothing outlives it).
+    `read`: the first page's rows, already read with the team page's member list (MemberPage.pending).
     """
+    if read is not None and page == 1:
+        listed = invitations.pending_from_json(read, per_page)
+    else:
+        listed = invitations.list_pending(actor, page=page, per_page=per_page)
     return {
-        "pending": invitations.list_pending(actor, page=page, per_page=per_page),
+        "pending": listed,
         "lifecycle": invitations.lifecycle,  # the closed list's rows (ORM invitations)
         "manageable": frozenset(role for role in TenantRole if can_manage_role(actor.role, role, role)),
         "renew_url": url_pattern("invite.renew", "invitation_id"),
