@@ -44,12 +44,12 @@ from nyxcore.services.invitations.issuing import (
     PER_PAGE,
     invite_many,
     list_pending,
-    pending_from_json,
     renew,
     resend,
     revocable,
     revoke,
 )
+from nyxcore.services.invitations.pending_json import pending_from_json
 from nyxcore.services.invitations.reminding import REMINDER_LEAD, DueReminder, due_reminders, remind
 from nyxcore.services.invitations.signing_up import sign_up_and_accept
 from nyxcore.services.invitations.states import (

@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from types import SimpleNamespace
 from typing import Any
 
 from flask import current_app
@@ -234,7 +233,7 @@ def list_pending(actor: Actor, *, page: int, per_page: int = PER_PAGE) -> Page[P
     params = {"tenant_id": actor.tenant_id, "limit": per_page, "offset": offset}
     if db.session.get_bind().dialect.name == "postgresql":
         rows = db.session.execute(_PENDING_PAGE, params).all()
-        items = [_pending_row(row) for row in rows]
+        items = [pending_row(row) for row in rows]
         total = rows[0].total if rows else 0
     else:
         found = db.session.execute(
@@ -252,20 +251,8 @@ def list_pending(actor: Actor, *, page: int, per_page: int = PER_PAGE) -> Page[P
     return Page(items, page, per_page, total)
 
 
-_MOMENTS = ("expires_at", "reminded_at", "queued_at", "sent_at", "retry_at")
-
-
-def pending_from_json(rows: list[dict[str, Any]], per_page: int) -> Page[PendingInvitation]:
-    """`list_pending`'s first page from `nyxcore_pending_invitations`' rows as JSON objects: the member
-    list reads them in its own statement on the team page (services/member_list.py), one round trip fewer."""
-    items = []
-    for row in rows:
-        moments = {name: datetime.fromisoformat(row[name]) if row[name] else None for name in _MOMENTS}
-        items.append(_pending_row(SimpleNamespace(**{**row, **moments, "id": uuid.UUID(row["id"])})))
-    return Page(items, 1, per_page, rows[0]["total"] if rows else 0)
-
-
-def _pending_row(row: Any) -> PendingInvitation:
+def pending_row(row: Any) -> PendingInvitation:
+    """A row of nyxcore_pending_invitations (attributes by column name) as the pending list shows it."""
     outbox = None
     if row.queued:
         outbox = display.OutboxState(
