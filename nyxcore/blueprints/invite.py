@@ -23,6 +23,7 @@ from wtforms.validators import AnyOf, DataRequired, Length
 
 from nyxcore import authz
 from nyxcore.authz import acting, role_required
+from nyxcore.blueprints.pending_rows import pending_rows
 from nyxcore.confirmation import Confirmation, back_on_failure, confirm_page, is_confirmed
 from nyxcore.errors import DomainError
 from nyxcore.extensions import configured_limit, limiter, login_manager
@@ -69,13 +70,17 @@ def pending_invitations(
         listed = invitations.pending_from_json(read, per_page)
     else:
         listed = invitations.list_pending(actor, page=page, per_page=per_page)
+    rows = pending_rows(
+        listed.items,
+        manageable=frozenset(role for role in TenantRole if can_manage_role(actor.role, role, role)),
+        renew_url=url_pattern("invite.renew", "invitation_id"),
+        resend_url=url_pattern("invite.resend", "invitation_id"),
+        revoke_url=url_pattern("invite.revoke", "invitation_id"),
+    )
     return {
         "pending": listed,
+        "pending_rows": rows,  # blueprints/pending_rows.py
         "lifecycle": invitations.lifecycle,  # the closed list's rows (ORM invitations)
-        "manageable": frozenset(role for role in TenantRole if can_manage_role(actor.role, role, role)),
-        "renew_url": url_pattern("invite.renew", "invitation_id"),
-        "resend_url": url_pattern("invite.resend", "invitation_id"),
-        "revoke_url": url_pattern("invite.revoke", "invitation_id"),
         "max_attempts": mail.MAX_ATTEMPTS,
     }
 

@@ -37,7 +37,7 @@ _TWO_FACTOR = {
 _SPECIAL = re.compile(r"[&<>'\"]")
 
 
-def _text(value: str) -> str:
+def text_of(value: str) -> str:
     """`value` escaped for HTML as markupsafe's `escape` does it (the same five entities), as a plain string.
 
     Most names and addresses need nothing: one search, and no Markup object per value (a row has
@@ -113,7 +113,7 @@ class RowParts:
 def member_rows(members: Iterable[MemberRow], parts: RowParts) -> Markup:
     """The <tr>s of the member table, one per member, in the order given.
 
-    Safe as markup: every text filled in is escaped on the way (`_text`); the rest is a UUID, a
+    Safe as markup: every text filled in is escaped on the way (`text_of`); the rest is a UUID, a
     date, a time formatted from digits, or fixed markup.
     """
     return Markup("".join([_row(member, parts) for member in members]))  # noqa: S704 (escaped in _row)
@@ -121,9 +121,9 @@ def member_rows(members: Iterable[MemberRow], parts: RowParts) -> Markup:
 
 def _row(m: MemberRow, parts: RowParts) -> str:
     # f-strings rather than str.format with names: a row is about twenty pieces, joined in one step.
-    name = _text(m.name)
+    name = text_of(m.name)
     me = m.id == parts.me
-    until = f' <span class="badge">until {_text(last_day(m.ends_at))}</span>' if m.ends_at else ""
+    until = f' <span class="badge">until {text_of(last_day(m.ends_at))}</span>' if m.ends_at else ""
     two_factor = _TWO_FACTOR[m.two_factor] if parts.show_two_factor else ""
     actions = ""
     if parts.show_actions:
@@ -131,10 +131,10 @@ def _row(m: MemberRow, parts: RowParts) -> str:
         actions = f'<td data-label="Actions">{_actions(m, name, parts) if manages else ""}</td>\n'
     return (
         f'<tr>\n<td data-label="Name">{name}{_YOU if me else ""}</td>\n'
-        f'<td data-label="Email">{_text(m.email)}</td>\n'
+        f'<td data-label="Email">{text_of(m.email)}</td>\n'
         f'<td data-label="Role">{parts.role_labels[m.role]}{until}</td>\n'
         f'<td data-label="Joined">{format_time(m.joined_at)}</td>\n'
-        f'<td data-label="Invited by">{_text(m.inviter_name) if m.inviter_name else ""}</td>\n'
+        f'<td data-label="Invited by">{text_of(m.inviter_name) if m.inviter_name else ""}</td>\n'
         f"{two_factor}{actions}</tr>\n"
     )
 

@@ -168,3 +168,18 @@ def test_the_team_page_reads_its_pending_invitations_without_a_round_trip_of_the
     (reading,) = [statement for statement in sent if "nyxcore_pending_invitations(" in statement]
     assert "nyxcore_member_page(" in reading  # one statement: the members, the seats and the invitations
     assert "newcomer@example.com" in admin.get("/team/").get_data(as_text=True)
+
+
+def test_the_pending_rows_escape_addresses_and_keep_their_forms(team, admin_engine, as_owner):
+    """The invitations' rows are filled in outside Jinja's autoescape too (blueprints/pending_rows.py)."""
+    owner = team.accounts[O]
+    _invite(admin_engine, team.id, owner.user_id, '<b>"x"&y@example.com')
+    expired = _invite(admin_engine, team.id, owner.user_id, "late@example.com")
+    with admin_engine.begin() as conn:
+        conn.execute(text("UPDATE invitations SET expires_at = now() - interval '1 hour' WHERE id = :i"), {"i": expired})
+    page = as_owner.get("/team/").get_data(as_text=True)
+    assert "<b>" not in page and page.count("&lt;b&gt;&#34;x&#34;&amp;y@example.com") == 3  # its cell and two labels
+    row = re.search(rf'<tr id="invitation-{expired}">.*?</tr>', page, re.S)
+    assert row is not None and '<span class="badge bad">Expired</span>' in row.group(0)
+    assert f'action="/team/invitations/{expired}/renew"' in row.group(0) and row.group(0).count('name="csrf_token"') == 1
+    assert len(re.findall(r"<td[^>]*>", row.group(0))) == 6
