@@ -23,6 +23,7 @@ from wtforms.validators import AnyOf, DataRequired, Length
 
 from nyxcore import authz
 from nyxcore.authz import acting, role_required
+from nyxcore.blueprints.pending_rows import pending_rows
 from nyxcore.confirmation import Confirmation, back_on_failure, confirm_page, is_confirmed
 from nyxcore.errors import DomainError
 from nyxcore.extensions import configured_limit, limiter, login_manager
@@ -57,20 +58,29 @@ class InviteForm(FlaskForm):  # type: ignore[misc]
 
 
 def pending_invitations(
-    actor: Actor, *, page: int, per_page: int = invitations.PER_PAGE
+    actor: Actor, *, page: int, per_page: int = invitations.PER_PAGE, read: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """What templates/invite/_pending.html needs: a page of open invitations and how to show them.
 
     Each row carries its delivery and where it stands; who may manage which role, and the rows'
     URLs, are worked out once for the page (from this request's actor: nothing outlives it).
+    `read`: the first page's rows, already read with the team page's member list (MemberPage.pending).
     """
+    if read is not None and page == 1:
+        listed = invitations.pending_from_json(read, per_page)
+    else:
+        listed = invitations.list_pending(actor, page=page, per_page=per_page)
+    rows = pending_rows(
+        listed.items,
+        manageable=frozenset(role for role in TenantRole if can_manage_role(actor.role, role, role)),
+        renew_url=url_pattern("invite.renew", "invitation_id"),
+        resend_url=url_pattern("invite.resend", "invitation_id"),
+        revoke_url=url_pattern("invite.revoke", "invitation_id"),
+    )
     return {
-        "pending": invitations.list_pending(actor, page=page, per_page=per_page),
+        "pending": listed,
+        "pending_rows": rows,  # blueprints/pending_rows.py
         "lifecycle": invitations.lifecycle,  # the closed list's rows (ORM invitations)
-        "manageable": frozenset(role for role in TenantRole if can_manage_role(actor.role, role, role)),
-        "renew_url": url_pattern("invite.renew", "invitation_id"),
-        "resend_url": url_pattern("invite.resend", "invitation_id"),
-        "revoke_url": url_pattern("invite.revoke", "invitation_id"),
         "max_attempts": mail.MAX_ATTEMPTS,
     }
 

@@ -35,6 +35,7 @@ NAV = (NavEntry("Team", "team.overview", 10), NavEntry("Audit log", "team.audit"
 NO_MEMBER_CHOSEN = "Choose the member who becomes the owner."
 log = logging.getLogger("nyxcore.team")
 ROLE_CHOICES = [SelectChoice(role.value, role.label) for role in TenantRole]
+PENDING_SHOWN = 10  # open invitations listed on the team page
 
 
 class RoleForm(FlaskForm):  # type: ignore[misc]
@@ -75,11 +76,15 @@ def _validated(form: FlaskForm) -> None:
 def overview() -> str:
     actor = acting()
     search = request.args.get("q", "")[:100]
-    page = member_list.list_members(actor, at=Position.from_args(request.args), search=search)
-    # Admins see the first few pending invitations here; the invitations page has them all.
+    # Admins see the first few pending invitations here; the invitations page has them all. The
+    # member list's statement reads them too (one round trip fewer), else pending_invitations does.
+    shows_pending = invitations.MANAGE.permits(actor.role, email_verified=actor.email_verified)
+    page = member_list.list_members(
+        actor, at=Position.from_args(request.args), search=search, pending=PENDING_SHOWN if shows_pending else 0
+    )
     pending: dict[str, Any] = {}
-    if invitations.MANAGE.permits(actor.role, email_verified=actor.email_verified):
-        pending = pending_invitations(actor, page=1, per_page=10)
+    if shows_pending:
+        pending = pending_invitations(actor, page=1, per_page=PENDING_SHOWN, read=page.pending)
     # The rows are filled into markup made once per page (blueprints/member_rows.py).
     parts = RowParts.for_page(
         actor,

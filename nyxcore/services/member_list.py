@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    ColumnClause,
     DateTime,
     Integer,
     Select,
     String,
     Uuid,
+    and_,
     bindparam,
     case,
     column,
@@ -47,6 +49,7 @@ from sqlalchemy import (
     true,
     tuple_,
 )
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import aliased
 
 from nyxcore import tenancy
@@ -66,9 +69,12 @@ _KEY = (bindparam("at", type_=DateTime(timezone=True)), bindparam("key_id", type
 _INDEXABLE = re.compile(r"[^\W_]{3}")  # what pg_trgm can look up: three letters or digits in a row
 
 
-@dataclass(frozen=True)
-class MemberRow:
-    """One line of the member list: the columns the team page shows, not ORM objects (no hashes)."""
+class MemberRow(NamedTuple):
+    """One line of the member list: the columns the team page shows, not ORM objects (no hashes).
+
+    A named tuple, made straight from the statement's row: a frozen dataclass's __init__ cost more than
+    reading the row (nine attribute sets through object.__setattr__, fifty rows a page).
+    """
 
     id: uuid.UUID
     user_id: uuid.UUID
@@ -89,6 +95,9 @@ class MemberPage(KeysetPage[MemberRow]):
     members_capped: bool = False
     open_invitations: int = 0  # invitations holding a seat (services/seats.py)
     window: int = 0  # a short term's page looked at no more than this many members (0: all)
+    # The first `pending` open invitations (nyxcore_pending_invitations' rows as JSON objects), when asked
+    # for and read with the page: None when not (SQLite, an empty page): invitations.list_pending reads them.
+    pending: list[dict[str, Any]] | None = None
 
 
 def search_mode(search: str) -> str:
@@ -211,7 +220,7 @@ def _member_page(direction: str, mode: str) -> Select[Any]:
     """
     only = null() if mode == PLAIN else func.array(_match_ids(mode, direction).scalar_subquery())
     backwards = literal(direction in (BEFORE, LAST))
-    shown = [column(f.name, _TYPES.get(f.name)) for f in fields(MemberRow)]
+    shown = [column(name, _TYPES.get(name)) for name in MemberRow._fields]
     page = func.nyxcore_member_page(bindparam("tenant_id"), *_KEY, backwards, bindparam("limit"), only)
     rows = page.table_valued(*shown, with_ordinality="n").render_derived()
     # The seat count's two sub-selects, planned once per connection inside a function too (migration 0021).
@@ -220,8 +229,28 @@ def _member_page(direction: str, mode: str) -> Select[Any]:
         .table_valued(column("members", Integer), column("open_invitations", Integer))
         .render_derived()
     )
+    # The team page's first open invitations ride on the first row (`pending_limit` > 0), so that they
+    # need no statement and no round trip of their own: the same SECURITY INVOKER function as
+    # invitations.list_pending (migration 0021), for the same named team. Elsewhere NULL, and not run
+    # (an InitPlan runs when a CASE first needs it).
+    invited = (
+        func.nyxcore_pending_invitations(bindparam("tenant_id"), bindparam("pending_limit"), literal(0))
+        .table_valued(*_PENDING_COLUMNS, with_ordinality="ord")
+        .render_derived(name="p")
+    )
+    in_order = aggregate_order_by(invited.table_valued(), invited.c.ord)
+    pending = select(func.coalesce(func.json_agg(in_order), "[]"))
+    pending_column = case(
+        (and_(rows.c.n == 1, bindparam("pending_limit") > 0), pending.scalar_subquery()), else_=null()
+    )
     query = (
-        select(*rows.c[:_WIDTH], counts.c.members, counts.c.open_invitations, *_extras(direction, mode, with_counts=False))
+        select(
+            *rows.c[:_WIDTH],
+            counts.c.members,
+            counts.c.open_invitations,
+            *_extras(direction, mode, with_counts=False),
+            pending_column,
+        )
         .select_from(rows)
         .join(counts, true())
         .order_by(rows.c.n)
@@ -229,7 +258,15 @@ def _member_page(direction: str, mode: str) -> Select[Any]:
     return query.execution_options(**{tenancy.ALL_TENANTS: True})
 
 
-_WIDTH = len(fields(MemberRow))
+_WIDTH = len(MemberRow._fields)
+# nyxcore_pending_invitations' columns, as invitations.pending_from_json reads them.
+_PENDING_COLUMNS: list[ColumnClause[Any]] = [
+    column(name)
+    for name in (
+        *("id", "email", "role", "inviter_name", "expires_at", "reminded_at", "queued", "queued_at"),
+        *("sent_at", "attempts", "has_body", "failure", "last_error", "retry_at", "total"),
+    )
+]
 _MOMENT = DateTime(timezone=True)
 _TYPES = {"id": Uuid(), "user_id": Uuid(), "role": TenantMember.role.type, "joined_at": _MOMENT, "ends_at": _MOMENT}
 _SHAPES = [
@@ -248,9 +285,13 @@ _COUNTS = {
 
 
 def list_members(
-    actor: Actor, *, at: Position | None = None, search: str = "", per_page: int = PER_PAGE
+    actor: Actor, *, at: Position | None = None, search: str = "", per_page: int = PER_PAGE, pending: int = 0
 ) -> MemberPage:
-    """A page of the actor's team's members in join order, how many (match), and the seats, in one statement."""
+    """A page of the actor's team's members in join order, how many (match), and the seats, in one statement.
+
+    `pending` > 0: the same statement also reads the team's first `pending` open invitations, when it can
+    (MemberPage.pending); the caller must be allowed to see them (invitations.MANAGE).
+    """
     at = at or Position()
     search = search.strip().lower()
     shape = (at.direction, search_mode(search))
@@ -266,12 +307,15 @@ def list_members(
         "scan_last": SHORT_SCAN - 1,
     }
     dialect = "postgresql" if db.session.get_bind().dialect.name == "postgresql" else "other"
-    rows = db.session.execute(_STATEMENTS[dialect][shape], {**params, "limit": per_page + 1, "per_page": per_page}).all()
-    extras = tuple(rows[0][_WIDTH:]) if rows else tuple(db.session.execute(_COUNTS[shape], params).one())
+    rows = db.session.execute(
+        _STATEMENTS[dialect][shape],
+        {**params, "limit": per_page + 1, "per_page": per_page, "pending_limit": pending},
+    ).all()
+    extras = tuple(rows[0][_WIDTH : _WIDTH + 5]) if rows else tuple(db.session.execute(_COUNTS[shape], params).one())
     everyone, invited, matched, end_at, end_id = extras
     matched = len(rows) if matched is None else matched  # a search's page that holds every match
     window_end = Key(end_at, end_id) if end_at is not None else None
-    items = [MemberRow(*row[:_WIDTH]) for row in rows[:per_page]]
+    items = [MemberRow._make(row[:_WIDTH]) for row in rows[:per_page]]
     onward = Key(items[-1].joined_at, items[-1].id) if len(rows) > per_page else window_end
     back = Key(items[0].joined_at, items[0].id) if items and at.direction in (AFTER, BEFORE) else None
     if at.backwards:
@@ -288,6 +332,7 @@ def list_members(
         members_capped=everyone > cap,
         open_invitations=invited,
         window=SHORT_SCAN if shape[1] == SHORT else 0,
+        pending=rows[0][_WIDTH + 5] if rows and pending and dialect == "postgresql" else None,
     )
 
 

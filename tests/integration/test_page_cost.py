@@ -10,16 +10,18 @@ from __future__ import annotations
 import re
 import uuid
 
+import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import joinedload
 
 from nyxcore import tenancy
 from nyxcore.extensions import db
-from nyxcore.models import Note, TenantMember
+from nyxcore.models import Invitation, Note, TenantMember
 from nyxcore.roles import TenantRole
-from nyxcore.services import member_list, notes
+from nyxcore.services import invitations, member_list, notes
 from nyxcore.tenancy import Actor
 from tests.helpers import PAST_THE_END, member_id
+from tests.integration.test_request_cost import _statements_sent
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 
@@ -115,3 +117,69 @@ def test_the_member_rows_escape_names_and_keep_their_labels(team, admin_engine, 
     ends = re.search(r'id="ends-[0-9a-f-]+" type="date" name="ends_on" value="2031-01-31"', row.group(0))
     assert ends and "until 31 Jan 2031" in row.group(0) and "Clear end date" in row.group(0)
     assert row.group(0).count('name="csrf_token"') == 3 and '<option value="viewer" selected>' in row.group(0)
+
+
+def _invite(admin_engine, team_id: uuid.UUID, inviter: uuid.UUID, email: str, *, revoked: bool = False) -> uuid.UUID:
+    invitation = uuid.uuid4()
+    with admin_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO invitations (id, tenant_id, token_hash, email, role, invited_by, expires_at, revoked_at)"
+                " VALUES (:i, :t, :h, :e, 'member', :u, now() + interval '1 day', CASE WHEN :r THEN now() END)"
+            ),
+            {"i": invitation, "t": team_id, "h": uuid.uuid4().hex * 2, "e": email, "u": inviter, "r": revoked},
+        )
+    return invitation
+
+
+def test_the_member_list_reads_the_pending_invitations_of_the_actors_team_alone(app, make_user, add_member, admin_engine):
+    """The team page's first open invitations ride on the member list's statement (one round trip fewer):
+    the same rows as invitations.list_pending, never another team's, even where RLS would show that team."""
+    both, other = make_user(name="In Both Teams"), make_user(name="Only Elsewhere")
+    add_member(other.team_id, both, M)
+    mine = {_invite(admin_engine, both.team_id, both.user_id, f"guest{n}@example.com") for n in range(3)}
+    _invite(admin_engine, both.team_id, both.user_id, "closed@example.com", revoked=True)
+    theirs = _invite(admin_engine, other.team_id, other.user_id, "theirs@example.com")
+    with app.app_context():
+        with tenancy.tenant_context(user_id=both.user_id, tenant_id=both.team_id):
+            actor = _actor(both.user_id)
+            page = member_list.list_members(actor, pending=10)
+            assert page.pending is not None
+            read = invitations.pending_from_json(page.pending, 10)
+            assert read == invitations.list_pending(actor, page=1, per_page=10)  # rows, delivery, order, total
+            assert {item.id for item in read.items} == mine and read.total == 3
+            assert member_list.list_members(actor).pending is None  # not asked for: not read
+        # Row-level security now shows the other team's invitation; the list names the actor's team.
+        with tenancy.tenant_context(user_id=both.user_id, tenant_id=other.team_id):
+            elsewhere = member_list.list_members(actor, pending=10)
+            visible = set(db.session.scalars(select(Invitation.id)))
+    assert theirs in visible
+    assert elsewhere.pending is None or theirs not in {row["id"] for row in elsewhere.pending}
+    assert not elsewhere.items  # the actor's team is not the context's: no member row either
+
+
+@pytest.mark.committed  # the page's own transaction: its statements as they leave for the server
+def test_the_team_page_reads_its_pending_invitations_without_a_round_trip_of_their_own(app, team, login_as):
+    admin = login_as(team.accounts[A], team.id)
+    admin.post_form("/team/invitations", {"emails": "newcomer@example.com", "role": "member"})
+    admin.get("/team/")
+    sent = _statements_sent(app, admin, "/team/")
+    assert len(sent) + 1 == 3  # the session load, the member list with the invitations, COMMIT
+    (reading,) = [statement for statement in sent if "nyxcore_pending_invitations(" in statement]
+    assert "nyxcore_member_page(" in reading  # one statement: the members, the seats and the invitations
+    assert "newcomer@example.com" in admin.get("/team/").get_data(as_text=True)
+
+
+def test_the_pending_rows_escape_addresses_and_keep_their_forms(team, admin_engine, as_owner):
+    """The invitations' rows are filled in outside Jinja's autoescape too (blueprints/pending_rows.py)."""
+    owner = team.accounts[O]
+    _invite(admin_engine, team.id, owner.user_id, '<b>"x"&y@example.com')
+    expired = _invite(admin_engine, team.id, owner.user_id, "late@example.com")
+    with admin_engine.begin() as conn:
+        conn.execute(text("UPDATE invitations SET expires_at = now() - interval '1 hour' WHERE id = :i"), {"i": expired})
+    page = as_owner.get("/team/").get_data(as_text=True)
+    assert "<b>" not in page and page.count("&lt;b&gt;&#34;x&#34;&amp;y@example.com") == 3  # its cell and two labels
+    row = re.search(rf'<tr id="invitation-{expired}">.*?</tr>', page, re.S)
+    assert row is not None and '<span class="badge bad">Expired</span>' in row.group(0)
+    assert f'action="/team/invitations/{expired}/renew"' in row.group(0) and row.group(0).count('name="csrf_token"') == 1
+    assert len(re.findall(r"<td[^>]*>", row.group(0))) == 6

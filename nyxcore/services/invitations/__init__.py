@@ -49,6 +49,7 @@ from nyxcore.services.invitations.issuing import (
     revocable,
     revoke,
 )
+from nyxcore.services.invitations.pending_json import pending_from_json
 from nyxcore.services.invitations.reminding import REMINDER_LEAD, DueReminder, due_reminders, remind
 from nyxcore.services.invitations.signing_up import sign_up_and_accept
 from nyxcore.services.invitations.states import (
@@ -93,6 +94,7 @@ __all__ = [
     "list_closed",
     "list_pending",
     "parse_addresses",
+    "pending_from_json",
     "remind",
     "renew",
     "resend",

@@ -233,7 +233,7 @@ def list_pending(actor: Actor, *, page: int, per_page: int = PER_PAGE) -> Page[P
     params = {"tenant_id": actor.tenant_id, "limit": per_page, "offset": offset}
     if db.session.get_bind().dialect.name == "postgresql":
         rows = db.session.execute(_PENDING_PAGE, params).all()
-        items = [_pending_row(row) for row in rows]
+        items = [pending_row(row) for row in rows]
         total = rows[0].total if rows else 0
     else:
         found = db.session.execute(
@@ -251,7 +251,8 @@ def list_pending(actor: Actor, *, page: int, per_page: int = PER_PAGE) -> Page[P
     return Page(items, page, per_page, total)
 
 
-def _pending_row(row: Any) -> PendingInvitation:
+def pending_row(row: Any) -> PendingInvitation:
+    """A row of nyxcore_pending_invitations (attributes by column name) as the pending list shows it."""
     outbox = None
     if row.queued:
         outbox = display.OutboxState(
