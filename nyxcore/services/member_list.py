@@ -173,6 +173,8 @@ def _extras(direction: str, mode: str, *, with_rows: bool = True, with_counts: b
     if mode == INDEXED and with_rows and direction in (FIRST, LAST):
         matched = case((func.count().over() > bindparam("per_page"), matched), else_=null())
     ends = [_window_end(direction, TenantMember.joined_at), _window_end(direction, TenantMember.id)]
+    if with_rows:  # a full page links on from its last row: the window's end (SHORT_SCAN members on) is not read
+        ends = [case((func.count().over() <= bindparam("per_page"), end), else_=null()) for end in ends]
     counts = [_capped_count(), seats.open_invitations(bindparam("tenant_id"))] if with_counts else []
     return [
         *counts,
