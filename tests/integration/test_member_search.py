@@ -1,4 +1,4 @@
-"""Member search by the term's words (migration 0025): the same matches, in the same order, and never another team's.
+"""Member search by the term's words (migration 0023): the same matches, in the same order, and never another team's.
 
 `nyxcore_member_matches` gives the planner each word of a term (three or more letters or digits) as a
 condition of its own, so it may look up the rarest word in the trigram indexes. A word is in every value
@@ -134,7 +134,7 @@ def test_the_team_page_shows_a_full_names_one_match_and_no_other_teams(two_teams
     assert body.count('<td data-label="Name">') == 1 and "Rare Name 17<" in body and "Members (1)" in body
 
 
-def test_migration_0025_upgrades_and_downgrades(fresh_database):  # noqa: F811
+def test_migration_0023_upgrades_and_downgrades(fresh_database):  # noqa: F811
     _migrate(fresh_database, "head")
     admin = create_engine(fresh_database.admin_url)
     by_words = "SELECT count(*) FROM pg_proc WHERE proname = 'nyxcore_member_matches' AND prosrc LIKE '%regexp_matches%'"

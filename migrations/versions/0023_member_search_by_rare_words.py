@@ -20,14 +20,14 @@ Isolation is unchanged: the same SECURITY DEFINER function (0017's reasons), ans
 the context only (`app.tenant_id`, none without one), returning member ids of that team; the words are
 letters and digits taken from the term and quoted as literals.
 
-Revision ID: 0025
+Revision ID: 0023
 Revises: 0022
 Create Date: 2026-12-02
 """
 
 from alembic import op
 
-revision = "0025"
+revision = "0023"
 down_revision = "0022"
 branch_labels = None
 depends_on = None
