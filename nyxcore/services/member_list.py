@@ -45,6 +45,7 @@ from sqlalchemy import (
     func,
     literal,
     null,
+    or_,
     select,
     true,
     tuple_,
@@ -148,10 +149,22 @@ def _match_ids(mode: str, direction: str) -> Any:
     return _found("nyxcore_member_window", *_KEY, backwards, bindparam("scan"), bindparam("limit"))
 
 
-def _match_count() -> Any:
+def _match_count(portable: bool = False) -> Any:
     """How many members match a term, counting at most `match_cap` of them."""
+    if portable:
+        some = select(TenantMember.id).join(User, User.id == TenantMember.user_id).where(
+            TenantMember.tenant_id == bindparam("tenant_id"), TenantMember.live_at(func.now()), _like_term()
+        ).limit(bindparam("match_cap"))
+        return select(func.count()).select_from(some.subquery()).scalar_subquery()
     some = _found("nyxcore_member_matches", null(), null(), literal(False), bindparam("match_cap")).subquery()
     return select(func.count()).select_from(some).scalar_subquery()
+
+
+def _like_term() -> Any:
+    """SQLite (`make run`, no search functions): the member's name or address contains the term, as 0017's
+    functions match it."""
+    pattern = bindparam("pattern", type_=String)
+    return or_(func.lower(User.name).like(pattern, escape="\\"), User.email.like(pattern, escape="\\"))
 
 
 def _window_end(direction: str, part: Any) -> Any:
@@ -161,7 +174,9 @@ def _window_end(direction: str, part: Any) -> Any:
     return query.offset(bindparam("scan_last")).limit(1).scalar_subquery()
 
 
-def _extras(direction: str, mode: str, *, with_rows: bool = True, with_counts: bool = True) -> list[Any]:
+def _extras(
+    direction: str, mode: str, *, with_rows: bool = True, with_counts: bool = True, portable: bool = False
+) -> list[Any]:
     """The columns after a row's: all members, open invitations (not `with_counts`: the caller reads
     those two from nyxcore_seat_counts), matches, the short-term window's end.
 
@@ -169,7 +184,7 @@ def _extras(direction: str, mode: str, *, with_rows: bool = True, with_counts: b
     page, not full): NULL, and the page counts its rows. PostgreSQL runs the count's sub-select only
     when the CASE needs it, which spares a second search on every page that a rare term fills.
     """
-    matched = _match_count() if mode == INDEXED else null()
+    matched = _match_count(portable) if mode == INDEXED else null()
     if mode == INDEXED and with_rows and direction in (FIRST, LAST):
         matched = case((func.count().over() > bindparam("per_page"), matched), else_=null())
     ends = [_window_end(direction, TenantMember.joined_at), _window_end(direction, TenantMember.id)]
@@ -192,7 +207,7 @@ def _member_rows(direction: str, mode: str) -> Select[Any]:
         _after(direction, TenantMember),
     ]
     if mode != PLAIN:
-        conditions.append(TenantMember.id.in_(_match_ids(mode, direction)))
+        conditions.append(_like_term())
     query = (
         select(
             TenantMember.id,
@@ -204,7 +219,7 @@ def _member_rows(direction: str, mode: str) -> Select[Any]:
             User.two_factor_enabled_at.is_not(None),
             inviter.name,
             TenantMember.ends_at,
-            *_extras(direction, mode),
+            *_extras(direction, mode, portable=True),
         )
         .join(User, User.id == TenantMember.user_id)
         .outerjoin(inviter, inviter.id == TenantMember.invited_by)
@@ -281,8 +296,13 @@ _STATEMENTS = {
 }
 # An empty page carries no counts: they are asked alone.
 _COUNTS = {
-    shape: select(*_extras(*shape, with_rows=False)).execution_options(**{tenancy.ALL_TENANTS: True})
-    for shape in _SHAPES
+    dialect: {
+        shape: select(*_extras(*shape, with_rows=False, portable=portable)).execution_options(
+            **{tenancy.ALL_TENANTS: True}
+        )
+        for shape in _SHAPES
+    }
+    for dialect, portable in (("postgresql", False), ("other", True))
 }
 
 
@@ -296,7 +316,10 @@ def list_members(
     """
     at = at or Position()
     search = search.strip().lower()
-    shape = (at.direction, search_mode(search))
+    dialect = "postgresql" if db.session.get_bind().dialect.name == "postgresql" else "other"
+    mode = search_mode(search)
+    # SQLite (no search functions) searches the whole team for any term, as an indexed search does.
+    shape = (at.direction, INDEXED if mode == SHORT and dialect == "other" else mode)
     cap = max(COUNT_CAP, actor.tenant.seat_limit or 0)
     params = {
         "tenant_id": actor.tenant_id,
@@ -308,12 +331,12 @@ def list_members(
         "scan": SHORT_SCAN,
         "scan_last": SHORT_SCAN - 1,
     }
-    dialect = "postgresql" if db.session.get_bind().dialect.name == "postgresql" else "other"
     rows = db.session.execute(
         _STATEMENTS[dialect][shape],
         {**params, "limit": per_page + 1, "per_page": per_page, "pending_limit": pending},
     ).all()
-    extras = tuple(rows[0][_WIDTH : _WIDTH + 5]) if rows else tuple(db.session.execute(_COUNTS[shape], params).one())
+    counts = _COUNTS[dialect][shape]
+    extras = tuple(rows[0][_WIDTH : _WIDTH + 5]) if rows else tuple(db.session.execute(counts, params).one())
     everyone, invited, matched, end_at, end_id = extras
     matched = len(rows) if matched is None else matched  # a search's page that holds every match
     window_end = Key(end_at, end_id) if end_at is not None else None

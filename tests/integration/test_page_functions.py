@@ -130,7 +130,7 @@ def test_the_page_functions_keep_row_level_security_on(admin_engine: Engine) -> 
     assert forced == {"nyxcore_note_lines", "nyxcore_pending_invitations", "nyxcore_seat_counts"}
 
 
-def test_sqlite_development_mode_lists_the_teams_own_pending_invitations(tmp_path: Any) -> None:
+def test_sqlite_development_mode_lists_the_teams_own_pending_invitations_and_searches_its_members(tmp_path: Any) -> None:
     """Without the functions (SQLite, `make run`), the ORM's tenant filter keeps each team's invitations apart."""
     from flask_migrate import upgrade
 
@@ -182,6 +182,14 @@ def test_sqlite_development_mode_lists_the_teams_own_pending_invitations(tmp_pat
         other = "bob" if name == "alice" else "alice"
         assert "Pending invitations (1)" in body and f"guest-of-{name}@example.com" in body
         assert f"guest-of-{other}@example.com" not in body
+        # Search has no functions to call here either: a term of any length finds the team's own members only
+        # (before, every search on SQLite was an error page).
+        for term, found in ((name, True), (name[:2], True), (name[0], True), (other, False), ("zz", False)):
+            response = client.get("/team/", query_string={"q": term})
+            assert response.status_code == 200, term
+            page = response.get_data(as_text=True)
+            assert ("No member matches" not in page) is found, term
+            assert f"{other}@example.com" not in page
 
 
 SEATS = "SELECT members, open_invitations FROM nyxcore_seat_counts(:team, 1001)"
