@@ -14,13 +14,10 @@
   in order, at most SHORT_SCAN members per page (`nyxcore_member_window`: the walk checks the
   `users` policy only for the rows it returns); a page that found fewer than a page of matches in
   its window links on from the window's end, so every match is still reached, page by page.
-- **A planned-once read.** On PostgreSQL the page's rows come from `nyxcore_member_page`
-  (migration 0018), whose statements are planned once per connection: planning the join under the
-  `users` policies on every request cost more than running it on a 50-member team. It is given the
-  actor's team and answers only when that is the context's team. SQLite (`make run`) joins the tables.
-
-Each statement leaves the ORM's tenant scoping (built once, it carries no loader criteria) and
-filters by the actor's team itself; row-level security applies to it as to every statement.
+- **A planned-once read.** On PostgreSQL the rows come from `nyxcore_member_page` (migration 0018),
+  planned once per connection; it answers only for the context's team. SQLite (`make run`) joins the
+  tables and searches through member_search_sqlite. Each statement filters by the actor's team itself
+  (built once, it carries no loader criteria); row-level security applies to it as to every statement.
 """
 
 from __future__ import annotations
@@ -45,7 +42,6 @@ from sqlalchemy import (
     func,
     literal,
     null,
-    or_,
     select,
     true,
     tuple_,
@@ -58,7 +54,7 @@ from nyxcore.extensions import db
 from nyxcore.models import TenantMember, User
 from nyxcore.pagination import AFTER, BEFORE, FIRST, LAST, Key, KeysetPage, Position, like_pattern
 from nyxcore.roles import TenantRole
-from nyxcore.services import seats
+from nyxcore.services import member_search_sqlite, seats
 from nyxcore.tenancy import Actor
 
 PER_PAGE = 50
@@ -101,11 +97,11 @@ class MemberPage(KeysetPage[MemberRow]):
     pending: list[dict[str, Any]] | None = None
 
 
-def search_mode(search: str) -> str:
-    """Which statement serves `search` (lower-cased, stripped)."""
+def search_mode(search: str, *, portable: bool = False) -> str:
+    """Which statement serves `search` (lower-cased, stripped); `portable` (SQLite): no SHORT walk."""
     if not search:
         return PLAIN
-    return INDEXED if _INDEXABLE.search(search) else SHORT
+    return INDEXED if portable or _INDEXABLE.search(search) else SHORT
 
 
 def _after(direction: str, member: Any) -> Any:
@@ -152,19 +148,9 @@ def _match_ids(mode: str, direction: str) -> Any:
 def _match_count(portable: bool = False) -> Any:
     """How many members match a term, counting at most `match_cap` of them."""
     if portable:
-        some = select(TenantMember.id).join(User, User.id == TenantMember.user_id).where(
-            TenantMember.tenant_id == bindparam("tenant_id"), TenantMember.live_at(func.now()), _like_term()
-        ).limit(bindparam("match_cap"))
-        return select(func.count()).select_from(some.subquery()).scalar_subquery()
+        return member_search_sqlite.match_count()
     some = _found("nyxcore_member_matches", null(), null(), literal(False), bindparam("match_cap")).subquery()
     return select(func.count()).select_from(some).scalar_subquery()
-
-
-def _like_term() -> Any:
-    """SQLite (`make run`, no search functions): the member's name or address contains the term, as 0017's
-    functions match it."""
-    pattern = bindparam("pattern", type_=String)
-    return or_(func.lower(User.name).like(pattern, escape="\\"), User.email.like(pattern, escape="\\"))
 
 
 def _window_end(direction: str, part: Any) -> Any:
@@ -207,7 +193,7 @@ def _member_rows(direction: str, mode: str) -> Select[Any]:
         _after(direction, TenantMember),
     ]
     if mode != PLAIN:
-        conditions.append(_like_term())
+        conditions.append(member_search_sqlite.matches())
     query = (
         select(
             TenantMember.id,
@@ -294,15 +280,11 @@ _STATEMENTS = {
     dialect: {shape: build(*shape) for shape in _SHAPES}
     for dialect, build in (("postgresql", _member_page), ("other", _member_rows))
 }
-# An empty page carries no counts: they are asked alone.
+# An empty page carries no counts: they are asked alone (by dialect and shape).
+_EVERY = {tenancy.ALL_TENANTS: True}
 _COUNTS = {
-    dialect: {
-        shape: select(*_extras(*shape, with_rows=False, portable=portable)).execution_options(
-            **{tenancy.ALL_TENANTS: True}
-        )
-        for shape in _SHAPES
-    }
-    for dialect, portable in (("postgresql", False), ("other", True))
+    (name, shape): select(*_extras(*shape, with_rows=False, portable=name == "other")).execution_options(**_EVERY)
+    for name in ("postgresql", "other") for shape in _SHAPES
 }
 
 
@@ -317,9 +299,7 @@ def list_members(
     at = at or Position()
     search = search.strip().lower()
     dialect = "postgresql" if db.session.get_bind().dialect.name == "postgresql" else "other"
-    mode = search_mode(search)
-    # SQLite (no search functions) searches the whole team for any term, as an indexed search does.
-    shape = (at.direction, INDEXED if mode == SHORT and dialect == "other" else mode)
+    shape = (at.direction, search_mode(search, portable=dialect == "other"))
     cap = max(COUNT_CAP, actor.tenant.seat_limit or 0)
     params = {
         "tenant_id": actor.tenant_id,
@@ -335,8 +315,7 @@ def list_members(
         _STATEMENTS[dialect][shape],
         {**params, "limit": per_page + 1, "per_page": per_page, "pending_limit": pending},
     ).all()
-    counts = _COUNTS[dialect][shape]
-    extras = tuple(rows[0][_WIDTH : _WIDTH + 5]) if rows else tuple(db.session.execute(counts, params).one())
+    extras = rows[0][_WIDTH : _WIDTH + 5] if rows else db.session.execute(_COUNTS[dialect, shape], params).one()
     everyone, invited, matched, end_at, end_id = extras
     matched = len(rows) if matched is None else matched  # a search's page that holds every match
     window_end = Key(end_at, end_id) if end_at is not None else None
