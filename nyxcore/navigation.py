@@ -50,12 +50,10 @@ def visible_entries() -> list[NavEntry]:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]  # once, not per entry
     entries: list[NavEntry] = app.extensions.get(_EXTENSION, [])
     role, verified = authz.current_role(), authz.email_verified()
-    views = app.view_functions
     return [
         entry
         for entry in entries
-        if (needed := getattr(views[entry.endpoint], "operation", None)) is None
-        or needed.permits(role, email_verified=verified)
+        if (needed := required_operation(app, entry.endpoint)) is None or needed.permits(role, email_verified=verified)
     ]
 
 

@@ -86,6 +86,24 @@ def member_id(bind: Engine | Connection, team_id: uuid.UUID, user_id: uuid.UUID)
     return found
 
 
+def insert_invitation(
+    engine: Engine, team_id: uuid.UUID, inviter: uuid.UUID, email: str, *,
+    token_hash: str | None = None, revoked: bool = False,
+) -> uuid.UUID:
+    """An open invitation written as the superuser (no outbox row), valid for a day; its id."""
+    invitation = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO invitations (id, tenant_id, token_hash, email, role, invited_by, expires_at, revoked_at)"
+                " VALUES (:i, :t, :h, :e, 'member', :u, now() + interval '1 day', CASE WHEN :r THEN now() END)"
+            ),
+            {"i": invitation, "t": team_id, "h": token_hash or uuid.uuid4().hex * 2, "e": email, "u": inviter,
+             "r": revoked},
+        )
+    return invitation
+
+
 def role_of(bind: Engine | Connection, team_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
     """The user's role in the team, or None when they are not a member."""
     role: str | None = scalar_or_none(

@@ -127,8 +127,7 @@ def _row(m: MemberRow, parts: RowParts) -> str:
     two_factor = _TWO_FACTOR[m.two_factor] if parts.show_two_factor else ""
     actions = ""
     if parts.show_actions:
-        manages = m.role in parts.manageable and not me
-        actions = f'<td data-label="Actions">{_actions(m, name, parts) if manages else ""}</td>\n'
+        actions = f'<td data-label="Actions">{_actions(m, name, parts) if parts.manages(m) else ""}</td>\n'
     return (
         f'<tr>\n<td data-label="Name">{name}{_YOU if me else ""}</td>\n'
         f'<td data-label="Email">{text_of(m.email)}</td>\n'

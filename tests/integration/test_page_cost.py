@@ -20,7 +20,7 @@ from nyxcore.models import Invitation, Note, TenantMember
 from nyxcore.roles import TenantRole
 from nyxcore.services import invitations, member_list, notes
 from nyxcore.tenancy import Actor
-from tests.helpers import PAST_THE_END, member_id
+from tests.helpers import PAST_THE_END, insert_invitation, member_id
 from tests.integration.test_request_cost import _statements_sent
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
@@ -119,27 +119,14 @@ def test_the_member_rows_escape_names_and_keep_their_labels(team, admin_engine, 
     assert row.group(0).count('name="csrf_token"') == 3 and '<option value="viewer" selected>' in row.group(0)
 
 
-def _invite(admin_engine, team_id: uuid.UUID, inviter: uuid.UUID, email: str, *, revoked: bool = False) -> uuid.UUID:
-    invitation = uuid.uuid4()
-    with admin_engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO invitations (id, tenant_id, token_hash, email, role, invited_by, expires_at, revoked_at)"
-                " VALUES (:i, :t, :h, :e, 'member', :u, now() + interval '1 day', CASE WHEN :r THEN now() END)"
-            ),
-            {"i": invitation, "t": team_id, "h": uuid.uuid4().hex * 2, "e": email, "u": inviter, "r": revoked},
-        )
-    return invitation
-
-
 def test_the_member_list_reads_the_pending_invitations_of_the_actors_team_alone(app, make_user, add_member, admin_engine):
     """The team page's first open invitations ride on the member list's statement (one round trip fewer):
     the same rows as invitations.list_pending, never another team's, even where RLS would show that team."""
     both, other = make_user(name="In Both Teams"), make_user(name="Only Elsewhere")
     add_member(other.team_id, both, M)
-    mine = {_invite(admin_engine, both.team_id, both.user_id, f"guest{n}@example.com") for n in range(3)}
-    _invite(admin_engine, both.team_id, both.user_id, "closed@example.com", revoked=True)
-    theirs = _invite(admin_engine, other.team_id, other.user_id, "theirs@example.com")
+    mine = {insert_invitation(admin_engine, both.team_id, both.user_id, f"guest{n}@example.com") for n in range(3)}
+    insert_invitation(admin_engine, both.team_id, both.user_id, "closed@example.com", revoked=True)
+    theirs = insert_invitation(admin_engine, other.team_id, other.user_id, "theirs@example.com")
     with app.app_context():
         with tenancy.tenant_context(user_id=both.user_id, tenant_id=both.team_id):
             actor = _actor(both.user_id)
@@ -173,8 +160,8 @@ def test_the_team_page_reads_its_pending_invitations_without_a_round_trip_of_the
 def test_the_pending_rows_escape_addresses_and_keep_their_forms(team, admin_engine, as_owner):
     """The invitations' rows are filled in outside Jinja's autoescape too (blueprints/pending_rows.py)."""
     owner = team.accounts[O]
-    _invite(admin_engine, team.id, owner.user_id, '<b>"x"&y@example.com')
-    expired = _invite(admin_engine, team.id, owner.user_id, "late@example.com")
+    insert_invitation(admin_engine, team.id, owner.user_id, '<b>"x"&y@example.com')
+    expired = insert_invitation(admin_engine, team.id, owner.user_id, "late@example.com")
     with admin_engine.begin() as conn:
         conn.execute(text("UPDATE invitations SET expires_at = now() - interval '1 hour' WHERE id = :i"), {"i": expired})
     page = as_owner.get("/team/").get_data(as_text=True)

@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +31,7 @@ from nyxcore.models import Note
 from nyxcore.roles import TenantRole
 from nyxcore.services.invitations import tokens as invitation_tokens
 from tests.conftest import csrf_from
-from tests.helpers import count
+from tests.helpers import count, insert_invitation
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -382,19 +381,8 @@ def test_an_unchanged_signed_in_session_sends_no_cookie_and_still_varies_on_it(a
 @pytest.mark.committed
 def test_the_magic_link_page_reads_its_invitation_once(app, team, anonymous, admin_engine):
     token = invitation_tokens.new_token()
-    with admin_engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO invitations (id, tenant_id, token_hash, email, role, invited_by, created_at, expires_at) "
-                "VALUES (:id, :t, :h, 'once@example.com', 'member', :by, now(), now() + interval '7 days')"
-            ),
-            {
-                "id": uuid.uuid4(),
-                "t": team.id,
-                "h": invitation_tokens.hash_token(token),
-                "by": team.accounts[TenantRole.ADMIN].user_id,
-            },
-        )
+    inviter = team.accounts[TenantRole.ADMIN].user_id
+    insert_invitation(admin_engine, team.id, inviter, "once@example.com", token_hash=invitation_tokens.hash_token(token))
     sent = _statements_sent(app, anonymous, f"/invite/{token}")
     assert len([s for s in sent if re.search(r"\bFROM invitations\b", s)]) == 1, sent
     shown = anonymous.get(f"/invite/{token}")
