@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+import uuid
 import weakref
 from typing import Any
 
+import psycopg2.extensions
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Dialect, Engine
 
@@ -19,10 +21,35 @@ def configure_engine(engine: Engine, *, ping_idle_seconds: float = 10.0) -> None
     if engine.dialect.name == "postgresql":
         tenancy.install_engine_events(engine)
         install_idle_ping(engine, ping_idle_seconds)
+        if not event.contains(engine, "connect", _read_uuids_faster):
+            event.listen(engine, "connect", _read_uuids_faster)
     elif engine.dialect.name == "sqlite" and not event.contains(engine, "connect", _sqlite_connect):
         # pysqlite's own transaction handling breaks SAVEPOINT; let SQLAlchemy emit BEGIN itself.
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
+
+
+def _uuid_from_text(value: str | None, cursor: Any) -> uuid.UUID | None:
+    """The `uuid.UUID` that PostgreSQL's text form `value` names, made as `UUID.__init__` makes it (the
+    same two slots), without its parsing of the forms PostgreSQL never sends (braces, `urn:uuid:`):
+    half the cost of psycopg2's `register_uuid` caster, for the hundred ids a team page reads."""
+    if value is None:
+        return None
+    made = _new(_UUID)
+    _set(made, "int", int(value.replace("-", ""), 16))
+    _set(made, "is_safe", uuid.SafeUUID.unknown)
+    return made
+
+
+_new, _set, _UUID = object.__new__, object.__setattr__, uuid.UUID
+_UUID_TYPE = psycopg2.extensions.new_type((2950,), "UUID", _uuid_from_text)  # 2950: uuid's type OID
+_UUID_ARRAY_TYPE = psycopg2.extensions.new_array_type((2951,), "UUID[]", _UUID_TYPE)
+
+
+def _read_uuids_faster(dbapi_connection: Any, connection_record: Any) -> None:
+    # After the dialect's own connect hook (which registers psycopg2's caster): this one replaces it.
+    psycopg2.extensions.register_type(_UUID_TYPE, dbapi_connection)
+    psycopg2.extensions.register_type(_UUID_ARRAY_TYPE, dbapi_connection)
 
 
 def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:

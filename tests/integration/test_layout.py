@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 
 import nyxcore
+from nyxcore.roles import TenantRole
+from tests.helpers import member_id
 
 TEMPLATES = Path(nyxcore.__file__).resolve().parent / "templates"
 
@@ -49,3 +51,13 @@ def test_the_layouts_kept_urls_follow_the_script_root_of_each_request(client, as
     signed_in = as_owner.get("/notes/").get_data(as_text=True)
     assert '<li><a href="/notes/" aria-current="page">NyxBook</a></li>' in signed_in
     assert '<form method="post" action="/auth/logout">' in signed_in
+
+
+def test_the_rows_kept_url_patterns_follow_the_script_root_of_each_request(as_owner, team, admin_engine):
+    """A table's per-row URLs come from a pattern routed once per script root (`url_pattern`): each
+    row's forms post under the prefix the app is mounted at, and at the root without it."""
+    member = member_id(admin_engine, team.id, team.accounts[TenantRole.MEMBER].user_id)
+    for root, prefix in (("http://localhost/nyx", "/nyx"), ("http://localhost/", ""), ("http://localhost/nyx", "/nyx")):
+        page = as_owner.get("/team/", base_url=root).get_data(as_text=True)
+        assert f'action="{prefix}/team/members/{member}/role"' in page, root
+        assert f'href="{prefix}/team/members/{member}/remove"' in page, root

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -388,3 +389,26 @@ def test_the_magic_link_page_reads_its_invitation_once(app, team, anonymous, adm
     shown = anonymous.get(f"/invite/{token}")
     assert shown.status_code == 200 and "Join " in shown.get_data(as_text=True)
     assert anonymous.get(f"/invite/{invitation_tokens.new_token()}").status_code == 404  # an unknown link
+
+
+def test_uuids_read_from_postgresql_are_plain_uuids(app_config):
+    """The engine reads `uuid` columns with a caster of its own (nyxcore/database.py): the values are the
+    `uuid.UUID`s psycopg2's caster made, equal, hashed and printed alike, in arrays too, and NULL is None."""
+    engine = create_engine(app_config["SQLALCHEMY_DATABASE_URI"], **app_config["SQLALCHEMY_ENGINE_OPTIONS"])
+    configure_engine(engine)
+    known = uuid.UUID("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
+    try:
+        with engine.connect() as conn:
+            one, many, none = conn.execute(
+                text("SELECT CAST(:u AS uuid), ARRAY[CAST(:u AS uuid), NULL, gen_random_uuid()], CAST(NULL AS uuid)"),
+                {"u": str(known)},
+            ).one()
+    finally:
+        engine.dispose()
+    assert type(one) is uuid.UUID
+    assert (one, hash(one), str(one), repr(one), one.version, one.is_safe) == (
+        known, hash(known), str(known), repr(known), known.version, known.is_safe
+    )  # fmt: skip
+    assert many[0] == known and many[1] is None and type(many[2]) is uuid.UUID and many[2].version == 4
+    assert none is None
+    assert {one: "found"}[known] == "found"

@@ -11,6 +11,7 @@ from nyxcore.models import Invitation, OutboxEmail, User
 from nyxcore.roles import TenantRole, article_for, grantable_roles
 from nyxcore.services import mail, mail_failures
 from nyxcore.services.invitations.states import InvitationState, aware, is_expired, now
+from nyxcore.timezones import minutes
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Lifecycle(StrEnum):
 
 def utc(moment: datetime) -> str:
     """`moment` as the pages show it: `2026-01-31 09:00 UTC`."""
-    return aware(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{minutes(aware(moment).astimezone(UTC))} UTC"
 
 
 def clock(moment: datetime) -> str:
