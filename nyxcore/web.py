@@ -230,7 +230,7 @@ def register_request_hooks(app: Flask) -> None:
         request_g = request_globals()
         if request_g.pop(_KEEP, False):
             if used and db.session().in_transaction():
-                db.session.commit()
+                _commit_at_the_end()
             for message, category in request_g.pop(_NOTICES, []):
                 flash(message, category)
             if used:  # mail is queued on the session
@@ -253,6 +253,18 @@ def register_request_hooks(app: Flask) -> None:
     @app.teardown_request
     def unbind_context(exc: BaseException | None) -> None:
         authz.unbind_request_actor()
+
+
+def _commit_at_the_end() -> None:
+    """The request's one commit, without expiring what it loaded: nothing reads those objects again (the
+    session ends with the request), and expiring them (the user, membership and team of every signed-in
+    page) was work for nothing. What comes after it reads no ORM attribute: flashes and outbox ids."""
+    session = db.session()
+    configured, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = configured
 
 
 def keeps_typed_input(view: V) -> V:

@@ -70,6 +70,27 @@ def test_a_signed_in_page_commits_once(as_member):
     assert seen == {"begun": 1, "committed": 1}
 
 
+def test_the_requests_commit_expires_nothing_it_loaded_and_leaves_the_setting_as_it_was(as_member):
+    """The one commit at the end of a request keeps the user it loaded as it was (nothing reads it again:
+    expiring the user, membership and team was work for nothing); sessions still expire on commit."""
+    users: list[object] = []
+
+    def committed(session: Session) -> None:  # runs before the commit expires anything
+        users.extend(obj for obj in session.identity_map.values() if obj.__class__.__name__ == "User")
+        users.append(session.expire_on_commit)
+
+    event.listen(Session, "after_commit", committed)
+    try:
+        assert as_member.get("/team/").status_code == 200
+    finally:
+        event.remove(Session, "after_commit", committed)
+    user, setting = users
+    assert setting is False
+    assert {"name", "email"} <= set(vars(user))  # still loaded after the commit and the session's end
+    with as_member.application.test_request_context():
+        assert db.session().expire_on_commit is True
+
+
 def test_a_page_that_raises_commits_nothing(as_viewer):
     with transactions() as seen:
         assert as_viewer.get("/team/settings").status_code == 403
