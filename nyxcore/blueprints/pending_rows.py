@@ -11,10 +11,9 @@ from collections.abc import Iterable
 from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup, escape
 
-from nyxcore.blueprints.member_rows import text_of
 from nyxcore.roles import TenantRole
 from nyxcore.services.invitations.issuing import PendingInvitation
-from nyxcore.templating import format_time
+from nyxcore.templating import format_time, text_of
 
 _ROLE_LABELS = {role: text_of(role.label) for role in TenantRole}
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import DateTime, Integer, String, Uuid, bindparam, func, select, text
 from sqlalchemy.orm import joinedload
@@ -24,9 +24,11 @@ READ = Operation("notes.read", TenantRole.VIEWER)
 WRITE = Operation("notes.write", TenantRole.MEMBER)
 
 
-@dataclass(frozen=True)
-class NoteLine:
-    """A note as the list shows it: its title, when it changed and who wrote it (no body)."""
+class NoteLine(NamedTuple):
+    """A note as the list shows it: its title, when it changed and who wrote it (no body).
+
+    A named tuple made straight from the statement's row, as the member list's rows are (a frozen
+    dataclass's __init__ cost more than reading the row, fifty rows a page)."""
 
     id: uuid.UUID
     title: str
@@ -66,7 +68,7 @@ def list_notes(actor: Actor, *, page: int, per_page: int = PER_PAGE) -> Page[Not
         total = db.session.scalar(_NOTE_COUNT, params) or 0
     else:
         total = 0
-    return Page([NoteLine(*row[:-1]) for row in rows], page, per_page, total)
+    return Page([NoteLine._make(row[:-1]) for row in rows], page, per_page, total)
 
 
 def get_note(note_id: uuid.UUID) -> Note:

@@ -37,6 +37,18 @@ def test_member_writes_and_viewer_reads(as_member, as_viewer):
     assert "New note" not in listing
 
 
+def test_the_list_escapes_titles_and_links_each_note(as_member, as_viewer):
+    """The list's rows are filled in Python (blueprints/notes.py `note_rows`): a title is escaped with
+    the five entities Jinja's autoescape writes, and each row links to its own note."""
+    title = """<b onclick='x()'>"Ops" & Dev</b>"""
+    note_id = create_note(as_member, title=title)
+    listing = as_viewer.get("/notes/").get_data(as_text=True)
+    assert (
+        f'<a href="/notes/{note_id}">&lt;b onclick=&#39;x()&#39;&gt;&#34;Ops&#34; &amp; Dev&lt;/b&gt;</a>' in listing
+    )
+    assert "<b onclick" not in listing
+
+
 def test_viewer_cannot_write(admin_engine, as_owner, as_viewer):
     owner_note = create_note(as_owner)
     viewer = as_viewer
