@@ -643,8 +643,9 @@ def profile_deliver(database: BenchDatabase, environment: dict[str, str], admin:
     print(f"one deliver() (in-process, app role, {len(wire)} query messages on the wire, each a round trip):")
     for number, query in enumerate(wire, 1):
         begin = "BEGIN; " if query.startswith("BEGIN; ") else ""  # the tenancy event's prefix, in the same message
-        if query.removeprefix(begin).startswith("SELECT set_config("):
-            query = begin + "[tenant context: SELECT set_config(...);] " + query.removeprefix(begin).partition("; ")[2]
+        if query.removeprefix(begin).startswith("SET LOCAL app."):
+            statement = re.sub(r"^(SET LOCAL app\.[^;]*;\s*)+", "", query.removeprefix(begin))
+            query = begin + "[tenant context (SET LOCAL app.*);] " + statement
         query = re.sub(r"SELECT (?!set_config)(.+?) FROM", "SELECT ... FROM", " ".join(query.split()))
         query = re.sub(r" SET (.+?) (FROM|WHERE) ", r" SET ... \2 ", query)
         print(f"    {number}. {query if len(query) <= 400 else query[:397] + '...'}")

@@ -254,7 +254,7 @@ def _short(sql: str, width: int = 150) -> str:
 
 
 def report_round_trips(trips: RoundTrips) -> None:
-    carrying = sum("set_config('app.tenant_id'" in s for s in trips.statements)
+    carrying = sum("SET LOCAL app.tenant_id" in s for s in trips.statements)
     print(f"SQL round trips for one GET {PAGE} (in-process, app role):")
     print(
         f"  {len(trips.statements)} statements through SQLAlchemy (before_cursor_execute), "

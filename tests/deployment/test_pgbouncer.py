@@ -3,7 +3,7 @@ run it: gunicorn, a Celery worker and beat (tests/deployment/cluster.py) connect
 (Debian's `pgbouncer`, started here as a process with a configuration of this test's own), which
 runs every transaction on whichever of its 10 server connections is free.
 
-The tenant context is transaction-local (`set_config(..., true)` in front of each transaction's
+The tenant context is transaction-local (`SET LOCAL app.… = …` in front of each transaction's
 first statement, nyxcore/tenancy.py), so it must stay right when consecutive transactions of one
 app connection land on different server connections, and nothing the app does may stay behind on a
 server connection for the next client: no `SET` without LOCAL, no server-side prepared statement

@@ -139,6 +139,35 @@ def test_pooled_connection_after_a_request_sees_nothing(app, make_user, login_as
             assert conn.execute(text("SELECT count(*) FROM tenant_members")).scalar_one() == 0
 
 
+@pytest.mark.committed  # settings made for the session outlive a transaction: a connection of the app's pool
+def test_the_context_overrides_every_setting_made_for_the_session(app, seeded):
+    """The context sets all five settings in each transaction, the empty ones too (SET LOCAL): values
+    left on a connection for the session (by anything) never show through a request's context."""
+    from nyxcore import tenancy
+    from nyxcore.extensions import db
+
+    left = {
+        "app.user_id": str(seeded.user_b),
+        "app.tenant_id": str(seeded.team_b),
+        "app.invite_token_hash": "b" * 64,
+        "app.outbox_id": str(uuid.uuid4()),
+        "app.account_token_hash": "c" * 64,
+    }
+    with app.app_context(), db.engine.connect() as conn:
+        try:
+            for name, value in left.items():
+                conn.execute(text("SELECT set_config(:n, :v, false)"), {"n": name, "v": value})
+            conn.commit()
+            with tenancy.tenant_context(user_id=seeded.user_a, tenant_id=seeded.team_a):
+                assert conn.execute(text("SELECT count(*) FROM notes")).scalar_one() == 1
+                assert _count(conn, "notes", seeded.team_b) == 0
+                settings = conn.execute(text("SELECT " + ", ".join(f"current_setting('{n}', true)" for n in left)))
+                assert tuple(settings.one()) == (str(seeded.user_a), str(seeded.team_a), "", "", "")
+            conn.rollback()
+        finally:
+            conn.invalidate()  # the session's settings go with the connection, not back to the pool
+
+
 def test_user_sees_own_memberships_in_every_team_but_no_one_elses(app_engine, admin_engine, seeded):
     with admin_engine.begin() as conn:
         conn.execute(

@@ -42,7 +42,7 @@ INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
 POLICY_SETTING = "(NULLIF(current_setting('app.tenant_id'::text, true), ''::text))::uuid"
 POLICY_TENANT = f"tenant_id = {POLICY_SETTING}"
 TENANT_ID_AS_TEXT = re.compile(r"\(?\btenant_id\)?::text")
-CONTEXT_PREFIX = re.compile(r"^\s*SELECT set_config\('app\.[^;]*;\s*")
+CONTEXT_PREFIX = re.compile(r"^\s*(SET LOCAL app\.[^;]*;\s*)+")
 
 
 def _team_id(n: int) -> uuid.UUID:

@@ -231,7 +231,7 @@ def test_the_team_page_begins_its_transaction_with_its_first_statement(app, team
     admin = login_as(team.accounts[TenantRole.ADMIN], team.id)
     admin.get("/team/")
     sent = _statements_sent(app, admin, "/team/")
-    assert sent[0].startswith("BEGIN; SELECT set_config('app.user_id'")
+    assert sent[0].startswith("BEGIN; SET LOCAL app.user_id = '")
     assert not any("BEGIN" in statement for statement in sent[1:])
     assert len(sent) + 1 <= 4  # and the COMMIT
     with app.app_context(), db.engine.connect() as conn:

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.dialects import postgresql
 
 from nyxcore import tenancy
 from nyxcore.extensions import db
@@ -138,6 +139,15 @@ def test_row_level_security_applies_inside_the_function(app, make_user, app_engi
             t=owner.team_id,
         )
     assert leaked == []
+
+
+def test_the_statement_around_the_function_is_one_function_scan():
+    """PostgreSQL parses, analyses and plans the outer statement on every request (psycopg2 sends it
+    with literals): it selects the function's columns and nothing else, no sub-select per entity."""
+    sql = str(sessions._LIVE_SESSION_CALL.compile(dialect=postgresql.dialect()))
+    assert sql.count("SELECT") == 1
+    assert "LATERAL" not in sql and "JOIN" not in sql
+    assert sql.split("FROM", 1)[1].strip().startswith("nyxcore_signed_in(")
 
 
 def test_the_function_runs_as_its_caller_with_a_plan_kept_per_connection(admin_engine):

@@ -26,7 +26,7 @@ from tests.helpers import explained_plans, statements_for
 
 TEAMS = 25
 # The tenant context a transaction's first statement carries in front (EXPLAIN sets its own).
-CONTEXT_PREFIX = re.compile(r"^\s*(BEGIN;\s*)?SELECT set_config\('app\.[^;]*;\s*")
+CONTEXT_PREFIX = re.compile(r"^\s*(BEGIN;\s*)?(SET LOCAL app\.[^;]*;\s*)+")
 
 
 def _many_teams(admin_engine, user_id: uuid.UUID, teams: int = TEAMS) -> list[uuid.UUID]:
