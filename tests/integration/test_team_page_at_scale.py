@@ -1,10 +1,16 @@
-"""The seat count of a team larger than its cap stops at the cap (migration 0024), and counts only its own team.
+"""The team page's functions read a large team by its index, whatever plan is kept (migration 0024).
 
-`nyxcore_seat_counts(team, cap)` counts live members up to `cap`. With the user in the context as well as the
-team (as in every request), the `tenant_members` policies are `tenant_isolation OR own_memberships`, and
-its forced generic plan read them through a BitmapOr: every index entry of the team before the first row,
-whatever the cap. These tests count a team of 1,500 members (another team beside it) as the app role in
-the context a request sets, and look at the plan the function keeps (auto_explain, nested statements).
+- `nyxcore_seat_counts(team, cap)` counts live members up to `cap`. With the user in the context as well as
+  the team (as in every request), the `tenant_members` policies are `tenant_isolation OR own_memberships`,
+  and its forced generic plan read them through a BitmapOr: every index entry of the team before the first
+  row, whatever the cap.
+- `nyxcore_member_page` and `nyxcore_member_window` read a page after (before) a key; in a generic plan the
+  key was a filter (a `coalesce` of a parameter is not used ahead of the policies), checked on every member
+  from the team's first.
+
+A team of 1,500 members (another team beside it, and 300 small teams) is read as the app role in the context a
+request sets; the plans are the ones the functions keep (auto_explain, nested statements), the generic one
+forced where PostgreSQL may choose. Each function still answers for the context's team only.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from sqlalchemy.engine import Engine
 from nyxcore import create_app
 from nyxcore.extensions import db
 from tests import conftest
-from tests.helpers import explained_plans, scalar
+from tests.helpers import explained_plans, rows, scalar
 from tests.integration.test_account_migration import _migrate, fresh_database  # noqa: F401  (a fixture)
 
 MEMBERS = 1500
@@ -139,16 +145,92 @@ def test_a_large_teams_seat_count_reads_no_more_members_than_its_cap(
     assert all(n["Actual Rows"] <= CAP for n in scans), shown
 
 
+def _member_keys(admin_engine: Engine, team_id: uuid.UUID) -> list[Any]:
+    """The team's live members in join order: (joined_at, id)."""
+    return rows(
+        admin_engine,
+        "SELECT joined_at, id FROM tenant_members WHERE tenant_id = :t AND (ends_at IS NULL OR ends_at > now()) "
+        "ORDER BY joined_at, id",
+        t=team_id,
+    )
+
+
+PAGE = "SELECT id FROM nyxcore_member_page(%(team)s, %(at)s, %(key)s, %(back)s, 51, NULL)"
+WINDOW = "SELECT * FROM nyxcore_member_window(%(pattern)s, %(at)s, %(key)s, %(back)s, 500, 51)"
+
+
+@pytest.mark.parametrize("backwards", [False, True], ids=["after", "before"])
+@pytest.mark.parametrize("statement", [PAGE, WINDOW], ids=["member page", "member window"])
+def test_a_page_after_a_key_is_read_from_the_key_in_the_generic_plan(
+    admin_engine: Engine, database: Any, large_team: tuple[Any, Any], statement: str, backwards: bool
+) -> None:
+    """The key is an index condition: a middle page reads its page (the window: its `scan` members), not every
+    member from the team's first (or last) one."""
+    mine, _ = large_team
+    keys = _member_keys(admin_engine, mine.team_id)
+    middle = keys[len(keys) // 2]
+    parameters = {"team": mine.team_id, "at": middle.joined_at, "key": middle.id, "back": backwards, "pattern": "%zq%"}
+    context = {"app.tenant_id": str(mine.team_id), "app.user_id": str(mine.user_id)}
+    documents = explained_plans(
+        admin_engine, database.app_role, statement, parameters,
+        context={**context, "plan_cache_mode": "force_generic_plan"}, calls=2, analyze=True,
+    )  # fmt: skip
+    inner = [d["Plan"] for d in documents if "public.tenant_members AS m" in d.get("Query Text", "")]
+    assert inner, "the function's statement was not explained"
+    scans = [n for plan in inner for n in _nodes(plan) if n.get("Relation Name") == "tenant_members" and n.get("Alias") == "m"]
+    shown = "\n".join(f"{n['Node Type']} {n.get('Index Cond')} rows={n.get('Actual Rows')} removed={n.get('Rows Removed by Filter')}" for n in scans)
+    assert scans and all("ROW(joined_at, id)" in n.get("Index Cond", "") for n in scans), shown
+    assert all(n["Actual Rows"] <= 500 and n.get("Rows Removed by Filter", 0) == 0 for n in scans), shown
+
+
+def test_the_generic_plans_read_the_right_page_and_only_the_context_team(
+    app_engine: Engine, admin_engine: Engine, large_team: tuple[Any, Any]
+) -> None:
+    """After (before) a key: the next 51 members in join order, under the generic plan as under custom ones; a
+    call naming the other team, or in its context, never returns a member of mine."""
+    mine, theirs = large_team
+    keys = _member_keys(admin_engine, mine.team_id)
+    mine_ids = {key.id for key in keys}
+    middle = len(keys) // 2
+    page = "SELECT id FROM nyxcore_member_page(:team, :at, :key, :back, 51, NULL)"
+    window = "SELECT * FROM nyxcore_member_window(:pattern, :at, :key, :back, 500, 51)"
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        with app_engine.begin() as conn:
+            _in_context(conn, mine)
+            conn.execute(text("SELECT set_config('plan_cache_mode', :m, true)"), {"m": mode})
+            for _ in range(2):  # the plan kept after a call, too
+                for back, expected in ((False, keys[middle + 1 : middle + 52]), (True, keys[middle - 51 : middle][::-1])):
+                    params = {"team": mine.team_id, "at": keys[middle].joined_at, "key": keys[middle].id, "back": back, "pattern": "%"}
+                    want = [key.id for key in expected]
+                    assert [r[0] for r in conn.execute(text(page), params)] == want, (mode, back)
+                    assert [r[0] for r in conn.execute(text(window), params)] == want, (mode, back)
+                    assert conn.execute(text(page), {**params, "team": theirs.team_id}).all() == []
+        with app_engine.begin() as conn:
+            _in_context(conn, theirs)
+            conn.execute(text("SELECT set_config('plan_cache_mode', :m, true)"), {"m": mode})
+            for back in (False, True):
+                params = {"team": theirs.team_id, "at": keys[middle].joined_at, "key": keys[middle].id, "back": back, "pattern": "%"}
+                for statement in (page, window):
+                    found = {r[0] for r in conn.execute(text(statement), params)}
+                    assert not found & mine_ids, (mode, back)
+                assert conn.execute(text(page), {**params, "team": mine.team_id}).all() == []
+
+
 def test_migration_0024_upgrades_and_downgrades(fresh_database):  # noqa: F811
     _migrate(fresh_database, "head")
     admin = create_engine(fresh_database.admin_url)
     settings = "SELECT proconfig FROM pg_proc WHERE proname = 'nyxcore_seat_counts'"
+    paging = "FROM pg_proc WHERE proname IN ('nyxcore_member_page', 'nyxcore_member_window')"
+    keyed = f"SELECT count(*) {paging} AND prosrc LIKE '%(key_at, key_id)%'"
+    coalesced = f"SELECT count(*) {paging} AND prosrc LIKE '%(coalesce(after_at,%'"
+    definers = f"SELECT count(*) {paging} AND prosecdef AND has_function_privilege(:role, oid, 'EXECUTE')"
     granted = (
         "SELECT has_function_privilege(:role, 'public.nyxcore_seat_counts(uuid, integer)', 'EXECUTE') "
         "AND NOT has_function_privilege('public', 'public.nyxcore_seat_counts(uuid, integer)', 'EXECUTE')"
     )
     try:
         assert set(scalar(admin, settings)) >= {"enable_bitmapscan=off", "plan_cache_mode=force_generic_plan"}
+        assert scalar(admin, keyed) == 2
         assert scalar(admin, granted, role=fresh_database.app_role)
         app = create_app(conftest.test_config(fresh_database))
         with app.app_context():
@@ -156,8 +238,11 @@ def test_migration_0024_upgrades_and_downgrades(fresh_database):  # noqa: F811
             db.engine.dispose()
         assert "enable_bitmapscan=off" not in scalar(admin, settings)  # 0021's function
         assert "plan_cache_mode=force_generic_plan" in scalar(admin, settings)
+        assert scalar(admin, keyed) == 0 and scalar(admin, coalesced) == 2  # 0017's and 0018's statements
+        assert scalar(admin, definers, role=fresh_database.app_role) == 2
         assert scalar(admin, granted, role=fresh_database.app_role)
         _migrate(fresh_database, "head")
         assert "enable_bitmapscan=off" in scalar(admin, settings)
+        assert scalar(admin, keyed) == 2 and scalar(admin, coalesced) == 0 and scalar(admin, definers, role=fresh_database.app_role) == 2
     finally:
         admin.dispose()
