@@ -5,8 +5,8 @@
   not 50,000. The last page is the first one read backwards.
 - **A capped count.** Members are counted up to COUNT_CAP ("1,000+"), or up to the team's seat limit
   when it has one, so that "Seats: 7 of 10 used" stays exact. A search's matches are counted up to
-  MATCH_CAP ("100+"): the count is a second search, which for a common term in a large team walks
-  that many members; and it is not run at all when the page shows every match.
+  MATCH_CAP ("100+"): the first or last page's own search reads that many matches, shows a page of them
+  and counts them; a page after (before) a key counts them with a second search from the list's start.
 - **Search.** A term with three letters or digits in a row is looked up through
   `nyxcore_member_matches` (migration 0017: under RLS a `LIKE` cannot use an index), which finds a
   page's matches in the trigram indexes or, for a common term, by walking the team in join order.
@@ -33,7 +33,6 @@ from sqlalchemy import (
     DateTime,
     Integer,
     Select,
-    String,
     Uuid,
     and_,
     bindparam,
@@ -54,15 +53,15 @@ from nyxcore.extensions import db
 from nyxcore.models import TenantMember, User
 from nyxcore.pagination import AFTER, BEFORE, FIRST, LAST, Key, KeysetPage, Position, like_pattern
 from nyxcore.roles import TenantRole
-from nyxcore.services import member_search_sqlite, seats
+from nyxcore.services import member_matches, member_search_sqlite, seats
 from nyxcore.tenancy import Actor
 
 PER_PAGE = 50
 COUNT_CAP = 1000
-MATCH_CAP = 100  # a search's matches are counted up to here ("100+"): counting is a second search
+MATCH_CAP = 100  # a search's matches are counted up to here ("100+"): a search reads this many
 SHORT_SCAN = 500
 PLAIN, INDEXED, SHORT = "plain", "indexed", "short"  # the three kinds of statement (search modes)
-_KEY = (bindparam("at", type_=DateTime(timezone=True)), bindparam("key_id", type_=Uuid()))  # a page's key
+_KEY = member_matches.KEY  # a page's key
 _INDEXABLE = re.compile(r"[^\W_]{3}")  # what pg_trgm can look up: three letters or digits in a row
 
 
@@ -127,30 +126,14 @@ def _capped_count(*conditions: Any) -> Any:
     return select(func.count()).select_from(some.limit(bindparam("cap")).subquery()).scalar_subquery()
 
 
-def _found(function: str, *arguments: Any) -> Any:
-    """The member ids one of migration 0017's search functions returns, as a sub-select."""
-    call = getattr(func, function)(bindparam("pattern", type_=String), *arguments)
-    return select(call.table_valued(column("member_id", Uuid)).render_derived().c.member_id)
-
-
 def _match_ids(mode: str, direction: str) -> Any:
-    """The ids of the page's matches after (before) its key, as a sub-select.
-
-    INDEXED: among the whole team (the function may use the trigram indexes).
-    SHORT: among the next `scan` members from the key only (a bounded walk).
-    """
-    backwards = literal(direction in (BEFORE, LAST))
-    if mode == INDEXED:
-        return _found("nyxcore_member_matches", *_KEY, backwards, bindparam("limit"))
-    return _found("nyxcore_member_window", *_KEY, backwards, bindparam("scan"), bindparam("limit"))
+    """The ids of the page's matches after (before) its key, as a sub-select (member_matches)."""
+    return member_matches.indexed_ids(direction) if mode == INDEXED else member_matches.window_ids(direction)
 
 
 def _match_count(portable: bool = False) -> Any:
     """How many members match a term, counting at most `match_cap` of them."""
-    if portable:
-        return member_search_sqlite.match_count()
-    some = _found("nyxcore_member_matches", null(), null(), literal(False), bindparam("match_cap")).subquery()
-    return select(func.count()).select_from(some).scalar_subquery()
+    return member_search_sqlite.match_count() if portable else member_matches.match_count()
 
 
 def _window_end(direction: str, part: Any) -> Any:
@@ -161,17 +144,20 @@ def _window_end(direction: str, part: Any) -> Any:
 
 
 def _extras(
-    direction: str, mode: str, *, with_rows: bool = True, with_counts: bool = True, portable: bool = False
+    direction: str, mode: str, *, with_rows: bool = True, with_counts: bool = True, portable: bool = False,
+    counted: Any = None,
 ) -> list[Any]:
     """The columns after a row's: all members, open invitations (not `with_counts`: the caller reads
     those two from nyxcore_seat_counts), matches, the short-term window's end.
 
-    A search's matches are not counted when the rows at hand are all of them (the first or the last
-    page, not full): NULL, and the page counts its rows. PostgreSQL runs the count's sub-select only
-    when the CASE needs it, which spares a second search on every page that a rare term fills.
+    A search's matches: `counted` when the page's own search counted them (member_matches.first_matches);
+    else not counted when the rows at hand are all of them (the first or the last page, not full): NULL,
+    and the page counts its rows (PostgreSQL runs the count's sub-select only when the CASE needs it).
     """
     matched = _match_count(portable) if mode == INDEXED else null()
-    if mode == INDEXED and with_rows and direction in (FIRST, LAST):
+    if counted is not None:
+        matched = counted
+    elif mode == INDEXED and with_rows and direction in (FIRST, LAST):
         matched = case((func.count().over() > bindparam("per_page"), matched), else_=null())
     ends = [_window_end(direction, TenantMember.joined_at), _window_end(direction, TenantMember.id)]
     if with_rows:  # a full page links on from its last row: the window's end (SHORT_SCAN members on) is not read
@@ -221,7 +207,9 @@ def _member_page(direction: str, mode: str) -> Select[Any]:
     The function's statements are planned once per connection, and it reads the `users` rows of the
     team named here only when that is the context's team; the search's matches come in as an array.
     """
-    only = null() if mode == PLAIN else func.array(_match_ids(mode, direction).scalar_subquery())
+    only, counted = null() if mode == PLAIN else func.array(_match_ids(mode, direction).scalar_subquery()), None
+    if mode == INDEXED and direction in (FIRST, LAST):  # one search gives the page's matches and their count
+        only, counted = member_matches.first_matches(direction)
     backwards = literal(direction in (BEFORE, LAST))
     shown = [column(name, _TYPES.get(name)) for name in MemberRow._fields]
     page = func.nyxcore_member_page(bindparam("tenant_id"), *_KEY, backwards, bindparam("limit"), only)
@@ -251,7 +239,7 @@ def _member_page(direction: str, mode: str) -> Select[Any]:
             *rows.c[:_WIDTH],
             counts.c.members,
             counts.c.open_invitations,
-            *_extras(direction, mode, with_counts=False),
+            *_extras(direction, mode, with_counts=False, counted=counted),
             pending_column,
         )
         .select_from(rows)

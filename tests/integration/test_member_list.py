@@ -273,9 +273,15 @@ def test_migration_0018_upgrades_and_downgrades(fresh_database):  # noqa: F811
 
 
 def test_a_search_counts_its_matches_up_to_the_match_cap(crowd, monkeypatch):
-    """A search's count is a second search: it stops at MATCH_CAP, and is the page's own rows when they are all."""
+    """A search's count stops at MATCH_CAP, and is exact up to it: the first and last pages count what their own
+    search read (up to MATCH_CAP + 1 matches), a page after a key counts with a second search."""
     client, order, _ = crowd
     assert "Members (100+)" in _page(client, "/team/?q=member")[0]  # 130 matches
+    assert "Members (100+)" in _page(client, "/team/?q=member&last=1")[0]
+    assert "Members (100)" in _page(client, f"/team/?q={quote('member 0')}")[0]  # Member 000 to 099: exactly the cap
+    assert "Members (100)" in _page(client, f"/team/?q={quote('member 0')}&last=1")[0]
+    body, names = _page(client, f"/team/?q={quote('member 1')}")  # Member 100 to 129: one page, every match
+    assert "Members (30)" in body and len(names) == 30
     monkeypatch.setattr(member_list, "MATCH_CAP", 200)
     assert "Members (130)" in _page(client, "/team/?q=member")[0]
     one = order[7][0]
