@@ -8,7 +8,7 @@ import weakref
 from typing import Any
 
 import psycopg2.extensions
-from sqlalchemy import event, exc
+from sqlalchemy import TypeDecorator, Uuid, event, exc
 from sqlalchemy.engine import Connection, Dialect, Engine
 
 from nyxcore import tenancy
@@ -104,3 +104,15 @@ class IdlePing:
             alive = False
         if not alive:
             raise exc.DisconnectionError("the pooled connection no longer answers")
+
+
+class IdText(TypeDecorator[str]):
+    """A UUID column read as the text the pages print ("6ba7b810-9dad-11d1-80b4-00c04fd430c8"): what a list's
+    rows carry where their ids only go into URLs. PostgreSQL's statements cast such ids to text in
+    the statement (no `uuid.UUID` made and printed again per row); SQLite's (`make run`) use this."""
+
+    impl = Uuid
+    cache_ok = True
+
+    def process_result_value(self, value: uuid.UUID | None, dialect: Dialect) -> str | None:
+        return None if value is None else str(value)

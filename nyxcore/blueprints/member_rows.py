@@ -15,7 +15,6 @@ that work without JavaScript.
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -56,7 +55,7 @@ _ROLE_LABELS = {role: str(escape(role.label)) for role in TenantRole}
 class RowParts:
     """What every row of one page shares, escaped once: who is looking, what they may do, the URLs."""
 
-    me: uuid.UUID  # the actor's own membership: marked "you", never managed from its row
+    me: str  # the actor's own membership's id (as MemberRow.id): marked "you", never managed from its row
     manageable: frozenset[TenantRole]  # the roles the actor may change and remove
     show_two_factor: bool
     show_actions: bool
@@ -71,7 +70,7 @@ class RowParts:
     @classmethod
     def for_page(cls, actor: Actor, *, show_two_factor: bool, show_actions: bool, show_end: bool) -> RowParts:
         return cls(
-            me=actor.member_id,
+            me=str(actor.member_id),
             manageable=frozenset(role for role in TenantRole if can_manage_role(actor.role, role, role)),
             show_two_factor=show_two_factor,
             show_actions=show_actions,
@@ -118,7 +117,7 @@ def _row(m: MemberRow, parts: RowParts) -> str:
 
 
 def _actions(m: MemberRow, name: str, parts: RowParts) -> str:
-    member_id = str(m.id)
+    member_id = m.id
     csrf = parts.csrf
     end = _end_forms(m, member_id, name, parts) if parts.show_end and m.role is not TenantRole.OWNER else ""
     return (

@@ -196,10 +196,11 @@ def _render_settings(
     actor: Actor, *, form: SettingsForm | None = None, transfer: TransferForm | None = None
 ) -> tuple[str, int]:
     transfer = transfer or TransferForm(prefix="transfer", meta={"csrf": False})
+    me = str(actor.member_id)  # the list's ids are text
     others = [
-        SelectChoice(str(m.id), f"{m.name} ({m.role.label})")
+        SelectChoice(m.id, f"{m.name} ({m.role.label})")
         for m in member_list.list_members(actor, per_page=500).items
-        if m.id != actor.member_id
+        if m.id != me
     ]
     # Nobody is chosen until the owner chooses: a placeholder first, so one click makes no one owner.
     transfer.member_id.choices = [SelectChoice("", "Choose a member"), *others] if others else []

@@ -33,10 +33,12 @@ from sqlalchemy import (
     DateTime,
     Integer,
     Select,
+    Text,
     Uuid,
     and_,
     bindparam,
     case,
+    cast,
     column,
     func,
     literal,
@@ -44,11 +46,13 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import aliased
 
 from nyxcore import tenancy
+from nyxcore.database import IdText
 from nyxcore.extensions import db
 from nyxcore.models import TenantMember, User
 from nyxcore.pagination import AFTER, BEFORE, FIRST, LAST, Key, KeysetPage, Position, like_pattern
@@ -69,11 +73,12 @@ class MemberRow(NamedTuple):
     """One line of the member list: the columns the team page shows, not ORM objects (no hashes).
 
     A named tuple, made straight from the statement's row: a frozen dataclass's __init__ cost more than
-    reading the row (nine attribute sets through object.__setattr__, fifty rows a page).
+    reading the row (nine attribute sets through object.__setattr__, fifty rows a page). The two ids
+    come as the text the page prints (PostgreSQL casts them), not as a hundred `uuid.UUID`s a page.
     """
 
-    id: uuid.UUID
-    user_id: uuid.UUID
+    id: str
+    user_id: str
     role: TenantRole
     joined_at: datetime
     name: str
@@ -182,8 +187,8 @@ def _member_rows(direction: str, mode: str) -> Select[Any]:
         conditions.append(member_search_sqlite.matches())
     query = (
         select(
-            TenantMember.id,
-            TenantMember.user_id,
+            type_coerce(TenantMember.id, IdText()),
+            type_coerce(TenantMember.user_id, IdText()),
             TenantMember.role,
             TenantMember.joined_at,
             User.name,
@@ -236,7 +241,7 @@ def _member_page(direction: str, mode: str) -> Select[Any]:
     )
     query = (
         select(
-            *rows.c[:_WIDTH],
+            *(cast(c, Text) if c.name in ("id", "user_id") else c for c in rows.c[:_WIDTH]),
             counts.c.members,
             counts.c.open_invitations,
             *_extras(direction, mode, with_counts=False, counted=counted),
@@ -308,8 +313,8 @@ def list_members(
     matched = len(rows) if matched is None else matched  # a search's page that holds every match
     window_end = Key(end_at, end_id) if end_at is not None else None
     items = [MemberRow._make(row[:_WIDTH]) for row in rows[:per_page]]
-    onward = Key(items[-1].joined_at, items[-1].id) if len(rows) > per_page else window_end
-    back = Key(items[0].joined_at, items[0].id) if items and at.direction in (AFTER, BEFORE) else None
+    onward = Key(items[-1].joined_at, uuid.UUID(items[-1].id)) if len(rows) > per_page else window_end
+    back = Key(items[0].joined_at, uuid.UUID(items[0].id)) if items and at.direction in (AFTER, BEFORE) else None
     if at.backwards:
         items.reverse()
         back, onward = onward, back  # read backwards: what lies further is the previous page

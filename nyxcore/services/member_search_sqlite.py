@@ -1,7 +1,8 @@
-"""Member search where migration 0017's search functions do not exist: SQLite, under `make run`.
+"""The member list where migration 0017's functions do not exist: SQLite, under `make run`.
 
-The same matches as those functions give (the name or the address contains the term, LIKE with a
-backslash escape), read over the whole team whatever the term's length: a development database is small.
+Search gives the same matches as those functions (the name or the address contains the term, LIKE with
+a backslash escape), read over the whole team whatever the term's length: a development database is
+small. (The statement itself is member_list._member_rows; it reads the ids as text, database.IdText.)
 """
 
 from __future__ import annotations
@@ -28,3 +29,4 @@ def match_count() -> Any:
         .limit(bindparam("match_cap"))
     )
     return select(func.count()).select_from(some.subquery()).scalar_subquery()
+

@@ -6,10 +6,11 @@ import uuid
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import DateTime, Integer, String, Uuid, bindparam, func, select, text
+from sqlalchemy import DateTime, Integer, String, bindparam, func, select, text, type_coerce
 from sqlalchemy.orm import joinedload
 
 from nyxcore import tenancy
+from nyxcore.database import IdText
 from nyxcore.errors import InvalidInput, NotFound
 from nyxcore.extensions import db
 from nyxcore.models import Note, User
@@ -30,7 +31,7 @@ class NoteLine(NamedTuple):
     A named tuple made straight from the statement's row, as the member list's rows are (a frozen
     dataclass's __init__ cost more than reading the row, fifty rows a page)."""
 
-    id: uuid.UUID
+    id: str  # as the link prints it (PostgreSQL casts it: no `uuid.UUID` per row)
     title: str
     updated_at: datetime
     author_name: str | None
@@ -40,7 +41,7 @@ class NoteLine(NamedTuple):
 # would join every note's author (a private row under RLS) before the LIMIT.
 _NOTE_COUNT = select(func.count()).select_from(Note).where(Note.tenant_id == bindparam("tenant_id"))
 _NOTE_LINES = (
-    select(Note.id, Note.title, Note.updated_at, User.name, _NOTE_COUNT.scalar_subquery())
+    select(type_coerce(Note.id, IdText()), Note.title, Note.updated_at, User.name, _NOTE_COUNT.scalar_subquery())
     .outerjoin(User, User.id == Note.author_id)
     .order_by(Note.updated_at.desc(), Note.id.desc())
     .limit(bindparam("limit"))
@@ -51,8 +52,11 @@ _NOTE_LINES = (
 # PostgreSQL reads the page through `nyxcore_note_lines` (migration 0021: planned once per connection,
 # under the same policies, filtered by the team named here); SQLite (`make run`) through `_NOTE_LINES`.
 _NOTE_PAGE = (
-    text("SELECT id, title, updated_at, author_name, total FROM nyxcore_note_lines(:tenant_id, :limit, :offset)")
-    .columns(id=Uuid(), title=String(), updated_at=DateTime(timezone=True), author_name=String(), total=Integer())
+    text(
+        "SELECT id::text AS id, title, updated_at, author_name, total"
+        " FROM nyxcore_note_lines(:tenant_id, :limit, :offset)"
+    )
+    .columns(id=String(), title=String(), updated_at=DateTime(timezone=True), author_name=String(), total=Integer())
     .execution_options(**{tenancy.ALL_TENANTS: True})
 )
 

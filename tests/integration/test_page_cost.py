@@ -47,8 +47,8 @@ def test_the_member_list_filters_by_the_actors_team_itself(app, make_user, add_m
             listed = member_list.list_members(actor)
             visible = set(db.session.scalars(select(TenantMember.user_id)))
     assert visible == {both.user_id, other.user_id}  # the other team's members are visible here
-    assert {row.user_id for row in listed.items} <= {both.user_id}  # the actor's own row at most
-    assert other.user_id not in {row.user_id for row in listed.items}
+    assert {row.user_id for row in listed.items} <= {str(both.user_id)}  # the actor's own row at most (ids as text)
+    assert str(other.user_id) not in {row.user_id for row in listed.items}
     assert listed.total <= 1  # the count is the actor's team's too
 
 
@@ -60,6 +60,22 @@ def test_the_member_list_shows_names_not_hashes(app, team):
     assert {row.email for row in page.items} == {account.email for account in team.accounts.values()}
     assert page.total == 4
     assert not any(hasattr(row, "password_hash") or hasattr(row, "user") for row in page.items)
+    # The ids come as the text the page prints (cast by PostgreSQL), the memberships' own.
+    with app.app_context(), tenancy.tenant_context(user_id=owner.user_id, tenant_id=team.id):
+        memberships = {str(m.id): str(m.user_id) for m in db.session.scalars(select(TenantMember))}
+    assert {row.id: row.user_id for row in page.items} == memberships
+
+
+def test_the_team_page_marks_the_actors_own_row_and_offers_no_action_on_it(as_owner, team, admin_engine):
+    """The rows compare each member with the actor's membership (as text): the owner's row says "you"
+    and carries no role or remove form; the other members' rows do."""
+    page = as_owner.get("/team/").get_data(as_text=True)
+    own = member_id(admin_engine, team.id, team.accounts[O].user_id)
+    assert page.count('<span class="badge">you</span>') == 1
+    assert f"/team/members/{own}/" not in page
+    for role in (TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER):
+        other = member_id(admin_engine, team.id, team.accounts[role].user_id)
+        assert f'action="/team/members/{other}/role"' in page and f'href="/team/members/{other}/remove"' in page
 
 
 def test_a_page_past_the_end_still_counts_the_members(as_viewer):

@@ -181,6 +181,11 @@ def test_sqlite_development_mode_lists_the_teams_own_pending_invitations_and_sea
         body = client.get("/team/").get_data(as_text=True)
         other = "bob" if name == "alice" else "alice"
         assert "Pending invitations (1)" in body and f"guest-of-{name}@example.com" in body
+        assert f'{name} <span class="badge">you</span>' in body  # the ids are read as text here too
+        created = client.post_form("/notes/new", {"title": f"Plan of {name}", "body": "x"})
+        assert created.status_code == 302
+        listing = client.get("/notes/").get_data(as_text=True)
+        assert f'<a href="{created.location}">Plan of {name}</a>' in listing and f"Plan of {other}" not in listing
         assert f"guest-of-{other}@example.com" not in body
         # Search has no functions to call here either: a term of any length finds the team's own members only
         # (before, every search on SQLite was an error page).

@@ -155,6 +155,10 @@ def test_two_owners_demoting_each_other_concurrently_leave_one_owner(
 def test_transfer_ownership(team, login_as, admin_engine):
     owner, member = team.accounts[O], team.accounts[M]
     client = login_as(owner, team.id)
+    settings = client.get("/team/settings").get_data(as_text=True)
+    offered = set(re.findall(r'<option value="([0-9a-f-]{36})"', settings))
+    everyone = {str(member_id(admin_engine, team.id, account.user_id)) for account in team.accounts.values()}
+    assert offered == everyone - {str(member_id(admin_engine, team.id, owner.user_id))}  # anyone but oneself
     response = client.confirm(
         "/team/transfer", {"transfer-member_id": str(member_id(admin_engine, team.id, member.user_id))}
     )
@@ -340,7 +344,7 @@ def test_services_refuse_a_stale_membership_of_another_team(app, team, make_user
         actor = db.session.scalar(mine.where(TenantMember.user_id == outsider.user_id))
         assert actor is not None
         page = member_list.list_members(actor)
-        assert [m.user_id for m in page.items] == [outsider.user_id]
+        assert [m.user_id for m in page.items] == [str(outsider.user_id)]
 
 
 def test_team_page_shows_pending_invitations_to_admins_only(team, as_admin, as_viewer):
