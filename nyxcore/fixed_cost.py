@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, g, request, session
+from flask import Flask, current_app, g, request, session
 from flask.ctx import _AppCtxGlobals
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, SessionMixin
 from flask.wrappers import Request, Response
@@ -136,6 +136,23 @@ def _remember_when_possible(app: Flask, hook: Any) -> Any:
 
     update_remember_cookie.__wrapped__ = hook  # type: ignore[attr-defined]
     return update_remember_cookie
+
+
+def csrf_token() -> str:
+    """This request's CSRF token for a form's hidden field, as the templates' `csrf_token()` gives it:
+    for markup made in Python (the team page's rows), in place of Flask-WTF's `generate_csrf`, which
+    would build a serializer to sign it (the first caller of a request signs; the rest read it from `g`)."""
+    made: Callable[[], str] = current_app.extensions[_CSRF_FUNCTION]
+    return made()
+
+
+_CSRF_FUNCTION = "nyxcore.csrf_token_function"
+
+
+def install_csrf_token(app: Flask) -> Callable[[], str]:
+    """Make `app`'s csrf_token function (csrf_token_function), keep it for `csrf_token()` and return it."""
+    made = app.extensions[_CSRF_FUNCTION] = csrf_token_function(app)
+    return made
 
 
 def csrf_token_function(app: Flask) -> Callable[[], str]:

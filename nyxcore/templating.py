@@ -11,7 +11,7 @@ from flask import Flask, current_app, g, has_request_context, request, url_for
 from flask_login import current_user
 
 from nyxcore import authz, navigation, timezones
-from nyxcore.fixed_cost import csrf_token_function, current_request
+from nyxcore.fixed_cost import current_request, install_csrf_token
 from nyxcore.services import notices
 
 _SLOT = uuid.UUID(int=0)
@@ -125,7 +125,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.globals["url_for"] = fixed_urls(app)
     # In place of Flask-WTF's generate_csrf, which it offers twice: as a global and from a context
     # processor (whose value would win over the global); the processor goes, the global is ours.
-    app.jinja_env.globals["csrf_token"] = csrf_token_function(app)
+    app.jinja_env.globals["csrf_token"] = install_csrf_token(app)
     processors = app.template_context_processors.setdefault(None, [])
     processors[:] = [each for each in processors if not _is_flask_wtfs_csrf_processor(each)]
 

@@ -18,9 +18,9 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup, escape
 
+from nyxcore.fixed_cost import csrf_token
 from nyxcore.roles import TenantRole, can_manage_role, grantable_roles
 from nyxcore.services.member_list import MemberRow
 from nyxcore.services.notices import last_date, last_day
@@ -75,7 +75,7 @@ class RowParts:
             show_two_factor=show_two_factor,
             show_actions=show_actions,
             show_end=show_end,
-            csrf=f'<input type="hidden" name="csrf_token" value="{escape(generate_csrf())}">',
+            csrf=f'<input type="hidden" name="csrf_token" value="{text_of(csrf_token())}">',
             role_url=str(escape(url_pattern("team.change_role", "member_id"))),
             remove_url=str(escape(url_pattern("team.remove_member", "member_id"))),
             end_url=str(escape(url_pattern("team.set_end", "member_id"))),

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flask_wtf.csrf import generate_csrf
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
+from nyxcore.fixed_cost import csrf_token
 from nyxcore.roles import TenantRole
 from nyxcore.services.invitations.issuing import PendingInvitation
 from nyxcore.templating import format_time, text_of
@@ -27,7 +27,7 @@ def pending_rows(
     revoke_url: str,
 ) -> Markup:
     """The <tr>s of the pending invitations' table; the URLs are `url_pattern`s (`{}` for the id)."""
-    csrf = f'<input type="hidden" name="csrf_token" value="{escape(generate_csrf())}">'
+    csrf = f'<input type="hidden" name="csrf_token" value="{text_of(csrf_token())}">'
     urls = (text_of(renew_url), text_of(resend_url), text_of(revoke_url))
     return Markup("".join([_row(inv, manageable, urls, csrf) for inv in items]))  # noqa: S704 (escaped in _row)
 

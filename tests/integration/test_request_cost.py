@@ -32,7 +32,7 @@ from nyxcore.models import Note
 from nyxcore.roles import TenantRole
 from nyxcore.services.invitations import tokens as invitation_tokens
 from tests.conftest import csrf_from
-from tests.helpers import count, insert_invitation
+from tests.helpers import count, insert_invitation, member_id
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -369,6 +369,19 @@ def test_the_layouts_csrf_token_is_flask_wtfs_and_a_bad_or_missing_one_is_still_
     assert other.post("/auth/logout", data={"csrf_token": token}).status_code == 400  # another session's
     assert as_member.post("/auth/logout", data={"csrf_token": token}).status_code == 302  # the page's own
     assert as_member.get("/notes/").status_code == 302  # and it did log out
+
+
+def test_the_team_pages_row_forms_carry_the_layouts_token_and_it_changes_a_role(as_admin, team, admin_engine):
+    """The member and invitation rows are made in Python (fixed_cost.csrf_token, not a serializer of
+    Flask-WTF's per call): every form of the page carries the one token of the request, and it works."""
+    as_admin.post_form("/team/invitations", {"emails": "row-token@example.com", "role": "member"})
+    page = as_admin.get("/team/").get_data(as_text=True)
+    tokens = re.findall(r'name="csrf_token" value="([^"]+)"', page)
+    assert len(tokens) > 4 and set(tokens) == {_layout_token(page)}  # role and invitation forms, and the layout's
+    viewer = member_id(admin_engine, team.id, team.accounts[TenantRole.VIEWER].user_id)
+    changed = as_admin.post(f"/team/members/{viewer}/role", data={"csrf_token": tokens[0], "role": "member"})
+    assert changed.status_code == 302
+    assert count(admin_engine, "SELECT count(*) FROM tenant_members WHERE id = :m AND role = 'member'", m=viewer) == 1
 
 
 @pytest.mark.own_app  # a fresh app: its csrf_token() has made no serializer yet
