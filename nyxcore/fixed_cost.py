@@ -149,14 +149,9 @@ def csrf_token() -> str:
 _CSRF_FUNCTION = "nyxcore.csrf_token_function"
 
 
-def install_csrf_token(app: Flask) -> Callable[[], str]:
-    """Make `app`'s csrf_token function (csrf_token_function), keep it for `csrf_token()` and return it."""
-    made = app.extensions[_CSRF_FUNCTION] = csrf_token_function(app)
-    return made
-
-
 def csrf_token_function(app: Flask) -> Callable[[], str]:
-    """The templates' `csrf_token()`: Flask-WTF's `generate_csrf()`, with its signing serializer made once.
+    """The templates' `csrf_token()`, kept on `app` for `csrf_token()`: Flask-WTF's `generate_csrf()`,
+    with its signing serializer made once.
 
     `generate_csrf` builds a URLSafeTimedSerializer on every request (itsdangerous test-serializes
     `{}` to make one) and reads its settings through Flask's context proxies. This does the same
@@ -195,4 +190,5 @@ def csrf_token_function(app: Flask) -> Callable[[], str]:
         setattr(request_g, field_name, token)
         return token
 
+    app.extensions[_CSRF_FUNCTION] = csrf_token  # for `csrf_token()`, markup made in Python
     return csrf_token

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from flask import Flask, current_app, g, has_request_context, request, url_for
 from flask_login import current_user
 
 from nyxcore import authz, navigation, timezones
-from nyxcore.fixed_cost import current_request, install_csrf_token
+from nyxcore.fixed_cost import csrf_token_function, current_request
 from nyxcore.services import notices
 
 _SLOT = uuid.UUID(int=0)
@@ -29,14 +30,9 @@ def url_pattern(endpoint: str, argument: str, **values: Any) -> str:
     """
     if values or endpoint.startswith(".") or not has_request_context():
         return _routed_pattern(endpoint, argument, values)
-    kept: dict[tuple[str, str, str], str] = current_app.extensions.setdefault(_URL_PATTERNS, {})
+    kept = current_app.extensions.setdefault(_URL_PATTERNS, {})
     key = (current_request().script_root, endpoint, argument)
-    found = kept.get(key)
-    if found is None:
-        if len(kept) >= _FIXED_URLS_KEPT:
-            kept.clear()
-        found = kept[key] = _routed_pattern(endpoint, argument, {})
-    return found
+    return _kept(kept, key, lambda: _routed_pattern(endpoint, argument, {}))
 
 
 _URL_PATTERNS = "nyxcore.url_patterns"
@@ -45,6 +41,17 @@ _URL_PATTERNS = "nyxcore.url_patterns"
 def _routed_pattern(endpoint: str, argument: str, values: dict[str, Any]) -> str:
     values[argument] = _SLOT
     return url_for(endpoint, **values).replace(str(_SLOT), "{}")
+
+
+def _kept(kept: dict[tuple[str, str, Any], str], key: tuple[str, str, Any], route: Callable[[], str]) -> str:
+    """The URL kept under `key` (script root, endpoint, what else names it), routed by `route` the first
+    time; more than _FIXED_URLS_KEPT distinct ones (script roots a proxy sent, say) and `kept` starts again."""
+    found = kept.get(key)
+    if found is None:
+        if len(kept) >= _FIXED_URLS_KEPT:
+            kept.clear()
+        found = kept[key] = route()
+    return found
 
 
 def text_of(value: str) -> str:
@@ -106,12 +113,7 @@ def fixed_urls(app: Flask) -> Any:
         if values and (endpoint != "static" or len(values) != 1 or "filename" not in values):
             return url_for(endpoint, **values)
         key = (current_request().script_root, endpoint, values.get("filename"))
-        found = kept.get(key)
-        if found is None:
-            if len(kept) >= _FIXED_URLS_KEPT:
-                kept.clear()
-            found = kept[key] = app.url_for(endpoint, **values)
-        return found
+        return _kept(kept, key, lambda: app.url_for(endpoint, **values))
 
     return url_for_template
 
@@ -125,7 +127,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.globals["url_for"] = fixed_urls(app)
     # In place of Flask-WTF's generate_csrf, which it offers twice: as a global and from a context
     # processor (whose value would win over the global); the processor goes, the global is ours.
-    app.jinja_env.globals["csrf_token"] = install_csrf_token(app)
+    app.jinja_env.globals["csrf_token"] = csrf_token_function(app)
     processors = app.template_context_processors.setdefault(None, [])
     processors[:] = [each for each in processors if not _is_flask_wtfs_csrf_processor(each)]
 

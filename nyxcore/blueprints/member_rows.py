@@ -48,7 +48,7 @@ def _options_by_role(granter: TenantRole) -> dict[TenantRole, str]:
     return {role: role_options(grantable, selected=role) for role in TenantRole}
 
 
-_ROLE_LABELS = {role: str(escape(role.label)) for role in TenantRole}
+ROLE_LABELS = {role: text_of(role.label) for role in TenantRole}  # escaped, also for pending_rows
 
 
 @dataclass(frozen=True)
@@ -76,11 +76,11 @@ class RowParts:
             show_actions=show_actions,
             show_end=show_end,
             csrf=f'<input type="hidden" name="csrf_token" value="{text_of(csrf_token())}">',
-            role_url=str(escape(url_pattern("team.change_role", "member_id"))),
-            remove_url=str(escape(url_pattern("team.remove_member", "member_id"))),
-            end_url=str(escape(url_pattern("team.set_end", "member_id"))),
+            role_url=text_of(url_pattern("team.change_role", "member_id")),
+            remove_url=text_of(url_pattern("team.remove_member", "member_id")),
+            end_url=text_of(url_pattern("team.set_end", "member_id")),
             role_options=_options_by_role(actor.role),
-            role_labels=_ROLE_LABELS,
+            role_labels=ROLE_LABELS,
         )
 
     def manages(self, member: MemberRow) -> bool:

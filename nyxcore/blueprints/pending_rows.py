@@ -10,12 +10,11 @@ from collections.abc import Iterable
 
 from markupsafe import Markup
 
+from nyxcore.blueprints.member_rows import ROLE_LABELS
 from nyxcore.fixed_cost import csrf_token
 from nyxcore.roles import TenantRole
 from nyxcore.services.invitations.issuing import PendingInvitation
 from nyxcore.templating import format_time, text_of
-
-_ROLE_LABELS = {role: text_of(role.label) for role in TenantRole}
 
 
 def pending_rows(
@@ -74,7 +73,7 @@ def _row(inv: PendingInvitation, manageable: frozenset[TenantRole], urls: tuple[
     return (
         f'\n      \n      <tr id="invitation-{invitation}">\n'
         f'        <td data-label="Email">{email}</td>\n'
-        f'        <td data-label="Role">{_ROLE_LABELS[inv.role]}</td>\n'
+        f'        <td data-label="Role">{ROLE_LABELS[inv.role]}</td>\n'
         f'        <td data-label="Invited by">{inviter}</td>\n'
         f'        <td data-label="Expires">{format_time(inv.expires_at)}</td>\n        {_state(inv)}\n'
         f'        <td data-label="Actions">\n          {actions}\n        </td>\n      </tr>\n    '

@@ -29,4 +29,3 @@ def match_count() -> Any:
         .limit(bindparam("match_cap"))
     )
     return select(func.count()).select_from(some.subquery()).scalar_subquery()
-

@@ -25,7 +25,7 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
-from nyxcore import tenancy
+from nyxcore import database, tenancy
 from nyxcore.database import configure_engine
 from nyxcore.extensions import db, limiter, login_manager
 from nyxcore.models import Note
@@ -433,6 +433,8 @@ def test_uuids_read_from_postgresql_are_plain_uuids(app_config):
     known = uuid.UUID("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
     try:
         with engine.connect() as conn:
+            casters = conn.connection.dbapi_connection.string_types  # type: ignore[union-attr]
+            assert casters[2950] is database._UUID_TYPE and casters[2951] is database._UUID_ARRAY_TYPE  # ours
             one, many, none = conn.execute(
                 text("SELECT CAST(:u AS uuid), ARRAY[CAST(:u AS uuid), NULL, gen_random_uuid()], CAST(NULL AS uuid)"),
                 {"u": str(known)},
