@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +31,8 @@ def url_pattern(endpoint: str, argument: str, **values: Any) -> str:
         return _routed_pattern(endpoint, argument, values)
     kept = current_app.extensions.setdefault(_URL_PATTERNS, {})
     key = (current_request().script_root, endpoint, argument)
-    return _kept(kept, key, lambda: _routed_pattern(endpoint, argument, {}))
+    found = kept.get(key)
+    return found if found is not None else _keep(kept, key, _routed_pattern(endpoint, argument, {}))
 
 
 _URL_PATTERNS = "nyxcore.url_patterns"
@@ -43,15 +43,13 @@ def _routed_pattern(endpoint: str, argument: str, values: dict[str, Any]) -> str
     return url_for(endpoint, **values).replace(str(_SLOT), "{}")
 
 
-def _kept(kept: dict[tuple[str, str, Any], str], key: tuple[str, str, Any], route: Callable[[], str]) -> str:
-    """The URL kept under `key` (script root, endpoint, what else names it), routed by `route` the first
-    time; more than _FIXED_URLS_KEPT distinct ones (script roots a proxy sent, say) and `kept` starts again."""
-    found = kept.get(key)
-    if found is None:
-        if len(kept) >= _FIXED_URLS_KEPT:
-            kept.clear()
-        found = kept[key] = route()
-    return found
+def _keep(kept: dict[tuple[str, str, Any], str], key: tuple[str, str, Any], url: str) -> str:
+    """Keep the just-routed `url` under `key` (script root, endpoint, what else names it) and return it; more
+    than _FIXED_URLS_KEPT distinct ones (script roots a proxy sent, say) and `kept` starts again."""
+    if len(kept) >= _FIXED_URLS_KEPT:
+        kept.clear()
+    kept[key] = url
+    return url
 
 
 def text_of(value: str) -> str:
@@ -113,7 +111,8 @@ def fixed_urls(app: Flask) -> Any:
         if values and (endpoint != "static" or len(values) != 1 or "filename" not in values):
             return url_for(endpoint, **values)
         key = (current_request().script_root, endpoint, values.get("filename"))
-        return _kept(kept, key, lambda: app.url_for(endpoint, **values))
+        found = kept.get(key)
+        return found if found is not None else _keep(kept, key, app.url_for(endpoint, **values))
 
     return url_for_template
 
