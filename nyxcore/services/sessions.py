@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Select, Uuid, and_, bindparam, column, func, select, update
+from sqlalchemy import JSON, ColumnElement, Select, Uuid, and_, bindparam, column, func, select, true, update
 from sqlalchemy.orm import aliased, class_mapper, contains_eager
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ColumnClause
@@ -108,32 +108,21 @@ def _loaded_columns(model: type[object]) -> list[ColumnClause[object]]:
     return [prop.columns[0] for prop in class_mapper(model).column_attrs if not prop.deferred]  # type: ignore[misc]
 
 
-def _returned_column(part: str, loaded: ColumnClause[object]) -> ColumnClause[object]:
-    """The function's column `<part>_<column>`, declared a proxy of the model's table column `loaded`.
-
-    As a proxy it is what `aliased(model, signed)` finds for that table column (its corresponding
-    column), so each entity loads from the function's row itself, by column and not by name.
-    """
-    returned: ColumnClause[object] = column(f"{part}_{loaded.name}", loaded.type)
-    returned._proxies = [loaded]  # set before first use: proxy_set is computed from it once
-    return returned
-
-
 def _live_session_call() -> Select[Any]:
     """_LIVE_SESSION's row through `nyxcore_signed_in` (migration 0020): planned once per connection.
 
     The function returns the columns the ORM loads of the user, membership and team, named
-    `<part>_<column>` (of the session only its id and last_seen_at, what `load` reads). Each entity is
-    an `aliased(model, signed)` of the function's row, whose columns proxy the models' table columns
-    (_returned_column): the same objects as from _LIVE_SESSION, through an ordinary ORM select (whose
-    loading SQLAlchemy prepares once, unlike a `from_statement`'s, which it prepared again on every
-    request), and a statement PostgreSQL parses, analyses and plans at the least cost on every request:
-    `SELECT signed.<column>, ... FROM nyxcore_signed_in(...) AS signed`, one function scan without any
-    sub-select (the LATERAL projection per entity it replaces cost about 0.08 ms of backend CPU per
-    request). A column the models gain and the function lacks fails loudly (no such column).
+    `<part>_<column>` (of the session only its id and last_seen_at, what `load` reads). Each part is
+    a LATERAL projection of the function's row under the model's own column names, which an
+    `aliased(..., adapt_on_names=True)` entity loads: the same objects as from _LIVE_SESSION,
+    through an ordinary ORM select (whose loading SQLAlchemy prepares once, unlike a
+    `from_statement`'s, which it prepared again on every request). PostgreSQL folds the
+    projections away: the statement plans as one function scan, without any table or policy.
+    A column the models gain and the function lacks fails loudly (no such column).
     """
     parts = {"account": User, "membership": TenantMember, "team": Tenant}
-    returned = [_returned_column(part, each) for part, model in parts.items() for each in _loaded_columns(model)]
+    loaded = {part: _loaded_columns(model) for part, model in parts.items()}
+    returned = [column(f"{part}_{each.name}", each.type) for part in parts for each in loaded[part]]
     returned += [column("session_id", Uuid), column("session_last_seen_at", UserSession.last_seen_at.type)]
     signed = (
         func.nyxcore_signed_in(
@@ -147,8 +136,19 @@ def _live_session_call() -> Select[Any]:
         .table_valued(*returned, column("choices", JSON))
         .alias("signed")
     )
-    account, membership, team = (aliased(model, signed) for model in parts.values())
+    projections = {
+        part: select(*(signed.c[f"{part}_{each.name}"].label(each.name) for each in loaded[part]))
+        .correlate(signed)
+        .lateral(part)
+        for part in parts
+    }
+    account, membership, team = (
+        aliased(model, projections[part], adapt_on_names=True) for part, model in parts.items()
+    )
     statement = select(account, signed.c.session_id, signed.c.session_last_seen_at, membership, team, signed.c.choices)
+    statement = statement.select_from(signed)
+    for projection in projections.values():
+        statement = statement.join(projection, true())
     return statement.execution_options(**{tenancy.ALL_TENANTS: True})
 
 
