@@ -96,8 +96,8 @@ def overview() -> str:
         "team/overview.html",
         tenant=actor.tenant,
         page=page,
-        seats=seats.SeatUsage(
-            page.members, page.open_invitations, actor.tenant.seat_limit, capped=page.members_capped
+        seats=seats.SeatUsage(  # open invitations are None (not counted) only for a team without a limit
+            page.members, page.open_invitations or 0, actor.tenant.seat_limit, capped=page.members_capped
         ),
         search=search,
         parts=parts,

@@ -14,6 +14,10 @@
   in order, at most SHORT_SCAN members per page (`nyxcore_member_window`: the walk checks the
   `users` policy only for the rows it returns); a page that found fewer than a page of matches in
   its window links on from the window's end, so every match is still reached, page by page.
+- **No count the page can give.** A team without a seat limit shows only how many members it has; when the
+  first (or last) page of the plain list holds all of them, that is its own number of rows, and PostgreSQL
+  does not call `nyxcore_seat_counts` (an InitPlan runs only when its CASE needs it). A team with a limit
+  (its open invitations are shown too), a longer list or a search reads the count as before.
 - **A planned-once read.** On PostgreSQL the rows come from `nyxcore_member_page` (migration 0018),
   planned once per connection; it answers only for the context's team. SQLite (`make run`) joins the
   tables and searches through member_search_sqlite. Each statement filters by the actor's team itself
@@ -94,7 +98,9 @@ class MemberPage(KeysetPage[MemberRow]):
 
     members: int = 0  # all the team's members, whatever the search (capped like `total`)
     members_capped: bool = False
-    open_invitations: int = 0  # invitations holding a seat (services/seats.py)
+    # Invitations holding a seat (services/seats.py); None: not counted (a team without a seat limit, whose
+    # page does not show them).
+    open_invitations: int | None = 0
     window: int = 0  # a short term's page looked at no more than this many members (0: all)
     # The first `pending` open invitations (nyxcore_pending_invitations' rows as JSON objects), when asked
     # for and read with the page: None when not (SQLite, an empty page): invitations.list_pending reads them.
@@ -206,11 +212,13 @@ def _member_rows(direction: str, mode: str) -> Select[Any]:
     return _ordered(query, direction, TenantMember).limit(bindparam("limit"))
 
 
-def _member_page(direction: str, mode: str) -> Select[Any]:
+def _member_page(direction: str, mode: str, *, invitations_counted: bool = True) -> Select[Any]:
     """PostgreSQL's statement: the page's rows from `nyxcore_member_page` (migration 0018), then the extras.
 
     The function's statements are planned once per connection, and it reads the `users` rows of the
     team named here only when that is the context's team; the search's matches come in as an array.
+    Not `invitations_counted` (a team without a seat limit, a shape of _UNCOUNTED): the open invitations
+    are NULL, and the members are the page's own rows when it holds them all (fewer than `limit`).
     """
     only, counted = null() if mode == PLAIN else func.array(_match_ids(mode, direction).scalar_subquery()), None
     if mode == INDEXED and direction in (FIRST, LAST):  # one search gives the page's matches and their count
@@ -239,18 +247,23 @@ def _member_page(direction: str, mode: str) -> Select[Any]:
     pending_column = case(
         (and_(rows.c.n == 1, bindparam("pending_limit") > 0), pending.scalar_subquery()), else_=null()
     )
+    seat_columns: list[Any] = [counts.c.members, counts.c.open_invitations]
+    if not invitations_counted:  # the count's function runs (once: an InitPlan) only for a team longer than a page
+        read = func.count().over()
+        everyone = select(counts.c.members).scalar_subquery()
+        seat_columns = [case((read <= bindparam("per_page"), read), else_=everyone), null()]
     query = (
         select(
             *(cast(c, Text) if c.name in ("id", "user_id") else c for c in rows.c[:_WIDTH]),
-            counts.c.members,
-            counts.c.open_invitations,
+            *seat_columns,
             *_extras(direction, mode, with_counts=False, counted=counted),
             pending_column,
         )
         .select_from(rows)
-        .join(counts, true())
         .order_by(rows.c.n)
     )
+    if invitations_counted:
+        query = query.join(counts, true())
     return query.execution_options(**{tenancy.ALL_TENANTS: True})
 
 
@@ -273,6 +286,9 @@ _STATEMENTS = {
     dialect: {shape: build(*shape) for shape in _SHAPES}
     for dialect, build in (("postgresql", _member_page), ("other", _member_rows))
 }
+# The plain list's first and last page of a team without a seat limit, on PostgreSQL: no seat count when the
+# page holds the whole team (_member_page).
+_UNCOUNTED = {shape: _member_page(*shape, invitations_counted=False) for shape in ((FIRST, PLAIN), (LAST, PLAIN))}
 # An empty page carries no counts: they are asked alone (by dialect and shape).
 _EVERY = {tenancy.ALL_TENANTS: True}
 _COUNTS = {
@@ -304,8 +320,11 @@ def list_members(
         "scan": SHORT_SCAN,
         "scan_last": SHORT_SCAN - 1,
     }
+    statement = _STATEMENTS[dialect][shape]
+    if dialect == "postgresql" and actor.tenant.seat_limit is None and shape in _UNCOUNTED:
+        statement = _UNCOUNTED[shape]
     rows = db.session.execute(
-        _STATEMENTS[dialect][shape],
+        statement,
         {**params, "limit": per_page + 1, "per_page": per_page, "pending_limit": pending},
     ).all()
     extras = rows[0][_WIDTH : _WIDTH + 5] if rows else db.session.execute(_COUNTS[dialect, shape], params).one()

@@ -11,7 +11,7 @@ import re
 import uuid
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import joinedload
 
 from nyxcore import tenancy
@@ -20,7 +20,7 @@ from nyxcore.models import Invitation, Note, TenantMember
 from nyxcore.roles import TenantRole
 from nyxcore.services import invitations, member_list, notes
 from nyxcore.tenancy import Actor
-from tests.helpers import PAST_THE_END, insert_invitation, member_id
+from tests.helpers import PAST_THE_END, explained_plans, insert_invitation, member_id
 from tests.integration.test_request_cost import _statements_sent
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
@@ -186,3 +186,76 @@ def test_the_pending_rows_escape_addresses_and_keep_their_forms(team, admin_engi
     assert row is not None and '<span class="badge bad">Expired</span>' in row.group(0)
     assert f'action="/team/invitations/{expired}/renew"' in row.group(0) and row.group(0).count('name="csrf_token"') == 1
     assert len(re.findall(r"<td[^>]*>", row.group(0))) == 6
+
+
+def _member_statement(app, client) -> tuple[str, dict]:
+    """The team page's member statement and its parameters, as they leave for the server."""
+    sent: list[tuple[str, dict]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        sent.append((statement, parameters))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)  # after tenancy's: with its context prefix
+    try:
+        assert client.get("/team/").status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    (found,) = [each for each in sent if "nyxcore_member_page(" in each[0]]
+    return found
+
+
+def _seat_count_ran(admin_engine, database, account, app, client) -> bool:
+    """Whether the team page's member statement ran nyxcore_seat_counts' statement (auto_explain sees the
+    statements a function runs, and only those it runs)."""
+    statement, parameters = _member_statement(app, client)
+    documents = explained_plans(
+        admin_engine, database.app_role, statement, parameters,
+        context={"app.tenant_id": str(account.team_id), "app.user_id": str(account.user_id)}, analyze=True,
+    )  # fmt: skip
+    texts = [document.get("Query Text", "") for document in documents]
+    assert any("LIMIT max_rows" in each for each in texts), texts  # the member page's own: nested ones are seen
+    return any("LIMIT cap" in each for each in texts)
+
+
+@pytest.mark.committed  # auto_explain's connection reads the team the test made
+def test_a_team_without_a_seat_limit_on_one_page_is_not_counted_again(app, team, login_as, admin_engine, database):
+    owner = team.accounts[O]
+    client = login_as(owner, team.id)
+    members = len(team.accounts)
+    assert not _seat_count_ran(admin_engine, database, owner, app, client)  # the page's rows are the count
+    for url in ("/team/", "/team/?last=1"):  # the last page is the first read backwards: the same
+        assert f'id="seat-usage">{members} members<' in client.get(url).get_data(as_text=True)
+    # With a seat limit the open invitations are shown too: counted, as before.
+    insert_invitation(admin_engine, team.id, owner.user_id, "guest@example.com")
+    with admin_engine.begin() as conn:
+        conn.execute(text("UPDATE tenants SET seat_limit = 10 WHERE id = :t"), {"t": team.id})
+    assert _seat_count_ran(admin_engine, database, owner, app, client)
+    assert f'id="seat-usage">Seats: {members + 1} of 10 used<' in client.get("/team/").get_data(as_text=True)
+
+
+@pytest.mark.committed
+def test_a_team_longer_than_a_page_is_counted_by_the_function(app, make_user, login_as, admin_engine, database):
+    owner = make_user(name="Long Team Owner")
+    with admin_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (id, email, name, password_hash) SELECT md5(:t || s)::uuid, "
+                "'long' || s || '-' || :t || '@example.com', 'Long ' || s, 'x' FROM generate_series(1, 60) AS s"
+            ),
+            {"t": str(owner.team_id)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO tenant_members (id, tenant_id, user_id, role) SELECT md5('m' || :t || s)::uuid, "
+                "CAST(:t AS uuid), md5(:t || s)::uuid, 'member' FROM generate_series(1, 60) AS s"
+            ),
+            {"t": str(owner.team_id)},
+        )
+    client = login_as(owner, owner.team_id)
+    assert _seat_count_ran(admin_engine, database, owner, app, client)
+    page = client.get("/team/").get_data(as_text=True)
+    assert 'id="seat-usage">61 members<' in page and "Members (61)" in page
+    last = client.get("/team/?last=1").get_data(as_text=True)  # read backwards: 51 rows, so counted too
+    assert 'id="seat-usage">61 members<' in last and "Members (61)" in last
