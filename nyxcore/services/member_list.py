@@ -33,13 +33,11 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    ColumnClause,
     DateTime,
     Integer,
     Select,
     Text,
     Uuid,
-    and_,
     bindparam,
     case,
     cast,
@@ -52,7 +50,6 @@ from sqlalchemy import (
     tuple_,
     type_coerce,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import aliased
 
 from nyxcore import tenancy
@@ -62,6 +59,7 @@ from nyxcore.models import TenantMember, User
 from nyxcore.pagination import AFTER, BEFORE, FIRST, LAST, Key, KeysetPage, Position, like_pattern
 from nyxcore.roles import TenantRole
 from nyxcore.services import member_matches, member_search_sqlite, seats
+from nyxcore.services.invitations import pending_json
 from nyxcore.tenancy import Actor
 
 PER_PAGE = 50
@@ -233,20 +231,6 @@ def _member_page(direction: str, mode: str, *, invitations_counted: bool = True)
         .table_valued(column("members", Integer), column("open_invitations", Integer))
         .render_derived()
     )
-    # The team page's first open invitations ride on the first row (`pending_limit` > 0), so that they
-    # need no statement and no round trip of their own: the same SECURITY INVOKER function as
-    # invitations.list_pending (migration 0021), for the same named team. Elsewhere NULL, and not run
-    # (an InitPlan runs when a CASE first needs it).
-    invited = (
-        func.nyxcore_pending_invitations(bindparam("tenant_id"), bindparam("pending_limit"), literal(0))
-        .table_valued(*_PENDING_COLUMNS, with_ordinality="ord")
-        .render_derived(name="p")
-    )
-    in_order = aggregate_order_by(invited.table_valued(), invited.c.ord)
-    pending = select(func.coalesce(func.json_agg(in_order), "[]"))
-    pending_column = case(
-        (and_(rows.c.n == 1, bindparam("pending_limit") > 0), pending.scalar_subquery()), else_=null()
-    )
     seat_columns: list[Any] = [counts.c.members, counts.c.open_invitations]
     if not invitations_counted:  # the count's function runs (once: an InitPlan) only for a team longer than a page
         read = func.count().over()
@@ -257,7 +241,7 @@ def _member_page(direction: str, mode: str, *, invitations_counted: bool = True)
             *(cast(c, Text) if c.name in ("id", "user_id") else c for c in rows.c[:_WIDTH]),
             *seat_columns,
             *_extras(direction, mode, with_counts=False, counted=counted),
-            pending_column,
+            pending_json.first_pending_column(rows.c.n == 1),
         )
         .select_from(rows)
         .order_by(rows.c.n)
@@ -268,14 +252,6 @@ def _member_page(direction: str, mode: str, *, invitations_counted: bool = True)
 
 
 _WIDTH = len(MemberRow._fields)
-# nyxcore_pending_invitations' columns, as invitations.pending_from_json reads them.
-_PENDING_COLUMNS: list[ColumnClause[Any]] = [
-    column(name)
-    for name in (
-        *("id", "email", "role", "inviter_name", "expires_at", "reminded_at", "queued", "queued_at"),
-        *("sent_at", "attempts", "has_body", "failure", "last_error", "retry_at", "total"),
-    )
-]
 _MOMENT = DateTime(timezone=True)
 _TYPES = {"id": Uuid(), "user_id": Uuid(), "role": TenantMember.role.type, "joined_at": _MOMENT, "ends_at": _MOMENT}
 _SHAPES = [
@@ -295,6 +271,14 @@ _COUNTS = {
     (name, shape): select(*_extras(*shape, with_rows=False, portable=name == "other")).execution_options(**_EVERY)
     for name in ("postgresql", "other") for shape in _SHAPES
 }
+
+
+def _statement(dialect: str, shape: tuple[str, str], *, limited: bool) -> Select[Any]:
+    """The list's statement for `shape`; for a team without a seat limit on PostgreSQL, one that does not
+    count the members of a page that shows them all (_UNCOUNTED)."""
+    if dialect == "postgresql" and not limited and shape in _UNCOUNTED:
+        return _UNCOUNTED[shape]
+    return _STATEMENTS[dialect][shape]
 
 
 def list_members(
@@ -320,13 +304,9 @@ def list_members(
         "scan": SHORT_SCAN,
         "scan_last": SHORT_SCAN - 1,
     }
-    statement = _STATEMENTS[dialect][shape]
-    if dialect == "postgresql" and actor.tenant.seat_limit is None and shape in _UNCOUNTED:
-        statement = _UNCOUNTED[shape]
-    rows = db.session.execute(
-        statement,
-        {**params, "limit": per_page + 1, "per_page": per_page, "pending_limit": pending},
-    ).all()
+    page_params = {**params, "limit": per_page + 1, "per_page": per_page, "pending_limit": pending}
+    statement = _statement(dialect, shape, limited=actor.tenant.seat_limit is not None)
+    rows = db.session.execute(statement, page_params).all()
     extras = rows[0][_WIDTH : _WIDTH + 5] if rows else db.session.execute(_COUNTS[dialect, shape], params).one()
     everyone, invited, matched, end_at, end_id = extras
     matched = len(rows) if matched is None else matched  # a search's page that holds every match
