@@ -96,8 +96,7 @@ class MemberPage(KeysetPage[MemberRow]):
 
     members: int = 0  # all the team's members, whatever the search (capped like `total`)
     members_capped: bool = False
-    # Invitations holding a seat (services/seats.py); None: not counted (a team without a seat limit, whose
-    # page does not show them).
+    # Invitations holding a seat; None: not counted, the seat line not showing them (SeatUsage.shows_invitations).
     open_invitations: int | None = 0
     window: int = 0  # a short term's page looked at no more than this many members (0: all)
     # The first `pending` open invitations (nyxcore_pending_invitations' rows as JSON objects), when asked
@@ -305,7 +304,7 @@ def list_members(
         "scan_last": SHORT_SCAN - 1,
     }
     page_params = {**params, "limit": per_page + 1, "per_page": per_page, "pending_limit": pending}
-    statement = _statement(dialect, shape, limited=actor.tenant.seat_limit is not None)
+    statement = _statement(dialect, shape, limited=seats.SeatUsage.shows_invitations(actor.tenant.seat_limit))
     rows = db.session.execute(statement, page_params).all()
     extras = rows[0][_WIDTH : _WIDTH + 5] if rows else db.session.execute(_COUNTS[dialect, shape], params).one()
     everyone, invited, matched, end_at, end_id = extras

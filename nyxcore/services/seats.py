@@ -38,9 +38,14 @@ class SeatUsage:
     def used(self) -> int:
         return self.members + self.open_invitations
 
+    @staticmethod
+    def shows_invitations(limit: int | None) -> bool:
+        """Whether the line counts open invitations: only against a limit (else it is "N members")."""
+        return limit is not None
+
     def __str__(self) -> str:
         more = "+" if self.capped else ""
-        if self.limit is None:
+        if not self.shows_invitations(self.limit):
             return f"{self.members:,}{more} member{'' if self.members == 1 and not more else 's'}"
         return f"Seats: {self.used:,}{more} of {self.limit:,} used"
 

@@ -11,7 +11,7 @@ import re
 import uuid
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import joinedload
 
 from nyxcore import tenancy
@@ -21,7 +21,8 @@ from nyxcore.roles import TenantRole
 from nyxcore.services import invitations, member_list, notes
 from nyxcore.tenancy import Actor
 from tests.helpers import PAST_THE_END, explained_plans, insert_invitation, member_id
-from tests.integration.test_request_cost import _statements_sent
+from tests.integration.test_request_cost import _sent_with_parameters, _statements_sent
+from tests.integration.test_team_page_at_scale import _seed_members
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 
@@ -188,28 +189,11 @@ def test_the_pending_rows_escape_addresses_and_keep_their_forms(team, admin_engi
     assert len(re.findall(r"<td[^>]*>", row.group(0))) == 6
 
 
-def _member_statement(app, client) -> tuple[str, dict]:
-    """The team page's member statement and its parameters, as they leave for the server."""
-    sent: list[tuple[str, dict]] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        sent.append((statement, parameters))
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", record)  # after tenancy's: with its context prefix
-    try:
-        assert client.get("/team/").status_code == 200
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    (found,) = [each for each in sent if "nyxcore_member_page(" in each[0]]
-    return found
-
-
 def _seat_count_ran(admin_engine, database, account, app, client) -> bool:
     """Whether the team page's member statement ran nyxcore_seat_counts' statement (auto_explain sees the
     statements a function runs, and only those it runs)."""
-    statement, parameters = _member_statement(app, client)
+    sent = _sent_with_parameters(app, client, "/team/")
+    ((statement, parameters),) = [each for each in sent if "nyxcore_member_page(" in each[0]]
     documents = explained_plans(
         admin_engine, database.app_role, statement, parameters,
         context={"app.tenant_id": str(account.team_id), "app.user_id": str(account.user_id)}, analyze=True,
@@ -238,21 +222,7 @@ def test_a_team_without_a_seat_limit_on_one_page_is_not_counted_again(app, team,
 @pytest.mark.committed
 def test_a_team_longer_than_a_page_is_counted_by_the_function(app, make_user, login_as, admin_engine, database):
     owner = make_user(name="Long Team Owner")
-    with admin_engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO users (id, email, name, password_hash) SELECT md5(:t || s)::uuid, "
-                "'long' || s || '-' || :t || '@example.com', 'Long ' || s, 'x' FROM generate_series(1, 60) AS s"
-            ),
-            {"t": str(owner.team_id)},
-        )
-        conn.execute(
-            text(
-                "INSERT INTO tenant_members (id, tenant_id, user_id, role) SELECT md5('m' || :t || s)::uuid, "
-                "CAST(:t AS uuid), md5(:t || s)::uuid, 'member' FROM generate_series(1, 60) AS s"
-            ),
-            {"t": str(owner.team_id)},
-        )
+    _seed_members(admin_engine, owner.team_id, 60)
     client = login_as(owner, owner.team_id)
     assert _seat_count_ran(admin_engine, database, owner, app, client)
     page = client.get("/team/").get_data(as_text=True)

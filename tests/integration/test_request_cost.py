@@ -210,10 +210,15 @@ def test_hooks_are_checked_for_coroutines_once_and_per_request_closures_do_not_p
 
 def _statements_sent(app, client, path):
     """The statements of GET `path` as they leave for the server (after the tenant-context prefix)."""
-    sent: list[str] = []
+    return [statement for statement, _ in _sent_with_parameters(app, client, path)]
+
+
+def _sent_with_parameters(app, client, path):
+    """_statements_sent's statements, each with the parameters psycopg2 fills into it."""
+    sent: list[tuple[str, object]] = []
 
     def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        sent.append(statement)
+        sent.append((statement, parameters))
 
     with app.app_context():
         engine = db.engine
