@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("team", "notes"):
         print(f"layout / {name}: {counts['layout'] / counts[name]:.3f} (the signed-in fixed cost's share of the page)")
     print(f"layout / reference: {counts['layout'] / counts['reference']:.3f}")
+    # Information, no target: the reference's work on a signed-in page against the pages that pay the same
+    # signed-in fixed cost.
+    for name in ("team", "notes"):
+        print(f"signed-in reference / {name}: {counts['ref-in'] / counts[name]:.3f}")
     fixed = counts["hello"] / counts["bare"]
     verdict = "PASS" if fixed <= HELLO_TARGET else "BELOW TARGET"
     print(

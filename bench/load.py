@@ -21,7 +21,8 @@ threads, once at each --connections level (16: throughput; 64: queueing): the te
 and the NyxBook list `/notes/` as the owner of team 0 (the session cookie of one log in), the
 magic-link page `/invite/<token>`, the reference `/bench/ref50` (signed out, one indexed SELECT of 50
 notes of team 0 through the ORM in that team's context, a template file), `/bench/hello` (no
-database) and the bare Flask hello anonymously. The reference runs first and after each round, so
+database) and the bare Flask hello anonymously; for information, the signed-in layout alone
+(`/bench/layout`) and the reference's work on a signed-in page (`/bench/ref50-signed-in`), as the owner. The reference runs first and after each round, so
 machine noise falls on both sides of the ratios.
 After each run the script waits until the workers are idle: the requests wrk leaves in the listen
 backlog when it stops are still served, and would otherwise slow the start of the next run.
@@ -33,7 +34,8 @@ ratios to the reference (requests/s and CPU per request) for each page and level
 BELOW TARGET for each target of issue 15: team page and NyxBook list >= 0.6 x the reference in
 requests/s and in CPU per request at every level; /bench/hello <= 1.2 x the bare Flask hello's CPU
 per request; zero errors on the team page at 64 connections for 60 s; p99 within 4 x p50 at 16
-connections; every response a 200 (no 429, no redirect to log in).
+connections; every response a 200 (no 429, no redirect to log in). INFORMATION lines (no target)
+give the team page and NyxBook against the signed-in reference.
 Exits 0 unless the benchmark itself failed (2 when wrk is missing). Drops its database and roles.
 """
 
@@ -484,6 +486,8 @@ def pages_for(args: argparse.Namespace, token: str) -> list[Page]:
              expect="Join Bench team 0"),
         Page("layout", "signed-in layout (info)", "/bench/layout", "/bench/layout", signed_in=True,
              expect="<title>Layout · NyxCore</title>"),
+        Page("ref-in", "the reference signed in (info)", "/bench/ref50-signed-in", "/bench/ref50-signed-in",
+             signed_in=True, expect="Bench note 0-0"),
         Page("hello", "hello page", "/bench/hello", "/bench/hello", signed_in=False,
              expect="Hello from NyxCore"),
         Page("bare", "bare Flask hello", "/bench/hello", "bare Flask /bench/hello", signed_in=False,
@@ -598,6 +602,7 @@ def ratio_verdicts(pages: list[Page], by_level: dict[int, dict[str, Series]]) ->
                 f"{_verdict(min(rate, cpu) >= RATIO_TARGET)}: {page.label} at c{level}: {rate:.3f} x the "
                 f"reference's requests/s, {cpu:.3f} x its CPU per request (target >= {RATIO_TARGET} in both)"
             )
+        verdicts += signed_in_comparison(pages, level, series)
         if "hello" not in series or "bare" not in series:
             continue
         hello, bare = series["hello"].median("cpu_ms"), series["bare"].median("cpu_ms")
@@ -607,6 +612,21 @@ def ratio_verdicts(pages: list[Page], by_level: dict[int, dict[str, Series]]) ->
             f"requests/s {_ratio(series['hello'].rate, series['bare'].rate)} x)"
         )
     return verdicts
+
+
+def signed_in_comparison(pages: list[Page], level: int, series: dict[str, Series]) -> list[str]:
+    """For information, not a target: the team page and NyxBook against the reference's work on a signed-in
+    page (`/bench/ref50-signed-in`), which pays the session load and the layout as they do."""
+    if "ref-in" not in series or not series["ref-in"].rate:
+        return []
+    signed_in = series["ref-in"]
+    return [
+        f"INFORMATION: {page.label} at c{level}: {series[page.name].rate / signed_in.rate:.3f} x the signed-in "
+        f"reference's requests/s, {signed_in.median('cpu_ms') / series[page.name].median('cpu_ms'):.3f} x its CPU "
+        "per request"
+        for page in pages
+        if page.name in ("team", "notes") and series[page.name].rate
+    ]
 
 
 def report(pages: list[Page], by_level: dict[int, dict[str, Series]], args: argparse.Namespace) -> list[str]:

@@ -13,6 +13,11 @@
 - `GET /bench/layout`: what every signed-in page pays before its own content. Guarded as a viewer
   page is (`role_required(notes.READ)`: the session load, the Actor and the tenant context), it
   renders base.html (navigation, team switcher, flashes, CSRF token) with an empty content block.
+- `GET /bench/ref50-signed-in`: the reference's work on a signed-in page: the same SELECT of 50 notes
+  in the signed-in user's team (team 0 for the bench's owner), the same table, in base.html, guarded
+  like `/bench/layout`. For information: what the team page and NyxBook cost beyond the fixed cost
+  every signed-in page pays (the session load and the layout), which the signed-out reference does
+  not pay.
 
 Serving every URL from one app keeps the reference in the same processes and configuration as the
 pages it is compared with. Never deployed: wsgi.py does not import this module.
@@ -22,12 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import Any
 
 from flask import Blueprint, render_template
 from sqlalchemy import select
 
 from nyxcore import tenancy
-from nyxcore.authz import role_required
+from nyxcore.authz import acting, role_required
 from nyxcore.extensions import db
 from nyxcore.models import Note
 from nyxcore.services import notes
@@ -40,17 +46,31 @@ ROWS = 50
 bench = Blueprint("bench", __name__, url_prefix="/bench", template_folder="templates")
 
 
-@bench.get("/ref50")
-def ref50() -> str:
-    """50 notes of team 0, newest first, by the (tenant_id, updated_at) index, into a template file."""
-    with tenancy.tenant_context(tenant_id=REFERENCE_TEAM):
-        rows = db.session.execute(
+def _latest_notes(tenant_id: uuid.UUID) -> list[Any]:
+    """50 notes of a team, newest first, by the (tenant_id, updated_at) index."""
+    return list(
+        db.session.execute(
             select(Note.id, Note.title, Note.updated_at)
-            .where(Note.tenant_id == REFERENCE_TEAM)
+            .where(Note.tenant_id == tenant_id)
             .order_by(Note.updated_at.desc())
             .limit(ROWS)
         ).all()
+    )
+
+
+@bench.get("/ref50")
+def ref50() -> str:
+    """50 notes of team 0 into a template file, signed out."""
+    with tenancy.tenant_context(tenant_id=REFERENCE_TEAM):
+        rows = _latest_notes(REFERENCE_TEAM)
     return render_template("bench/ref50.html", rows=rows)
+
+
+@bench.get("/ref50-signed-in")
+@role_required(notes.READ)
+def ref50_signed_in() -> str:
+    """The same 50 notes (of the signed-in user's team) and table, in the layout of every signed-in page."""
+    return render_template("bench/ref50_signed_in.html", rows=_latest_notes(acting().tenant_id))
 
 
 @bench.get("/hello")
