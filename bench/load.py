@@ -22,8 +22,9 @@ and the NyxBook list `/notes/` as the owner of team 0 (the session cookie of one
 magic-link page `/invite/<token>`, the reference `/bench/ref50` (signed out, one indexed SELECT of 50
 notes of team 0 through the ORM in that team's context, a template file), `/bench/hello` (no
 database) and the bare Flask hello anonymously; for information, the signed-in layout alone
-(`/bench/layout`) and the reference's work on a signed-in page (`/bench/ref50-signed-in`), as the owner. The reference runs first and after each round, so
-machine noise falls on both sides of the ratios.
+(`/bench/layout`) and the reference's work on a signed-in page (`/bench/ref50-signed-in`), as the
+owner. The reference runs first and after each round, so machine noise falls on both sides of the
+ratios.
 After each run the script waits until the workers are idle: the requests wrk leaves in the listen
 backlog when it stops are still served, and would otherwise slow the start of the next run.
 Each run also records the CPU time per request of the gunicorn workers and their PostgreSQL

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Blueprint, render_template
@@ -46,16 +47,14 @@ ROWS = 50
 bench = Blueprint("bench", __name__, url_prefix="/bench", template_folder="templates")
 
 
-def _latest_notes(tenant_id: uuid.UUID) -> list[Any]:
+def _latest_notes(tenant_id: uuid.UUID) -> Sequence[Any]:
     """50 notes of a team, newest first, by the (tenant_id, updated_at) index."""
-    return list(
-        db.session.execute(
-            select(Note.id, Note.title, Note.updated_at)
-            .where(Note.tenant_id == tenant_id)
-            .order_by(Note.updated_at.desc())
-            .limit(ROWS)
-        ).all()
-    )
+    return db.session.execute(
+        select(Note.id, Note.title, Note.updated_at)
+        .where(Note.tenant_id == tenant_id)
+        .order_by(Note.updated_at.desc())
+        .limit(ROWS)
+    ).all()
 
 
 @bench.get("/ref50")
