@@ -18,8 +18,8 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -113,22 +113,33 @@ def role_of(bind: Engine | Connection, team_id: uuid.UUID, user_id: uuid.UUID) -
 
 
 @contextmanager
-def recorded_statements(app: Any) -> Iterator[list[str]]:
-    """The SQL statements the app sends while the block runs, in order."""
+def _recording(app: Any, entry: Callable[[str, Any], Any]) -> Iterator[list[Any]]:
+    """`entry(statement, parameters)` of each SQL statement the app sends while the block runs, in order, as
+    it leaves for the server (the listener runs after tenancy's, installed with the app: its prefix is on)."""
     from nyxcore.extensions import db
 
-    statements: list[str] = []
+    recorded: list[Any] = []
 
     def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        statements.append(statement)
+        recorded.append(entry(statement, parameters))
 
     with app.app_context():
         engine = db.engine
     event.listen(engine, "before_cursor_execute", record)
     try:
-        yield statements
+        yield recorded
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+def recorded_statements(app: Any) -> AbstractContextManager[list[str]]:
+    """The SQL statements the app sends while the block runs, in order."""
+    return _recording(app, lambda statement, _parameters: statement)
+
+
+def recorded_executions(app: Any) -> AbstractContextManager[list[tuple[str, Any]]]:
+    """The SQL statements the app sends while the block runs, each with the parameters psycopg2 fills in."""
+    return _recording(app, lambda statement, parameters: (statement, parameters))
 
 
 def statements_for(app: Any, client: Any, path: str, *, mentioning: str = "") -> int:
@@ -206,3 +217,28 @@ def explained_plans(
         connection.rollback()
         connection.close()
     return [json.loads(notice[notice.index("{") :]) for notice in notices if "plan:" in notice]
+
+
+def seed_members(admin_engine: Engine, team_id: uuid.UUID, count: int, *, ended: int = 0) -> None:
+    """`count` more members of the team, joined a second apart, the first `ended` of them with a membership
+    that has ended; inserted set-based (thousands in a statement) and analysed."""
+    tag = uuid.uuid4().hex[:8]
+    with admin_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (id, email, name, password_hash) "
+                "SELECT md5(:tag || s)::uuid, :tag || s || '@seats.example', 'Seat ' || s, 'x' "
+                "FROM generate_series(1, :n) AS s"
+            ),
+            {"tag": tag, "n": count},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO tenant_members (id, tenant_id, user_id, role, joined_at, ends_at) "
+                "SELECT md5('m' || :tag || s)::uuid, :team, md5(:tag || s)::uuid, 'member', "
+                "now() - make_interval(secs => :n - s), CASE WHEN s <= :ended THEN now() - interval '1 hour' END "
+                "FROM generate_series(1, :n) AS s"
+            ),
+            {"tag": tag, "n": count, "team": team_id, "ended": ended},
+        )
+        conn.execute(text("ANALYZE users, tenant_members"))

@@ -20,9 +20,8 @@ from nyxcore.models import Invitation, Note, TenantMember
 from nyxcore.roles import TenantRole
 from nyxcore.services import invitations, member_list, notes
 from nyxcore.tenancy import Actor
-from tests.helpers import PAST_THE_END, explained_plans, insert_invitation, member_id
+from tests.helpers import PAST_THE_END, explained_plans, insert_invitation, member_id, seed_members
 from tests.integration.test_request_cost import _sent_with_parameters, _statements_sent
-from tests.integration.test_team_page_at_scale import _seed_members
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 
@@ -222,7 +221,7 @@ def test_a_team_without_a_seat_limit_on_one_page_is_not_counted_again(app, team,
 @pytest.mark.committed
 def test_a_team_longer_than_a_page_is_counted_by_the_function(app, make_user, login_as, admin_engine, database):
     owner = make_user(name="Long Team Owner")
-    _seed_members(admin_engine, owner.team_id, 60)
+    seed_members(admin_engine, owner.team_id, 60)
     client = login_as(owner, owner.team_id)
     assert _seat_count_ran(admin_engine, database, owner, app, client)
     page = client.get("/team/").get_data(as_text=True)

@@ -32,7 +32,7 @@ from nyxcore.models import Note
 from nyxcore.roles import TenantRole
 from nyxcore.services.invitations import tokens as invitation_tokens
 from tests.conftest import csrf_from
-from tests.helpers import count, insert_invitation, member_id
+from tests.helpers import count, insert_invitation, member_id, recorded_executions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -215,18 +215,8 @@ def _statements_sent(app, client, path):
 
 def _sent_with_parameters(app, client, path):
     """_statements_sent's statements, each with the parameters psycopg2 fills into it."""
-    sent: list[tuple[str, object]] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        sent.append((statement, parameters))
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", record)  # after tenancy's: sees what it made
-    try:
+    with recorded_executions(app) as sent:
         assert client.get(path).status_code == 200
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     return sent
 
 

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from nyxcore import tenancy
@@ -17,7 +17,7 @@ from nyxcore.extensions import db
 from nyxcore.models import TenantMember
 from nyxcore.roles import TenantRole
 from nyxcore.services import member_list, members
-from tests.helpers import count, dicts, member_id, role_of, rows, scalar, statements_for
+from tests.helpers import count, dicts, member_id, role_of, rows, scalar, seed_members, statements_for
 
 O, A, M, V = TenantRole.OWNER, TenantRole.ADMIN, TenantRole.MEMBER, TenantRole.VIEWER
 
@@ -296,25 +296,10 @@ def test_member_search_and_pagination(team, as_viewer):
     assert client.get("/team/?q=%25_%5C").status_code == 200
 
 
-def _seed_members(admin_engine, team_id: uuid.UUID, count: int) -> None:
-    with admin_engine.begin() as conn:
-        users = [
-            {"id": uuid.uuid4(), "email": f"bulk{i}-{uuid.uuid4().hex[:6]}@example.com", "name": f"Bulk {i}"}
-            for i in range(count)
-        ]
-        conn.execute(
-            text("INSERT INTO users (id, email, name, password_hash) VALUES (:id, :email, :name, 'x')"), users
-        )
-        conn.execute(
-            text("INSERT INTO tenant_members (id, tenant_id, user_id, role) VALUES (:id, :t, :u, 'member')"),
-            [{"id": uuid.uuid4(), "t": team_id, "u": u["id"]} for u in users],
-        )
-
-
 def test_team_page_query_count_does_not_grow_with_members(app, make_user, login_as, admin_engine, capsys):
     small, large = make_user(name="Small"), make_user(name="Large")
-    _seed_members(admin_engine, small.team_id, 9)
-    _seed_members(admin_engine, large.team_id, 499)
+    seed_members(admin_engine, small.team_id, 9)
+    seed_members(admin_engine, large.team_id, 499)
     small_client, large_client = login_as(small), login_as(large)
     small_client.get("/team/")
     large_client.get("/team/")

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from nyxcore import create_app
 from nyxcore.extensions import db
 from tests import conftest
-from tests.helpers import explained_plans, rows, scalar
+from tests.helpers import explained_plans, rows, scalar, seed_members
 from tests.integration.test_account_migration import _migrate, fresh_database  # noqa: F401  (a fixture)
 
 MEMBERS = 1500
@@ -36,30 +36,6 @@ MEMBERS = 1500
 OTHER_TEAMS, SMALL_TEAM = 300, 20
 CAP = 1001  # COUNT_CAP + 1, as the member list asks
 SEATS = "SELECT members, open_invitations FROM nyxcore_seat_counts(:team, :cap)"
-
-
-def _seed_members(admin_engine: Engine, team_id: uuid.UUID, count: int, *, ended: int = 0) -> None:
-    """`count` more members of the team, the first `ended` of them with a membership that has ended."""
-    tag = uuid.uuid4().hex[:8]
-    with admin_engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO users (id, email, name, password_hash) "
-                "SELECT md5(:tag || s)::uuid, :tag || s || '@seats.example', 'Seat ' || s, 'x' "
-                "FROM generate_series(1, :n) AS s"
-            ),
-            {"tag": tag, "n": count},
-        )
-        conn.execute(
-            text(
-                "INSERT INTO tenant_members (id, tenant_id, user_id, role, joined_at, ends_at) "
-                "SELECT md5('m' || :tag || s)::uuid, :team, md5(:tag || s)::uuid, 'member', "
-                "now() - make_interval(secs => :n - s), CASE WHEN s <= :ended THEN now() - interval '1 hour' END "
-                "FROM generate_series(1, :n) AS s"
-            ),
-            {"tag": tag, "n": count, "team": team_id, "ended": ended},
-        )
-        conn.execute(text("ANALYZE users, tenant_members"))
 
 
 def _seed_small_teams(admin_engine: Engine, count: int) -> None:
@@ -84,8 +60,8 @@ def large_team(admin_engine: Engine, make_user: Any) -> Iterator[tuple[Any, Any]
     teams of 20 members."""
     mine, theirs = make_user(name="Large Owner"), make_user(name="Other Owner")
     _seed_small_teams(admin_engine, OTHER_TEAMS)
-    _seed_members(admin_engine, mine.team_id, MEMBERS + 5, ended=5)
-    _seed_members(admin_engine, theirs.team_id, 20)
+    seed_members(admin_engine, mine.team_id, MEMBERS + 5, ended=5)
+    seed_members(admin_engine, theirs.team_id, 20)
     yield mine, theirs
 
 
